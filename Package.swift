@@ -1,0 +1,52 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "Baton",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
+        .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+    ],
+    targets: [
+        // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
+        .systemLibrary(
+            name: "CRabbitMQ",
+            pkgConfig: "librabbitmq",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        // The AMQP 0-9-1 transport: connections confined to their own threads, confirms, consumers.
+        .target(
+            name: "BatonAMQP",
+            dependencies: [
+                "CRabbitMQ",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // The same measurements as the Swift benchmark, in plain C against the same librabbitmq.
+        .executableTarget(
+            name: "CAMQPBaseline",
+            dependencies: ["CRabbitMQ"]
+        ),
+        .executableTarget(
+            name: "BatonTransportBenchmark",
+            dependencies: [
+                "BatonAMQP",
+                "CAMQPBaseline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "BatonAMQPTests",
+            dependencies: ["BatonAMQP"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

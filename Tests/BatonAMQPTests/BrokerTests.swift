@@ -1,0 +1,364 @@
+import Foundation
+import Logging
+import Synchronization
+import Testing
+
+@testable import BatonAMQP
+
+/// Against the real RabbitMQ node that the README's test command starts. Serialized: some of these
+/// tests close every connection or restart the broker.
+@Suite(.serialized) struct BrokerTests {
+    @Test func roundTripKeepsBodyPropertiesAndHeaders() async throws {
+        let queue = TestBroker.unique("round-trip")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("round-trip"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            let properties = AMQPProperties(
+                contentType: "application/json",
+                headers: [
+                    "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                    "attempt": .int64(3),
+                    "nested": .table(["ok": true, "list": .array(["a", .int32(7)])]),
+                ],
+                correlationID: "order-42",
+                messageID: "msg-1",
+                timestamp: 1_790_000_000,
+                type: "orders.OrderPlaced.v1"
+            )
+            let body = Array(#"{"order_id":"42"}"#.utf8)
+            try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body, properties: properties))
+
+            var iterator = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
+            let delivery = try #require(try await nextDelivery(&iterator))
+            #expect(delivery.body == body)
+            #expect(delivery.properties == properties)
+            #expect(delivery.routingKey == queue && delivery.exchange == "" && !delivery.isRedelivered)
+            delivery.ack()
+            #expect(try await connection.deleteQueue(queue) == 0, "the ack emptied the queue")
+        }
+    }
+
+    @Test func thousandsOfConfirmsInFlight() async throws {
+        let queue = TestBroker.unique("confirms")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("confirms"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(AMQPTopology(queues: [.init(queue)]))
+            // One batch of 5,000 handed over at once, and 200 tasks publishing one at a time concurrently.
+            let batch = (0..<5_000).map {
+                AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("batch-\($0)".utf8))
+            }
+            async let batchResults = connection.publish(contentsOf: batch)
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for lane in 0..<200 {
+                    group.addTask {
+                        for index in 0..<10 {
+                            try await connection.publish(
+                                AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("lane-\(lane)-\(index)".utf8))
+                            )
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            let results = await batchResults
+            #expect(results.count == 5_000)
+            #expect(results.allSatisfy { (try? $0.get()) != nil })
+            #expect(try await connection.deleteQueue(queue) == 7_000, "every confirmed message is in the queue")
+        }
+    }
+
+    @Test func nackedAndRejectedDeliveriesAreDeadLettered() async throws {
+        let queue = TestBroker.unique("work")
+        let deadLetters = TestBroker.unique("dead")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("dead-letters"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(
+                AMQPTopology(
+                    exchanges: [.init(deadLetters, kind: .fanout, isDurable: false)],
+                    queues: [
+                        .init(queue, kind: .quorum, deadLetterExchange: deadLetters),
+                        .init(deadLetters, isDurable: false),
+                    ],
+                    bindings: [.init(queue: deadLetters, exchange: deadLetters, bindingKey: "")]
+                )
+            )
+            for id in ["nack-me", "reject-me", "ack-me"] {
+                try await connection.publish(
+                    AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array(id.utf8), properties: .init(messageID: id))
+                )
+            }
+            var work = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
+            for _ in 0..<3 {
+                let delivery = try #require(try await nextDelivery(&work))
+                switch delivery.properties.messageID {
+                case "nack-me": delivery.nack(requeue: false)
+                case "reject-me": delivery.reject(requeue: false)
+                default: delivery.ack()
+                }
+            }
+            var dead = try await connection.consume(queue: deadLetters, prefetch: 10).makeAsyncIterator()
+            var seen: [String: AMQPFieldValue] = [:]
+            for _ in 0..<2 {
+                let delivery = try #require(try await nextDelivery(&dead))
+                let death = try #require(delivery.properties.headers["x-death"]?.arrayValue?.first?.tableValue)
+                seen[delivery.properties.messageID ?? "?"] = death["reason"]
+                #expect(death["queue"]?.stringValue == queue)
+                delivery.ack()
+            }
+            #expect(seen == ["nack-me": "rejected", "reject-me": "rejected"])
+            #expect(try await nextDelivery(&dead, timeout: .milliseconds(300)) == nil, "the acked one was not dead-lettered")
+            try await connection.deleteQueue(queue)
+            try await connection.deleteQueue(deadLetters)
+        }
+    }
+
+    @Test func prefetchBoundsUnsettledDeliveries() async throws {
+        let queue = TestBroker.unique("prefetch")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("prefetch"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            let messages = (0..<50).map { AMQPOutgoingMessage(exchange: "", routingKey: queue, body: [UInt8($0)]) }
+            #expect(await connection.publish(contentsOf: messages).allSatisfy { (try? $0.get()) != nil })
+
+            var iterator = try await connection.consume(queue: queue, prefetch: 7).makeAsyncIterator()
+            var held: [AMQPDelivery] = []
+            while let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(500)) { held.append(delivery) }
+            #expect(held.count == 7, "the broker sends no more than prefetch unsettled deliveries")
+
+            for delivery in held.prefix(3) { delivery.ack() }
+            var more = 0
+            while try await nextDelivery(&iterator, timeout: .milliseconds(500)) != nil { more += 1 }
+            #expect(more == 3, "each ack lets exactly one more through")
+        }
+    }
+
+    @Test func consumerEndsWithAnErrorWhenItsQueueIsDeleted() async throws {
+        let queue = TestBroker.unique("doomed")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("doomed"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            var iterator = try await connection.consume(queue: queue, prefetch: 1).makeAsyncIterator()
+            try await connection.deleteQueue(queue)
+            await #expect {
+                _ = try await nextDelivery(&iterator)
+            } throws: { error in
+                (error as? AMQPError)?.code == .notFound
+            }
+        }
+    }
+
+    @Test func connectionNameIsVisibleInTheBroker() async throws {
+        let name = TestBroker.unique("orders-node")
+        let listed = try await AMQPConnection.withConnection(configuration: TestBroker.configuration(name), logger: Logger(label: "t")) { _ in
+            try TestBroker.ctl("list_connections", "client_properties")
+        }
+        #expect(listed.contains(name))
+    }
+
+    // MARK: Errors
+
+    @Test func wrongPasswordIsRefusedWithoutEchoingIt() async throws {
+        var configuration = try TestBroker.configuration("wrong-password")
+        configuration.password = "not-the-password-\(UInt16.random(in: 0...9999))"
+        let logs = CapturedLogs()
+        let error = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(configuration: configuration, logger: logs.makeLogger()).close()
+        }
+        #expect(error?.code == .accessRefused)
+        #expect(error?.message.contains("ACCESS_REFUSED") == true, "\(String(describing: error))")
+        #expect(!"\(String(describing: error))".contains(configuration.password))
+        #expect(!logs.all.joined().contains(configuration.password))
+    }
+
+    @Test func unknownVirtualHostIsNotAllowed() async throws {
+        var configuration = try TestBroker.configuration("unknown-vhost")
+        configuration.virtualHost = "no-such-vhost"
+        let error = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(configuration: configuration, logger: Logger(label: "t")).close()
+        }
+        #expect(error?.code == .notAllowed)
+        #expect(error?.message.contains("no-such-vhost") == true, "\(String(describing: error))")
+    }
+
+    @Test func closedPortFailsFast() async throws {
+        var configuration = try TestBroker.configuration("closed-port")
+        configuration.port = 1
+        let started = ContinuousClock.now
+        let error = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(configuration: configuration, logger: Logger(label: "t")).close()
+        }
+        #expect(error?.code == .connectFailed)
+        #expect(error?.message.contains("127.0.0.1:1") == true, "\(String(describing: error))")
+        #expect(error?.message.contains("refused or unreachable") == true, "\(String(describing: error))")
+        #expect(ContinuousClock.now - started < configuration.connectTimeout)
+    }
+
+    @Test func silentPeerTimesOutWithinTheConnectTimeout() async throws {
+        // A listener that accepts TCP but never speaks AMQP: the handshake must give up on time.
+        let listener = try SilentListener()
+        defer { listener.close() }
+        var configuration = try TestBroker.configuration("silent-peer")
+        configuration.port = listener.port
+        configuration.connectTimeout = .milliseconds(700)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(configuration: configuration, logger: Logger(label: "t")).close()
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(error?.code == .timedOut, "\(String(describing: error))")
+        #expect(elapsed >= .milliseconds(600) && elapsed < .seconds(3), "gave up after \(elapsed)")
+    }
+
+    @Test func publishToMissingExchangeFailsAndThePublisherRecovers() async throws {
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("missing-exchange"), logger: Logger(label: "t")) { connection in
+            let missing = TestBroker.unique("no-such-exchange")
+            let error = await #expect(throws: AMQPError.self) {
+                try await connection.publish(AMQPOutgoingMessage(exchange: missing, routingKey: "x", body: [1]))
+            }
+            #expect(error?.code == .notFound && error?.replyCode == 404)
+            #expect(error?.message.contains("no exchange '\(missing)'") == true, "\(String(describing: error))")
+
+            let queue = TestBroker.unique("after-error")
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: [2]))
+            #expect(try await connection.deleteQueue(queue) == 1, "the publish channel was reopened")
+        }
+    }
+
+    @Test func conflictingRedeclarationIsAPreconditionFailure() async throws {
+        let queue = TestBroker.unique("conflict")
+        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("conflict"), logger: Logger(label: "t")) { connection in
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            let error = await #expect(throws: AMQPError.self) {
+                try await connection.declare(AMQPTopology(queues: [.init(queue, kind: .quorum)]))
+            }
+            #expect(error?.code == .preconditionFailed && error?.replyCode == 406)
+            // The topology channel is usable again.
+            #expect(try await connection.deleteQueue(queue) == 0)
+        }
+    }
+
+    // MARK: Recovery
+
+    @Test func reconnectsAfterTheBrokerClosesAllConnections() async throws {
+        let queue = TestBroker.unique("survivor")
+        let logs = CapturedLogs()
+        let connection = try await AMQPConnection.connect(configuration: TestBroker.configuration("survivor"), logger: logs.makeLogger())
+        try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+        var iterator = try await connection.consume(queue: queue, prefetch: 5).makeAsyncIterator()
+
+        try TestBroker.ctl("close_all_connections", "test: forced close")
+        #expect(try await TestBroker.eventually { connection.connectionCount == 2 && connection.isConnected })
+
+        // The recorded topology was declared again and the consumer resumed on the new connection.
+        try await publishRetrying(connection, AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("after".utf8)))
+        let delivery = try #require(try await nextDelivery(&iterator))
+        #expect(delivery.body == Array("after".utf8))
+        delivery.ack()
+        try await connection.deleteQueue(queue)
+        await connection.close()
+        #expect(logs.all.contains { $0.contains("AMQP connection lost") && $0.contains("forced close") })
+        #expect(!logs.all.joined().contains(TestBroker.password))
+    }
+
+    @Test func detectsASilentBrokerWhileIdleAndReconnects() async throws {
+        let connection = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("heartbeat", heartbeat: .seconds(1)),
+            logger: Logger(label: "t")
+        )
+        let pid = try TestBroker.ctl("eval", "list_to_integer(os:getpid()).")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        // Freeze the broker: the socket stays open, only heartbeats stop.
+        kill(pid_t(pid)!, SIGSTOP)
+        let noticed = try await TestBroker.eventually(timeout: .seconds(15)) { !connection.isConnected }
+        kill(pid_t(pid)!, SIGCONT)
+        #expect(noticed, "a silent broker is noticed by missed heartbeats")
+        #expect(try await TestBroker.eventually { connection.isConnected && connection.connectionCount >= 2 })
+        await connection.close()
+    }
+
+    @Test func noConfirmedMessageIsLostAcrossABrokerRestart() async throws {
+        let queue = TestBroker.unique("durable")
+        let connection = try await AMQPConnection.connect(configuration: TestBroker.configuration("restart"), logger: Logger(label: "t"))
+        try await connection.declare(AMQPTopology(queues: [.init(queue, kind: .quorum)]))
+
+        // Publish in batches until well after the restart; whatever fails (lost connection, reconnecting)
+        // is published again.
+        let restarted = Mutex(false)
+        let restarter = Task {
+            try await Task.sleep(for: .milliseconds(300))
+            try TestBroker.ctl("stop_app")
+            try TestBroker.ctl("start_app")
+            restarted.withLock { $0 = true }
+        }
+        var confirmed = Set<Int>()
+        var pending: [Int] = []
+        var nextID = 0
+        var failures = 0
+        var publishedAfterRestart = 0
+        while !pending.isEmpty || publishedAfterRestart < 1_000 {
+            if restarted.withLock({ $0 }) { publishedAfterRestart += 50 }
+            pending += (nextID..<nextID + 50)
+            nextID += 50
+            let batch = pending
+            let results = await connection.publish(
+                contentsOf: batch.map {
+                    AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("\($0)".utf8), properties: .init(messageID: "\($0)"))
+                }
+            )
+            for (id, result) in zip(batch, results) {
+                if case .success = result { confirmed.insert(id) } else { failures += 1 }
+            }
+            pending = batch.filter { !confirmed.contains($0) }
+            if !pending.isEmpty { try await Task.sleep(for: .milliseconds(50)) }
+        }
+        let total = nextID
+        try await restarter.value
+        #expect(failures > 0, "the restart interrupted publishing")
+        #expect(connection.connectionCount >= 2)
+
+        var received = Set<Int>()
+        var iterator = try await connection.consume(queue: queue, prefetch: 500).makeAsyncIterator()
+        while received.count < total, let delivery = try await nextDelivery(&iterator, timeout: .seconds(5)) {
+            received.insert(Int(String(decoding: delivery.body, as: UTF8.self))!)
+            delivery.ack()
+        }
+        #expect(confirmed.isSubset(of: received), "missing: \(confirmed.subtracting(received).sorted().prefix(10))")
+        try await connection.deleteQueue(queue)
+        await connection.close()
+    }
+
+    private func publishRetrying(_ connection: AMQPConnection, _ message: AMQPOutgoingMessage) async throws {
+        for _ in 0..<100 {
+            do {
+                return try await connection.publish(message)
+            } catch let error as AMQPError where error.code == .notConnected || error.code == .connectionLost {
+                try await Task.sleep(for: .milliseconds(50))
+            }
+        }
+        Issue.record("could not publish after 100 attempts")
+    }
+}
+
+/// A TCP listener on loopback that accepts connections and never answers.
+final class SilentListener: Sendable {
+    let port: Int
+    private let descriptor: Int32
+
+    init() throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.descriptor = descriptor
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && listen(descriptor, 8) == 0
+                    && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw AMQPError(code: .protocolError, message: "cannot listen on loopback") }
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    func close() {
+        _ = Glibc.close(descriptor)
+    }
+}
