@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
+        .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -38,7 +39,6 @@ let package = Package(
             name: "BatonTransportBenchmark",
             dependencies: [
                 "BatonAMQP",
-                "CAMQPBaseline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -51,7 +51,12 @@ public final class AMQPConnection: Sendable {
         let status = ConnectionStatus()
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             let thread = Thread {
-                let loop = ConnectionLoop(configuration: configuration, logger: logger, mailbox: mailbox, status: status)
+                let loop = ConnectionLoop(
+                    configuration: configuration,
+                    logger: logger,
+                    mailbox: mailbox,
+                    status: status
+                )
                 loop.run(firstConnect: continuation)
             }
             thread.name = "baton-amqp \(configuration.connectionName)"

@@ -49,18 +49,20 @@ final class DeliveryBuffer: Sendable {
 
     private let state = Mutex(State())
 
-    /// Called on the connection thread for each delivery.
-    func push(_ delivery: AMQPDelivery) {
+    /// Called on the connection thread with the deliveries of one read burst, in order.
+    func push(contentsOf deliveries: [AMQPDelivery]) {
+        guard let first = deliveries.first else { return }
         let waiter = state.withLock { state -> CheckedContinuation<AMQPDelivery?, any Error>? in
             guard !state.isFinished else { return nil }
             if let waiter = state.waiter {
                 state.waiter = nil
+                state.items.append(contentsOf: deliveries.dropFirst())
                 return waiter
             }
-            state.items.append(delivery)
+            state.items.append(contentsOf: deliveries)
             return nil
         }
-        waiter?.resume(returning: delivery)
+        waiter?.resume(returning: first)
     }
 
     /// Drops buffered deliveries of connections before `generation`: their tags mean nothing any more.

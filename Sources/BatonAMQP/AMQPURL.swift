@@ -46,7 +46,9 @@ struct AMQPURL: Hashable {
             guard let close = authority.firstIndex(of: "]") else { throw invalid("unterminated IPv6 address") }
             hostPart = authority[authority.index(after: authority.startIndex)..<close]
             let after = authority[authority.index(after: close)...]
-            if after.hasPrefix(":") { portPart = after.dropFirst() } else if !after.isEmpty {
+            if after.hasPrefix(":") {
+                portPart = after.dropFirst()
+            } else if !after.isEmpty {
                 throw invalid("unexpected text after the IPv6 address")
             }
         } else if let colon = authority.lastIndex(of: ":") {
@@ -75,7 +77,10 @@ struct AMQPURL: Hashable {
                 continue
             }
             guard let high = iterator.next().flatMap(hexValue), let low = iterator.next().flatMap(hexValue) else {
-                throw AMQPError(code: .invalidConfiguration, message: "invalid AMQP URL: bad percent-escape in the \(what)")
+                throw AMQPError(
+                    code: .invalidConfiguration,
+                    message: "invalid AMQP URL: bad percent-escape in the \(what)"
+                )
             }
             bytes.append(high << 4 | low)
         }

@@ -319,7 +319,11 @@ extension AMQPError {
 
     /// Translates an `amqp_rpc_reply_t` that is not `AMQP_RESPONSE_NORMAL`.
     /// - Returns: The error and whether it closed the channel or the connection.
-    static func translate(_ reply: amqp_rpc_reply_t, context: String, connecting: Bool = false) -> (
+    static func translate(
+        _ reply: amqp_rpc_reply_t,
+        context: String,
+        connecting: Bool = false
+    ) -> (
         AMQPError, FailureScope
     ) {
         switch reply.reply_type {
@@ -327,10 +331,24 @@ extension AMQPError {
             switch reply.reply.id {
             case AMQPMethod.connectionClose:
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-                return (AMQPError(closeReplyCode: close.reply_code, text: close.reply_text, context: context, onChannel: false), .connection)
+                return (
+                    AMQPError(
+                        closeReplyCode: close.reply_code,
+                        text: close.reply_text,
+                        context: context,
+                        onChannel: false
+                    ), .connection
+                )
             case AMQPMethod.channelClose:
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-                return (AMQPError(closeReplyCode: close.reply_code, text: close.reply_text, context: context, onChannel: true), .channel)
+                return (
+                    AMQPError(
+                        closeReplyCode: close.reply_code,
+                        text: close.reply_text,
+                        context: context,
+                        onChannel: true
+                    ), .channel
+                )
             default:
                 return (
                     AMQPError(code: .protocolError, message: "\(context): unexpected method \(reply.reply.id)"),

@@ -25,6 +25,10 @@ final class ConnectionLoop {
     private var confirms = ConfirmTracker<PendingConfirm>()
     private var topologies: [AMQPTopology] = []
     private var consumers: [UInt16: ConsumerRegistration] = [:]
+    /// Per consumer channel, what has been settled on the current connection.
+    private var ackCoalescers: [UInt16: AckCoalescer] = [:]
+    /// Deliveries read in the current burst, handed to their consumers together at its end.
+    private var arrivedDeliveries: [UInt16: [AMQPDelivery]] = [:]
     private var backoff: ReconnectBackoff
     private var random = SystemRandomNumberGenerator()
     private var closeRequest: (continuation: CheckedContinuation<Void, Never>, deadline: ContinuousClock.Instant)?
@@ -80,9 +84,14 @@ final class ConnectionLoop {
     /// One turn: run queued commands, read what arrived, then sleep in `poll(2)` until the socket or the
     /// mailbox wakes us or a heartbeat is due.
     private func serviceConnection() {
-        for command in mailbox.takeAll() { execute(command) }
+        var settlements: [Settlement] = []
+        for command in mailbox.takeAll() {
+            if case .settle(let settlement) = command { settlements.append(settlement) } else { execute(command) }
+        }
+        settle(settlements)
         guard let connection else { return }
         readFrames(connection)
+        handOverDeliveries()
         guard let connection = self.connection else { return }
         amqp_maybe_release_buffers(connection)
         if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 { return }
@@ -131,6 +140,7 @@ final class ConnectionLoop {
             if result == AMQP_STATUS_OK.rawValue {
                 lastReceivedFrame = .now
                 handle(frame, connection!)
+                handOverDeliveries()
             } else if result != AMQP_STATUS_TIMEOUT.rawValue {
                 connectionLost(AMQPError(status: result, context: "read from the broker"))
             }
@@ -173,14 +183,22 @@ final class ConnectionLoop {
         let socket: OpaquePointer?
         if let tls = configuration.tls {
             socket = amqp_ssl_socket_new(connection)
-            guard let socket else { throw AMQPError(code: .tlsFailed, message: "\(context): cannot create a TLS socket") }
+            guard let socket else {
+                throw AMQPError(code: .tlsFailed, message: "\(context): cannot create a TLS socket")
+            }
             let status = amqp_ssl_socket_set_cacert(socket, tls.caCertificatePath)
             guard status == AMQP_STATUS_OK.rawValue else {
-                throw AMQPError(code: .invalidConfiguration, message: "\(context): cannot read the CA certificate file \(tls.caCertificatePath)")
+                throw AMQPError(
+                    code: .invalidConfiguration,
+                    message: "\(context): cannot read the CA certificate file \(tls.caCertificatePath)"
+                )
             }
             if let certificate = tls.clientCertificatePath, let key = tls.clientKeyPath {
                 guard amqp_ssl_socket_set_key(socket, certificate, key) == AMQP_STATUS_OK.rawValue else {
-                    throw AMQPError(code: .invalidConfiguration, message: "\(context): cannot read the client certificate or key")
+                    throw AMQPError(
+                        code: .invalidConfiguration,
+                        message: "\(context): cannot read the client certificate or key"
+                    )
                 }
             }
             amqp_ssl_socket_set_verify_peer(socket, 1)
@@ -226,7 +244,11 @@ final class ConnectionLoop {
     }
 
     private func loginError(_ reply: amqp_rpc_reply_t, context: String) -> AMQPError {
-        var (error, _) = AMQPError.translate(reply, context: "\(context): log in as \(configuration.user)", connecting: true)
+        var (error, _) = AMQPError.translate(
+            reply,
+            context: "\(context): log in as \(configuration.user)",
+            connecting: true
+        )
         // RabbitMQ closes the socket without a reason on a wrong password when the client does not ask for
         // authentication_failure_close; librabbitmq then reports a closed connection during the handshake.
         if error.code == .connectFailed, reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
@@ -250,7 +272,10 @@ final class ConnectionLoop {
             do {
                 try declare(topology)
             } catch {
-                logger.error("AMQP topology could not be declared again after reconnecting", metadata: ["error": "\(error)"])
+                logger.error(
+                    "AMQP topology could not be declared again after reconnecting",
+                    metadata: ["error": "\(error)"]
+                )
             }
         }
         for (channel, registration) in consumers.sorted(by: { $0.key < $1.key }) {
@@ -356,12 +381,13 @@ final class ConnectionLoop {
             }
         case .cancelConsumer(let channel, let continuation):
             if let registration = consumers.removeValue(forKey: channel) {
+                ackCoalescers[channel] = nil
                 _ = amqp_channel_close(connection, channel, AMQP_REPLY_SUCCESS)
                 registration.buffer.finish()
             }
             continuation.resume()
         case .settle(let settlement):
-            settle(settlement, connection)
+            settle([settlement])
         case .close:
             break
         }
@@ -370,7 +396,12 @@ final class ConnectionLoop {
     private func publish(_ messages: [AMQPOutgoingMessage], sink: ConfirmSink, _ connection: amqp_connection_state_t) {
         for (index, message) in messages.enumerated() {
             guard self.connection != nil else {
-                sink.complete(index: index, with: .failure(AMQPError(code: .connectionLost, message: "the connection was lost before publishing")))
+                sink.complete(
+                    index: index,
+                    with: .failure(
+                        AMQPError(code: .connectionLost, message: "the connection was lost before publishing")
+                    )
+                )
                 continue
             }
             var properties = arena.properties(message.properties)
@@ -422,25 +453,44 @@ final class ConnectionLoop {
         let channel = Self.topologyChannel
         for exchange in topology.exchanges {
             let ok = amqp_exchange_declare(
-                connection, channel, arena.bytes(exchange.name), arena.bytes(exchange.kind.rawValue), 0,
-                exchange.isDurable ? 1 : 0, 0, 0, arena.table(exchange.arguments)
+                connection,
+                channel,
+                arena.bytes(exchange.name),
+                arena.bytes(exchange.kind.rawValue),
+                0,
+                exchange.isDurable ? 1 : 0,
+                0,
+                0,
+                arena.table(exchange.arguments)
             )
             if ok == nil { throw topologyFailure("declare exchange '\(exchange.name)'") }
         }
         for queue in topology.queues {
             let ok = amqp_queue_declare(
-                connection, channel, arena.bytes(queue.name), 0, queue.isDurable ? 1 : 0, 0, 0,
+                connection,
+                channel,
+                arena.bytes(queue.name),
+                0,
+                queue.isDurable ? 1 : 0,
+                0,
+                0,
                 arena.table(queue.effectiveArguments)
             )
             if ok == nil { throw topologyFailure("declare queue '\(queue.name)'") }
         }
         for binding in topology.bindings {
             let ok = amqp_queue_bind(
-                connection, channel, arena.bytes(binding.queue), arena.bytes(binding.exchange),
-                arena.bytes(binding.bindingKey), arena.table(binding.arguments)
+                connection,
+                channel,
+                arena.bytes(binding.queue),
+                arena.bytes(binding.exchange),
+                arena.bytes(binding.bindingKey),
+                arena.table(binding.arguments)
             )
             if ok == nil {
-                throw topologyFailure("bind queue '\(binding.queue)' to '\(binding.exchange)' with '\(binding.bindingKey)'")
+                throw topologyFailure(
+                    "bind queue '\(binding.queue)' to '\(binding.exchange)' with '\(binding.bindingKey)'"
+                )
             }
         }
     }
@@ -483,10 +533,17 @@ final class ConnectionLoop {
             throw consumerSetupFailure(context, channel: registration.channel)
         }
         let ok = amqp_basic_consume(
-            connection, registration.channel, arena.bytes(registration.queue), amqp_empty_bytes, 0, 0, 0,
+            connection,
+            registration.channel,
+            arena.bytes(registration.queue),
+            amqp_empty_bytes,
+            0,
+            0,
+            0,
             amqp_empty_table
         )
         guard ok != nil else { throw consumerSetupFailure(context, channel: registration.channel) }
+        ackCoalescers[registration.channel] = AckCoalescer()
     }
 
     private func consumerSetupFailure(_ context: String, channel: UInt16) -> AMQPError {
@@ -502,21 +559,46 @@ final class ConnectionLoop {
         return error
     }
 
-    private func settle(_ settlement: Settlement, _ connection: amqp_connection_state_t) {
-        // Delivery tags belong to the connection (and channel) that issued them.
-        guard settlement.generation == generation, consumers[settlement.channel] != nil else { return }
-        let result: Int32
-        switch settlement.kind {
-        case .ack:
-            result = amqp_basic_ack(connection, settlement.channel, settlement.deliveryTag, 0)
-        case .nack(let requeue):
-            result = amqp_basic_nack(connection, settlement.channel, settlement.deliveryTag, 0, requeue ? 1 : 0)
-        case .reject(let requeue):
-            result = amqp_basic_reject(connection, settlement.channel, settlement.deliveryTag, requeue ? 1 : 0)
+    /// Sends the settlements of one turn: nacks and rejects one by one, acks coalesced per channel.
+    /// Settlements from an earlier connection are dropped: the broker requeued those deliveries already.
+    private func settle(_ settlements: [Settlement]) {
+        guard let connection, !settlements.isEmpty else { return }
+        var acks: [UInt16: [UInt64]] = [:]
+        var result = AMQP_STATUS_OK.rawValue
+        for settlement in settlements where settlement.generation == generation && consumers[settlement.channel] != nil
+        {
+            let channel = settlement.channel
+            let tag = settlement.deliveryTag
+            switch settlement.kind {
+            case .ack:
+                acks[channel, default: []].append(tag)
+            case .nack(let requeue):
+                guard ackCoalescers[channel, default: AckCoalescer()].markSettled(tag) else { continue }
+                result = amqp_basic_nack(connection, channel, tag, 0, requeue ? 1 : 0)
+            case .reject(let requeue):
+                guard ackCoalescers[channel, default: AckCoalescer()].markSettled(tag) else { continue }
+                result = amqp_basic_reject(connection, channel, tag, requeue ? 1 : 0)
+            }
+            guard result == AMQP_STATUS_OK.rawValue else { break }
+        }
+        for (channel, tags) in acks where result == AMQP_STATUS_OK.rawValue {
+            for frame in ackCoalescers[channel, default: AckCoalescer()].acknowledge(tags) {
+                result = amqp_basic_ack(connection, channel, frame.deliveryTag, frame.multiple ? 1 : 0)
+                guard result == AMQP_STATUS_OK.rawValue else { break }
+            }
         }
         if result != AMQP_STATUS_OK.rawValue {
-            connectionLost(AMQPError(status: result, context: "settle a delivery"))
+            connectionLost(AMQPError(status: result, context: "settle deliveries"))
         }
+    }
+
+    /// Gives each consumer what arrived for it in this burst, in one hand-over (one wake-up of its task).
+    private func handOverDeliveries() {
+        guard !arrivedDeliveries.isEmpty else { return }
+        for (channel, deliveries) in arrivedDeliveries {
+            consumers[channel]?.buffer.push(contentsOf: deliveries)
+        }
+        arrivedDeliveries.removeAll(keepingCapacity: true)
     }
 
     // MARK: Frames
@@ -537,7 +619,10 @@ final class ConnectionLoop {
         case AMQPMethod.basicNack:
             let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
             guard frame.channel == Self.publishChannel else { return }
-            let error = AMQPError(code: .nacked, message: "the broker refused responsibility for the message (basic.nack)")
+            let error = AMQPError(
+                code: .nacked,
+                message: "the broker refused responsibility for the message (basic.nack)"
+            )
             for pending in confirms.settle(deliveryTag: nack.delivery_tag, multiple: nack.multiple != 0) {
                 pending.sink.complete(index: pending.index, with: .failure(error))
             }
@@ -551,13 +636,21 @@ final class ConnectionLoop {
             channelClosed(frame.channel, replyCode: close.reply_code, text: close.reply_text, connection)
         case AMQPMethod.connectionClose:
             let close = method.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
-            let error = AMQPError(closeReplyCode: close.reply_code, text: close.reply_text, context: "the broker closed the connection", onChannel: false)
+            let error = AMQPError(
+                closeReplyCode: close.reply_code,
+                text: close.reply_text,
+                context: "the broker closed the connection",
+                onChannel: false
+            )
             recover(from: .connection, channel: 0, error: error)
         case AMQPMethod.basicCancel:
             if let registration = consumers.removeValue(forKey: frame.channel) {
                 _ = amqp_channel_close(connection, frame.channel, AMQP_REPLY_SUCCESS)
                 registration.buffer.finish(
-                    throwing: AMQPError(code: .notFound, message: "the broker cancelled the consumer of queue '\(registration.queue)' (queue deleted?)")
+                    throwing: AMQPError(
+                        code: .notFound,
+                        message: "the broker cancelled the consumer of queue '\(registration.queue)' (queue deleted?)"
+                    )
                 )
             }
         case AMQPMethod.connectionBlocked:
@@ -569,7 +662,11 @@ final class ConnectionLoop {
         }
     }
 
-    private func receiveDelivery(_ deliver: amqp_basic_deliver_t, channel: UInt16, _ connection: amqp_connection_state_t) {
+    private func receiveDelivery(
+        _ deliver: amqp_basic_deliver_t,
+        channel: UInt16,
+        _ connection: amqp_connection_state_t
+    ) {
         let exchange = String(deliver.exchange)
         let routingKey = String(deliver.routing_key)
         var message = amqp_message_t()
@@ -580,8 +677,8 @@ final class ConnectionLoop {
             return
         }
         defer { amqp_destroy_message(&message) }
-        guard let registration = consumers[channel] else { return }
-        registration.buffer.push(
+        guard consumers[channel] != nil else { return }
+        arrivedDeliveries[channel, default: []].append(
             AMQPDelivery(
                 body: [UInt8](message.body),
                 properties: AMQPProperties(message.properties),
@@ -596,7 +693,12 @@ final class ConnectionLoop {
         )
     }
 
-    private func channelClosed(_ channel: UInt16, replyCode: UInt16, text: amqp_bytes_t, _ connection: amqp_connection_state_t) {
+    private func channelClosed(
+        _ channel: UInt16,
+        replyCode: UInt16,
+        text: amqp_bytes_t,
+        _ connection: amqp_connection_state_t
+    ) {
         var closeOK = amqp_channel_close_ok_t(dummy: 0)
         _ = amqp_send_method(connection, channel, AMQPMethod.channelCloseOK, &closeOK)
         if channel == Self.publishChannel {
@@ -612,7 +714,12 @@ final class ConnectionLoop {
                 connectionLost(error as? AMQPError ?? AMQPError(code: .protocolError, message: "\(error)"))
             }
         } else if let registration = consumers.removeValue(forKey: channel) {
-            let error = AMQPError(closeReplyCode: replyCode, text: text, context: "consume from queue '\(registration.queue)'", onChannel: true)
+            let error = AMQPError(
+                closeReplyCode: replyCode,
+                text: text,
+                context: "consume from queue '\(registration.queue)'",
+                onChannel: true
+            )
             registration.buffer.finish(throwing: error)
         }
     }

@@ -157,7 +157,8 @@ final class ConfirmSink: Sendable {
 
     /// Records the outcome of message `index`; the last one resumes the caller.
     func complete(index: Int, with result: Result<Void, AMQPError>) {
-        let finished = state.withLock { state -> (CheckedContinuation<[Result<Void, AMQPError>], Never>, [Result<Void, AMQPError>])? in
+        let finished = state.withLock {
+            state -> (CheckedContinuation<[Result<Void, AMQPError>], Never>, [Result<Void, AMQPError>])? in
             guard state.results[index] == nil else { return nil }
             state.results[index] = result
             state.remaining -= 1

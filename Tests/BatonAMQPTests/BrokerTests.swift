@@ -10,7 +10,10 @@ import Testing
 @Suite(.serialized) struct BrokerTests {
     @Test func roundTripKeepsBodyPropertiesAndHeaders() async throws {
         let queue = TestBroker.unique("round-trip")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("round-trip"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("round-trip"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
             let properties = AMQPProperties(
                 contentType: "application/json",
@@ -25,7 +28,9 @@ import Testing
                 type: "orders.OrderPlaced.v1"
             )
             let body = Array(#"{"order_id":"42"}"#.utf8)
-            try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body, properties: properties))
+            try await connection.publish(
+                AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body, properties: properties)
+            )
 
             var iterator = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
             let delivery = try #require(try await nextDelivery(&iterator))
@@ -39,7 +44,10 @@ import Testing
 
     @Test func thousandsOfConfirmsInFlight() async throws {
         let queue = TestBroker.unique("confirms")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("confirms"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("confirms"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue)]))
             // One batch of 5,000 handed over at once, and 200 tasks publishing one at a time concurrently.
             let batch = (0..<5_000).map {
@@ -51,7 +59,11 @@ import Testing
                     group.addTask {
                         for index in 0..<10 {
                             try await connection.publish(
-                                AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("lane-\(lane)-\(index)".utf8))
+                                AMQPOutgoingMessage(
+                                    exchange: "",
+                                    routingKey: queue,
+                                    body: Array("lane-\(lane)-\(index)".utf8)
+                                )
                             )
                         }
                     }
@@ -68,7 +80,10 @@ import Testing
     @Test func nackedAndRejectedDeliveriesAreDeadLettered() async throws {
         let queue = TestBroker.unique("work")
         let deadLetters = TestBroker.unique("dead")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("dead-letters"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("dead-letters"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(
                 AMQPTopology(
                     exchanges: [.init(deadLetters, kind: .fanout, isDurable: false)],
@@ -81,7 +96,12 @@ import Testing
             )
             for id in ["nack-me", "reject-me", "ack-me"] {
                 try await connection.publish(
-                    AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array(id.utf8), properties: .init(messageID: id))
+                    AMQPOutgoingMessage(
+                        exchange: "",
+                        routingKey: queue,
+                        body: Array(id.utf8),
+                        properties: .init(messageID: id)
+                    )
                 )
             }
             var work = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
@@ -103,7 +123,10 @@ import Testing
                 delivery.ack()
             }
             #expect(seen == ["nack-me": "rejected", "reject-me": "rejected"])
-            #expect(try await nextDelivery(&dead, timeout: .milliseconds(300)) == nil, "the acked one was not dead-lettered")
+            #expect(
+                try await nextDelivery(&dead, timeout: .milliseconds(300)) == nil,
+                "the acked one was not dead-lettered"
+            )
             try await connection.deleteQueue(queue)
             try await connection.deleteQueue(deadLetters)
         }
@@ -111,14 +134,19 @@ import Testing
 
     @Test func prefetchBoundsUnsettledDeliveries() async throws {
         let queue = TestBroker.unique("prefetch")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("prefetch"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("prefetch"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
             let messages = (0..<50).map { AMQPOutgoingMessage(exchange: "", routingKey: queue, body: [UInt8($0)]) }
             #expect(await connection.publish(contentsOf: messages).allSatisfy { (try? $0.get()) != nil })
 
             var iterator = try await connection.consume(queue: queue, prefetch: 7).makeAsyncIterator()
             var held: [AMQPDelivery] = []
-            while let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(500)) { held.append(delivery) }
+            while let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(500)) {
+                held.append(delivery)
+            }
             #expect(held.count == 7, "the broker sends no more than prefetch unsettled deliveries")
 
             for delivery in held.prefix(3) { delivery.ack() }
@@ -128,9 +156,72 @@ import Testing
         }
     }
 
+    @Test func outOfOrderSettlementKeepsTheChannelHealthy() async throws {
+        // Acks are coalesced into `multiple` acks; settling in random order, with nacks and a double ack
+        // mixed in, must neither close the channel (unknown delivery tag) nor lose or keep a message.
+        let queue = TestBroker.unique("shuffled")
+        let deadLetters = TestBroker.unique("shuffled-dead")
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("shuffled"),
+            logger: Logger(label: "t")
+        ) { connection in
+            try await connection.declare(
+                AMQPTopology(
+                    queues: [
+                        .init(queue, isDurable: false, deadLetterExchange: "", deadLetterRoutingKey: deadLetters),
+                        .init(deadLetters, isDurable: false),
+                    ]
+                )
+            )
+            let count = 400
+            let messages = (0..<count).map {
+                AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("\($0)".utf8))
+            }
+            #expect(await connection.publish(contentsOf: messages).allSatisfy { (try? $0.get()) != nil })
+
+            var iterator = try await connection.consume(queue: queue, prefetch: 64).makeAsyncIterator()
+            var generator = SystemRandomNumberGenerator()
+            var held: [AMQPDelivery] = []
+            var settled = 0
+            var nacked = 0
+            while settled < count {
+                while held.count < 48, let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(200)) {
+                    held.append(delivery)
+                }
+                held.shuffle(using: &generator)
+                for delivery in held.prefix(16) {
+                    if Int(String(decoding: delivery.body, as: UTF8.self))! % 7 == 0 {
+                        delivery.nack(requeue: false)
+                        nacked += 1
+                    } else {
+                        delivery.ack()
+                        delivery.ack()  // a second settle of one delivery is dropped, not sent
+                    }
+                }
+                settled += min(16, held.count)
+                held.removeFirst(min(16, held.count))
+            }
+            #expect(nacked == (0..<count).filter { $0 % 7 == 0 }.count)
+            // The channel is still open: a new message arrives on the same consumer.
+            try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("last".utf8)))
+            let last = try #require(try await nextDelivery(&iterator))
+            #expect(last.body == Array("last".utf8))
+            last.ack()
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await connection.deleteQueue(queue) == 0, "every delivery was settled")
+            #expect(
+                try await connection.deleteQueue(deadLetters) == nacked,
+                "exactly the nacked ones were dead-lettered"
+            )
+        }
+    }
+
     @Test func consumerEndsWithAnErrorWhenItsQueueIsDeleted() async throws {
         let queue = TestBroker.unique("doomed")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("doomed"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("doomed"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
             var iterator = try await connection.consume(queue: queue, prefetch: 1).makeAsyncIterator()
             try await connection.deleteQueue(queue)
@@ -144,7 +235,10 @@ import Testing
 
     @Test func connectionNameIsVisibleInTheBroker() async throws {
         let name = TestBroker.unique("orders-node")
-        let listed = try await AMQPConnection.withConnection(configuration: TestBroker.configuration(name), logger: Logger(label: "t")) { _ in
+        let listed = try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration(name),
+            logger: Logger(label: "t")
+        ) { _ in
             try TestBroker.ctl("list_connections", "client_properties")
         }
         #expect(listed.contains(name))
@@ -205,7 +299,10 @@ import Testing
     }
 
     @Test func publishToMissingExchangeFailsAndThePublisherRecovers() async throws {
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("missing-exchange"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("missing-exchange"),
+            logger: Logger(label: "t")
+        ) { connection in
             let missing = TestBroker.unique("no-such-exchange")
             let error = await #expect(throws: AMQPError.self) {
                 try await connection.publish(AMQPOutgoingMessage(exchange: missing, routingKey: "x", body: [1]))
@@ -222,7 +319,10 @@ import Testing
 
     @Test func conflictingRedeclarationIsAPreconditionFailure() async throws {
         let queue = TestBroker.unique("conflict")
-        try await AMQPConnection.withConnection(configuration: TestBroker.configuration("conflict"), logger: Logger(label: "t")) { connection in
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("conflict"),
+            logger: Logger(label: "t")
+        ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
             let error = await #expect(throws: AMQPError.self) {
                 try await connection.declare(AMQPTopology(queues: [.init(queue, kind: .quorum)]))
@@ -238,7 +338,10 @@ import Testing
     @Test func reconnectsAfterTheBrokerClosesAllConnections() async throws {
         let queue = TestBroker.unique("survivor")
         let logs = CapturedLogs()
-        let connection = try await AMQPConnection.connect(configuration: TestBroker.configuration("survivor"), logger: logs.makeLogger())
+        let connection = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("survivor"),
+            logger: logs.makeLogger()
+        )
         try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
         var iterator = try await connection.consume(queue: queue, prefetch: 5).makeAsyncIterator()
 
@@ -246,7 +349,10 @@ import Testing
         #expect(try await TestBroker.eventually { connection.connectionCount == 2 && connection.isConnected })
 
         // The recorded topology was declared again and the consumer resumed on the new connection.
-        try await publishRetrying(connection, AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("after".utf8)))
+        try await publishRetrying(
+            connection,
+            AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("after".utf8))
+        )
         let delivery = try #require(try await nextDelivery(&iterator))
         #expect(delivery.body == Array("after".utf8))
         delivery.ack()
@@ -274,7 +380,10 @@ import Testing
 
     @Test func noConfirmedMessageIsLostAcrossABrokerRestart() async throws {
         let queue = TestBroker.unique("durable")
-        let connection = try await AMQPConnection.connect(configuration: TestBroker.configuration("restart"), logger: Logger(label: "t"))
+        let connection = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("restart"),
+            logger: Logger(label: "t")
+        )
         try await connection.declare(AMQPTopology(queues: [.init(queue, kind: .quorum)]))
 
         // Publish in batches until well after the restart; whatever fails (lost connection, reconnecting)
@@ -298,7 +407,12 @@ import Testing
             let batch = pending
             let results = await connection.publish(
                 contentsOf: batch.map {
-                    AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("\($0)".utf8), properties: .init(messageID: "\($0)"))
+                    AMQPOutgoingMessage(
+                        exchange: "",
+                        routingKey: queue,
+                        body: Array("\($0)".utf8),
+                        properties: .init(messageID: "\($0)")
+                    )
                 }
             )
             for (id, result) in zip(batch, results) {

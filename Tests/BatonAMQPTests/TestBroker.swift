@@ -1,16 +1,19 @@
-@testable import BatonAMQP
 import Foundation
 import Logging
 import Synchronization
 
+@testable import BatonAMQP
+
 /// The real broker the README's test command starts (Deploy/local/broker.sh). There is no fallback: if it
 /// is not running, every broker test fails.
 enum TestBroker {
-    static let url = ProcessInfo.processInfo.environment["BATON_TEST_AMQP_URL"]
+    static let url =
+        ProcessInfo.processInfo.environment["BATON_TEST_AMQP_URL"]
         ?? "amqp://baton:baton-local-secret@127.0.0.1:5673/%2F"
     static let password = try! AMQPURL.password(of: url)
 
-    static func configuration(_ name: String, heartbeat: Duration = .seconds(10)) throws -> AMQPConnection.Configuration {
+    static func configuration(_ name: String, heartbeat: Duration = .seconds(10)) throws -> AMQPConnection.Configuration
+    {
         var configuration = try AMQPConnection.Configuration(url: url, connectionName: name)
         configuration.heartbeat = heartbeat
         configuration.reconnectBackoff = .init(initial: .milliseconds(50), maximum: .milliseconds(500))

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Baton needs on a Debian machine that already has the Swift toolchain: the RabbitMQ server
+# (for the local broker node), librabbitmq and SQLite headers. Does nothing when all is present.
+set -euo pipefail
+
+packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl)
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "setup.sh: installing ${missing[*]}"
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+# The package's own service is not wanted (the scripts run a private node); policy-rc.d keeps it down.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d > /dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
+fi
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
