@@ -8,7 +8,8 @@
 #   Deploy/local/broker.sh url        print the AMQP URL of its application user
 #
 # Settings (environment): BATON_BROKER_DIR (default .build-broker), BATON_BROKER_PORT (5673),
-# BATON_BROKER_NODE (baton-local@localhost), BATON_BROKER_USER / BATON_BROKER_PASSWORD.
+# BATON_BROKER_NODE (baton-local@localhost), BATON_BROKER_USER / BATON_BROKER_PASSWORD, and
+# BATON_BROKER_TLS_DIR: a folder with ca.pem, server.pem and server.key adds an amqps listener on PORT+1.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,6 +56,16 @@ heartbeat = 10
 log.file.level = warning
 log.console = false
 CONF
+    if [ -n "${BATON_BROKER_TLS_DIR:-}" ]; then
+        cat >> "$dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = 127.0.0.1:$((port + 1))
+ssl_options.cacertfile = $BATON_BROKER_TLS_DIR/ca.pem
+ssl_options.certfile = $BATON_BROKER_TLS_DIR/server.pem
+ssl_options.keyfile = $BATON_BROKER_TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+    fi
     broker_env
     # The application user is created from default_user on first boot; guest never exists on this node.
     nohup "$rabbit_bin/rabbitmq-server" > "$dir/log/stdout.log" 2>&1 &

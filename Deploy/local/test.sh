@@ -14,9 +14,27 @@ export BATON_BROKER_PORT=${BATON_TEST_BROKER_PORT:-5683}
 export BATON_BROKER_NODE="baton-test-$$@localhost"
 rm -rf "$BATON_BROKER_DIR"
 trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"' EXIT
+
+# Certificates for the amqps tests: a CA that signed the broker's certificate for "localhost", and an
+# unrelated CA that must be refused.
+export BATON_BROKER_TLS_DIR="$BATON_BROKER_DIR/tls"
+mkdir -p "$BATON_BROKER_TLS_DIR"
+(
+    cd "$BATON_BROKER_TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Baton test CA" -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Unrelated CA" -keyout wrong-ca.key -out wrong-ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem 2>/dev/null
+    chmod 644 server.key
+)
+
 "$here/broker.sh" start
 export BATON_TEST_AMQP_URL=$("$here/broker.sh" url)
-export BATON_TEST_BROKER_DIR="$BATON_BROKER_DIR"
+export BATON_TEST_AMQPS_URL="amqps://${BATON_TEST_AMQP_URL#amqp://}"
+export BATON_TEST_AMQPS_URL="${BATON_TEST_AMQPS_URL/127.0.0.1:$BATON_BROKER_PORT/localhost:$((BATON_BROKER_PORT + 1))}"
+export BATON_TEST_TLS_CA="$BATON_BROKER_TLS_DIR/ca.pem"
+export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 
 swift build --build-tests
 swift test --skip-build "$@"

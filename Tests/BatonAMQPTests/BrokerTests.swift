@@ -333,6 +333,40 @@ import Testing
         }
     }
 
+    @Test func amqpsVerifiesTheBrokerAgainstTheConfiguredCA() async throws {
+        let tlsSetup = try TestBroker.tls()
+        let trusted = AMQPConnection.Configuration.TLS(caCertificatePath: tlsSetup.ca)
+        let connected = try await AMQPConnection.withConnection(
+            configuration: .init(url: tlsSetup.url, tls: trusted, connectionName: "tls"),
+            logger: Logger(label: "t")
+        ) { connection in
+            let queue = TestBroker.unique("tls")
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: [42]))
+            return try await connection.deleteQueue(queue)
+        }
+        #expect(connected == 1)
+
+        let untrusted = AMQPConnection.Configuration.TLS(caCertificatePath: tlsSetup.wrongCA)
+        let error = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(
+                configuration: .init(url: tlsSetup.url, tls: untrusted, connectionName: "tls-wrong-ca"),
+                logger: Logger(label: "t")
+            ).close()
+        }
+        #expect(error?.code == .tlsFailed, "\(String(describing: error))")
+
+        let missing = AMQPConnection.Configuration.TLS(caCertificatePath: "/nonexistent/ca.pem")
+        let missingError = await #expect(throws: AMQPError.self) {
+            try await AMQPConnection.connect(
+                configuration: .init(url: tlsSetup.url, tls: missing, connectionName: "tls-no-ca"),
+                logger: Logger(label: "t")
+            ).close()
+        }
+        #expect(missingError?.code == .invalidConfiguration)
+        #expect(missingError?.message.contains("/nonexistent/ca.pem") == true)
+    }
+
     // MARK: Recovery
 
     @Test func reconnectsAfterTheBrokerClosesAllConnections() async throws {

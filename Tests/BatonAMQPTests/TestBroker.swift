@@ -20,6 +20,20 @@ enum TestBroker {
         return configuration
     }
 
+    /// The broker's amqps listener and the certificate authorities for it, set up by Deploy/local/test.sh.
+    static func tls() throws -> (url: String, ca: String, wrongCA: String) {
+        let environment = ProcessInfo.processInfo.environment
+        guard let url = environment["BATON_TEST_AMQPS_URL"], let ca = environment["BATON_TEST_TLS_CA"],
+            let wrongCA = environment["BATON_TEST_TLS_WRONG_CA"]
+        else {
+            throw AMQPError(
+                code: .invalidConfiguration,
+                message: "no TLS broker: run the tests with Deploy/local/test.sh, which sets BATON_TEST_AMQPS_URL"
+            )
+        }
+        return (url, ca, wrongCA)
+    }
+
     static func connect(_ name: String, logger: Logger = Logger(label: "test")) async throws -> AMQPConnection {
         try await AMQPConnection.connect(configuration: configuration(name), logger: logger)
     }
