@@ -5,6 +5,8 @@ let package = Package(
     name: "Baton",
     platforms: [.macOS(.v15)],
     products: [
+        .library(name: "Baton", targets: ["Baton"]),
+        .library(name: "BatonTesting", targets: ["BatonTesting"]),
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
@@ -15,6 +17,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
     ],
     targets: [
+        // The core: messages, process managers and their engine. Pure, no I/O.
+        .target(name: "Baton"),
+        // The testing kit, shipped: scenarios for process managers and a controllable clock.
+        .target(name: "BatonTesting", dependencies: ["Baton"]),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
         .systemLibrary(
             name: "CRabbitMQ",
@@ -42,6 +48,10 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
+        ),
+        .testTarget(
+            name: "BatonTests",
+            dependencies: ["Baton", "BatonTesting"]
         ),
         .testTarget(
             name: "BatonAMQPTests",

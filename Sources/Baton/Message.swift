@@ -1,0 +1,87 @@
+import Foundation
+
+/// A message of the published contract: a `Codable` value registered under a stable, versioned name.
+///
+/// The name is `<context>.<Name>` (e.g. `orders.OrderConfirmed`); it is the routing key on the wire and
+/// never changes once published. A new, incompatible shape gets a new ``messageVersion``.
+public protocol Message: Codable, Sendable {
+    /// The stable name, `<context>.<Name>`.
+    static var messageName: String { get }
+    /// The schema version of this shape. 1 unless overridden.
+    static var messageVersion: Int { get }
+}
+
+extension Message {
+    public static var messageVersion: Int { 1 }
+
+    /// The type name carried in the envelope: `<context>.<Name>.v<version>`.
+    public static var messageType: String { "\(messageName).v\(messageVersion)" }
+
+    /// The bounded context (category) the message belongs to: the part of the name before the first dot.
+    public static var category: String { String(messageName.prefix { $0 != "." }) }
+}
+
+/// An instruction to one bounded context. Sent to exactly one handler.
+public protocol Command: Message {}
+
+/// A fact that happened. Published to anyone who listens.
+public protocol Event: Message {}
+
+/// A message with everything needed to route, de-duplicate, correlate and trace it.
+public struct Envelope: Sendable, Hashable, Codable {
+    /// Unique id; a repeated id has no second effect.
+    public var messageID: String
+    /// `<context>.<Name>.v<version>`.
+    public var messageType: String
+    /// The id of the conversation (process instance, order, …) this message belongs to.
+    public var correlationID: String?
+    /// The id of the message that caused this one.
+    public var causationID: String?
+    /// The stream this event was appended to, if it is an event of an aggregate or process.
+    public var stream: String?
+    /// The event's position in ``stream``.
+    public var position: Int64?
+    /// When the message was created.
+    public var timestamp: Date
+    /// Other headers, passed through unchanged (W3C `traceparent` among them).
+    public var headers: [String: String]
+    /// The JSON body.
+    public var payload: Data
+
+    /// Creates an envelope.
+    public init(
+        messageID: String,
+        messageType: String,
+        correlationID: String? = nil,
+        causationID: String? = nil,
+        stream: String? = nil,
+        position: Int64? = nil,
+        timestamp: Date,
+        headers: [String: String] = [:],
+        payload: Data
+    ) {
+        self.messageID = messageID
+        self.messageType = messageType
+        self.correlationID = correlationID
+        self.causationID = causationID
+        self.stream = stream
+        self.position = position
+        self.timestamp = timestamp
+        self.headers = headers
+        self.payload = payload
+    }
+
+    /// The name part of ``messageType`` (without `.v<version>`): the routing key on the wire.
+    public var messageName: String {
+        guard let range = messageType.range(of: ".v", options: .backwards),
+            Int(messageType[range.upperBound...]) != nil
+        else { return messageType }
+        return String(messageType[..<range.lowerBound])
+    }
+
+    /// The bounded context the message belongs to.
+    public var category: String { String(messageName.prefix { $0 != "." }) }
+}
+
+/// The W3C trace context header, passed from each message to the messages it causes.
+public let traceparentHeader = "traceparent"

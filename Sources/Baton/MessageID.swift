@@ -1,0 +1,30 @@
+/// Deterministic message ids: the same inputs always give the same id, so a handler that runs again after a
+/// crash issues messages with the ids it issued the first time, and consumers de-duplicate them.
+public enum MessageID {
+    /// A 128-bit id (32 hex digits) derived from the parts, e.g. instance id, triggering message id, index.
+    public static func derived(from parts: String...) -> String {
+        derived(fromParts: parts)
+    }
+
+    /// A 128-bit id derived from the parts.
+    public static func derived(fromParts parts: [String]) -> String {
+        // Two independent 64-bit FNV-1a hashes of the length-prefixed parts (so ("ab","c") != ("a","bc")).
+        var first: UInt64 = 0xcbf2_9ce4_8422_2325
+        var second: UInt64 = 0x6c62_272e_07bb_0142
+        func mix(_ byte: UInt8) {
+            first = (first ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+            second = (second ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 &+ 0x9e37_79b9
+        }
+        for part in parts {
+            for byte in String(part.utf8.count).utf8 { mix(byte) }
+            mix(0x1f)
+            for byte in part.utf8 { mix(byte) }
+        }
+        return hex(first) + hex(second)
+    }
+
+    private static func hex(_ value: UInt64) -> String {
+        let digits = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}

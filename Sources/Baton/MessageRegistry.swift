@@ -1,0 +1,171 @@
+import Foundation
+
+/// Why a message could not be turned into a registered Swift value.
+public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of problem.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        fileprivate let name: String
+        /// No type is registered under the message's type name.
+        public static let unknownType = Code(name: "unknownType")
+        /// The body is not valid JSON for the registered type.
+        public static let undecodable = Code(name: "undecodable")
+        /// The body is larger than allowed.
+        public static let oversized = Code(name: "oversized")
+        /// Decoded, but the values break the contract's rules.
+        public static let invalid = Code(name: "invalid")
+        public var description: String { name }
+    }
+
+    /// What kind of problem.
+    public var code: Code
+    /// The precise reason, naming the field where there is one.
+    public var reason: String
+
+    /// Creates an error.
+    public init(code: Code, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+
+    public var description: String { "\(code): \(reason)" }
+}
+
+/// The message types a node knows, by their type names, with JSON coding.
+public struct MessageRegistry: Sendable {
+    private var decoders: [String: @Sendable (Data) throws -> any Message] = [:]
+    /// The largest body accepted, in bytes.
+    public var maximumPayloadSize: Int
+
+    /// Creates an empty registry.
+    /// - Parameter maximumPayloadSize: Larger bodies are refused as `.oversized`. 256 KiB by default.
+    public init(maximumPayloadSize: Int = 256 * 1024) {
+        self.maximumPayloadSize = maximumPayloadSize
+    }
+
+    /// Registers a message type under its ``Message/messageType``.
+    public mutating func register<M: Message>(_ type: M.Type) {
+        decoders[M.messageType] = { data in try JSONDecoder.baton.decode(M.self, from: data) }
+    }
+
+    /// Whether a type name is registered.
+    public func contains(_ messageType: String) -> Bool {
+        decoders[messageType] != nil
+    }
+
+    /// Decodes an envelope's payload into its registered type.
+    /// - Throws: ``MessageError`` with the precise reason (unknown type, oversized, the JSON path that failed).
+    public func decode(_ envelope: Envelope) throws(MessageError) -> any Message {
+        guard envelope.payload.count <= maximumPayloadSize else {
+            throw MessageError(
+                code: .oversized,
+                reason: "body of \(envelope.payload.count) bytes exceeds the limit of \(maximumPayloadSize)"
+            )
+        }
+        guard let decoder = decoders[envelope.messageType] else {
+            throw MessageError(code: .unknownType, reason: "no message type '\(envelope.messageType)' is registered")
+        }
+        do {
+            return try decoder(envelope.payload)
+        } catch let error as DecodingError {
+            throw MessageError(code: .undecodable, reason: error.reason)
+        } catch {
+            throw MessageError(code: .undecodable, reason: "\(error)")
+        }
+    }
+
+    /// Encodes a message as the JSON the wire carries.
+    public static func encode(_ message: some Message) -> Data {
+        // Encoding a Codable value of our own types only fails for non-finite floats: a programming error.
+        try! JSONEncoder.baton.encode(message)
+    }
+}
+
+extension DecodingError {
+    /// A one-line reason naming the JSON path, e.g. `lines[0].quantity: expected Int, found a string`.
+    var reason: String {
+        func path(_ context: Context) -> String {
+            let path = context.codingPath.map { key in
+                key.intValue.map { "[\($0)]" } ?? ".\(snakeCased(key.stringValue))"
+            }.joined()
+            return path.hasPrefix(".") ? String(path.dropFirst()) : (path.isEmpty ? "(root)" : path)
+        }
+        switch self {
+        case .keyNotFound(let key, let context):
+            let parent = path(context)
+            return "\(parent == "(root)" ? "" : parent + ".")\(snakeCased(key.stringValue)): required field is missing"
+        case .typeMismatch(let type, let context):
+            return "\(path(context)): expected \(type)"
+        case .valueNotFound(let type, let context):
+            return "\(path(context)): expected \(type), found null"
+        case .dataCorrupted(let context):
+            return "\(path(context)): \(context.debugDescription)"
+        @unknown default:
+            return "\(self)"
+        }
+    }
+}
+
+/// A Swift property name as it appears on the wire (`orderID` → `order_id`), as `convertToSnakeCase` writes it.
+func snakeCased(_ name: String) -> String {
+    let characters = Array(name)
+    var result = ""
+    for (index, character) in characters.enumerated() {
+        if character.isUppercase, index > 0 {
+            let previous = characters[index - 1]
+            let nextIsLower = index + 1 < characters.count && characters[index + 1].isLowercase
+            if previous.isLowercase || previous.isNumber || (previous.isUppercase && nextIsLower) {
+                result.append("_")
+            }
+        }
+        result.append(contentsOf: character.lowercased())
+    }
+    return result
+}
+
+extension JSONEncoder {
+    /// The one JSON style of the wire: snake_case keys, ISO-8601 dates, sorted keys (stable bytes).
+    public static var baton: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+}
+
+extension JSONDecoder {
+    /// Reads what ``JSONEncoder/baton`` writes. Keys go from snake_case back to Swift's camelCase with
+    /// its acronyms (`order_id` → `orderID`, `callback_url` → `callbackURL`), which Foundation's
+    /// `convertFromSnakeCase` does not do (it gives `orderId`).
+    public static var baton: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .custom { path in
+            SwiftKey(camelCaseFromSnakeCase: path.last!.stringValue)
+        }
+        decoder.dateDecodingStrategy = .iso8601
+        return decoder
+    }
+}
+
+private struct SwiftKey: CodingKey {
+    static let acronyms: Set<String> = ["id", "url", "uri", "uuid", "sku", "json", "http"]
+    var stringValue: String
+    var intValue: Int? { nil }
+
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
+
+    init(camelCaseFromSnakeCase key: String) {
+        let parts = key.split(separator: "_", omittingEmptySubsequences: true)
+        guard parts.count > 1, !key.hasPrefix("_") else {
+            self.stringValue = key
+            return
+        }
+        stringValue =
+            String(parts[0])
+            + parts.dropFirst().map { part in
+                Self.acronyms.contains(part.lowercased())
+                    ? part.uppercased() : part.prefix(1).uppercased() + part.dropFirst()
+            }.joined()
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+
+/// A message a process instance issued: a command to send or an event to publish, with its final envelope
+/// (deterministic id, correlation and causation set).
+public struct IssuedMessage: Sendable, Hashable, Codable {
+    /// Whether it is a command or an event.
+    public enum Kind: String, Sendable, Hashable, Codable {
+        case command, event
+    }
+
+    /// Command or event.
+    public var kind: Kind
+    /// The envelope to send.
+    public var envelope: Envelope
+
+    /// Creates an issued message.
+    public init(kind: Kind, envelope: Envelope) {
+        self.kind = kind
+        self.envelope = envelope
+    }
+}
+
+/// A message registered to undo a step, issued (last registered first) when the instance compensates.
+public struct CompensationStep: Sendable, Hashable, Codable {
+    /// The command's type name.
+    public var messageType: String
+    /// Its JSON body.
+    public var payload: Data
+}
+
+/// A change to an instance's timers.
+public enum TimerOperation: Sendable, Hashable, Codable {
+    /// The timer fires at `dueAt` (replacing an earlier schedule of the same name).
+    case schedule(name: String, dueAt: Date)
+    /// The timer will not fire.
+    case cancel(name: String)
+}
+
+/// What made an instance move.
+public enum ProcessTrigger: Sendable, Hashable, Codable {
+    /// An event arrived.
+    case event(Envelope)
+    /// A timer came due.
+    case timer(name: String, dueAt: Date)
+
+    /// The id that de-duplicates this trigger and derives the ids of what it causes.
+    public func messageID(processManager: String, instanceID: String) -> String {
+        switch self {
+        case .event(let envelope):
+            return envelope.messageID
+        case .timer(let name, let dueAt):
+            return MessageID.derived(
+                from: "timer",
+                processManager,
+                instanceID,
+                name,
+                String(dueAt.timeIntervalSince1970)
+            )
+        }
+    }
+}
+
+/// One handled event or timer of one instance: the record appended to the instance's stream.
+public struct ProcessTransition: Sendable, Hashable, Codable {
+    /// The instance's version after this transition (1 for the start).
+    public var version: Int64
+    /// What happened.
+    public var trigger: ProcessTrigger
+    /// The handler's clock reading (replays use it, so they are deterministic).
+    public var at: Date
+    /// The lifecycle after the transition.
+    public var lifecycle: ProcessLifecycle
+    /// The commands and events issued.
+    public var issued: [IssuedMessage]
+    /// Timers scheduled or cancelled.
+    public var timers: [TimerOperation]
+    /// Associations the instance added (name → value).
+    public var associations: [String: String]
+    /// Why it is compensating or failed, when that is what happened.
+    public var reason: String?
+}
+
+/// The stored state of one instance: what replaying its transitions produces.
+public struct ProcessInstance<State: ProcessState>: Sendable, Equatable, Codable {
+    /// The instance id (the correlation key).
+    public var id: String
+    /// The handlers' state.
+    public var state: State
+    /// Where the instance is.
+    public var lifecycle: ProcessLifecycle
+    /// How many transitions it has had.
+    public var version: Int64
+    /// Undo steps, in the order registered.
+    public var compensations: [CompensationStep]
+    /// Pending timers by name.
+    public var timers: [String: Date]
+    /// Why it compensated or failed.
+    public var reason: String?
+
+    /// A new instance before its start handler.
+    public init(id: String) {
+        self.id = id
+        self.state = State()
+        self.lifecycle = .started
+        self.version = 0
+        self.compensations = []
+        self.timers = [:]
+        self.reason = nil
+    }
+}

@@ -1,0 +1,296 @@
+import Foundation
+
+/// The state a process manager keeps per instance. It starts from `init()` and is stored as JSON.
+public protocol ProcessState: Codable, Sendable, Equatable {
+    init()
+}
+
+/// How an event finds its process instance.
+public struct Correlation<E: Event>: Sendable {
+    enum Rule: Sendable {
+        /// The instance id is computed from the event (a field, or several joined).
+        case key(@Sendable (E, Envelope) -> String?)
+        /// The event carries a value the instance associated with itself under a name.
+        case association(name: String, value: @Sendable (E) -> String)
+    }
+
+    let rule: Rule
+    let summary: String
+
+    /// The instance id is a field of the event.
+    public static func field(_ value: @escaping @Sendable (E) -> String) -> Self {
+        Correlation(rule: .key { event, _ in value(event) }, summary: "event field")
+    }
+
+    /// The instance id is several fields of the event joined with `|` (a composite key).
+    public static func composite(_ values: [@Sendable (E) -> String]) -> Self {
+        precondition(values.count >= 2, "a composite key needs at least two parts")
+        return Correlation(
+            rule: .key { event, _ in values.map { $0(event) }.joined(separator: "|") },
+            summary: "composite key"
+        )
+    }
+
+    /// The instance id is the envelope's correlation id.
+    public static var correlationID: Self {
+        Correlation(rule: .key { _, envelope in envelope.correlationID }, summary: "correlation id")
+    }
+
+    /// The event carries a value that an instance associated with itself (see
+    /// ``ProcessContext/associate(_:with:)``) — a mapping from an instance field to an event field.
+    /// - Parameters:
+    ///   - name: The association's name, declared on the builder.
+    ///   - value: The event field to look up.
+    public static func mapped(_ name: String, by value: @escaping @Sendable (E) -> String) -> Self {
+        Correlation(rule: .association(name: name, value: value), summary: "mapping '\(name)'")
+    }
+}
+
+/// What an event resolved to, before the instance is loaded.
+public enum CorrelationKey: Sendable, Hashable {
+    /// The instance with this id.
+    case instance(String)
+    /// The instance associated with `value` under `name`.
+    case association(name: String, value: String)
+}
+
+/// A process manager: the events it listens to, how each finds its instance, what each does.
+///
+/// ```swift
+/// let fulfillment = ProcessManager<Fulfillment>(name: "fulfillment", listensTo: ["orders", "inventory"]) { pm in
+///     pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+///         process.state.orderID = event.orderID
+///         process.send(ReserveInventory(orderID: event.orderID, lines: event.lines))
+///         process.schedule("step-timeout", after: .seconds(30))
+///     }
+///     pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { event, process in … }
+///     pm.end(on: OrderCompleted.self, correlation: .field(\.orderID)) { _, _ in }
+/// }
+/// ```
+public struct ProcessManager<State: ProcessState>: Sendable {
+    /// The handler of one event type.
+    struct Handler: Sendable {
+        enum Kind: Sendable, Hashable {
+            /// Starts an instance (a second start event for an existing instance is handled as usual).
+            case start
+            /// Handles the event for an open instance.
+            case ordinary
+            /// Handles the event and closes the instance as completed.
+            case end
+            /// Handles the event for a closed instance only: a late reply that needs its own compensation.
+            case afterClose
+        }
+
+        var messageType: String
+        var category: String
+        var kind: Kind
+        var mayClose: Bool
+        var correlationSummary: String
+        var correlate: @Sendable (any Message, Envelope) -> CorrelationKey?
+        var associationName: String?
+        var handle: @Sendable (any Message, inout ProcessContext<State>) throws -> Void
+    }
+
+    /// The name; the instance streams are `<name>-<instance id>`.
+    public let name: String
+    /// The categories (bounded contexts) whose events this manager receives.
+    public let categories: [String]
+    /// How many transitions between two state snapshots.
+    public let snapshotInterval: Int
+    var handlers: [Handler] = []
+    var timerHandlers: [String: TimerHandler] = [:]
+    var associations: Set<String> = []
+
+    struct TimerHandler: Sendable {
+        var mayClose: Bool
+        var handle: @Sendable (inout ProcessContext<State>) throws -> Void
+    }
+
+    /// Defines a process manager.
+    /// - Parameters:
+    ///   - name: The process manager's name.
+    ///   - categories: The categories it listens to.
+    ///   - snapshotInterval: Transitions between state snapshots (loading replays at most this many).
+    ///   - define: Registers the handlers.
+    public init(
+        name: String,
+        listensTo categories: [String],
+        snapshotInterval: Int = 20,
+        _ define: (inout Builder) -> Void
+    ) {
+        precondition(snapshotInterval >= 1, "snapshotInterval must be at least 1")
+        self.name = name
+        self.categories = categories
+        self.snapshotInterval = snapshotInterval
+        var builder = Builder()
+        define(&builder)
+        handlers = builder.handlers
+        timerHandlers = builder.timerHandlers
+        associations = builder.associations
+    }
+
+    /// Registers handlers; passed to the closure of ``ProcessManager/init(name:listensTo:snapshotInterval:_:)``.
+    public struct Builder {
+        var handlers: [Handler] = []
+        var timerHandlers: [String: TimerHandler] = [:]
+        var associations: Set<String> = []
+
+        /// Declares an association name that handlers may use with ``ProcessContext/associate(_:with:)``
+        /// and events may correlate by with ``Correlation/mapped(_:by:)``.
+        public mutating func association(_ name: String) {
+            associations.insert(name)
+        }
+
+        /// The handler that starts an instance.
+        /// - Parameters:
+        ///   - type: The event type.
+        ///   - correlation: How the event names its instance.
+        ///   - mayClose: Whether the handler may complete or fail the instance.
+        ///   - handle: The handler.
+        public mutating func start<E: Event>(
+            on type: E.Type,
+            correlation: Correlation<E>,
+            mayClose: Bool = false,
+            _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
+        ) {
+            add(type, .start, correlation, mayClose: mayClose, handle)
+        }
+
+        /// A handler for an event of a running instance.
+        /// - Parameters:
+        ///   - type: The event type.
+        ///   - correlation: How the event finds its instance.
+        ///   - mayClose: Whether the handler may complete or fail the instance (checked when it does).
+        ///   - handle: The handler.
+        public mutating func on<E: Event>(
+            _ type: E.Type,
+            correlation: Correlation<E>,
+            mayClose: Bool = false,
+            _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
+        ) {
+            add(type, .ordinary, correlation, mayClose: mayClose, handle)
+        }
+
+        /// An end handler: runs, then closes the instance as completed (unless it failed it).
+        public mutating func end<E: Event>(
+            on type: E.Type,
+            correlation: Correlation<E>,
+            _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void = { _, _ in }
+        ) {
+            add(type, .end, correlation, mayClose: true, handle)
+        }
+
+        /// A handler for an event that arrives after the instance closed: a late reply that must be
+        /// compensated (e.g. a shipment created after the order was cancelled gets cancelled).
+        public mutating func afterClose<E: Event>(
+            _ type: E.Type,
+            correlation: Correlation<E>,
+            _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
+        ) {
+            add(type, .afterClose, correlation, mayClose: false, handle)
+        }
+
+        /// The handler of a timer the instance scheduled with ``ProcessContext/schedule(_:at:)``.
+        public mutating func onTimer(
+            _ name: String,
+            mayClose: Bool = false,
+            _ handle: @escaping @Sendable (inout ProcessContext<State>) throws -> Void
+        ) {
+            precondition(timerHandlers[name] == nil, "two handlers for timer '\(name)'")
+            timerHandlers[name] = TimerHandler(mayClose: mayClose, handle: handle)
+        }
+
+        private mutating func add<E: Event>(
+            _ type: E.Type,
+            _ kind: Handler.Kind,
+            _ correlation: Correlation<E>,
+            mayClose: Bool,
+            _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
+        ) {
+            let associationName: String?
+            let correlate: @Sendable (any Message, Envelope) -> CorrelationKey?
+            switch correlation.rule {
+            case .key(let key):
+                associationName = nil
+                correlate = { message, envelope in key(message as! E, envelope).map(CorrelationKey.instance) }
+            case .association(let name, let value):
+                associationName = name
+                correlate = { message, _ in .association(name: name, value: value(message as! E)) }
+            }
+            handlers.append(
+                Handler(
+                    messageType: E.messageType,
+                    category: E.category,
+                    kind: kind,
+                    mayClose: mayClose,
+                    correlationSummary: correlation.summary,
+                    correlate: correlate,
+                    associationName: associationName,
+                    handle: { message, context in try handle(message as! E, &context) }
+                )
+            )
+        }
+    }
+
+    /// The message types this manager handles (events only; timers are internal).
+    public var messageTypes: Set<String> { Set(handlers.map(\.messageType)) }
+
+    /// Checks the definition; a node refuses to start with a broken one.
+    /// - Throws: ``DefinitionError`` naming every problem found.
+    public func validate() throws(DefinitionError) {
+        var problems: [String] = []
+        if !handlers.contains(where: { $0.kind == .start }) {
+            problems.append("no start handler: declare one with start(on:correlation:)")
+        }
+        var seen: [String: Handler.Kind] = [:]
+        for handler in handlers {
+            let slot = "\(handler.messageType)/\(handler.kind == .afterClose ? "closed" : "open")"
+            if seen[slot] != nil { problems.append("two handlers for \(handler.messageType)") }
+            seen[slot] = handler.kind
+            if !categories.contains(handler.category) {
+                problems.append(
+                    "\(handler.messageType) is handled but its category '\(handler.category)' is not listened to"
+                )
+            }
+            if let association = handler.associationName, !associations.contains(association) {
+                problems.append(
+                    "\(handler.messageType) cannot correlate: it is mapped by '\(association)', which no handler can associate (declare it with association(_:))"
+                )
+            }
+            if handler.kind == .start, handler.associationName != nil {
+                problems.append("\(handler.messageType) starts instances, so it must name the instance, not map to one")
+            }
+        }
+        let canClose = handlers.contains { $0.mayClose } || timerHandlers.values.contains { $0.mayClose }
+        if !canClose {
+            problems.append(
+                "no terminal state is reachable: no end handler and no handler or timer declared with mayClose: true"
+            )
+        }
+        if !problems.isEmpty {
+            throw DefinitionError(processManager: name, problems: problems)
+        }
+    }
+
+    func handlers(for messageType: String) -> [Handler] {
+        handlers.filter { $0.messageType == messageType }
+    }
+}
+
+/// A broken process-manager definition, with every problem named.
+public struct DefinitionError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The process manager's name.
+    public var processManager: String
+    /// One sentence per problem.
+    public var problems: [String]
+
+    /// Creates an error.
+    public init(processManager: String, problems: [String]) {
+        self.processManager = processManager
+        self.problems = problems
+    }
+
+    public var description: String {
+        "process manager '\(processManager)' is invalid:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}

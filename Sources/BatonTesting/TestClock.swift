@@ -1,0 +1,50 @@
+import Baton
+import Foundation
+import Synchronization
+
+/// A clock that only moves when told to: ``advance(by:)`` or ``advance(to:)``. Sleepers whose deadline it
+/// passes wake up at once.
+public final class TestClock: TimeSource {
+    private struct State {
+        var now: Date
+        var sleepers: [(deadline: Date, continuation: CheckedContinuation<Void, any Error>)] = []
+    }
+
+    private let state: Mutex<State>
+
+    /// Creates a clock at `start` (by default 2026-01-01T00:00:00Z).
+    public init(start: Date = Date(timeIntervalSince1970: 1_767_225_600)) {
+        state = Mutex(State(now: start))
+    }
+
+    public func now() -> Date { state.withLock { $0.now } }
+
+    public func sleep(until deadline: Date) async throws {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Bool in
+                if state.now >= deadline { return true }
+                state.sleepers.append((deadline, continuation))
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Moves the clock forward and wakes every sleeper whose deadline has come.
+    public func advance(by interval: Duration) {
+        let (seconds, attoseconds) = interval.components
+        advance(to: now().addingTimeInterval(Double(seconds) + Double(attoseconds) / 1e18))
+    }
+
+    /// Sets the clock to `date` (never backwards) and wakes the due sleepers.
+    public func advance(to date: Date) {
+        let due = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
+            precondition(date >= state.now, "a TestClock never goes backwards")
+            state.now = date
+            let due = state.sleepers.filter { $0.deadline <= date }.map(\.continuation)
+            state.sleepers.removeAll { $0.deadline <= date }
+            return due
+        }
+        for continuation in due { continuation.resume() }
+    }
+}

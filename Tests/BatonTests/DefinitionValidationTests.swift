@@ -1,0 +1,141 @@
+import Baton
+import Foundation
+import Testing
+
+@Suite struct DefinitionValidationTests {
+    private func problems(_ definition: ProcessManager<Fulfillment>) -> [String] {
+        do {
+            try definition.validate()
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test func theSampleIsValid() {
+        #expect(problems(fulfillment).isEmpty)
+    }
+
+    @Test func noStartHandler() {
+        let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders"]) { pm in
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        #expect(problems(definition) == ["no start handler: declare one with start(on:correlation:)"])
+    }
+
+    @Test func aHandlerThatCannotCorrelate() {
+        let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders", "shipping"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.on(ParcelDelivered.self, correlation: .mapped("tracking", by: \.trackingNumber)) { _, _ in }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        #expect(problems(definition).count == 1)
+        #expect(problems(definition).first?.contains("shipping.ParcelDelivered.v1 cannot correlate") == true)
+    }
+
+    @Test func noReachableTerminalState() {
+        let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+        }
+        #expect(problems(definition).first?.hasPrefix("no terminal state is reachable") == true)
+    }
+
+    @Test func aCategoryThatIsNotListenedTo() {
+        let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        #expect(
+            problems(definition) == [
+                "inventory.InventoryReserved.v1 is handled but its category 'inventory' is not listened to"
+            ]
+        )
+    }
+
+    @Test func everyProblemIsNamedAtOnceAndTheEngineRefusesTheDefinition() {
+        let definition = ProcessManager<Fulfillment>(name: "broken", listensTo: []) { pm in
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { _, _ in }
+        }
+        #expect(throws: DefinitionError.self) { try ProcessEngine(definition) }
+        let found = problems(definition)
+        #expect(found.count == 5, "\(found)")
+        let text = "\(DefinitionError(processManager: "broken", problems: found))"
+        #expect(text.hasPrefix("process manager 'broken' is invalid:"))
+    }
+}
+
+@Suite struct LifecycleTests {
+    @Test func closedInstancesNeverMoveAndCompensationNeverGoesBack() {
+        for next in ProcessLifecycle.allCases {
+            #expect(!ProcessLifecycle.completed.canMove(to: next))
+            #expect(!ProcessLifecycle.failed.canMove(to: next))
+        }
+        #expect(ProcessLifecycle.started.canMove(to: .running))
+        #expect(ProcessLifecycle.running.canMove(to: .compensating))
+        #expect(ProcessLifecycle.compensating.canMove(to: .failed))
+        #expect(ProcessLifecycle.compensating.canMove(to: .completed))
+        #expect(!ProcessLifecycle.compensating.canMove(to: .running))
+        #expect(!ProcessLifecycle.running.canMove(to: .started))
+    }
+}
+
+@Suite struct MessageRegistryTests {
+    @Test func unknownUndecodableAndOversizedMessagesHavePreciseReasons() throws {
+        var registry = sampleRegistry()
+        func envelope(_ type: String, _ json: String) -> Envelope {
+            Envelope(messageID: "m", messageType: type, timestamp: .now, payload: Data(json.utf8))
+        }
+        #expect(throws: MessageError(code: .unknownType, reason: "no message type 'orders.Nope.v1' is registered")) {
+            try registry.decode(envelope("orders.Nope.v1", "{}"))
+        }
+        #expect(throws: MessageError(code: .undecodable, reason: "address: required field is missing")) {
+            try registry.decode(envelope(OrderConfirmed.messageType, #"{"order_id":"o"}"#))
+        }
+        #expect(throws: MessageError(code: .undecodable, reason: "order_id: expected String")) {
+            try registry.decode(envelope(OrderConfirmed.messageType, #"{"order_id":5,"address":"a"}"#))
+        }
+        registry.maximumPayloadSize = 10
+        #expect(throws: MessageError.self) {
+            try registry.decode(envelope(OrderCompleted.messageType, #"{"order_id":"0123456789"}"#))
+        }
+        let decoded = try sampleRegistry().decode(envelope(OrderCompleted.messageType, #"{"order_id":"o-1"}"#))
+        #expect((decoded as? OrderCompleted) == OrderCompleted(orderID: "o-1"))
+    }
+
+    @Test func snakeCaseKeysRoundTripWithAcronyms() throws {
+        struct Sample: Codable, Equatable {
+            var orderID: String
+            var shippingAddress: String
+            var callbackURL: String
+            var sku: String
+        }
+        let sample = Sample(orderID: "o", shippingAddress: "a", callbackURL: "u", sku: "s")
+        let json = try JSONEncoder.baton.encode(sample)
+        #expect(
+            String(decoding: json, as: UTF8.self)
+                == #"{"callback_url":"u","order_id":"o","shipping_address":"a","sku":"s"}"#
+        )
+        #expect(try JSONDecoder.baton.decode(Sample.self, from: json) == sample)
+    }
+
+    @Test func envelopesKnowTheirNameAndCategory() {
+        let envelope = Envelope(
+            messageID: "m",
+            messageType: "inventory.InventoryReserved.v2",
+            timestamp: .now,
+            payload: Data()
+        )
+        #expect(envelope.messageName == "inventory.InventoryReserved")
+        #expect(envelope.category == "inventory")
+    }
+
+    @Test func derivedIdsAreStableAndDistinct() {
+        #expect(MessageID.derived(from: "a", "b") == MessageID.derived(from: "a", "b"))
+        #expect(MessageID.derived(from: "ab", "c") != MessageID.derived(from: "a", "bc"))
+        #expect(MessageID.derived(from: "x").count == 32)
+        let many = Set((0..<10_000).map { MessageID.derived(from: "pm", "instance", "trigger", String($0)) })
+        #expect(many.count == 10_000)
+    }
+}

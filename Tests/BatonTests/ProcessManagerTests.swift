@@ -1,0 +1,204 @@
+import Baton
+import BatonTesting
+import Foundation
+import Testing
+
+@Suite struct ProcessManagerTests {
+    @Test func onlyTheStartEventStartsAnInstance() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        let early = try scenario.when(InventoryReserved(orderID: "o-1"))
+        #expect(early.skipReason == .unknownInstance("o-1"))
+        #expect(scenario.instance("o-1") == nil)
+
+        let started = try scenario.when(OrderConfirmed(orderID: "o-1", address: "12 St James's Sq"))
+        #expect(started.lifecycle == .started)
+        #expect(started.commands(ReserveInventory.self) == [ReserveInventory(orderID: "o-1")])
+        #expect(scenario.instance("o-1")?.timers["step-timeout"] == scenario.clock.now().addingTimeInterval(30))
+
+        let again = try scenario.when(OrderConfirmed(orderID: "o-1", address: "elsewhere"))
+        #expect(again.skipReason == .alreadyStarted("o-1"))
+        #expect(scenario.instance("o-1")?.state.address == "12 St James's Sq")
+    }
+
+    @Test func happyPathRunsToCompletionAndSkipsLaterEvents() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(OrderConfirmed(orderID: "o-1", address: "addr"))
+        let reserved = try scenario.when(InventoryReserved(orderID: "o-1"))
+        #expect(reserved.lifecycle == .running)
+        #expect(reserved.commands(CreateShipment.self) == [CreateShipment(orderID: "o-1", address: "addr")])
+        let shipped = try scenario.when(ShipmentCreated(orderID: "o-1", trackingNumber: "TRK-1"))
+        #expect(shipped.commands(CompleteOrder.self) == [CompleteOrder(orderID: "o-1")])
+        let completed = try scenario.when(OrderCompleted(orderID: "o-1"))
+        #expect(completed.lifecycle == .completed)
+        #expect(scenario.instance("o-1")?.timers.isEmpty == true, "closing cancels every timer")
+
+        let late = try scenario.when(InventoryReserved(orderID: "o-1"))
+        #expect(late.skipReason == .closed(instanceID: "o-1", lifecycle: .completed))
+        #expect(try scenario.advance(by: .seconds(60)).isEmpty, "no timer of a closed instance fires")
+    }
+
+    @Test func mappedCorrelationFindsTheInstanceByAnAssociatedValue() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(
+            OrderConfirmed(orderID: "o-7", address: "a"),
+            InventoryReserved(orderID: "o-7"),
+            ShipmentCreated(orderID: "o-7", trackingNumber: "TRK-77")
+        )
+        let delivered = try scenario.when(ParcelDelivered(trackingNumber: "TRK-77"))
+        #expect(delivered.transition != nil)
+        #expect(scenario.instance("o-7")?.state.delivered == true)
+        let stranger = try scenario.when(ParcelDelivered(trackingNumber: "TRK-unknown"))
+        #expect(stranger.transition == nil)
+    }
+
+    @Test func compensationIssuesUndoStepsLastRegisteredFirst() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(
+            OrderConfirmed(orderID: "o-2", address: "a"),
+            InventoryReserved(orderID: "o-2"),
+            ShipmentCreated(orderID: "o-2", trackingNumber: "TRK-2")
+        )
+        let cancelled = try scenario.when(OrderCancelled(orderID: "o-2", reason: "customer cancelled"))
+        #expect(cancelled.issuedTypes == ["shipping.CancelShipment.v1", "inventory.ReleaseInventory.v1"])
+        #expect(cancelled.lifecycle == .failed)
+        #expect(scenario.instance("o-2")?.reason == "customer cancelled")
+    }
+
+    @Test func aFailedStepCompensatesVisibly() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(OrderConfirmed(orderID: "o-3", address: ""), InventoryReserved(orderID: "o-3"))
+        let failed = try scenario.when(ShipmentFailed(orderID: "o-3", reason: "blank address"))
+        #expect(failed.lifecycle == .compensating)
+        #expect(failed.issuedTypes == ["inventory.ReleaseInventory.v1", "orders.CancelOrder.v1"])
+        let closed = try scenario.when(OrderCancelled(orderID: "o-3", reason: "blank address"))
+        #expect(closed.lifecycle == .failed)
+        #expect(closed.issued.isEmpty, "compensation is issued once")
+    }
+
+    @Test func aStepTimeoutCompensatesAndALateReplyGetsItsOwnCompensation() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(OrderConfirmed(orderID: "o-4", address: "a"), InventoryReserved(orderID: "o-4"))
+        #expect(try scenario.advance(by: .seconds(29)).isEmpty)
+        let fired = try scenario.advance(by: .seconds(2))
+        #expect(fired.count == 1)
+        #expect(fired[0].lifecycle == .compensating)
+        #expect(fired[0].issuedTypes == ["inventory.ReleaseInventory.v1", "orders.CancelOrder.v1"])
+        try scenario.given(OrderCancelled(orderID: "o-4", reason: "step timed out"))
+        #expect(scenario.instance("o-4")?.lifecycle == .failed)
+
+        let late = try scenario.when(ShipmentCreated(orderID: "o-4", trackingNumber: "TRK-late"))
+        #expect(late.commands(CancelShipment.self) == [CancelShipment(orderID: "o-4")])
+        #expect(late.lifecycle == .failed, "a late reply is compensated, the instance stays closed")
+    }
+
+    @Test func aCancelledOrRescheduledTimerNeverFiresItsOldDeadline() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(OrderConfirmed(orderID: "o-5", address: "a"))
+        try scenario.advance(by: .seconds(20))
+        try scenario.given(InventoryReserved(orderID: "o-5"))  // reschedules to now + 30 s
+        #expect(try scenario.advance(by: .seconds(15)).isEmpty, "the first deadline (30 s after start) is gone")
+        #expect(try scenario.advance(by: .seconds(15)).count == 1)
+    }
+
+    @Test func issuedIdsAreDeterministicAndCarryCausationAndTrace() throws {
+        var first = try ProcessScenario(fulfillment)
+        var second = try ProcessScenario(fulfillment)
+        let trace = ["traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
+        let a = try first.when(OrderConfirmed(orderID: "o-6", address: "a"), messageID: "m-1", headers: trace)
+        let b = try second.when(OrderConfirmed(orderID: "o-6", address: "a"), messageID: "m-1", headers: trace)
+        #expect(a.issued.map(\.envelope.messageID) == b.issued.map(\.envelope.messageID))
+        let envelope = try #require(a.issued.first?.envelope)
+        #expect(envelope.causationID == "m-1" && envelope.correlationID == "o-6")
+        #expect(envelope.headers == trace)
+        var third = try ProcessScenario(fulfillment)
+        let c = try third.when(OrderConfirmed(orderID: "o-6", address: "a"), messageID: "m-2")
+        #expect(c.issued.first?.envelope.messageID != envelope.messageID)
+    }
+
+    @Test func replayFromAnySnapshotGivesTheLiveState() throws {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(
+            OrderConfirmed(orderID: "o-8", address: "a"),
+            InventoryReserved(orderID: "o-8"),
+            ShipmentCreated(orderID: "o-8", trackingNumber: "TRK-8"),
+            ParcelDelivered(trackingNumber: "TRK-8")
+        )
+        try scenario.advance(by: .seconds(31))
+        let live = try #require(scenario.instance("o-8"))
+        let transitions = scenario.transitions["o-8"]!
+        #expect(transitions.count == 5)
+        let fromScratch = try scenario.engine.replay(
+            from: nil,
+            transitions: transitions,
+            instanceID: "o-8",
+            registry: sampleRegistry()
+        )
+        #expect(fromScratch == live)
+        // Snapshot after every prefix, then replay the rest.
+        for cut in 1..<transitions.count {
+            let snapshot = try scenario.engine.replay(
+                from: nil,
+                transitions: Array(transitions[..<cut]),
+                instanceID: "o-8",
+                registry: sampleRegistry()
+            )
+            let resumed = try scenario.engine.replay(
+                from: snapshot,
+                transitions: Array(transitions[cut...]),
+                instanceID: "o-8",
+                registry: sampleRegistry()
+            )
+            #expect(resumed == live)
+        }
+    }
+
+    @Test func aHandlerThatClosesWithoutDeclaringItIsRefused() throws {
+        let sloppy = ProcessManager<Fulfillment>(name: "sloppy", listensTo: ["orders"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, process in process.markAsComplete() }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        var scenario = try ProcessScenario(sloppy)
+        #expect(throws: ProcessHandlerError.self) { try scenario.when(OrderConfirmed(orderID: "x", address: "a")) }
+        #expect(scenario.instance("x") == nil)
+    }
+}
+
+@Suite struct CorrelationTests {
+    struct LinePicked: Event {
+        static let messageName = "warehouse.LinePicked"
+        var orderID: String
+        var sku: String
+    }
+    struct PickLine: Command {
+        static let messageName = "warehouse.PickLine"
+        var orderID: String
+    }
+    struct LineState: ProcessState {
+        var picks = 0
+    }
+
+    @Test func compositeKeysJoinSeveralFields() throws {
+        let picking = ProcessManager<LineState>(name: "picking", listensTo: ["warehouse"]) { pm in
+            pm.start(on: LinePicked.self, correlation: .composite([{ $0.orderID }, { $0.sku }]), mayClose: true) {
+                _,
+                process in process.state.picks += 1
+            }
+        }
+        var scenario = try ProcessScenario(picking)
+        try scenario.given(LinePicked(orderID: "o-1", sku: "book-1"), LinePicked(orderID: "o-1", sku: "book-2"))
+        #expect(Set(scenario.instances.keys) == ["o-1|book-1", "o-1|book-2"])
+    }
+
+    @Test func correlationIDNamesTheInstance() throws {
+        let byCorrelation = ProcessManager<LineState>(name: "by-correlation", listensTo: ["warehouse"]) { pm in
+            pm.start(on: LinePicked.self, correlation: .correlationID, mayClose: true) { _, process in
+                process.state.picks += 1
+            }
+        }
+        var scenario = try ProcessScenario(byCorrelation)
+        let started = try scenario.when(LinePicked(orderID: "o-1", sku: "s"), correlationID: "conv-9")
+        #expect(started.transition != nil && scenario.instance("conv-9") != nil)
+        let anonymous = try scenario.when(LinePicked(orderID: "o-1", sku: "s"))
+        #expect(anonymous.skipReason == .uncorrelated(messageType: "warehouse.LinePicked.v1"))
+    }
+}
