@@ -7,6 +7,8 @@ let package = Package(
     products: [
         .library(name: "Baton", targets: ["Baton"]),
         .library(name: "BatonTesting", targets: ["BatonTesting"]),
+        .library(name: "BatonSQLite", targets: ["BatonSQLite"]),
+        .library(name: "BatonNode", targets: ["BatonNode"]),
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
@@ -15,12 +17,27 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
         .target(name: "Baton"),
         // The testing kit, shipped: scenarios for process managers and a controllable clock.
         .target(name: "BatonTesting", dependencies: ["Baton"]),
+        // The unit of work on SQLite: streams, inbox, outbox, timers, dead letters in one transaction.
+        .target(
+            name: "BatonSQLite",
+            dependencies: ["Baton", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        // The runtime: a node's consume loop, outbox relay and timers over a Transport (AMQP or in-process).
+        .target(
+            name: "BatonNode",
+            dependencies: [
+                "Baton", "BatonSQLite", "BatonAMQP",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
         .systemLibrary(
             name: "CRabbitMQ",
@@ -52,6 +69,10 @@ let package = Package(
         .testTarget(
             name: "BatonTests",
             dependencies: ["Baton", "BatonTesting"]
+        ),
+        .testTarget(
+            name: "BatonNodeTests",
+            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite"]
         ),
         .testTarget(
             name: "BatonAMQPTests",

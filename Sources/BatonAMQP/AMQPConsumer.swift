@@ -24,6 +24,15 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
         }
     }
 
+    /// Waits for a delivery, then returns it with up to `maxCount - 1` more that are already buffered
+    /// (no further waiting): the unit for group commit. `nil` when the sequence has ended.
+    /// - Throws: ``AMQPError`` if the broker cancelled the consumer.
+    public func nextBatch(maxCount: Int) async throws -> [AMQPDelivery]? {
+        precondition(maxCount > 0, "maxCount must be positive")
+        guard let first = try await buffer.next() else { return nil }
+        return [first] + buffer.takeBuffered(maxCount: maxCount - 1)
+    }
+
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(buffer: buffer)
     }
@@ -63,6 +72,15 @@ final class DeliveryBuffer: Sendable {
             return nil
         }
         waiter?.resume(returning: first)
+    }
+
+    /// Takes up to `maxCount` deliveries that are already buffered, without waiting.
+    func takeBuffered(maxCount: Int) -> [AMQPDelivery] {
+        state.withLock { state in
+            let count = min(maxCount, state.items.count)
+            defer { state.items.removeFirst(count) }
+            return Array(state.items.prefix(count))
+        }
     }
 
     /// Drops buffered deliveries of connections before `generation`: their tags mean nothing any more.

@@ -7,7 +7,8 @@ import Synchronization
 public final class TestClock: TimeSource {
     private struct State {
         var now: Date
-        var sleepers: [(deadline: Date, continuation: CheckedContinuation<Void, any Error>)] = []
+        var sleepers: [(id: Int, deadline: Date, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextID = 0
     }
 
     private let state: Mutex<State>
@@ -20,15 +21,31 @@ public final class TestClock: TimeSource {
     public func now() -> Date { state.withLock { $0.now } }
 
     public func sleep(until deadline: Date) async throws {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready = state.withLock { state -> Bool in
-                if state.now >= deadline { return true }
-                state.sleepers.append((deadline, continuation))
-                return false
-            }
-            if ready { continuation.resume() }
+        let id = state.withLock { state -> Int in
+            state.nextID += 1
+            return state.nextID
         }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready = state.withLock { state -> Bool in
+                    if state.now >= deadline || Task.isCancelled { return true }
+                    state.sleepers.append((id, deadline, continuation))
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            let sleeper = state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let index = state.sleepers.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.sleepers.remove(at: index).continuation
+            }
+            sleeper?.resume(throwing: CancellationError())
+        }
+        try Task.checkCancellation()
     }
+
+    /// How many tasks are sleeping on this clock (lets a test wait until a node is idle).
+    public var sleeperCount: Int { state.withLock { $0.sleepers.count } }
 
     /// Moves the clock forward and wakes every sleeper whose deadline has come.
     public func advance(by interval: Duration) {

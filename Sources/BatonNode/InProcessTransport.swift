@@ -1,0 +1,294 @@
+import Baton
+import BatonAMQP
+import DequeModule
+import Foundation
+import Synchronization
+
+/// A transport in memory with the broker's semantics: topic, direct and fanout exchanges, durable queues
+/// with dead-letter exchanges, publish failing for a missing exchange, prefetch, ack, requeue with the
+/// redelivered flag. For tests and for running a whole system in one process.
+public final class InProcessTransport: Transport {
+    private struct Queued {
+        var message: OutgoingMessage
+        var redelivered: Bool
+    }
+
+    private final class QueueState {
+        var declaration: AMQPTopology.Queue
+        var ready: Deque<Queued> = []
+        var consumers: [Int] = []
+        var nextConsumer = 0
+        init(_ declaration: AMQPTopology.Queue) { self.declaration = declaration }
+    }
+
+    private final class ConsumerState {
+        let queue: String
+        let prefetch: Int
+        var unacked: [Int: Queued] = [:]
+        var inbox: Deque<(tag: Int, queued: Queued)> = []
+        var waiter: CheckedContinuation<Void, Never>?
+        var isCancelled = false
+        init(queue: String, prefetch: Int) {
+            self.queue = queue
+            self.prefetch = prefetch
+        }
+    }
+
+    private struct State {
+        var exchanges: [String: AMQPTopology.Exchange] = [:]
+        var queues: [String: QueueState] = [:]
+        var bindings: [AMQPTopology.Binding] = []
+        var consumers: [Int: ConsumerState] = [:]
+        var nextID = 1
+    }
+
+    private let state = Mutex(State())
+
+    /// Creates an empty broker in memory.
+    public init() {}
+
+    public func declare(_ topology: AMQPTopology) async throws {
+        try state.withLock { state in
+            for exchange in topology.exchanges {
+                if let existing = state.exchanges[exchange.name], existing.kind != exchange.kind {
+                    throw AMQPError(
+                        code: .preconditionFailed,
+                        replyCode: 406,
+                        message: "exchange '\(exchange.name)' exists with another type"
+                    )
+                }
+                state.exchanges[exchange.name] = exchange
+            }
+            for queue in topology.queues where state.queues[queue.name] == nil {
+                state.queues[queue.name] = QueueState(queue)
+            }
+            for binding in topology.bindings {
+                guard state.queues[binding.queue] != nil, state.exchanges[binding.exchange] != nil else {
+                    throw AMQPError(
+                        code: .notFound,
+                        replyCode: 404,
+                        message: "bind: no queue '\(binding.queue)' or exchange '\(binding.exchange)'"
+                    )
+                }
+                if !state.bindings.contains(binding) { state.bindings.append(binding) }
+            }
+        }
+    }
+
+    public func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>] {
+        var wake: [CheckedContinuation<Void, Never>] = []
+        let results = state.withLock { state -> [Result<Void, any Error>] in
+            messages.map { message in
+                guard message.exchange.isEmpty || state.exchanges[message.exchange] != nil else {
+                    return .failure(
+                        AMQPError(
+                            code: .notFound,
+                            replyCode: 404,
+                            message: "NOT_FOUND - no exchange '\(message.exchange)'"
+                        )
+                    )
+                }
+                for queue in Self.route(message, in: state) {
+                    state.queues[queue]?.ready.append(Queued(message: message, redelivered: false))
+                    wake += Self.dispatch(queue, in: &state)
+                }
+                return .success(())
+            }
+        }
+        for continuation in wake { continuation.resume() }
+        return results
+    }
+
+    public func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource {
+        precondition(prefetch > 0, "prefetch must be positive")
+        let id = try state.withLock { state -> Int in
+            guard let queueState = state.queues[queue] else {
+                throw AMQPError(code: .notFound, replyCode: 404, message: "NOT_FOUND - no queue '\(queue)'")
+            }
+            let id = state.nextID
+            state.nextID += 1
+            state.consumers[id] = ConsumerState(queue: queue, prefetch: prefetch)
+            queueState.consumers.append(id)
+            _ = Self.dispatch(queue, in: &state)
+            return id
+        }
+        return Source(transport: self, consumer: id)
+    }
+
+    /// How many messages wait in a queue, not counting unacknowledged ones.
+    public func readyCount(_ queue: String) -> Int {
+        state.withLock { $0.queues[queue]?.ready.count ?? 0 }
+    }
+
+    /// The messages waiting in a queue, oldest first (for assertions).
+    public func readyMessages(_ queue: String) -> [OutgoingMessage] {
+        state.withLock { state in state.queues[queue].map { $0.ready.map(\.message) } ?? [] }
+    }
+
+    private static func route(_ message: OutgoingMessage, in state: State) -> [String] {
+        if message.exchange.isEmpty { return state.queues[message.routingKey] == nil ? [] : [message.routingKey] }
+        guard let exchange = state.exchanges[message.exchange] else { return [] }
+        var queues: [String] = []
+        for binding in state.bindings where binding.exchange == message.exchange && !queues.contains(binding.queue) {
+            let matches: Bool
+            switch exchange.kind {
+            case .fanout: matches = true
+            case .direct, .headers: matches = binding.bindingKey == message.routingKey
+            case .topic: matches = topicMatches(pattern: binding.bindingKey, key: message.routingKey)
+            }
+            if matches { queues.append(binding.queue) }
+        }
+        return queues
+    }
+
+    /// AMQP topic matching: `*` is one word, `#` zero or more.
+    static func topicMatches(pattern: String, key: String) -> Bool {
+        func match(_ p: ArraySlice<Substring>, _ k: ArraySlice<Substring>) -> Bool {
+            guard let first = p.first else { return k.isEmpty }
+            if first == "#" {
+                return match(p.dropFirst(), k) || (!k.isEmpty && match(p, k.dropFirst()))
+            }
+            guard let word = k.first else { return false }
+            return (first == "*" || first == word) && match(p.dropFirst(), k.dropFirst())
+        }
+        return match(
+            ArraySlice(pattern.split(separator: ".", omittingEmptySubsequences: false)),
+            ArraySlice(key.split(separator: ".", omittingEmptySubsequences: false))
+        )
+    }
+
+    /// Moves ready messages to consumers with room (round robin); returns the waiters to wake.
+    private static func dispatch(_ queue: String, in state: inout State) -> [CheckedContinuation<Void, Never>] {
+        guard let queueState = state.queues[queue], !queueState.consumers.isEmpty else { return [] }
+        var wake: [CheckedContinuation<Void, Never>] = []
+        var idle = 0
+        while !queueState.ready.isEmpty, idle < queueState.consumers.count {
+            let id = queueState.consumers[queueState.nextConsumer % queueState.consumers.count]
+            queueState.nextConsumer += 1
+            guard let consumer = state.consumers[id], consumer.unacked.count + consumer.inbox.count < consumer.prefetch
+            else {
+                idle += 1
+                continue
+            }
+            idle = 0
+            let queued = queueState.ready.removeFirst()
+            let tag = state.nextID
+            state.nextID += 1
+            consumer.inbox.append((tag, queued))
+            if let waiter = consumer.waiter {
+                consumer.waiter = nil
+                wake.append(waiter)
+            }
+        }
+        return wake
+    }
+
+    private func settle(consumer id: Int, tag: Int, accept: Bool) {
+        let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            guard let consumer = state.consumers[id], let queued = consumer.unacked.removeValue(forKey: tag) else {
+                return []
+            }
+            if !accept {
+                state.queues[consumer.queue]?.ready.prepend(Queued(message: queued.message, redelivered: true))
+            }
+            return Self.dispatch(consumer.queue, in: &state)
+        }
+        for continuation in wake { continuation.resume() }
+    }
+
+    private struct Source: MessageSource {
+        let transport: InProcessTransport
+        let consumer: Int
+
+        func nextBatch(maxCount: Int) async throws -> [IncomingMessage]? {
+            while true {
+                let taken = transport.state.withLock { state -> [(Int, Queued)]? in
+                    guard let consumer = state.consumers[consumer], !consumer.isCancelled else { return nil }
+                    var batch: [(Int, Queued)] = []
+                    while batch.count < maxCount, let next = consumer.inbox.popFirst() {
+                        consumer.unacked[next.tag] = next.queued
+                        batch.append(next)
+                    }
+                    return batch
+                }
+                guard let taken else { return nil }
+                if !taken.isEmpty {
+                    return taken.map { tag, queued in incoming(queued, tag: tag) }
+                }
+                try Task.checkCancellation()
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let ready = transport.state.withLock { state -> Bool in
+                            guard let consumer = state.consumers[consumer], !consumer.isCancelled,
+                                consumer.inbox.isEmpty,
+                                !Task.isCancelled
+                            else { return true }
+                            consumer.waiter = continuation
+                            return false
+                        }
+                        if ready { continuation.resume() }
+                    }
+                } onCancel: {
+                    let waiter = transport.state.withLock { state -> CheckedContinuation<Void, Never>? in
+                        defer { state.consumers[consumer]?.waiter = nil }
+                        return state.consumers[consumer]?.waiter
+                    }
+                    waiter?.resume()
+                }
+            }
+        }
+
+        func cancel() async {
+            let wake = transport.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                guard let consumerState = state.consumers.removeValue(forKey: consumer) else { return [] }
+                consumerState.isCancelled = true
+                let queue = state.queues[consumerState.queue]
+                queue?.consumers.removeAll { $0 == consumer }
+                let returned =
+                    consumerState.unacked.sorted { $0.key < $1.key }.map(\.value)
+                    + consumerState.inbox.map(\.queued)
+                for queued in returned.reversed() {
+                    queue?.ready.prepend(Queued(message: queued.message, redelivered: true))
+                }
+                var wake = Self.dispatchAll(consumerState.queue, &state)
+                if let waiter = consumerState.waiter { wake.append(waiter) }
+                return wake
+            }
+            for continuation in wake { continuation.resume() }
+        }
+
+        private static func dispatchAll(_ queue: String, _ state: inout State) -> [CheckedContinuation<Void, Never>] {
+            InProcessTransport.dispatch(queue, in: &state)
+        }
+
+        private func incoming(_ queued: Queued, tag: Int) -> IncomingMessage {
+            let envelope = queued.message.envelope
+            let transport = self.transport
+            let consumer = self.consumer
+            return IncomingMessage(
+                exchange: queued.message.exchange,
+                routingKey: queued.message.routingKey,
+                body: envelope.payload,
+                messageID: envelope.messageID,
+                messageType: envelope.messageType,
+                contentType: "application/json",
+                correlationID: envelope.correlationID,
+                timestamp: envelope.timestamp,
+                headers: envelope.wireHeaders,
+                isRedelivered: queued.redelivered,
+                settle: { accept in transport.settle(consumer: consumer, tag: tag, accept: accept) }
+            )
+        }
+    }
+}
+
+extension Envelope {
+    /// The envelope's headers plus causation, stream and position as text headers.
+    var wireHeaders: [String: String] {
+        var headers = self.headers
+        if let causationID { headers[BatonHeader.causationID] = causationID }
+        if let stream { headers[BatonHeader.stream] = stream }
+        if let position { headers[BatonHeader.position] = String(position) }
+        return headers
+    }
+}

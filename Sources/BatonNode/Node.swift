@@ -1,0 +1,547 @@
+import Baton
+import BatonAMQP
+import BatonSQLite
+import Foundation
+import Logging
+import Synchronization
+
+/// A running service: consumes its queue, handles each message effectively once, relays its outbox and
+/// fires its timers.
+///
+/// - **Consume**: messages are taken in batches (what the prefetch has buffered). Each is checked at the
+///   edge (id, type, content type, size, schema); a bad one is dead-lettered at once. The rest are handled in
+///   **one** SQLite transaction, each in its own savepoint: inbox check, handler effects, outbox, inbox record.
+///   Acks go out only after the commit. A handler that throws is retried with backoff in its own
+///   transaction, then dead-lettered with the reason.
+/// - **Relay**: publishes the outbox in order with publisher confirms and marks what was confirmed.
+///   A crash re-sends (same ids), never loses.
+/// - **Timers**: stored deadlines, fired through the same unit of work when the clock reaches them, also
+///   after a restart.
+public final class Node: Sendable {
+    /// How the node runs.
+    public struct Configuration: Sendable {
+        /// The node's name: its inbox consumer name, dead-letter routing key and default queue.
+        public var name: String
+        /// The queue it consumes.
+        public var queue: String
+        /// Unsettled deliveries at most (the broker's prefetch).
+        public var prefetch: Int
+        /// Messages per transaction at most.
+        public var batchSize: Int
+        /// Retries of a failing handler.
+        public var retry: RetryPolicy
+        /// Outbox messages per relay round.
+        public var relayBatchSize: Int
+        /// Test hook: called at named points of the consume path (crash-injection tests kill the process
+        /// there). `nil` in production.
+        public var faultInjection: (@Sendable (FaultPoint) -> Void)?
+
+        /// Creates a configuration with defaults for everything but the name.
+        public init(name: String, queue: String? = nil) {
+            self.name = name
+            self.queue = queue ?? name
+            self.prefetch = 256
+            self.batchSize = 128
+            self.retry = RetryPolicy()
+            self.relayBatchSize = 500
+            self.faultInjection = nil
+        }
+    }
+
+    /// Points in the consume path where ``Configuration/faultInjection`` is called.
+    public enum FaultPoint: String, Sendable, CaseIterable {
+        /// Inside the transaction, after the handlers ran, before it commits.
+        case beforeCommit
+        /// After the commit, before the relay publishes what the handlers issued.
+        case afterCommitBeforePublish
+        /// After the relay published (and the broker confirmed) what the handlers issued, before the ack.
+        case afterPublishBeforeAck
+    }
+
+    /// The configuration.
+    public let configuration: Configuration
+    /// The store.
+    public let store: SQLiteStore
+    let transport: any Transport
+    let registry: MessageRegistry
+    let handlers: [any NodeHandler]
+    let timeSource: any TimeSource
+    let logger: Logger
+    private let relaySignal = Signal()
+    private let timerSignal = Signal()
+    private let consumeStop = Signal()
+    private let stopping = Atomic<Bool>(false)
+
+    /// Creates a node.
+    /// - Parameters:
+    ///   - configuration: Name, queue, limits.
+    ///   - store: Its SQLite store.
+    ///   - transport: The broker or the in-process transport.
+    ///   - registry: The message types it accepts.
+    ///   - handlers: What it hosts (process managers, command handlers, subscribers).
+    ///   - timeSource: Business time (a ``TestClock`` in tests).
+    ///   - logger: Where it logs.
+    public init(
+        configuration: Configuration,
+        store: SQLiteStore,
+        transport: any Transport,
+        registry: MessageRegistry,
+        handlers: [any NodeHandler],
+        timeSource: any TimeSource = SystemTimeSource(),
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.store = store
+        self.transport = transport
+        self.registry = registry
+        self.handlers = handlers
+        self.timeSource = timeSource
+        var logger = logger
+        logger[metadataKey: "baton.node"] = "\(configuration.name)"
+        self.logger = logger
+    }
+
+    /// The node's queue, its dead-letter queue, and the bindings its handlers need.
+    public var topology: AMQPTopology {
+        let deadLetters = "\(configuration.name).dead-letters"
+        return AMQPTopology(
+            exchanges: Routing.exchanges,
+            queues: [.init(configuration.queue, kind: .quorum), .init(deadLetters, kind: .quorum)],
+            bindings: handlers.flatMap(\.bindings).map {
+                AMQPTopology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
+            } + [.init(queue: deadLetters, exchange: Routing.deadLetterExchange, bindingKey: configuration.name)]
+        )
+    }
+
+    /// Runs the node until the task is cancelled, then stops gracefully: stops consuming, finishes the batch
+    /// in hand (commit, then ack), flushes the outbox, returns.
+    /// - Throws: If the topology cannot be declared or the queue consumed.
+    public func run() async throws {
+        try await transport.declare(topology)
+        let source = try await transport.subscribe(queue: configuration.queue, prefetch: configuration.prefetch)
+        logger.info("node started", metadata: ["queue": "\(configuration.queue)"])
+        // The loops run unstructured so that cancelling `run` does not cut them off mid-transaction: the
+        // cancellation handler asks them to stop and they finish their work first.
+        let consume = Task { await consumeLoop(source) }
+        let timers = Task { await timerLoop() }
+        let relay = Task { await relayLoop() }
+        await withTaskCancellationHandler {
+            await consume.value
+            await timers.value
+            await relay.value
+        } onCancel: {
+            stop()
+        }
+        logger.info("node stopped")
+    }
+
+    /// Asks the loops to stop (what cancelling ``run()`` does).
+    public func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        consumeStop.notify()
+        relaySignal.notify()
+        timerSignal.notify()
+    }
+
+    private var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
+
+    // MARK: Consume
+
+    private enum Prepared {
+        case handle(IncomingMessage, Envelope, any Message, [any NodeHandler])
+        case reject(IncomingMessage, reason: String, stage: String)
+
+        var incoming: IncomingMessage {
+            switch self {
+            case .handle(let incoming, _, _, _): return incoming
+            case .reject(let incoming, _, _): return incoming
+            }
+        }
+    }
+
+    private enum Outcome {
+        case done
+        case failed(any Error)
+    }
+
+    private func consumeLoop(_ source: any MessageSource) async {
+        while !isStopping {
+            let batch: [IncomingMessage]?
+            do {
+                batch = try await nextBatch(source)
+            } catch {
+                logger.error("consumer ended", metadata: ["error": "\(error)"])
+                break
+            }
+            guard let batch, !batch.isEmpty else { continue }
+            await process(batch)
+        }
+        await source.cancel()
+    }
+
+    /// The next batch, or `nil` once the node is stopping; never drops a batch that arrived meanwhile.
+    private func nextBatch(_ source: any MessageSource) async throws -> [IncomingMessage]? {
+        let batchSize = configuration.batchSize
+        return try await withThrowingTaskGroup(of: [IncomingMessage]?.self) { group in
+            group.addTask { try await source.nextBatch(maxCount: batchSize) }
+            group.addTask {
+                await self.consumeStop.wait()
+                return nil
+            }
+            var collected: [IncomingMessage]?
+            if let first = try await group.next() { collected = first }
+            group.cancelAll()
+            while let more = try await group.next() {
+                if let more { collected = (collected ?? []) + more }
+            }
+            return collected
+        }
+    }
+
+    private func process(_ batch: [IncomingMessage]) async {
+        let prepared = batch.map(prepare)
+        let now = timeSource.now()
+        let outcomes: [Outcome]
+        do {
+            outcomes = try await store.write { [self] work in
+                var outcomes: [Outcome] = []
+                for item in prepared {
+                    switch item {
+                    case .handle(let incoming, let envelope, let message, let handlers):
+                        outcomes.append(handleOnce(incoming, envelope, message, handlers, work, now))
+                    case .reject(let incoming, let reason, let stage):
+                        try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
+                        outcomes.append(.done)
+                    }
+                }
+                configuration.faultInjection?(.beforeCommit)
+                return outcomes
+            }
+        } catch {
+            // Nothing committed: give the batch back; it comes again.
+            logger.error("batch not committed; requeued", metadata: ["error": "\(error)", "size": "\(batch.count)"])
+            for incoming in batch { incoming.requeue() }
+            return
+        }
+        configuration.faultInjection?(.afterCommitBeforePublish)
+        relaySignal.notify()
+        timerSignal.notify()
+        if let fault = configuration.faultInjection {
+            await waitForEmptyOutbox()
+            fault(.afterPublishBeforeAck)
+        }
+        for (item, outcome) in zip(prepared, outcomes) {
+            switch (item, outcome) {
+            case (_, .done):
+                item.incoming.acknowledge()
+            case (.handle(let incoming, let envelope, let message, let handlers), .failed(let error)):
+                await retry(incoming, envelope, message, handlers, firstError: error)
+            case (.reject(let incoming, _, _), .failed):
+                incoming.acknowledge()
+            }
+        }
+    }
+
+    private func handleOnce(
+        _ incoming: IncomingMessage,
+        _ envelope: Envelope,
+        _ message: any Message,
+        _ handlers: [any NodeHandler],
+        _ work: UnitOfWork,
+        _ now: Date
+    ) -> Outcome {
+        do {
+            if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
+                logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
+                return .done
+            }
+            try work.inSavepoint {
+                for handler in handlers {
+                    try handler.handle(message, envelope: envelope, in: work, now: now, logger: logger)
+                }
+                try work.markHandled(envelope.messageID, consumer: configuration.name, at: now)
+            }
+            return .done
+        } catch {
+            return .failed(error)
+        }
+    }
+
+    private func retry(
+        _ incoming: IncomingMessage,
+        _ envelope: Envelope,
+        _ message: any Message,
+        _ handlers: [any NodeHandler],
+        firstError: any Error
+    ) async {
+        var attempt = 1
+        var lastError = firstError
+        while let delay = configuration.retry.delay(afterAttempt: attempt) {
+            logger.warning(
+                "handler failed; retrying",
+                metadata: [
+                    "baton.message_id": "\(envelope.messageID)", "attempt": "\(attempt)", "error": "\(lastError)",
+                ]
+            )
+            try? await Task.sleep(for: delay)
+            attempt += 1
+            let now = timeSource.now()
+            do {
+                let outcome = try await store.write { [self] work in
+                    handleOnce(incoming, envelope, message, handlers, work, now)
+                }
+                if case .failed(let error) = outcome { throw error }
+                relaySignal.notify()
+                timerSignal.notify()
+                incoming.acknowledge()
+                return
+            } catch {
+                lastError = error
+            }
+        }
+        let attempts = attempt
+        let reason = "\(lastError)"
+        let names = handlers.map(\.name).joined(separator: ",")
+        do {
+            let now = timeSource.now()
+            try await store.write { [self] work in
+                try deadLetter(incoming, reason: reason, handler: names, attempts: attempts, work, now)
+            }
+            logger.error(
+                "message dead-lettered",
+                metadata: [
+                    "baton.message_id": "\(envelope.messageID)", "attempts": "\(attempts)", "error": "\(reason)",
+                ]
+            )
+            relaySignal.notify()
+            incoming.acknowledge()
+        } catch {
+            logger.error("dead-lettering failed; requeued", metadata: ["error": "\(error)"])
+            incoming.requeue()
+        }
+    }
+
+    /// Checks a message at the edge and decodes it.
+    private func prepare(_ incoming: IncomingMessage) -> Prepared {
+        guard let messageID = incoming.messageID, !messageID.isEmpty else {
+            return .reject(incoming, reason: "the message has no message_id property", stage: "edge")
+        }
+        if let contentType = incoming.contentType, contentType != "application/json" {
+            return .reject(incoming, reason: "content type '\(contentType)' is not application/json", stage: "edge")
+        }
+        guard let messageType = incoming.messageType, !messageType.isEmpty else {
+            return .reject(incoming, reason: "the message has no type property", stage: "edge")
+        }
+        var headers = incoming.headers
+        let causationID = headers.removeValue(forKey: BatonHeader.causationID)
+        let stream = headers.removeValue(forKey: BatonHeader.stream)
+        let position = headers.removeValue(forKey: BatonHeader.position).flatMap { Int64($0) }
+        let envelope = Envelope(
+            messageID: messageID,
+            messageType: messageType,
+            correlationID: incoming.correlationID,
+            causationID: causationID,
+            stream: stream,
+            position: position,
+            timestamp: incoming.timestamp ?? timeSource.now(),
+            headers: headers,
+            payload: incoming.body
+        )
+        let takers = handlers.filter { $0.handles(envelope) }
+        guard !takers.isEmpty else {
+            return .reject(incoming, reason: "no handler for message type '\(messageType)'", stage: "edge")
+        }
+        do {
+            return .handle(incoming, envelope, try registry.decode(envelope), takers)
+        } catch {
+            return .reject(incoming, reason: "\(error)", stage: "decode")
+        }
+    }
+
+    /// Records a dead letter and queues it for the dead-letter exchange, with the reason in its headers.
+    private func deadLetter(
+        _ incoming: IncomingMessage,
+        reason: String,
+        handler: String,
+        attempts: Int,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws {
+        if let messageID = incoming.messageID, !messageID.isEmpty, try work.hasOpenDeadLetter(messageID: messageID) {
+            return
+        }
+        var storedHeaders = incoming.headers
+        storedHeaders[BatonHeader.originalType] = incoming.messageType
+        let id = try work.addDeadLetter(
+            DeadLetter(
+                messageID: incoming.messageID ?? "",
+                exchange: incoming.exchange,
+                routingKey: incoming.routingKey,
+                headers: storedHeaders,
+                body: incoming.body,
+                reason: reason,
+                handler: handler,
+                attempts: attempts,
+                deadAt: now
+            )
+        )
+        var headers = incoming.headers
+        headers[BatonHeader.deadLetterReason] = reason
+        headers[BatonHeader.deadLetterHandler] = handler
+        headers[BatonHeader.deadLetterAttempts] = String(attempts)
+        headers[BatonHeader.originalExchange] = incoming.exchange
+        headers[BatonHeader.originalRoutingKey] = incoming.routingKey
+        headers[BatonHeader.deadLetteredAt] = ISO8601DateFormatter().string(from: now)
+        let envelope = Envelope(
+            messageID: incoming.messageID ?? "dead-letter-\(configuration.name)-\(id)",
+            messageType: incoming.messageType ?? "unknown",
+            correlationID: incoming.correlationID,
+            timestamp: now,
+            headers: headers,
+            payload: incoming.body
+        )
+        try work.enqueue(
+            envelope,
+            exchange: Routing.deadLetterExchange,
+            routingKey: configuration.name,
+            key: "dead-letter:\(configuration.name):\(id)"
+        )
+    }
+
+    /// Sends a dead letter back to where it was first published, with its original id; the node handles it
+    /// like a new delivery.
+    /// - Throws: ``NodeError`` if there is no such dead letter.
+    public func replayDeadLetter(id: Int64) async throws {
+        let now = timeSource.now()
+        try await store.write { work in
+            guard let letter = try work.deadLetter(id: id) else {
+                throw NodeError(message: "no dead letter with id \(id)")
+            }
+            var headers = letter.headers
+            let messageType = headers.removeValue(forKey: BatonHeader.originalType) ?? ""
+            let envelope = Envelope(
+                messageID: letter.messageID,
+                messageType: messageType,
+                timestamp: now,
+                headers: headers,
+                payload: letter.body
+            )
+            try work.enqueue(
+                envelope,
+                exchange: letter.exchange,
+                routingKey: letter.routingKey,
+                key: "replay:\(id):\(now.timeIntervalSince1970)"
+            )
+            try work.markReplayed(deadLetter: id, at: now)
+        }
+        relaySignal.notify()
+    }
+
+    // MARK: Relay
+
+    private func relayLoop() async {
+        var failures = 0
+        while true {
+            let pending: [OutboxMessage]
+            do {
+                let limit = configuration.relayBatchSize
+                pending = try await store.read { try $0.pendingOutbox(limit: limit) }
+            } catch {
+                logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                if isStopping { return }
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
+            if pending.isEmpty {
+                if isStopping { return }
+                await waitFor(relaySignal, until: nil)
+                continue
+            }
+            let results = await transport.publish(
+                pending.map { OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope) }
+            )
+            let sent = zip(pending, results).compactMap { message, result in
+                (try? result.get()).map { message.sequence }
+            }
+            do {
+                let now = timeSource.now()
+                try await store.write { try $0.markSent(sent, at: now) }
+            } catch {
+                logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
+            }
+            if sent.count < pending.count {
+                failures += 1
+                let error = results.first { (try? $0.get()) == nil }.map { "\($0)" } ?? ""
+                logger.warning(
+                    "relay publish failed",
+                    metadata: ["failed": "\(pending.count - sent.count)", "error": "\(error)"]
+                )
+                if isStopping && failures > 3 { return }
+                try? await Task.sleep(for: .milliseconds(min(2000, 50 << min(failures, 6))))
+            } else {
+                failures = 0
+            }
+        }
+    }
+
+    /// Waits until the outbox is empty (used only by the fault-injection hook).
+    private func waitForEmptyOutbox() async {
+        while (try? await store.read({ try $0.pendingOutboxCount() })) != 0 {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    // MARK: Timers
+
+    private func timerLoop() async {
+        while !isStopping {
+            let now = timeSource.now()
+            do {
+                let due = try await store.read { try $0.dueTimers(before: now, limit: 100) }
+                if !due.isEmpty {
+                    try await fire(due, now: now)
+                    continue
+                }
+                let next = try await store.read { try $0.nextTimer() }
+                await waitFor(timerSignal, until: next?.dueAt)
+            } catch {
+                logger.error("timer round failed", metadata: ["error": "\(error)"])
+                await waitFor(timerSignal, until: now.addingTimeInterval(1))
+            }
+        }
+    }
+
+    private func fire(_ timers: [DueTimer], now: Date) async throws {
+        try await store.write { [self] work in
+            for timer in timers {
+                do {
+                    try work.inSavepoint {
+                        for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
+                    }
+                } catch {
+                    logger.error("timer handler failed", metadata: ["timer": "\(timer.name)", "error": "\(error)"])
+                    throw error
+                }
+            }
+        }
+        relaySignal.notify()
+    }
+
+    /// Waits for `signal`, or until `deadline` on the node's clock, or until the node stops.
+    private func waitFor(_ signal: Signal, until deadline: Date?) async {
+        let timeSource = self.timeSource
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await signal.wait() }
+            if let deadline { group.addTask { try? await timeSource.sleep(until: deadline) } }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}
+
+/// A node operation that cannot be done.
+public struct NodeError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong.
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,103 @@
+import Baton
+import BatonAMQP
+import BatonSQLite
+import Foundation
+import Logging
+
+/// Something a ``Node`` hosts: it handles some message types inside the node's unit of work.
+public protocol NodeHandler: Sendable {
+    /// The handler's name (in logs and dead letters).
+    var name: String { get }
+    /// What the node's queue must be bound to for this handler: (exchange, binding key).
+    var bindings: [AMQPTopology.Binding] { get }
+    /// Whether it handles this message.
+    func handles(_ envelope: Envelope) -> Bool
+    /// Handles the message; everything it writes commits with the inbox record, or not at all.
+    func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) throws
+    /// Fires one of its timers, if it has timers.
+    func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws
+}
+
+extension NodeHandler {
+    public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {}
+}
+
+/// Hosts a process manager in a node: correlates, loads the instance (snapshot + replay), runs the engine and
+/// records the transition with everything it issued.
+public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
+    /// The engine.
+    public let engine: ProcessEngine<State>
+    let registry: MessageRegistry
+
+    /// Wraps a definition, validating it.
+    /// - Parameters:
+    ///   - definition: The process manager.
+    ///   - registry: Decodes the events it handles (for replays).
+    /// - Throws: ``DefinitionError`` for a broken definition: the node must not start.
+    public init(_ definition: ProcessManager<State>, registry: MessageRegistry) throws(DefinitionError) {
+        engine = try ProcessEngine(definition)
+        self.registry = registry
+    }
+
+    public var name: String { engine.definition.name }
+
+    public var bindings: [AMQPTopology.Binding] {
+        engine.definition.categories.map {
+            AMQPTopology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: "\($0).#")
+        }
+    }
+
+    public func handles(_ envelope: Envelope) -> Bool {
+        engine.definition.messageTypes.contains(envelope.messageType)
+    }
+
+    public func handle(
+        _ message: any Message,
+        envelope: Envelope,
+        in work: UnitOfWork,
+        now: Date,
+        logger: Logger
+    ) throws {
+        let instanceID: String?
+        switch engine.correlationKey(for: message, envelope: envelope) {
+        case .instance(let id)?: instanceID = id
+        case .association(let association, let value)?:
+            instanceID = try work.instance(associatedWith: value, as: association, processManager: name)
+        case nil: instanceID = nil
+        }
+        let instance = try instanceID.flatMap { try work.loadInstance($0, of: engine, registry: registry) }
+        switch try engine.handle(message, envelope: envelope, instanceID: instanceID, instance: instance, now: now) {
+        case .transition(let next, let transition):
+            try work.record(transition, instance: next, of: engine, route: Routing.destination)
+            logger.debug(
+                "process moved",
+                metadata: [
+                    "baton.process_id": "\(next.id)", "baton.message_id": "\(envelope.messageID)",
+                    "lifecycle": "\(next.lifecycle.rawValue)",
+                ]
+            )
+        case .skipped(let reason):
+            logger.info(
+                "event skipped",
+                metadata: [
+                    "baton.message_id": "\(envelope.messageID)", "reason": "\(reason)", "process_manager": "\(name)",
+                ]
+            )
+        }
+    }
+
+    public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {
+        guard timer.processManager == name else { return }
+        guard let instance = try work.loadInstance(timer.instanceID, of: engine, registry: registry) else {
+            try work.deleteTimer(timer)
+            return
+        }
+        switch try engine.fire(timer: timer.name, dueAt: timer.dueAt, instance: instance, now: now) {
+        case .transition(let next, let transition):
+            try work.record(transition, instance: next, of: engine, route: Routing.destination)
+        case .skipped(let reason):
+            try work.deleteTimer(timer)
+            logger.info("timer skipped", metadata: ["reason": "\(reason)"])
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import Baton
+import BatonAMQP
+import Foundation
+
+/// A message as it arrives from a transport, before it is trusted: external producers may omit the id,
+/// the type or send a body that is not JSON.
+public struct IncomingMessage: Sendable {
+    /// The exchange it was published to.
+    public var exchange: String
+    /// The routing key.
+    public var routingKey: String
+    /// The body.
+    public var body: Data
+    /// The `message_id` property, if present.
+    public var messageID: String?
+    /// The `type` property, if present (internal messages carry `<context>.<Name>.v<n>`).
+    public var messageType: String?
+    /// The `content_type` property.
+    public var contentType: String?
+    /// The `correlation_id` property.
+    public var correlationID: String?
+    /// The `timestamp` property.
+    public var timestamp: Date?
+    /// Headers, as text.
+    public var headers: [String: String]
+    /// Whether the transport delivered it before.
+    public var isRedelivered: Bool
+    let settle: @Sendable (_ accept: Bool) -> Void
+
+    /// Creates an incoming message (transports and tests).
+    public init(
+        exchange: String,
+        routingKey: String,
+        body: Data,
+        messageID: String?,
+        messageType: String?,
+        contentType: String?,
+        correlationID: String?,
+        timestamp: Date?,
+        headers: [String: String],
+        isRedelivered: Bool,
+        settle: @escaping @Sendable (_ accept: Bool) -> Void
+    ) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.body = body
+        self.messageID = messageID
+        self.messageType = messageType
+        self.contentType = contentType
+        self.correlationID = correlationID
+        self.timestamp = timestamp
+        self.headers = headers
+        self.isRedelivered = isRedelivered
+        self.settle = settle
+    }
+
+    /// Confirms it was handled; the transport forgets it.
+    public func acknowledge() { settle(true) }
+
+    /// Gives it back to the transport for redelivery (used when the node stops mid-batch).
+    public func requeue() { settle(false) }
+}
+
+/// A message to send: where, and what.
+public struct OutgoingMessage: Sendable, Hashable {
+    /// The exchange.
+    public var exchange: String
+    /// The routing key.
+    public var routingKey: String
+    /// The message.
+    public var envelope: Envelope
+
+    /// Creates an outgoing message.
+    public init(exchange: String, routingKey: String, envelope: Envelope) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.envelope = envelope
+    }
+}
+
+/// Deliveries of one queue, taken in batches: at least one (waiting for it), then whatever else is ready.
+public protocol MessageSource: Sendable {
+    /// Waits for a message and returns it with up to `maxCount - 1` more that are ready; `nil` when ended.
+    func nextBatch(maxCount: Int) async throws -> [IncomingMessage]?
+    /// Stops delivery; unsettled messages go back to the queue.
+    func cancel() async
+}
+
+/// How a node talks to other nodes: the AMQP broker (``AMQPTransport``) or, for tests and a single-process
+/// mode, memory (``InProcessTransport``). Both have the same semantics: durable topic routing, confirms,
+/// prefetch, ack or requeue.
+public protocol Transport: Sendable {
+    /// Declares exchanges, queues and bindings.
+    func declare(_ topology: AMQPTopology) async throws
+    /// Publishes messages and returns when each is confirmed or failed.
+    func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>]
+    /// Starts consuming a queue.
+    func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource
+}
+
+/// Where Baton's messages go on the wire.
+public enum Routing {
+    /// Commands, routed by their name (`inventory.ReserveInventory`).
+    public static let commandExchange = "baton.commands"
+    /// Events, routed by their name (`orders.OrderCompleted`); anyone may bind.
+    public static let eventExchange = "baton.events"
+    /// Dead letters, routed by the name of the node that gave up on them.
+    public static let deadLetterExchange = "baton.dead-letters"
+
+    /// The exchanges every node declares.
+    public static var exchanges: [AMQPTopology.Exchange] {
+        [
+            .init(commandExchange, kind: .topic), .init(eventExchange, kind: .topic),
+            .init(deadLetterExchange, kind: .topic),
+        ]
+    }
+
+    /// The destination of an issued message.
+    public static func destination(of message: IssuedMessage) -> (exchange: String, routingKey: String) {
+        (message.kind == .command ? commandExchange : eventExchange, message.envelope.messageName)
+    }
+}
+
+/// Header names the node writes on messages and dead letters.
+public enum BatonHeader {
+    public static let causationID = "x-baton-causation-id"
+    public static let stream = "x-baton-stream"
+    public static let position = "x-baton-position"
+    public static let deadLetterReason = "x-baton-dead-letter-reason"
+    public static let deadLetterHandler = "x-baton-dead-letter-handler"
+    public static let deadLetterAttempts = "x-baton-dead-letter-attempts"
+    public static let originalExchange = "x-baton-original-exchange"
+    public static let originalRoutingKey = "x-baton-original-routing-key"
+    public static let originalType = "x-baton-original-type"
+    public static let deadLetteredAt = "x-baton-dead-lettered-at"
+}

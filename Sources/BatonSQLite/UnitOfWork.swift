@@ -1,0 +1,493 @@
+import Baton
+import Foundation
+import GRDB
+
+/// One transaction's view of the store. Obtained from ``SQLiteStore/write(_:)`` or ``SQLiteStore/read(_:)``;
+/// valid only inside that closure.
+public struct UnitOfWork {
+    let db: Database
+
+    /// Runs `body` in a savepoint: if it throws, only its own changes are rolled back, and the error is
+    /// rethrown. Lets one transaction hold a batch of messages whose handlers may fail independently.
+    public func inSavepoint(_ body: () throws -> Void) throws {
+        var failure: (any Error)?
+        try db.inSavepoint {
+            do {
+                try body()
+                return .commit
+            } catch {
+                failure = error
+                return .rollback
+            }
+        }
+        if let failure { throw failure }
+    }
+
+    // MARK: Inbox
+
+    /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
+    public func hasHandled(_ messageID: String, consumer: String) throws -> Bool {
+        try Bool.fetchOne(
+            db,
+            sql: "SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?",
+            arguments: [consumer, messageID]
+        ) ?? false
+    }
+
+    /// Records that `consumer` handled the message; commits with the handler's effects.
+    public func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
+        try db.execute(
+            sql: "INSERT INTO inbox (consumer, message_id, handled_at) VALUES (?, ?, ?)",
+            arguments: [consumer, messageID, time.timeIntervalSince1970]
+        )
+    }
+
+    // MARK: Outbox
+
+    /// Queues a message for the relay. A key queued before (a handler that ran again) is not queued twice.
+    /// - Parameters:
+    ///   - envelope: The message.
+    ///   - exchange: Where it goes.
+    ///   - routingKey: Its routing key.
+    ///   - key: The de-duplication key; the message id unless the same message is sent on purpose again
+    ///     (a dead letter, a replay).
+    public func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String? = nil) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at)
+                VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
+                """,
+            arguments: [
+                key ?? envelope.messageID, exchange, routingKey, try JSONEncoder.baton.encode(envelope),
+                envelope.timestamp.timeIntervalSince1970,
+            ]
+        )
+    }
+
+    /// The oldest messages not yet confirmed by the broker, in the order they were queued.
+    public func pendingOutbox(limit: Int) throws -> [OutboxMessage] {
+        try Row.fetchAll(
+            db,
+            sql:
+                "SELECT sequence, exchange, routing_key, envelope FROM outbox WHERE sent_at IS NULL ORDER BY sequence LIMIT ?",
+            arguments: [limit]
+        ).map { row in
+            OutboxMessage(
+                sequence: row["sequence"],
+                exchange: row["exchange"],
+                routingKey: row["routing_key"],
+                envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"])
+            )
+        }
+    }
+
+    /// Marks relayed messages as sent.
+    public func markSent(_ sequences: [Int64], at time: Date) throws {
+        guard !sequences.isEmpty else { return }
+        try db.execute(
+            sql:
+                "UPDATE outbox SET sent_at = ? WHERE sequence IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
+            arguments: StatementArguments([time.timeIntervalSince1970] + sequences)
+        )
+    }
+
+    /// How many messages wait for the relay.
+    public func pendingOutboxCount() throws -> Int {
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") ?? 0
+    }
+
+    /// Every queued message id with the number of times it appears (for crash tests: always 1).
+    public func outboxMessageIDs() throws -> [String] {
+        try String.fetchAll(db, sql: "SELECT message_id FROM outbox ORDER BY sequence")
+    }
+
+    // MARK: Aggregate streams
+
+    /// Appends events to a stream, checking that nobody appended since the writer read it.
+    /// - Parameters:
+    ///   - events: The envelopes, in order.
+    ///   - stream: The stream name, e.g. `order-o-1`.
+    ///   - expectedVersion: The stream's length the writer saw (0 for a new stream).
+    /// - Throws: ``ConcurrencyError`` if the stream has grown meanwhile.
+    public func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws {
+        let current = try streamVersion(stream)
+        guard current == expectedVersion else {
+            throw ConcurrencyError(stream: stream, expectedVersion: expectedVersion, actualVersion: current)
+        }
+        for (offset, event) in events.enumerated() {
+            try db.execute(
+                sql: """
+                    INSERT INTO streams (stream, position, message_id, message_type, payload, recorded_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    stream, expectedVersion + Int64(offset) + 1, event.messageID, event.messageType, event.payload,
+                    event.timestamp.timeIntervalSince1970,
+                ]
+            )
+        }
+    }
+
+    /// The number of events in a stream (0 if it does not exist).
+    public func streamVersion(_ stream: String) throws -> Int64 {
+        try Int64.fetchOne(db, sql: "SELECT MAX(position) FROM streams WHERE stream = ?", arguments: [stream]) ?? 0
+    }
+
+    /// A stream's events in order, as (type, JSON payload).
+    public func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)] {
+        try Row.fetchAll(
+            db,
+            sql: "SELECT message_type, payload FROM streams WHERE stream = ? ORDER BY position",
+            arguments: [stream]
+        ).map { ($0["message_type"], $0["payload"]) }
+    }
+
+    // MARK: Process managers
+
+    /// Loads an instance: the latest snapshot plus the transitions after it, replayed through the handlers.
+    /// - Returns: The instance, or `nil` if it does not exist.
+    public func loadInstance<State>(
+        _ instanceID: String,
+        of engine: ProcessEngine<State>,
+        registry: MessageRegistry
+    ) throws -> ProcessInstance<State>? {
+        let name = engine.definition.name
+        let snapshotRow = try Row.fetchOne(
+            db,
+            sql: "SELECT version, instance FROM process_snapshots WHERE process_manager = ? AND instance_id = ?",
+            arguments: [name, instanceID]
+        )
+        let snapshot: ProcessInstance<State>? = try snapshotRow.map {
+            try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: $0["instance"])
+        }
+        let transitions = try transitions(of: name, instance: instanceID, after: snapshot?.version ?? 0)
+        if snapshot == nil && transitions.isEmpty { return nil }
+        if transitions.isEmpty { return snapshot }
+        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID, registry: registry)
+    }
+
+    /// The transitions of an instance after `version`, in order (its timeline).
+    public func transitions(
+        of processManager: String,
+        instance instanceID: String,
+        after version: Int64 = 0
+    ) throws
+        -> [ProcessTransition]
+    {
+        try Data.fetchAll(
+            db,
+            sql: """
+                SELECT record FROM process_transitions
+                WHERE process_manager = ? AND instance_id = ? AND version > ? ORDER BY version
+                """,
+            arguments: [processManager, instanceID, version]
+        ).map { try JSONDecoder.baton.decode(ProcessTransition.self, from: $0) }
+    }
+
+    /// Stores a transition: appends it to the instance's stream, snapshots every `snapshotInterval`
+    /// versions, updates timers and associations, and queues what it issued in the outbox.
+    /// - Parameters:
+    ///   - transition: What the engine decided.
+    ///   - instance: The instance after it.
+    ///   - engine: The process manager.
+    ///   - route: Where each issued message goes (exchange, routing key).
+    public func record<State>(
+        _ transition: ProcessTransition,
+        instance: ProcessInstance<State>,
+        of engine: ProcessEngine<State>,
+        route: (IssuedMessage) -> (exchange: String, routingKey: String)
+    ) throws {
+        let name = engine.definition.name
+        let time = transition.at.timeIntervalSince1970
+        try db.execute(
+            sql: "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES (?, ?, ?, ?)",
+            arguments: [name, instance.id, transition.version, try JSONEncoder.baton.encode(transition)]
+        )
+        try db.execute(
+            sql: """
+                INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at, updated_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                    lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at
+                """,
+            arguments: [name, instance.id, instance.lifecycle.rawValue, instance.version, time, time]
+        )
+        if instance.version % Int64(engine.definition.snapshotInterval) == 0 || instance.lifecycle.isClosed {
+            try db.execute(
+                sql: """
+                    INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                        version = excluded.version, instance = excluded.instance
+                    """,
+                arguments: [name, instance.id, instance.version, try JSONEncoder.baton.encode(instance)]
+            )
+        }
+        for operation in transition.timers {
+            switch operation {
+            case .schedule(let timer, let dueAt):
+                try db.execute(
+                    sql: """
+                        INSERT INTO timers (process_manager, instance_id, name, due_at) VALUES (?, ?, ?, ?)
+                        ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET due_at = excluded.due_at
+                        """,
+                    arguments: [name, instance.id, timer, dueAt.timeIntervalSince1970]
+                )
+            case .cancel(let timer):
+                try db.execute(
+                    sql: "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ?",
+                    arguments: [name, instance.id, timer]
+                )
+            }
+        }
+        for (association, value) in transition.associations {
+            try db.execute(
+                sql: """
+                    INSERT INTO process_associations (process_manager, name, value, instance_id) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (process_manager, name, value) DO UPDATE SET instance_id = excluded.instance_id
+                    """,
+                arguments: [name, association, value, instance.id]
+            )
+        }
+        for message in transition.issued {
+            let destination = route(message)
+            try enqueue(message.envelope, exchange: destination.exchange, routingKey: destination.routingKey)
+        }
+    }
+
+    /// The instance associated with `value` under `name`, if any.
+    public func instance(associatedWith value: String, as name: String, processManager: String) throws -> String? {
+        try String.fetchOne(
+            db,
+            sql: "SELECT instance_id FROM process_associations WHERE process_manager = ? AND name = ? AND value = ?",
+            arguments: [processManager, name, value]
+        )
+    }
+
+    /// Instances of a process manager, most recently changed first.
+    public func instances(
+        of processManager: String,
+        openOnly: Bool = false,
+        limit: Int = 1000
+    ) throws
+        -> [InstanceSummary]
+    {
+        let filter = openOnly ? "AND lifecycle NOT IN ('completed', 'failed')" : ""
+        return try Row.fetchAll(
+            db,
+            sql: """
+                SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
+                WHERE process_manager = ? \(filter) ORDER BY updated_at DESC, instance_id LIMIT ?
+                """,
+            arguments: [processManager, limit]
+        ).map {
+            InstanceSummary(
+                instanceID: $0["instance_id"],
+                lifecycle: ProcessLifecycle(rawValue: $0["lifecycle"]) ?? .failed,
+                version: $0["version"],
+                startedAt: Date(timeIntervalSince1970: $0["started_at"]),
+                updatedAt: Date(timeIntervalSince1970: $0["updated_at"])
+            )
+        }
+    }
+
+    // MARK: Timers
+
+    /// Removes a timer row that no longer matches its instance (a stale firing).
+    public func deleteTimer(_ timer: DueTimer) throws {
+        try db.execute(
+            sql: "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?",
+            arguments: [timer.processManager, timer.instanceID, timer.name, timer.dueAt.timeIntervalSince1970]
+        )
+    }
+
+    /// The earliest pending timer, if any.
+    public func nextTimer() throws -> DueTimer? {
+        try dueTimers(before: .distantFuture, limit: 1).first
+    }
+
+    /// Timers due at or before `time`, earliest first.
+    public func dueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
+        try Row.fetchAll(
+            db,
+            sql:
+                "SELECT process_manager, instance_id, name, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            arguments: [time.timeIntervalSince1970, limit]
+        ).map {
+            DueTimer(
+                processManager: $0["process_manager"],
+                instanceID: $0["instance_id"],
+                name: $0["name"],
+                dueAt: Date(timeIntervalSince1970: $0["due_at"])
+            )
+        }
+    }
+
+    // MARK: Dead letters
+
+    /// Stores a dead letter.
+    /// - Returns: Its id.
+    @discardableResult
+    public func addDeadLetter(_ letter: DeadLetter) throws -> Int64 {
+        try db.execute(
+            sql: """
+                INSERT INTO dead_letters (message_id, exchange, routing_key, headers, body, reason, handler, attempts, dead_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                letter.messageID, letter.exchange, letter.routingKey, try JSONEncoder.baton.encode(letter.headers),
+                letter.body, letter.reason, letter.handler, letter.attempts, letter.deadAt.timeIntervalSince1970,
+            ]
+        )
+        return db.lastInsertedRowID
+    }
+
+    /// Whether a message id already has a dead letter that was not replayed (a redelivery of it is dropped).
+    public func hasOpenDeadLetter(messageID: String) throws -> Bool {
+        try Bool.fetchOne(
+            db,
+            sql: "SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL",
+            arguments: [messageID]
+        ) ?? false
+    }
+
+    /// Dead letters, newest first.
+    public func deadLetters(includeReplayed: Bool = false, limit: Int = 1000) throws -> [DeadLetter] {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT * FROM dead_letters \(includeReplayed ? "" : "WHERE replayed_at IS NULL")
+                ORDER BY id DESC LIMIT ?
+                """,
+            arguments: [limit]
+        ).map(DeadLetter.init(row:))
+    }
+
+    /// One dead letter.
+    public func deadLetter(id: Int64) throws -> DeadLetter? {
+        try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]).map(DeadLetter.init(row:))
+    }
+
+    /// Marks a dead letter replayed.
+    public func markReplayed(deadLetter id: Int64, at time: Date) throws {
+        try db.execute(
+            sql: "UPDATE dead_letters SET replayed_at = ? WHERE id = ?",
+            arguments: [time.timeIntervalSince1970, id]
+        )
+    }
+}
+
+/// A message waiting in the outbox.
+public struct OutboxMessage: Sendable, Hashable {
+    /// Its position in the outbox.
+    public var sequence: Int64
+    /// Where it goes.
+    public var exchange: String
+    /// Its routing key.
+    public var routingKey: String
+    /// The message.
+    public var envelope: Envelope
+}
+
+/// A timer that is due or pending.
+public struct DueTimer: Sendable, Hashable {
+    /// The process manager.
+    public var processManager: String
+    /// The instance.
+    public var instanceID: String
+    /// The timer's name.
+    public var name: String
+    /// When it is due.
+    public var dueAt: Date
+}
+
+/// An instance in a listing.
+public struct InstanceSummary: Sendable, Hashable, Codable {
+    /// The instance id.
+    public var instanceID: String
+    /// Where it is.
+    public var lifecycle: ProcessLifecycle
+    /// How many transitions it has had.
+    public var version: Int64
+    /// When it started.
+    public var startedAt: Date
+    /// When it last moved.
+    public var updatedAt: Date
+}
+
+/// A message that could not be handled, kept with the reason.
+public struct DeadLetter: Sendable, Hashable, Codable {
+    /// The store's id for it (0 before it is stored).
+    public var id: Int64
+    /// The message id (may be empty for a message that had none).
+    public var messageID: String
+    /// The exchange it was published to.
+    public var exchange: String
+    /// The routing key it was published with.
+    public var routingKey: String
+    /// Its headers, as text.
+    public var headers: [String: String]
+    /// Its body.
+    public var body: Data
+    /// Why it was dead-lettered.
+    public var reason: String
+    /// The handler that failed (or the stage that refused it: `decode`, `subscriber`).
+    public var handler: String
+    /// How many times handling was attempted.
+    public var attempts: Int
+    /// When it was dead-lettered.
+    public var deadAt: Date
+    /// When it was replayed, if it was.
+    public var replayedAt: Date?
+
+    /// Creates a dead letter.
+    public init(
+        messageID: String,
+        exchange: String,
+        routingKey: String,
+        headers: [String: String],
+        body: Data,
+        reason: String,
+        handler: String,
+        attempts: Int,
+        deadAt: Date
+    ) {
+        self.id = 0
+        self.messageID = messageID
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.headers = headers
+        self.body = body
+        self.reason = reason
+        self.handler = handler
+        self.attempts = attempts
+        self.deadAt = deadAt
+    }
+
+    init(row: Row) throws {
+        id = row["id"]
+        messageID = row["message_id"]
+        exchange = row["exchange"]
+        routingKey = row["routing_key"]
+        headers = try JSONDecoder.baton.decode([String: String].self, from: row["headers"])
+        body = row["body"]
+        reason = row["reason"]
+        handler = row["handler"]
+        attempts = row["attempts"]
+        deadAt = Date(timeIntervalSince1970: row["dead_at"])
+        replayedAt = (row["replayed_at"] as Double?).map(Date.init(timeIntervalSince1970:))
+    }
+}
+
+/// Another writer appended to a stream after this writer read it.
+public struct ConcurrencyError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The stream.
+    public var stream: String
+    /// The version the writer expected.
+    public var expectedVersion: Int64
+    /// The version found.
+    public var actualVersion: Int64
+
+    public var description: String {
+        "stream '\(stream)' is at version \(actualVersion), the writer expected \(expectedVersion)"
+    }
+}

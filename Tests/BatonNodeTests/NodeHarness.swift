@@ -1,0 +1,196 @@
+import Baton
+import BatonAMQP
+import BatonNode
+import BatonSQLite
+import BatonTesting
+import Foundation
+import Logging
+import Synchronization
+
+// A small order process used by the node tests.
+
+struct OrderPlaced: Event {
+    static let messageName = "orders.OrderPlaced"
+    var orderID: String
+}
+struct PaymentReceived: Event {
+    static let messageName = "payments.PaymentReceived"
+    var orderID: String
+    var fails: Int = 0
+}
+struct OrderClosed: Event {
+    static let messageName = "orders.OrderClosed"
+    var orderID: String
+}
+struct ChargeCard: Command {
+    static let messageName = "payments.ChargeCard"
+    var orderID: String
+}
+struct ShipOrder: Command {
+    static let messageName = "shipping.ShipOrder"
+    var orderID: String
+}
+struct VoidOrder: Command {
+    static let messageName = "orders.VoidOrder"
+    var orderID: String
+}
+
+struct OrderProcess: ProcessState {
+    var orderID = ""
+    var payments = 0
+}
+
+/// Counts handler attempts per order, to make a handler fail a set number of times.
+final class FailureBudget: Sendable {
+    private let attempts = Mutex<[String: Int]>([:])
+    func shouldFail(_ key: String, times: Int) -> Bool {
+        attempts.withLock { attempts in
+            attempts[key, default: 0] += 1
+            return attempts[key]! <= times
+        }
+    }
+}
+
+struct HandlerFailure: Error, CustomStringConvertible {
+    var description: String { "payment gateway unavailable" }
+}
+
+func orderProcess(failures: FailureBudget = FailureBudget()) -> ProcessManager<OrderProcess> {
+    ProcessManager(name: "order-process", listensTo: ["orders", "payments"]) { pm in
+        pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
+            process.state.orderID = event.orderID
+            process.send(ChargeCard(orderID: event.orderID))
+            process.schedule("payment-timeout", after: .seconds(60))
+        }
+        pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { event, process in
+            if failures.shouldFail(event.orderID, times: event.fails) { throw HandlerFailure() }
+            process.state.payments += 1
+            process.cancelTimer("payment-timeout")
+            process.send(ShipOrder(orderID: event.orderID))
+        }
+        pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+        pm.onTimer("payment-timeout", mayClose: true) { process in
+            process.send(VoidOrder(orderID: process.state.orderID))
+            process.markAsFailed(reason: "payment timed out")
+        }
+    }
+}
+
+func orderRegistry() -> MessageRegistry {
+    var registry = MessageRegistry()
+    registry.register(OrderPlaced.self)
+    registry.register(PaymentReceived.self)
+    registry.register(OrderClosed.self)
+    return registry
+}
+
+/// A node over the in-process transport with a real SQLite file, plus an observer queue that receives
+/// every command and dead letter.
+final class NodeHarness: Sendable {
+    let directory: URL
+    let transport: InProcessTransport
+    let clock: TestClock
+    let failures: FailureBudget
+    static let observer = "observer"
+
+    init(
+        transport: InProcessTransport = InProcessTransport(),
+        clock: TestClock = TestClock(),
+        failures: FailureBudget = FailureBudget()
+    ) throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("baton-node-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        self.transport = transport
+        self.clock = clock
+        self.failures = failures
+    }
+
+    func makeNode(retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5))) throws -> Node {
+        var configuration = Node.Configuration(name: "orders-pm")
+        configuration.retry = retry
+        let registry = orderRegistry()
+        return Node(
+            configuration: configuration,
+            store: try SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
+            transport: transport,
+            registry: registry,
+            handlers: [try ProcessManagerHost(orderProcess(failures: failures), registry: registry)],
+            timeSource: clock,
+            logger: Logger(label: "node-test")
+        )
+    }
+
+    func declareObserver() async throws {
+        try await transport.declare(
+            AMQPTopology(
+                exchanges: Routing.exchanges,
+                queues: [.init(Self.observer)],
+                bindings: [
+                    .init(queue: Self.observer, exchange: Routing.commandExchange, bindingKey: "#"),
+                    .init(queue: Self.observer, exchange: Routing.deadLetterExchange, bindingKey: "#"),
+                ]
+            )
+        )
+    }
+
+    /// Publishes an event the way another node would.
+    func publish<E: Event>(_ event: E, id: String) async throws {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: E.messageType,
+            timestamp: clock.now(),
+            payload: MessageRegistry.encode(event)
+        )
+        try await transport.publish([
+            OutgoingMessage(exchange: Routing.eventExchange, routingKey: E.messageName, envelope: envelope)
+        ])[0].get()
+    }
+
+    /// Publishes raw bytes with arbitrary properties (hostile input).
+    func publishRaw(body: String, id: String?, type: String?, contentType: String? = "application/json") async throws {
+        _ = contentType
+        let envelope = Envelope(
+            messageID: id ?? "",
+            messageType: type ?? "",
+            timestamp: clock.now(),
+            payload: Data(body.utf8)
+        )
+        try await transport.publish([
+            OutgoingMessage(exchange: Routing.eventExchange, routingKey: "orders.Raw", envelope: envelope)
+        ])[0].get()
+    }
+
+    /// What reached the observer queue: commands and dead letters, by type.
+    var observed: [OutgoingMessage] { transport.readyMessages(Self.observer) }
+
+    func removeFiles() {
+        try? FileManager.default.removeItem(at: directory)
+    }
+}
+
+/// Runs `body` with the node running, then stops it gracefully. The node's queue is declared first, so
+/// nothing the test publishes is unroutable.
+func withRunningNode<T>(_ node: Node, transport: any Transport, _ body: () async throws -> T) async throws -> T {
+    try await transport.declare(node.topology)
+    let task = Task { try await node.run() }
+    do {
+        let result = try await body()
+        task.cancel()
+        try await task.value
+        return result
+    } catch {
+        task.cancel()
+        _ = try? await task.value
+        throw error
+    }
+}
+
+/// Polls until `condition` holds (the node works in the background).
+func eventually(_ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    return try await condition()
+}

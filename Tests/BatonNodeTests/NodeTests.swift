@@ -1,0 +1,182 @@
+import Baton
+import BatonAMQP
+import BatonSQLite
+import BatonTesting
+import Foundation
+import Testing
+
+@testable import BatonNode
+
+@Suite struct NodeTests {
+    private func types(_ messages: [OutgoingMessage]) -> [String] {
+        messages.map(\.envelope.messageType)
+    }
+
+    @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "e-1")
+            try await harness.publish(PaymentReceived(orderID: "o-1"), id: "e-2")
+            #expect(try await eventually { harness.observed.count == 2 })
+        }
+        #expect(types(harness.observed) == ["payments.ChargeCard.v1", "shipping.ShipOrder.v1"])
+        let issued = harness.observed[0].envelope
+        #expect(issued.correlationID == "o-1" && issued.causationID == "e-1")
+        let timeline = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-1") }
+        #expect(timeline.map(\.lifecycle) == [.started, .running])
+    }
+
+    @Test func aRedeliveredMessageHasNoSecondEffect() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-2"), id: "e-1")
+            try await harness.publish(OrderPlaced(orderID: "o-2"), id: "e-1")  // the same message again
+            try await harness.publish(PaymentReceived(orderID: "o-2"), id: "e-2")
+            try await harness.publish(PaymentReceived(orderID: "o-2"), id: "e-2")
+            #expect(try await eventually { harness.observed.count >= 2 })
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(types(harness.observed) == ["payments.ChargeCard.v1", "shipping.ShipOrder.v1"])
+        let timeline = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-2") }
+        #expect(timeline.count == 2)
+    }
+
+    @Test func timersFireAfterARestartAndACancelledTimerNeverFires() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        try await withRunningNode(try harness.makeNode(), transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "slow"), id: "e-1")
+            try await harness.publish(OrderPlaced(orderID: "paid"), id: "e-2")
+            try await harness.publish(PaymentReceived(orderID: "paid"), id: "e-3")  // cancels its timer
+            #expect(try await eventually { harness.observed.count == 3 })
+        }
+        // A new node on the same file: the stored deadline fires when the clock reaches it.
+        let restarted = try harness.makeNode()
+        try await withRunningNode(restarted, transport: harness.transport) {
+            harness.clock.advance(by: .seconds(59))
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(harness.observed.count == 3, "not due yet")
+            harness.clock.advance(by: .seconds(2))
+            #expect(try await eventually { harness.observed.count == 4 })
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(types(harness.observed).filter { $0 == "orders.VoidOrder.v1" }.count == 1)
+        #expect(harness.observed.last?.envelope.correlationID == "slow")
+        let summaries = try await restarted.store.read { try $0.instances(of: "order-process") }
+        #expect(
+            Dictionary(uniqueKeysWithValues: summaries.map { ($0.instanceID, $0.lifecycle) }) == [
+                "slow": .failed, "paid": .running,
+            ]
+        )
+    }
+
+    @Test func badMessagesAreDeadLetteredWithTheirReasonAndTheNodeGoesOn() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publishRaw(body: "{not json", id: "bad-1", type: OrderPlaced.messageType)
+            try await harness.publishRaw(body: #"{"order_id": 7}"#, id: "bad-2", type: OrderPlaced.messageType)
+            try await harness.publishRaw(body: "{}", id: "bad-3", type: "orders.Unknown.v1")
+            try await harness.publishRaw(body: "{}", id: nil, type: OrderPlaced.messageType)
+            try await harness.publish(OrderPlaced(orderID: "good"), id: "good-1")
+            #expect(try await eventually { harness.observed.count == 5 })
+        }
+        let letters = try await node.store.read { try $0.deadLetters() }
+        let reasons = Dictionary(uniqueKeysWithValues: letters.map { ($0.messageID, $0.reason) })
+        #expect(reasons["bad-1"]?.hasPrefix("undecodable:") == true)
+        #expect(reasons["bad-2"] == "undecodable: order_id: expected String")
+        #expect(reasons["bad-3"] == "no handler for message type 'orders.Unknown.v1'")
+        #expect(reasons[""] == "the message has no message_id property")
+        let deadLetterMessages = harness.observed.filter { $0.exchange == Routing.deadLetterExchange }
+        #expect(deadLetterMessages.count == 4)
+        #expect(deadLetterMessages.allSatisfy { $0.envelope.headers[BatonHeader.deadLetterReason] != nil })
+        #expect(
+            deadLetterMessages.first { $0.envelope.messageID == "bad-2" }?.envelope.headers[
+                BatonHeader.originalRoutingKey
+            ] == "orders.Raw"
+        )
+        #expect(types(harness.observed).contains("payments.ChargeCard.v1"), "the good order went through")
+    }
+
+    @Test func aFailingHandlerIsRetriedThenDeadLetteredAndCanBeReplayed() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "flaky"), id: "e-1")
+            try await harness.publish(OrderPlaced(orderID: "broken"), id: "e-2")
+            try await harness.publish(PaymentReceived(orderID: "flaky", fails: 2), id: "e-3")  // third attempt works
+            try await harness.publish(PaymentReceived(orderID: "broken", fails: 3), id: "e-4")  // all 3 fail
+            #expect(try await eventually { harness.observed.count == 4 })
+            let letters = try await node.store.read { try $0.deadLetters() }
+            #expect(letters.count == 1)
+            let letter = try #require(letters.first)
+            #expect(letter.messageID == "e-4" && letter.attempts == 3 && letter.handler == "order-process")
+            #expect(letter.reason == "payment gateway unavailable")
+
+            // The gateway is back (the failure budget is spent): replaying handles it once.
+            try await node.replayDeadLetter(id: letter.id)
+            #expect(try await eventually { harness.observed.count == 5 })
+            #expect(try await node.store.read { try $0.deadLetters() }.isEmpty, "a replayed letter is no longer open")
+        }
+        let shipped = harness.observed.filter { $0.envelope.messageType == ShipOrder.messageType }
+        #expect(shipped.map(\.envelope.correlationID) == ["flaky", "broken"])
+    }
+
+    @Test func retryDelaysDoubleUpToTheCap() {
+        let policy = RetryPolicy(maxAttempts: 5, initialDelay: .milliseconds(100), maximumDelay: .milliseconds(300))
+        #expect(
+            (1...5).map { policy.delay(afterAttempt: $0) } == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(300), .milliseconds(300), nil,
+            ]
+        )
+    }
+}
+
+@Suite struct InProcessTransportTests {
+    @Test func topicPatternsMatchLikeRabbitMQ() {
+        #expect(InProcessTransport.topicMatches(pattern: "orders.#", key: "orders.OrderPlaced"))
+        #expect(InProcessTransport.topicMatches(pattern: "#", key: "a.b.c"))
+        #expect(InProcessTransport.topicMatches(pattern: "*.b.#", key: "a.b"))
+        #expect(!InProcessTransport.topicMatches(pattern: "orders.*", key: "orders.a.b"))
+        #expect(!InProcessTransport.topicMatches(pattern: "orders.#", key: "inventory.x"))
+    }
+
+    @Test func prefetchAckAndRequeueBehaveLikeTheBroker() async throws {
+        let transport = InProcessTransport()
+        try await transport.declare(
+            AMQPTopology(
+                exchanges: Routing.exchanges,
+                queues: [.init("q")],
+                bindings: [.init(queue: "q", exchange: Routing.eventExchange, bindingKey: "#")]
+            )
+        )
+        let envelope = Envelope(messageID: "m", messageType: "t.T.v1", timestamp: .now, payload: Data("{}".utf8))
+        for _ in 0..<5 {
+            _ = await transport.publish([
+                OutgoingMessage(exchange: Routing.eventExchange, routingKey: "t.T", envelope: envelope)
+            ])
+        }
+        let missing = await transport.publish([OutgoingMessage(exchange: "nope", routingKey: "x", envelope: envelope)])
+        #expect(throws: AMQPError.self) { try missing[0].get() }
+        let source = try await transport.subscribe(queue: "q", prefetch: 2)
+        let first = try #require(try await source.nextBatch(maxCount: 10))
+        #expect(first.count == 2, "prefetch bounds what is handed out")
+        first[0].acknowledge()
+        first[1].requeue()
+        let second = try #require(try await source.nextBatch(maxCount: 10))
+        #expect(second.count == 2 && second.contains { $0.isRedelivered })
+        await source.cancel()
+        #expect(transport.readyCount("q") == 4, "cancel returns unsettled messages")
+    }
+}
