@@ -38,6 +38,11 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.
+        .executableTarget(
+            name: "BatonCrashProbe",
+            dependencies: ["BatonNode", .product(name: "Logging", package: "swift-log")]
+        ),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
         .systemLibrary(
             name: "CRabbitMQ",
@@ -72,7 +77,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonNodeTests",
-            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite"]
+            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe"]
         ),
         .testTarget(
             name: "BatonAMQPTests",
