@@ -44,7 +44,11 @@ public struct MessageRegistry: Sendable {
 
     /// Registers a message type under its ``Message/messageType``.
     public mutating func register<M: Message>(_ type: M.Type) {
-        decoders[M.messageType] = { data in try JSONDecoder.baton.decode(M.self, from: data) }
+        decoders[M.messageType] = { data in
+            let message = try JSONDecoder.baton.decode(M.self, from: data)
+            if let validated = message as? any ValidatedMessage { try validated.validate() }
+            return message
+        }
     }
 
     /// Whether a type name is registered.
@@ -66,6 +70,8 @@ public struct MessageRegistry: Sendable {
         }
         do {
             return try decoder(envelope.payload)
+        } catch let error as MessageError {
+            throw error
         } catch let error as DecodingError {
             throw MessageError(code: .undecodable, reason: error.reason)
         } catch {

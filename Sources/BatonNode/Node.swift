@@ -105,7 +105,7 @@ public final class Node: Sendable {
     public var topology: AMQPTopology {
         let deadLetters = "\(configuration.name).dead-letters"
         return AMQPTopology(
-            exchanges: Routing.exchanges,
+            exchanges: Routing.exchanges + handlers.flatMap(\.exchanges),
             queues: [.init(configuration.queue, kind: .quorum), .init(deadLetters, kind: .quorum)],
             bindings: handlers.flatMap(\.bindings).map {
                 AMQPTopology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
@@ -329,7 +329,10 @@ public final class Node: Sendable {
         if let contentType = incoming.contentType, contentType != "application/json" {
             return .reject(incoming, reason: "content type '\(contentType)' is not application/json", stage: "edge")
         }
-        guard let messageType = incoming.messageType, !messageType.isEmpty else {
+        let external = handlers.lazy.compactMap {
+            $0.messageType(forExternal: incoming.exchange, routingKey: incoming.routingKey)
+        }.first
+        guard let messageType = external ?? incoming.messageType, !messageType.isEmpty else {
             return .reject(incoming, reason: "the message has no type property", stage: "edge")
         }
         var headers = incoming.headers

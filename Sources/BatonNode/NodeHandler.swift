@@ -16,10 +16,17 @@ public protocol NodeHandler: Sendable {
     func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) throws
     /// Fires one of its timers, if it has timers.
     func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws
+    /// Exchanges of an external contract it subscribes to (declared with the node's topology).
+    var exchanges: [AMQPTopology.Exchange] { get }
+    /// For a message without a type property (an external producer's), the type this handler reads it as,
+    /// if it subscribes to that exchange and routing key.
+    func messageType(forExternal exchange: String, routingKey: String) -> String?
 }
 
 extension NodeHandler {
     public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {}
+    public var exchanges: [AMQPTopology.Exchange] { [] }
+    public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
 }
 
 /// Hosts a process manager in a node: correlates, loads the instance (snapshot + replay), runs the engine and

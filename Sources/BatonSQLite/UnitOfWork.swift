@@ -487,6 +487,13 @@ public struct ConcurrencyError: Error, Sendable, Hashable, CustomStringConvertib
     /// The version found.
     public var actualVersion: Int64
 
+    /// Creates the error.
+    public init(stream: String, expectedVersion: Int64, actualVersion: Int64) {
+        self.stream = stream
+        self.expectedVersion = expectedVersion
+        self.actualVersion = actualVersion
+    }
+
     public var description: String {
         "stream '\(stream)' is at version \(actualVersion), the writer expected \(expectedVersion)"
     }

@@ -1,0 +1,171 @@
+import Baton
+import BatonAMQP
+import BatonSQLite
+import Foundation
+import Logging
+
+/// An aggregate as loaded for a command: its state and the version the writer saw.
+public struct Loaded<A: Aggregate>: Sendable {
+    /// The aggregate id.
+    public var id: String
+    /// The state.
+    public var state: A
+    /// The number of events in its stream when loaded (0: it does not exist yet).
+    public var version: Int64
+
+    /// The stream name, `<category>-<id>`.
+    public var stream: String { "\(A.category)-\(id)" }
+}
+
+/// What a command, event or subscriber handler sees and does; everything commits in the node's transaction.
+public struct HandlerContext {
+    /// The handler's name.
+    public let handler: String
+    /// The message being handled.
+    public let envelope: Envelope
+    /// The node's clock reading.
+    public let now: Date
+    /// The transaction, for queries of the service's own tables.
+    public let work: UnitOfWork
+    var issued: [IssuedMessage] = []
+
+    /// Loads an aggregate by replaying its stream.
+    public func load<A: Aggregate>(_ type: A.Type, id: String) throws -> Loaded<A> {
+        var registry = MessageRegistry()
+        for eventType in A.eventTypes { registry.register(eventType) }
+        var state = A()
+        let events = try work.readStream("\(A.category)-\(id)")
+        for (messageType, payload) in events {
+            let envelope = Envelope(messageID: "", messageType: messageType, timestamp: now, payload: payload)
+            guard let event = try registry.decode(envelope) as? any Event else { continue }
+            state.apply(event)
+        }
+        return Loaded(id: id, state: state, version: Int64(events.count))
+    }
+
+    /// Appends events to the aggregate's stream (checking that nobody else did since it was loaded), applies
+    /// them to `aggregate`, and publishes them.
+    /// - Throws: `ConcurrencyError` if the stream moved since the load (the node retries the message).
+    public mutating func record<A: Aggregate>(_ events: [any Event], to aggregate: inout Loaded<A>) throws {
+        let envelopes = events.enumerated().map { offset, event in
+            var envelope = makeEnvelope(type(of: event).messageType, MessageRegistry.encode(event))
+            envelope.stream = aggregate.stream
+            envelope.position = aggregate.version + Int64(offset) + 1
+            return envelope
+        }
+        try work.append(envelopes, to: aggregate.stream, expectedVersion: aggregate.version)
+        for (event, envelope) in zip(events, envelopes) {
+            aggregate.state.apply(event)
+            issued.append(IssuedMessage(kind: .event, envelope: envelope))
+        }
+        aggregate.version += Int64(events.count)
+    }
+
+    /// Publishes an event that belongs to no aggregate stream.
+    public mutating func publish<E: Event>(_ event: E) {
+        issued.append(IssuedMessage(kind: .event, envelope: makeEnvelope(E.messageType, MessageRegistry.encode(event))))
+    }
+
+    /// Sends a command.
+    public mutating func send<C: Command>(_ command: C) {
+        issued.append(
+            IssuedMessage(kind: .command, envelope: makeEnvelope(C.messageType, MessageRegistry.encode(command)))
+        )
+    }
+
+    private func makeEnvelope(_ messageType: String, _ payload: Data) -> Envelope {
+        var headers: [String: String] = [:]
+        if let traceparent = envelope.headers[traceparentHeader] { headers[traceparentHeader] = traceparent }
+        return Envelope(
+            messageID: MessageID.derived(from: handler, envelope.messageID, String(issued.count)),
+            messageType: messageType,
+            correlationID: envelope.correlationID ?? envelope.messageID,
+            causationID: envelope.messageID,
+            timestamp: now,
+            headers: headers,
+            payload: payload
+        )
+    }
+}
+
+/// Hosts a handler of one message type in a node: a command handler, an event handler, or a subscriber
+/// that translates an external message (from a producer in any language) into internal commands.
+public struct MessageHandlerHost<M: Message>: NodeHandler {
+    public let name: String
+    let binding: AMQPTopology.Binding
+    let external: AMQPTopology.Exchange?
+    let body: @Sendable (M, inout HandlerContext) throws -> Void
+
+    /// Handles the command `type`, sent to `baton.commands` under its name.
+    public static func command(
+        _ type: M.Type,
+        name: String,
+        _ body: @escaping @Sendable (M, inout HandlerContext) throws -> Void
+    ) -> Self where M: Command {
+        Self(
+            name: name,
+            binding: .init(queue: "", exchange: Routing.commandExchange, bindingKey: M.messageName),
+            external: nil,
+            body: body
+        )
+    }
+
+    /// Handles the event `type`, published on `baton.events` under its name.
+    public static func event(
+        _ type: M.Type,
+        name: String,
+        _ body: @escaping @Sendable (M, inout HandlerContext) throws -> Void
+    ) -> Self where M: Event {
+        Self(
+            name: name,
+            binding: .init(queue: "", exchange: Routing.eventExchange, bindingKey: M.messageName),
+            external: nil,
+            body: body
+        )
+    }
+
+    /// Subscribes to an external contract: messages on `exchange` with `routingKey`, which carry no Baton
+    /// type, are decoded (and validated) as `type` and handed to `body` to translate.
+    public static func subscriber(
+        _ type: M.Type,
+        name: String,
+        exchange: String,
+        routingKey: String,
+        _ body: @escaping @Sendable (M, inout HandlerContext) throws -> Void
+    ) -> Self {
+        Self(
+            name: name,
+            binding: .init(queue: "", exchange: exchange, bindingKey: routingKey),
+            external: .init(exchange, kind: .topic),
+            body: body
+        )
+    }
+
+    public var bindings: [AMQPTopology.Binding] { [binding] }
+
+    public var exchanges: [AMQPTopology.Exchange] { external.map { [$0] } ?? [] }
+
+    public func handles(_ envelope: Envelope) -> Bool {
+        envelope.messageType == M.messageType
+    }
+
+    public func messageType(forExternal exchange: String, routingKey: String) -> String? {
+        guard external != nil, exchange == binding.exchange, routingKey == binding.bindingKey else { return nil }
+        return M.messageType
+    }
+
+    public func handle(
+        _ message: any Message,
+        envelope: Envelope,
+        in work: UnitOfWork,
+        now: Date,
+        logger: Logger
+    ) throws {
+        var context = HandlerContext(handler: name, envelope: envelope, now: now, work: work)
+        try body(message as! M, &context)
+        for issued in context.issued {
+            let destination = Routing.destination(of: issued)
+            try work.enqueue(issued.envelope, exchange: destination.exchange, routingKey: destination.routingKey)
+        }
+    }
+}

@@ -1,0 +1,199 @@
+import Baton
+import BatonAMQP
+import BatonNode
+import BatonSQLite
+import BatonTesting
+import Foundation
+import Logging
+import Testing
+
+// An external checkout (no Baton type on the wire), translated into an internal command that an
+// aggregate handles.
+
+struct CheckoutCompleted: ValidatedMessage {
+    static let messageName = "storefront.CheckoutCompleted"
+    struct Line: Codable, Sendable {
+        var sku: String
+        var quantity: Int
+    }
+    var checkoutID: String
+    var customer: String
+    var lines: [Line]
+
+    func validate() throws(MessageError) {
+        try Check.length(checkoutID, 1...64, field: "checkout_id")
+        try Check.length(customer, 1...150, field: "customer")
+        try Check.count(lines, 1...100, field: "lines")
+        for (index, line) in lines.enumerated() {
+            try Check.length(line.sku, 1...64, field: "lines[\(index)].sku")
+            try Check.range(line.quantity, 1...1000, field: "lines[\(index)].quantity")
+        }
+    }
+}
+
+struct PlaceOrder: Command {
+    static let messageName = "orders.PlaceOrder"
+    var orderID: String
+    var customer: String
+}
+
+struct Order: Aggregate {
+    static let category = "order"
+    static let eventTypes: [any Event.Type] = [OrderPlaced.self, OrderClosed.self]
+    var isPlaced = false
+    mutating func apply(_ event: any Event) {
+        if event is OrderPlaced { isPlaced = true }
+    }
+}
+
+@Suite struct HandlerTests {
+    private func makeNode(_ harness: NodeHarness) throws -> Node {
+        var registry = MessageRegistry()
+        registry.register(CheckoutCompleted.self)
+        registry.register(PlaceOrder.self)
+        return Node(
+            configuration: Node.Configuration(name: "orders"),
+            store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
+            transport: harness.transport,
+            registry: registry,
+            handlers: [
+                MessageHandlerHost.subscriber(
+                    CheckoutCompleted.self,
+                    name: "checkout-subscriber",
+                    exchange: "storefront",
+                    routingKey: "checkout.completed"
+                ) { checkout, context in
+                    context.send(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
+                },
+                MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
+                    var order = try context.load(Order.self, id: command.orderID)
+                    guard !order.state.isPlaced else { return }  // a second checkout with the same id
+                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
+                },
+            ],
+            timeSource: harness.clock,
+            logger: Logger(label: "handler-test")
+        )
+    }
+
+    private func publishCheckout(_ harness: NodeHarness, _ json: String, id: String) async throws {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: "",
+            timestamp: harness.clock.now(),
+            payload: Data(json.utf8)
+        )
+        try await harness.transport.publish([
+            OutgoingMessage(exchange: "storefront", routingKey: "checkout.completed", envelope: envelope)
+        ])[0].get()
+    }
+
+    @Test func anExternalCheckoutBecomesAnOrderOnceAndItsEventIsPublishedWithItsStreamPosition() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.transport.declare(
+            AMQPTopology(
+                exchanges: Routing.exchanges,
+                queues: [.init("events")],
+                bindings: [.init(queue: "events", exchange: Routing.eventExchange, bindingKey: "orders.#")]
+            )
+        )
+        let node = try makeNode(harness)
+        let valid = #"{"checkout_id":"chk-1","customer":"Ada","lines":[{"sku":"book-1","quantity":2}]}"#
+        try await withRunningNode(node, transport: harness.transport) {
+            try await publishCheckout(harness, valid, id: "m-1")
+            try await publishCheckout(harness, valid, id: "m-2")  // same checkout id, new message id
+            try await publishCheckout(
+                harness,
+                #"{"checkout_id":"chk-2","customer":"Bob","lines":[{"sku":"b","quantity":0}]}"#,
+                id: "m-3"
+            )
+            try await publishCheckout(harness, #"{"checkout_id":"chk-3","lines":[]}"#, id: "m-4")
+            #expect(try await eventually { harness.transport.readyCount("events") >= 1 })
+            #expect(try await eventually { try await node.store.read { try $0.deadLetters().count } == 2 })
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let events = harness.transport.readyMessages("events").map(\.envelope)
+        #expect(events.count == 1, "a duplicate checkout places no second order")
+        #expect(events.first?.stream == "order-order-chk-1" && events.first?.position == 1)
+        #expect(events.first?.messageType == "orders.OrderPlaced.v1")
+        let reasons = try await node.store.read { try $0.deadLetters().map(\.reason) }.sorted()
+        #expect(
+            reasons == [
+                "invalid: lines[0].quantity: must be 1 to 1000, got 0",
+                "undecodable: customer: required field is missing",
+            ]
+        )
+    }
+
+    @Test func concurrentWritersOfOneStreamAreDetected() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let store = try SQLiteStore(path: harness.directory.appendingPathComponent("streams.sqlite").path)
+        @Sendable func event(_ id: String) -> Envelope {
+            Envelope(messageID: id, messageType: OrderPlaced.messageType, timestamp: .now, payload: Data("{}".utf8))
+        }
+        try await store.write { try $0.append([event("a")], to: "order-1", expectedVersion: 0) }
+        await #expect(throws: ConcurrencyError(stream: "order-1", expectedVersion: 0, actualVersion: 1)) {
+            try await store.write { try $0.append([event("b")], to: "order-1", expectedVersion: 0) }
+        }
+        try await store.write { try $0.append([event("c"), event("d")], to: "order-1", expectedVersion: 1) }
+        #expect(try await store.read { try $0.streamVersion("order-1") } == 3)
+    }
+
+    @Test func aStoredInstanceLoadsTheSameFromSnapshotAndReplay() async throws {
+        // A snapshot interval of 1 and of 1000 must load the same instance from the same history.
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let registry = orderRegistry()
+        var states: [ProcessInstance<OrderProcess>] = []
+        for interval in [1, 1000] {
+            let definition = ProcessManager<OrderProcess>(
+                name: "p",
+                listensTo: ["orders", "payments"],
+                snapshotInterval: interval
+            ) { pm in
+                pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
+                    process.state.orderID = event.orderID
+                }
+                pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, process in process.state.payments += 1
+                }
+                pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+            }
+            let engine = try ProcessEngine(definition)
+            let store = try SQLiteStore(path: harness.directory.appendingPathComponent("pm-\(interval).sqlite").path)
+            var instance: ProcessInstance<OrderProcess>?
+            for (index, event)
+                in ([OrderPlaced(orderID: "o")] as [any Event] + (0..<5).map { _ in PaymentReceived(orderID: "o") })
+                .enumerated()
+            {
+                let envelope = Envelope(
+                    messageID: "m-\(index)",
+                    messageType: type(of: event).messageType,
+                    timestamp: .now,
+                    payload: MessageRegistry.encode(event)
+                )
+                guard
+                    case .transition(let next, let transition) = try engine.handle(
+                        event,
+                        envelope: envelope,
+                        instanceID: "o",
+                        instance: instance,
+                        now: .now
+                    )
+                else {
+                    Issue.record("no transition")
+                    return
+                }
+                try await store.write {
+                    try $0.record(transition, instance: next, of: engine, route: Routing.destination)
+                }
+                instance = next
+            }
+            let loaded = try await store.read { try $0.loadInstance("o", of: engine, registry: registry) }
+            #expect(loaded == instance)
+            states.append(try #require(loaded))
+        }
+        #expect(states[0] == states[1] && states[0].state.payments == 5)
+    }
+}
