@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
+        .executable(name: "baton-benchmark", targets: ["BatonBenchmark"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -36,6 +37,15 @@ let package = Package(
                 "Baton", "BatonSQLite", "BatonAMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // Framework benchmarks (the embedded mode so far).
+        .executableTarget(
+            name: "BatonBenchmark",
+            dependencies: [
+                "BatonNode",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.

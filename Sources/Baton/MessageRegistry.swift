@@ -130,27 +130,28 @@ func snakeCased(_ name: String) -> String {
 
 extension JSONEncoder {
     /// The one JSON style of the wire: snake_case keys, ISO-8601 dates, sorted keys (stable bytes).
-    public static var baton: JSONEncoder {
+    /// Shared: do not change its settings.
+    public static let baton: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.dateEncodingStrategy = .iso8601
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return encoder
-    }
+    }()
 }
 
 extension JSONDecoder {
     /// Reads what ``JSONEncoder/baton`` writes. Keys go from snake_case back to Swift's camelCase with
     /// its acronyms (`order_id` → `orderID`, `callback_url` → `callbackURL`), which Foundation's
-    /// `convertFromSnakeCase` does not do (it gives `orderId`).
-    public static var baton: JSONDecoder {
+    /// `convertFromSnakeCase` does not do (it gives `orderId`). Shared: do not change its settings.
+    public static let baton: JSONDecoder = {
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .custom { path in
             SwiftKey(camelCaseFromSnakeCase: path.last!.stringValue)
         }
         decoder.dateDecodingStrategy = .iso8601
         return decoder
-    }
+    }()
 }
 
 private struct SwiftKey: CodingKey {

@@ -183,7 +183,13 @@ public final class Node: Sendable {
     private func nextBatch(_ source: any MessageSource) async throws -> [IncomingMessage]? {
         let batchSize = configuration.batchSize
         return try await withThrowingTaskGroup(of: [IncomingMessage]?.self) { group in
-            group.addTask { try await source.nextBatch(maxCount: batchSize) }
+            group.addTask {
+                do {
+                    return try await source.nextBatch(maxCount: batchSize)
+                } catch is CancellationError {
+                    return nil  // the node is stopping
+                }
+            }
             group.addTask {
                 await self.consumeStop.wait()
                 return nil

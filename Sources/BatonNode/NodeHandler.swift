@@ -1,8 +1,10 @@
 import Baton
 import BatonAMQP
 import BatonSQLite
+import DequeModule
 import Foundation
 import Logging
+import Synchronization
 
 /// Something a ``Node`` hosts: it handles some message types inside the node's unit of work.
 public protocol NodeHandler: Sendable {
@@ -35,15 +37,30 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     /// The engine.
     public let engine: ProcessEngine<State>
     let registry: MessageRegistry
+    private let cache: InstanceCache<State>
 
     /// Wraps a definition, validating it.
     /// - Parameters:
     ///   - definition: The process manager.
     ///   - registry: Decodes the events it handles (for replays).
     /// - Throws: ``DefinitionError`` for a broken definition: the node must not start.
-    public init(_ definition: ProcessManager<State>, registry: MessageRegistry) throws(DefinitionError) {
+    ///   - cacheCapacity: Instances kept in memory between events (0 turns the cache off).
+    public init(
+        _ definition: ProcessManager<State>,
+        registry: MessageRegistry,
+        cacheCapacity: Int = 10_000
+    ) throws(DefinitionError) {
         engine = try ProcessEngine(definition)
         self.registry = registry
+        cache = InstanceCache(capacity: cacheCapacity)
+    }
+
+    /// The stored instance: from the cache if it holds the committed version, else snapshot + replay.
+    /// The version check makes a rolled-back transaction harmless: its instance never matches.
+    private func load(_ instanceID: String, _ work: UnitOfWork) throws -> ProcessInstance<State>? {
+        guard let version = try work.instanceVersion(instanceID, processManager: name) else { return nil }
+        if let cached = cache[instanceID], cached.version == version { return cached }
+        return try work.loadInstance(instanceID, of: engine, registry: registry)
     }
 
     public var name: String { engine.definition.name }
@@ -72,10 +89,11 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
             instanceID = try work.instance(associatedWith: value, as: association, processManager: name)
         case nil: instanceID = nil
         }
-        let instance = try instanceID.flatMap { try work.loadInstance($0, of: engine, registry: registry) }
+        let instance = try instanceID.flatMap { try load($0, work) }
         switch try engine.handle(message, envelope: envelope, instanceID: instanceID, instance: instance, now: now) {
         case .transition(let next, let transition):
             try work.record(transition, instance: next, of: engine, route: Routing.destination)
+            cache[next.id] = next
             logger.debug(
                 "process moved",
                 metadata: [
@@ -95,16 +113,45 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {
         guard timer.processManager == name else { return }
-        guard let instance = try work.loadInstance(timer.instanceID, of: engine, registry: registry) else {
+        guard let instance = try load(timer.instanceID, work) else {
             try work.deleteTimer(timer)
             return
         }
         switch try engine.fire(timer: timer.name, dueAt: timer.dueAt, instance: instance, now: now) {
         case .transition(let next, let transition):
             try work.record(transition, instance: next, of: engine, route: Routing.destination)
+            cache[next.id] = next
         case .skipped(let reason):
             try work.deleteTimer(timer)
             logger.info("timer skipped", metadata: ["reason": "\(reason)"])
+        }
+    }
+}
+
+/// Recently used process instances, bounded; evicts the oldest insertion first.
+final class InstanceCache<State: ProcessState>: Sendable {
+    private struct Entries {
+        var instances: [String: ProcessInstance<State>] = [:]
+        var order: Deque<String> = []
+    }
+
+    private let capacity: Int
+    private let entries = Mutex(Entries())
+
+    init(capacity: Int) {
+        self.capacity = capacity
+    }
+
+    subscript(id: String) -> ProcessInstance<State>? {
+        get { entries.withLock { $0.instances[id] } }
+        set {
+            guard capacity > 0, let newValue else { return }
+            entries.withLock { entries in
+                if entries.instances.updateValue(newValue, forKey: id) == nil { entries.order.append(id) }
+                while entries.order.count > capacity, let oldest = entries.order.popFirst() {
+                    entries.instances[oldest] = nil
+                }
+            }
         }
     }
 }

@@ -7,6 +7,16 @@ import GRDB
 public struct UnitOfWork {
     let db: Database
 
+    /// Runs a statement whose text never changes, compiled once per connection and reused.
+    private func run(_ sql: String, _ arguments: StatementArguments) throws {
+        try db.cachedStatement(sql: sql).execute(arguments: arguments)
+    }
+
+    /// A cached statement to fetch with.
+    private func statement(_ sql: String) throws -> Statement {
+        try db.cachedStatement(sql: sql)
+    }
+
     /// Runs `body` in a savepoint: if it throws, only its own changes are rolled back, and the error is
     /// rethrown. Lets one transaction hold a batch of messages whose handlers may fail independently.
     public func inSavepoint(_ body: () throws -> Void) throws {
@@ -28,17 +38,16 @@ public struct UnitOfWork {
     /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
     public func hasHandled(_ messageID: String, consumer: String) throws -> Bool {
         try Bool.fetchOne(
-            db,
-            sql: "SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?",
+            try statement("SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?"),
             arguments: [consumer, messageID]
         ) ?? false
     }
 
     /// Records that `consumer` handled the message; commits with the handler's effects.
     public func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
-        try db.execute(
-            sql: "INSERT INTO inbox (consumer, message_id, handled_at) VALUES (?, ?, ?)",
-            arguments: [consumer, messageID, time.timeIntervalSince1970]
+        try run(
+            "INSERT INTO inbox (consumer, message_id, handled_at) VALUES (?, ?, ?)",
+            [consumer, messageID, time.timeIntervalSince1970]
         )
     }
 
@@ -52,12 +61,12 @@ public struct UnitOfWork {
     ///   - key: The de-duplication key; the message id unless the same message is sent on purpose again
     ///     (a dead letter, a replay).
     public func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String? = nil) throws {
-        try db.execute(
-            sql: """
-                INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at)
-                VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
-                """,
-            arguments: [
+        try run(
+            """
+            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at)
+            VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
+            """,
+            [
                 key ?? envelope.messageID, exchange, routingKey, try JSONEncoder.baton.encode(envelope),
                 envelope.timestamp.timeIntervalSince1970,
             ]
@@ -67,9 +76,9 @@ public struct UnitOfWork {
     /// The oldest messages not yet confirmed by the broker, in the order they were queued.
     public func pendingOutbox(limit: Int) throws -> [OutboxMessage] {
         try Row.fetchAll(
-            db,
-            sql:
-                "SELECT sequence, exchange, routing_key, envelope FROM outbox WHERE sent_at IS NULL ORDER BY sequence LIMIT ?",
+            try statement(
+                "SELECT sequence, exchange, routing_key, envelope FROM outbox WHERE sent_at IS NULL ORDER BY sequence LIMIT ?"
+            ),
             arguments: [limit]
         ).map { row in
             OutboxMessage(
@@ -115,12 +124,12 @@ public struct UnitOfWork {
             throw ConcurrencyError(stream: stream, expectedVersion: expectedVersion, actualVersion: current)
         }
         for (offset, event) in events.enumerated() {
-            try db.execute(
-                sql: """
-                    INSERT INTO streams (stream, position, message_id, message_type, payload, recorded_at)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
+            try run(
+                """
+                INSERT INTO streams (stream, position, message_id, message_type, payload, recorded_at)
+                VALUES (?, ?, ?, ?, ?, ?)
+                """,
+                [
                     stream, expectedVersion + Int64(offset) + 1, event.messageID, event.messageType, event.payload,
                     event.timestamp.timeIntervalSince1970,
                 ]
@@ -130,14 +139,14 @@ public struct UnitOfWork {
 
     /// The number of events in a stream (0 if it does not exist).
     public func streamVersion(_ stream: String) throws -> Int64 {
-        try Int64.fetchOne(db, sql: "SELECT MAX(position) FROM streams WHERE stream = ?", arguments: [stream]) ?? 0
+        try Int64.fetchOne(try statement("SELECT MAX(position) FROM streams WHERE stream = ?"), arguments: [stream])
+            ?? 0
     }
 
     /// A stream's events in order, as (type, JSON payload).
     public func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)] {
         try Row.fetchAll(
-            db,
-            sql: "SELECT message_type, payload FROM streams WHERE stream = ? ORDER BY position",
+            try statement("SELECT message_type, payload FROM streams WHERE stream = ? ORDER BY position"),
             arguments: [stream]
         ).map { ($0["message_type"], $0["payload"]) }
     }
@@ -153,8 +162,9 @@ public struct UnitOfWork {
     ) throws -> ProcessInstance<State>? {
         let name = engine.definition.name
         let snapshotRow = try Row.fetchOne(
-            db,
-            sql: "SELECT version, instance FROM process_snapshots WHERE process_manager = ? AND instance_id = ?",
+            try statement(
+                "SELECT version, instance FROM process_snapshots WHERE process_manager = ? AND instance_id = ?"
+            ),
             arguments: [name, instanceID]
         )
         let snapshot: ProcessInstance<State>? = try snapshotRow.map {
@@ -166,6 +176,15 @@ public struct UnitOfWork {
         return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID, registry: registry)
     }
 
+    /// The committed version of an instance, or `nil` if it does not exist (one indexed lookup: lets a cache
+    /// check that what it holds is what is stored).
+    public func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64? {
+        try Int64.fetchOne(
+            try statement("SELECT version FROM process_instances WHERE process_manager = ? AND instance_id = ?"),
+            arguments: [processManager, instanceID]
+        )
+    }
+
     /// The transitions of an instance after `version`, in order (its timeline).
     public func transitions(
         of processManager: String,
@@ -175,11 +194,12 @@ public struct UnitOfWork {
         -> [ProcessTransition]
     {
         try Data.fetchAll(
-            db,
-            sql: """
+            try statement(
+                """
                 SELECT record FROM process_transitions
                 WHERE process_manager = ? AND instance_id = ? AND version > ? ORDER BY version
-                """,
+                """
+            ),
             arguments: [processManager, instanceID, version]
         ).map { try JSONDecoder.baton.decode(ProcessTransition.self, from: $0) }
     }
@@ -199,53 +219,53 @@ public struct UnitOfWork {
     ) throws {
         let name = engine.definition.name
         let time = transition.at.timeIntervalSince1970
-        try db.execute(
-            sql: "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES (?, ?, ?, ?)",
-            arguments: [name, instance.id, transition.version, try JSONEncoder.baton.encode(transition)]
+        try run(
+            "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES (?, ?, ?, ?)",
+            [name, instance.id, transition.version, try JSONEncoder.baton.encode(transition)]
         )
-        try db.execute(
-            sql: """
-                INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?)
-                ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                    lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at
-                """,
-            arguments: [name, instance.id, instance.lifecycle.rawValue, instance.version, time, time]
+        try run(
+            """
+            INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at, updated_at)
+            VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at
+            """,
+            [name, instance.id, instance.lifecycle.rawValue, instance.version, time, time]
         )
         if instance.version % Int64(engine.definition.snapshotInterval) == 0 || instance.lifecycle.isClosed {
-            try db.execute(
-                sql: """
-                    INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
-                    ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                        version = excluded.version, instance = excluded.instance
-                    """,
-                arguments: [name, instance.id, instance.version, try JSONEncoder.baton.encode(instance)]
+            try run(
+                """
+                INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
+                ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                    version = excluded.version, instance = excluded.instance
+                """,
+                [name, instance.id, instance.version, try JSONEncoder.baton.encode(instance)]
             )
         }
         for operation in transition.timers {
             switch operation {
             case .schedule(let timer, let dueAt):
-                try db.execute(
-                    sql: """
-                        INSERT INTO timers (process_manager, instance_id, name, due_at) VALUES (?, ?, ?, ?)
-                        ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET due_at = excluded.due_at
-                        """,
-                    arguments: [name, instance.id, timer, dueAt.timeIntervalSince1970]
+                try run(
+                    """
+                    INSERT INTO timers (process_manager, instance_id, name, due_at) VALUES (?, ?, ?, ?)
+                    ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET due_at = excluded.due_at
+                    """,
+                    [name, instance.id, timer, dueAt.timeIntervalSince1970]
                 )
             case .cancel(let timer):
-                try db.execute(
-                    sql: "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ?",
-                    arguments: [name, instance.id, timer]
+                try run(
+                    "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ?",
+                    [name, instance.id, timer]
                 )
             }
         }
         for (association, value) in transition.associations {
-            try db.execute(
-                sql: """
-                    INSERT INTO process_associations (process_manager, name, value, instance_id) VALUES (?, ?, ?, ?)
-                    ON CONFLICT (process_manager, name, value) DO UPDATE SET instance_id = excluded.instance_id
-                    """,
-                arguments: [name, association, value, instance.id]
+            try run(
+                """
+                INSERT INTO process_associations (process_manager, name, value, instance_id) VALUES (?, ?, ?, ?)
+                ON CONFLICT (process_manager, name, value) DO UPDATE SET instance_id = excluded.instance_id
+                """,
+                [name, association, value, instance.id]
             )
         }
         for message in transition.issued {
@@ -257,8 +277,9 @@ public struct UnitOfWork {
     /// The instance associated with `value` under `name`, if any.
     public func instance(associatedWith value: String, as name: String, processManager: String) throws -> String? {
         try String.fetchOne(
-            db,
-            sql: "SELECT instance_id FROM process_associations WHERE process_manager = ? AND name = ? AND value = ?",
+            try statement(
+                "SELECT instance_id FROM process_associations WHERE process_manager = ? AND name = ? AND value = ?"
+            ),
             arguments: [processManager, name, value]
         )
     }
@@ -294,9 +315,9 @@ public struct UnitOfWork {
 
     /// Removes a timer row that no longer matches its instance (a stale firing).
     public func deleteTimer(_ timer: DueTimer) throws {
-        try db.execute(
-            sql: "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?",
-            arguments: [timer.processManager, timer.instanceID, timer.name, timer.dueAt.timeIntervalSince1970]
+        try run(
+            "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?",
+            [timer.processManager, timer.instanceID, timer.name, timer.dueAt.timeIntervalSince1970]
         )
     }
 
@@ -308,9 +329,9 @@ public struct UnitOfWork {
     /// Timers due at or before `time`, earliest first.
     public func dueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
         try Row.fetchAll(
-            db,
-            sql:
-                "SELECT process_manager, instance_id, name, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            try statement(
+                "SELECT process_manager, instance_id, name, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?"
+            ),
             arguments: [time.timeIntervalSince1970, limit]
         ).map {
             DueTimer(
@@ -328,12 +349,12 @@ public struct UnitOfWork {
     /// - Returns: Its id.
     @discardableResult
     public func addDeadLetter(_ letter: DeadLetter) throws -> Int64 {
-        try db.execute(
-            sql: """
-                INSERT INTO dead_letters (message_id, exchange, routing_key, headers, body, reason, handler, attempts, dead_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-            arguments: [
+        try run(
+            """
+            INSERT INTO dead_letters (message_id, exchange, routing_key, headers, body, reason, handler, attempts, dead_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            [
                 letter.messageID, letter.exchange, letter.routingKey, try JSONEncoder.baton.encode(letter.headers),
                 letter.body, letter.reason, letter.handler, letter.attempts, letter.deadAt.timeIntervalSince1970,
             ]
@@ -344,8 +365,7 @@ public struct UnitOfWork {
     /// Whether a message id already has a dead letter that was not replayed (a redelivery of it is dropped).
     public func hasOpenDeadLetter(messageID: String) throws -> Bool {
         try Bool.fetchOne(
-            db,
-            sql: "SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL",
+            try statement("SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL"),
             arguments: [messageID]
         ) ?? false
     }
@@ -369,9 +389,9 @@ public struct UnitOfWork {
 
     /// Marks a dead letter replayed.
     public func markReplayed(deadLetter id: Int64, at time: Date) throws {
-        try db.execute(
-            sql: "UPDATE dead_letters SET replayed_at = ? WHERE id = ?",
-            arguments: [time.timeIntervalSince1970, id]
+        try run(
+            "UPDATE dead_letters SET replayed_at = ? WHERE id = ?",
+            [time.timeIntervalSince1970, id]
         )
     }
 }
