@@ -33,6 +33,27 @@ public struct AMQPConsumer: AsyncSequence, Sendable {
         return [first] + buffer.takeBuffered(maxCount: maxCount - 1)
     }
 
+    /// Waits at most `timeout` for the next delivery.
+    /// - Returns: The delivery, or `nil` if none arrived in time or the consumer ended. A delivery that
+    ///   arrives just as the time runs out is returned, never dropped.
+    /// - Throws: ``AMQPError`` if the broker cancelled the consumer.
+    public func next(timeout: Duration) async throws -> AMQPDelivery? {
+        let buffer = self.buffer
+        return try await withThrowingTaskGroup(of: AMQPDelivery?.self) { group in
+            group.addTask { try await buffer.next() }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            var delivery = try await group.next() ?? nil
+            group.cancelAll()
+            while let other = try await group.next() {
+                if delivery == nil { delivery = other }
+            }
+            return delivery
+        }
+    }
+
     public func makeAsyncIterator() -> AsyncIterator {
         AsyncIterator(buffer: buffer)
     }

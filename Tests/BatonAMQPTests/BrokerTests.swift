@@ -32,8 +32,8 @@ import Testing
                 AMQPOutgoingMessage(exchange: "", routingKey: queue, body: body, properties: properties)
             )
 
-            var iterator = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
-            let delivery = try #require(try await nextDelivery(&iterator))
+            let consumer = try await connection.consume(queue: queue, prefetch: 10)
+            let delivery = try #require(try await consumer.next(timeout: .seconds(10)))
             #expect(delivery.body == body)
             #expect(delivery.properties == properties)
             #expect(delivery.routingKey == queue && delivery.exchange == "" && !delivery.isRedelivered)
@@ -104,19 +104,19 @@ import Testing
                     )
                 )
             }
-            var work = try await connection.consume(queue: queue, prefetch: 10).makeAsyncIterator()
+            let work = try await connection.consume(queue: queue, prefetch: 10)
             for _ in 0..<3 {
-                let delivery = try #require(try await nextDelivery(&work))
+                let delivery = try #require(try await work.next(timeout: .seconds(10)))
                 switch delivery.properties.messageID {
                 case "nack-me": delivery.nack(requeue: false)
                 case "reject-me": delivery.reject(requeue: false)
                 default: delivery.ack()
                 }
             }
-            var dead = try await connection.consume(queue: deadLetters, prefetch: 10).makeAsyncIterator()
+            let dead = try await connection.consume(queue: deadLetters, prefetch: 10)
             var seen: [String: AMQPFieldValue] = [:]
             for _ in 0..<2 {
-                let delivery = try #require(try await nextDelivery(&dead))
+                let delivery = try #require(try await dead.next(timeout: .seconds(10)))
                 let death = try #require(delivery.properties.headers["x-death"]?.arrayValue?.first?.tableValue)
                 seen[delivery.properties.messageID ?? "?"] = death["reason"]
                 #expect(death["queue"]?.stringValue == queue)
@@ -124,7 +124,7 @@ import Testing
             }
             #expect(seen == ["nack-me": "rejected", "reject-me": "rejected"])
             #expect(
-                try await nextDelivery(&dead, timeout: .milliseconds(300)) == nil,
+                try await dead.next(timeout: .milliseconds(300)) == nil,
                 "the acked one was not dead-lettered"
             )
             try await connection.deleteQueue(queue)
@@ -142,16 +142,16 @@ import Testing
             let messages = (0..<50).map { AMQPOutgoingMessage(exchange: "", routingKey: queue, body: [UInt8($0)]) }
             #expect(await connection.publish(contentsOf: messages).allSatisfy { (try? $0.get()) != nil })
 
-            var iterator = try await connection.consume(queue: queue, prefetch: 7).makeAsyncIterator()
+            let consumer = try await connection.consume(queue: queue, prefetch: 7)
             var held: [AMQPDelivery] = []
-            while let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(500)) {
+            while let delivery = try await consumer.next(timeout: .milliseconds(500)) {
                 held.append(delivery)
             }
             #expect(held.count == 7, "the broker sends no more than prefetch unsettled deliveries")
 
             for delivery in held.prefix(3) { delivery.ack() }
             var more = 0
-            while try await nextDelivery(&iterator, timeout: .milliseconds(500)) != nil { more += 1 }
+            while try await consumer.next(timeout: .milliseconds(500)) != nil { more += 1 }
             #expect(more == 3, "each ack lets exactly one more through")
         }
     }
@@ -179,13 +179,13 @@ import Testing
             }
             #expect(await connection.publish(contentsOf: messages).allSatisfy { (try? $0.get()) != nil })
 
-            var iterator = try await connection.consume(queue: queue, prefetch: 64).makeAsyncIterator()
+            let consumer = try await connection.consume(queue: queue, prefetch: 64)
             var generator = SystemRandomNumberGenerator()
             var held: [AMQPDelivery] = []
             var settled = 0
             var nacked = 0
             while settled < count {
-                while held.count < 48, let delivery = try await nextDelivery(&iterator, timeout: .milliseconds(200)) {
+                while held.count < 48, let delivery = try await consumer.next(timeout: .milliseconds(200)) {
                     held.append(delivery)
                 }
                 held.shuffle(using: &generator)
@@ -204,7 +204,7 @@ import Testing
             #expect(nacked == (0..<count).filter { $0 % 7 == 0 }.count)
             // The channel is still open: a new message arrives on the same consumer.
             try await connection.publish(AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("last".utf8)))
-            let last = try #require(try await nextDelivery(&iterator))
+            let last = try #require(try await consumer.next(timeout: .seconds(10)))
             #expect(last.body == Array("last".utf8))
             last.ack()
             try await Task.sleep(for: .milliseconds(200))
@@ -223,10 +223,10 @@ import Testing
             logger: Logger(label: "t")
         ) { connection in
             try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
-            var iterator = try await connection.consume(queue: queue, prefetch: 1).makeAsyncIterator()
+            let consumer = try await connection.consume(queue: queue, prefetch: 1)
             try await connection.deleteQueue(queue)
             await #expect {
-                _ = try await nextDelivery(&iterator)
+                _ = try await consumer.next(timeout: .seconds(10))
             } throws: { error in
                 (error as? AMQPError)?.code == .notFound
             }
@@ -377,7 +377,7 @@ import Testing
             logger: logs.makeLogger()
         )
         try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
-        var iterator = try await connection.consume(queue: queue, prefetch: 5).makeAsyncIterator()
+        let consumer = try await connection.consume(queue: queue, prefetch: 5)
 
         try TestBroker.ctl("close_all_connections", "test: forced close")
         #expect(try await TestBroker.eventually { connection.connectionCount == 2 && connection.isConnected })
@@ -387,7 +387,7 @@ import Testing
             connection,
             AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("after".utf8))
         )
-        let delivery = try #require(try await nextDelivery(&iterator))
+        let delivery = try #require(try await consumer.next(timeout: .seconds(10)))
         #expect(delivery.body == Array("after".utf8))
         delivery.ack()
         try await connection.deleteQueue(queue)
@@ -461,8 +461,8 @@ import Testing
         #expect(connection.connectionCount >= 2)
 
         var received = Set<Int>()
-        var iterator = try await connection.consume(queue: queue, prefetch: 500).makeAsyncIterator()
-        while received.count < total, let delivery = try await nextDelivery(&iterator, timeout: .seconds(5)) {
+        let consumer = try await connection.consume(queue: queue, prefetch: 500)
+        while received.count < total, let delivery = try await consumer.next(timeout: .seconds(5)) {
             received.insert(Int(String(decoding: delivery.body, as: UTF8.self))!)
             delivery.ack()
         }

@@ -85,33 +85,6 @@ extension AMQPURL {
     }
 }
 
-/// Reads the next delivery, or `nil` if none arrives within `timeout`.
-func nextDelivery(
-    _ iterator: inout AMQPConsumer.AsyncIterator,
-    timeout: Duration = .seconds(10)
-) async throws -> AMQPDelivery? {
-    let box = UncheckedBox(iterator)
-    let result = try await withThrowingTaskGroup(of: AMQPDelivery?.self) { group in
-        group.addTask { try await box.next() }
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return nil
-        }
-        let first = try await group.next()!
-        group.cancelAll()
-        return first
-    }
-    iterator = box.iterator
-    return result
-}
-
-/// Lets one iterator be advanced from a child task while the parent waits (never concurrently).
-private final class UncheckedBox: @unchecked Sendable {
-    var iterator: AMQPConsumer.AsyncIterator
-    init(_ iterator: AMQPConsumer.AsyncIterator) { self.iterator = iterator }
-    func next() async throws -> AMQPDelivery? { try await iterator.next() }
-}
-
 /// A log handler that keeps every rendered line, to check what the transport writes.
 final class CapturedLogs: Sendable {
     private let lines = Mutex<[String]>([])

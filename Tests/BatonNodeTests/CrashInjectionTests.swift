@@ -58,13 +58,13 @@ import Testing
 
             let restarted = try Self.probe(name, directory, fault: "none")
             var commands: [String: Int] = [:]
-            var iterator = try await connection.consume(queue: observer, prefetch: 50).makeAsyncIterator()
-            while commands.values.reduce(0, +) < 2, let delivery = try await next(&iterator, timeout: .seconds(20)) {
+            let consumer = try await connection.consume(queue: observer, prefetch: 50)
+            while commands.values.reduce(0, +) < 2, let delivery = try await consumer.next(timeout: .seconds(20)) {
                 commands[delivery.properties.messageID ?? "?", default: 0] += 1
                 delivery.ack()
             }
             // Anything published twice would arrive now.
-            while let delivery = try await next(&iterator, timeout: .milliseconds(1500)) {
+            while let delivery = try await consumer.next(timeout: .milliseconds(1500)) {
                 commands[delivery.properties.messageID ?? "?", default: 0] += 1
                 delivery.ack()
             }
@@ -117,26 +117,4 @@ import Testing
         _ = output.fileHandleForReading.availableData
         return process
     }
-}
-
-private func next(_ iterator: inout AMQPConsumer.AsyncIterator, timeout: Duration) async throws -> AMQPDelivery? {
-    let box = IteratorBox(iterator)
-    let result = try await withThrowingTaskGroup(of: AMQPDelivery?.self) { group in
-        group.addTask { try await box.next() }
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return nil
-        }
-        let first = try await group.next()!
-        group.cancelAll()
-        return first
-    }
-    iterator = box.iterator
-    return result
-}
-
-private final class IteratorBox: @unchecked Sendable {
-    var iterator: AMQPConsumer.AsyncIterator
-    init(_ iterator: AMQPConsumer.AsyncIterator) { self.iterator = iterator }
-    func next() async throws -> AMQPDelivery? { try await iterator.next() }
 }
