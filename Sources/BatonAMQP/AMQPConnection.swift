@@ -108,7 +108,7 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError`` (e.g. `.notFound`).
     @discardableResult
     public func purgeQueue(_ queue: String) async throws -> Int {
-        Int(try await perform(.purgeQueue(queue)))
+        Int(try await perform(.purgeQueue(queue)).messages)
     }
 
     /// Deletes a queue and the messages in it.
@@ -117,10 +117,19 @@ public final class AMQPConnection: Sendable {
     /// - Throws: ``AMQPError``.
     @discardableResult
     public func deleteQueue(_ queue: String) async throws -> Int {
-        Int(try await perform(.deleteQueue(queue)))
+        Int(try await perform(.deleteQueue(queue)).messages)
     }
 
-    private func perform(_ operation: TopologyOperation) async throws -> UInt32 {
+    /// Looks a queue up without changing it (a passive declare).
+    /// - Parameter queue: The queue name.
+    /// - Returns: Its ready messages and its consumers.
+    /// - Throws: ``AMQPError`` `.notFound` if it does not exist.
+    public func inspectQueue(_ queue: String) async throws -> (messages: Int, consumers: Int) {
+        let counts = try await perform(.inspectQueue(queue))
+        return (Int(counts.messages), Int(counts.consumers))
+    }
+
+    private func perform(_ operation: TopologyOperation) async throws -> QueueCounts {
         try await withCheckedThrowingContinuation { continuation in
             mailbox.send(.topology(operation, continuation))
         }

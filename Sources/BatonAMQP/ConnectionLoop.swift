@@ -430,21 +430,25 @@ final class ConnectionLoop {
         }
     }
 
-    private func perform(_ operation: TopologyOperation) throws -> UInt32 {
+    private func perform(_ operation: TopologyOperation) throws -> QueueCounts {
         guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
         switch operation {
         case .declare(let topology):
             try declare(topology)
             topologies.append(topology)
-            return 0
+            return QueueCounts(messages: 0, consumers: 0)
         case .purgeQueue(let name):
             let ok = amqp_queue_purge(connection, Self.topologyChannel, arena.bytes(name))
             guard let ok else { throw topologyFailure("purge queue '\(name)'") }
-            return ok.pointee.message_count
+            return QueueCounts(messages: ok.pointee.message_count, consumers: 0)
+        case .inspectQueue(let name):
+            let ok = amqp_queue_declare(connection, Self.topologyChannel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
+            guard let ok else { throw topologyFailure("inspect queue '\(name)'") }
+            return QueueCounts(messages: ok.pointee.message_count, consumers: ok.pointee.consumer_count)
         case .deleteQueue(let name):
             let ok = amqp_queue_delete(connection, Self.topologyChannel, arena.bytes(name), 0, 0)
             guard let ok else { throw topologyFailure("delete queue '\(name)'") }
-            return ok.pointee.message_count
+            return QueueCounts(messages: ok.pointee.message_count, consumers: 0)
         }
     }
 

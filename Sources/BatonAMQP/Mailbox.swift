@@ -4,7 +4,7 @@ import Synchronization
 /// Work handed from Swift tasks to a connection's thread.
 enum Command: Sendable {
     case publish([AMQPOutgoingMessage], ConfirmSink)
-    case topology(TopologyOperation, CheckedContinuation<UInt32, any Error>)
+    case topology(TopologyOperation, CheckedContinuation<QueueCounts, any Error>)
     case consume(ConsumerRegistration, CheckedContinuation<Void, any Error>)
     case cancelConsumer(channel: UInt16, CheckedContinuation<Void, Never>)
     case settle(Settlement)
@@ -26,11 +26,18 @@ enum Command: Sendable {
     }
 }
 
+/// What a queue operation reports: the messages it concerned and the queue's consumers.
+struct QueueCounts: Sendable {
+    var messages: UInt32
+    var consumers: UInt32
+}
+
 /// Broker round trips on the topology channel.
 enum TopologyOperation: Sendable {
     case declare(AMQPTopology)
     case purgeQueue(String)
     case deleteQueue(String)
+    case inspectQueue(String)
 }
 
 /// How a consumer asked to be set up; kept so it can be set up again after a reconnect.

@@ -379,14 +379,13 @@ public final class Node: Sendable {
         if let messageID = incoming.messageID, !messageID.isEmpty, try work.hasOpenDeadLetter(messageID: messageID) {
             return
         }
-        var storedHeaders = incoming.headers
-        storedHeaders[BatonHeader.originalType] = incoming.messageType
         let id = try work.addDeadLetter(
             DeadLetter(
                 messageID: incoming.messageID ?? "",
+                messageType: incoming.messageType ?? "",
                 exchange: incoming.exchange,
                 routingKey: incoming.routingKey,
-                headers: storedHeaders,
+                headers: incoming.headers,
                 body: incoming.body,
                 reason: reason,
                 handler: handler,
@@ -419,30 +418,11 @@ public final class Node: Sendable {
 
     /// Sends a dead letter back to where it was first published, with its original id; the node handles it
     /// like a new delivery.
-    /// - Throws: ``NodeError`` if there is no such dead letter.
+    /// - Throws: ``NodeError`` if there is no such dead letter or it was replayed already.
     public func replayDeadLetter(id: Int64) async throws {
         let now = timeSource.now()
-        try await store.write { work in
-            guard let letter = try work.deadLetter(id: id) else {
-                throw NodeError(message: "no dead letter with id \(id)")
-            }
-            var headers = letter.headers
-            let messageType = headers.removeValue(forKey: BatonHeader.originalType) ?? ""
-            let envelope = Envelope(
-                messageID: letter.messageID,
-                messageType: messageType,
-                timestamp: now,
-                headers: headers,
-                payload: letter.body
-            )
-            try work.enqueue(
-                envelope,
-                exchange: letter.exchange,
-                routingKey: letter.routingKey,
-                key: "replay:\(id):\(now.timeIntervalSince1970)"
-            )
-            try work.markReplayed(deadLetter: id, at: now)
-        }
+        let replayed = try await store.write { try $0.replayDeadLetter(id: id, at: now) }
+        guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
         relaySignal.notify()
     }
 
@@ -552,5 +532,11 @@ public final class Node: Sendable {
 public struct NodeError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What is wrong.
     public var message: String
+
+    /// Creates the error.
+    public init(message: String) {
+        self.message = message
+    }
+
     public var description: String { message }
 }

@@ -131,6 +131,5 @@ public enum BatonHeader {
     public static let deadLetterAttempts = "x-baton-dead-letter-attempts"
     public static let originalExchange = "x-baton-original-exchange"
     public static let originalRoutingKey = "x-baton-original-routing-key"
-    public static let originalType = "x-baton-original-type"
     public static let deadLetteredAt = "x-baton-dead-lettered-at"
 }

@@ -3,7 +3,7 @@ import Foundation
 import GRDB
 
 /// A service's embedded store: one SQLite file in WAL mode holding its aggregate streams, process-manager
-/// streams, inbox, outbox, timers and dead letters. Every handled message is one transaction
+/// streams, inbox, outbox, timers, dead letters and read models (documents). Every handled message is one transaction
 /// (``write(_:)``); the outbox relay and the timer scheduler read it concurrently.
 public final class SQLiteStore: Sendable {
     /// The path of the database file.
@@ -13,17 +13,19 @@ public final class SQLiteStore: Sendable {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     /// - Parameter path: The database file; its directory must exist.
     /// - Throws: The SQLite error if the file cannot be opened or migrated.
-    public init(path: String) throws {
+    /// - Parameter readOnly: Open for reading only (operator tools reading a running service's store).
+    public init(path: String, readOnly: Bool = false) throws {
         var configuration = Configuration()
+        configuration.readonly = readOnly
         configuration.busyMode = .timeout(10)
         configuration.prepareDatabase { db in
             // WAL (set by DatabasePool) with synchronous=FULL: a committed transaction survives power loss,
             // which the ack-after-commit promise relies on.
-            try db.execute(sql: "PRAGMA synchronous = FULL")
+            if !db.configuration.readonly { try db.execute(sql: "PRAGMA synchronous = FULL") }
         }
         self.path = path
         pool = try DatabasePool(path: path, configuration: configuration)
-        try Self.migrator.migrate(pool)
+        if !readOnly { try Self.migrator.migrate(pool) }
     }
 
     /// Runs `body` in one write transaction: everything it does commits together or not at all.
@@ -88,9 +90,16 @@ public final class SQLiteStore: Sendable {
                         message_type TEXT NOT NULL, payload BLOB NOT NULL, recorded_at REAL NOT NULL,
                         PRIMARY KEY (stream, position)) WITHOUT ROWID;
                     CREATE TABLE dead_letters (
-                        id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, exchange TEXT NOT NULL,
+                        id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, message_type TEXT NOT NULL,
+                        exchange TEXT NOT NULL,
                         routing_key TEXT NOT NULL, headers BLOB NOT NULL, body BLOB NOT NULL, reason TEXT NOT NULL,
                         handler TEXT NOT NULL, attempts INTEGER NOT NULL, dead_at REAL NOT NULL, replayed_at REAL);
+                    CREATE TABLE documents (
+                        collection TEXT NOT NULL, id TEXT NOT NULL, alias TEXT, status TEXT, body BLOB NOT NULL,
+                        updated_at REAL NOT NULL,
+                        PRIMARY KEY (collection, id)) WITHOUT ROWID;
+                    CREATE INDEX documents_alias ON documents (collection, alias);
+                    CREATE INDEX documents_status ON documents (collection, status, id);
                     """
             )
         }

@@ -355,7 +355,8 @@ public struct UnitOfWork {
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
-                letter.messageID, letter.exchange, letter.routingKey, try JSONEncoder.baton.encode(letter.headers),
+                letter.messageID, letter.messageType, letter.exchange, letter.routingKey,
+                try JSONEncoder.baton.encode(letter.headers),
                 letter.body, letter.reason, letter.handler, letter.attempts, letter.deadAt.timeIntervalSince1970,
             ]
         )
@@ -385,6 +386,85 @@ public struct UnitOfWork {
     /// One dead letter.
     public func deadLetter(id: Int64) throws -> DeadLetter? {
         try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]).map(DeadLetter.init(row:))
+    }
+
+    /// Queues a dead letter to be published again where it first came from, with its original id and type,
+    /// and marks it replayed: the service then handles it like a new delivery.
+    /// - Returns: `false` if there is no such dead letter or it was replayed already.
+    @discardableResult
+    public func replayDeadLetter(id: Int64, at now: Date) throws -> Bool {
+        guard let letter = try deadLetter(id: id), letter.replayedAt == nil else { return false }
+        let envelope = Envelope(
+            messageID: letter.messageID,
+            messageType: letter.messageType,
+            timestamp: now,
+            headers: letter.headers,
+            payload: letter.body
+        )
+        try enqueue(envelope, exchange: letter.exchange, routingKey: letter.routingKey, key: "replay:\(id)")
+        try markReplayed(deadLetter: id, at: now)
+        return true
+    }
+
+    // MARK: Documents (read models)
+
+    /// Stores a read-model document (replacing the one with the same id).
+    /// - Parameters:
+    ///   - document: The value, stored as JSON.
+    ///   - collection: e.g. `orders`.
+    ///   - id: Its id in the collection.
+    ///   - alias: A second key it can be found by (e.g. a checkout id).
+    ///   - status: A value to filter listings by.
+    ///   - time: When it changed.
+    public func save<D: Encodable>(
+        _ document: D,
+        in collection: String,
+        id: String,
+        alias: String? = nil,
+        status: String? = nil,
+        at time: Date
+    ) throws {
+        try run(
+            """
+            INSERT INTO documents (collection, id, alias, status, body, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (collection, id) DO UPDATE SET
+                alias = excluded.alias, status = excluded.status, body = excluded.body, updated_at = excluded.updated_at
+            """,
+            [collection, id, alias, status, try JSONEncoder.baton.encode(document), time.timeIntervalSince1970]
+        )
+    }
+
+    /// The document with this id or alias.
+    public func document<D: Decodable>(_ type: D.Type, in collection: String, idOrAlias key: String) throws -> D? {
+        let body = try Data.fetchOne(
+            try statement(
+                "SELECT body FROM documents WHERE collection = ? AND (id = ? OR alias = ?) ORDER BY id = ? DESC LIMIT 1"
+            ),
+            arguments: [collection, key, key, key]
+        )
+        return try body.map { try JSONDecoder.baton.decode(D.self, from: $0) }
+    }
+
+    /// The documents of a collection, optionally with one status, ordered by id.
+    public func documents<D: Decodable>(
+        _ type: D.Type,
+        in collection: String,
+        status: String? = nil,
+        limit: Int = 100_000
+    ) throws -> [D] {
+        let bodies: [Data]
+        if let status {
+            bodies = try Data.fetchAll(
+                try statement("SELECT body FROM documents WHERE collection = ? AND status = ? ORDER BY id LIMIT ?"),
+                arguments: [collection, status, limit]
+            )
+        } else {
+            bodies = try Data.fetchAll(
+                try statement("SELECT body FROM documents WHERE collection = ? ORDER BY id LIMIT ?"),
+                arguments: [collection, limit]
+            )
+        }
+        return try bodies.map { try JSONDecoder.baton.decode(D.self, from: $0) }
     }
 
     /// Marks a dead letter replayed.
@@ -440,6 +520,8 @@ public struct DeadLetter: Sendable, Hashable, Codable {
     public var id: Int64
     /// The message id (may be empty for a message that had none).
     public var messageID: String
+    /// Its type property (empty if it had none, as external producers' messages).
+    public var messageType: String
     /// The exchange it was published to.
     public var exchange: String
     /// The routing key it was published with.
@@ -462,6 +544,7 @@ public struct DeadLetter: Sendable, Hashable, Codable {
     /// Creates a dead letter.
     public init(
         messageID: String,
+        messageType: String,
         exchange: String,
         routingKey: String,
         headers: [String: String],
@@ -473,6 +556,7 @@ public struct DeadLetter: Sendable, Hashable, Codable {
     ) {
         self.id = 0
         self.messageID = messageID
+        self.messageType = messageType
         self.exchange = exchange
         self.routingKey = routingKey
         self.headers = headers
@@ -486,6 +570,7 @@ public struct DeadLetter: Sendable, Hashable, Codable {
     init(row: Row) throws {
         id = row["id"]
         messageID = row["message_id"]
+        messageType = row["message_type"]
         exchange = row["exchange"]
         routingKey = row["routing_key"]
         headers = try JSONDecoder.baton.decode([String: String].self, from: row["headers"])
