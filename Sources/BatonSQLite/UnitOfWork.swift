@@ -351,8 +351,9 @@ public struct UnitOfWork {
     public func addDeadLetter(_ letter: DeadLetter) throws -> Int64 {
         try run(
             """
-            INSERT INTO dead_letters (message_id, exchange, routing_key, headers, body, reason, handler, attempts, dead_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+            INSERT INTO dead_letters (message_id, message_type, exchange, routing_key, headers, body, reason, handler,
+                attempts, dead_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 letter.messageID, letter.messageType, letter.exchange, letter.routingKey,
