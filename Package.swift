@@ -13,6 +13,11 @@ let package = Package(
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
         .executable(name: "baton-benchmark", targets: ["BatonBenchmark"]),
+        .executable(name: "orders", targets: ["orders"]),
+        .executable(name: "inventory", targets: ["inventory"]),
+        .executable(name: "shipping", targets: ["shipping"]),
+        .executable(name: "fulfillment", targets: ["fulfillment"]),
+        .executable(name: "bookstore-demo", targets: ["BookstoreDemo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -38,6 +43,32 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
+        ),
+        // The shell every service executable shares: options, serve, operator commands, dead letters.
+        .target(
+            name: "BatonService",
+            dependencies: [
+                "BatonNode",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The bookstore's published contract: the only code its bounded contexts share.
+        .target(name: "BookstoreContracts", dependencies: ["Baton"]),
+        // The bookstore's bounded contexts, each a library with a thin executable.
+        .target(name: "Orders", dependencies: ["BatonService", "BookstoreContracts"]),
+        .executableTarget(name: "orders", dependencies: ["Orders"]),
+        .target(name: "Inventory", dependencies: ["BatonService", "BookstoreContracts"]),
+        .executableTarget(name: "inventory", dependencies: ["Inventory"]),
+        .target(name: "Shipping", dependencies: ["BatonService", "BookstoreContracts"]),
+        .executableTarget(name: "shipping", dependencies: ["Shipping"]),
+        .target(name: "Fulfillment", dependencies: ["BatonService", "BookstoreContracts"]),
+        .executableTarget(name: "fulfillment", dependencies: ["Fulfillment"]),
+        // Operator tooling over all four services: the invariants, the demo load.
+        .target(name: "BookstoreOperations", dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment"]),
+        .executableTarget(
+            name: "BookstoreDemo",
+            dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // Framework benchmarks (the embedded mode so far).
         .executableTarget(

@@ -82,6 +82,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         }
 
         var messageType: String
+        var messageName: String
         var category: String
         var kind: Kind
         var mayClose: Bool
@@ -220,6 +221,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             handlers.append(
                 Handler(
                     messageType: E.messageType,
+                    messageName: E.messageName,
                     category: E.category,
                     kind: kind,
                     mayClose: mayClose,
@@ -234,6 +236,9 @@ public struct ProcessManager<State: ProcessState>: Sendable {
 
     /// The message types this manager handles (events only; timers are internal).
     public var messageTypes: Set<String> { Set(handlers.map(\.messageType)) }
+
+    /// The names (routing keys) of the events it handles.
+    public var messageNames: Set<String> { Set(handlers.map(\.messageName)) }
 
     /// Checks the definition; a node refuses to start with a broken one.
     /// - Throws: ``DefinitionError`` naming every problem found.

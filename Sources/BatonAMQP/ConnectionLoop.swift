@@ -442,7 +442,16 @@ final class ConnectionLoop {
             guard let ok else { throw topologyFailure("purge queue '\(name)'") }
             return QueueCounts(messages: ok.pointee.message_count, consumers: 0)
         case .inspectQueue(let name):
-            let ok = amqp_queue_declare(connection, Self.topologyChannel, arena.bytes(name), 1, 0, 0, 0, amqp_empty_table)
+            let ok = amqp_queue_declare(
+                connection,
+                Self.topologyChannel,
+                arena.bytes(name),
+                1,
+                0,
+                0,
+                0,
+                amqp_empty_table
+            )
             guard let ok else { throw topologyFailure("inspect queue '\(name)'") }
             return QueueCounts(messages: ok.pointee.message_count, consumers: ok.pointee.consumer_count)
         case .deleteQueue(let name):

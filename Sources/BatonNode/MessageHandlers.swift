@@ -48,7 +48,11 @@ public struct HandlerContext {
     /// - Throws: `ConcurrencyError` if the stream moved since the load (the node retries the message).
     public mutating func record<A: Aggregate>(_ events: [any Event], to aggregate: inout Loaded<A>) throws {
         let envelopes = events.enumerated().map { offset, event in
-            var envelope = makeEnvelope(type(of: event).messageType, MessageRegistry.encode(event))
+            var envelope = makeEnvelope(
+                type(of: event).messageType,
+                MessageRegistry.encode(event),
+                index: issued.count + offset
+            )
             envelope.stream = aggregate.stream
             envelope.position = aggregate.version + Int64(offset) + 1
             return envelope
@@ -73,11 +77,12 @@ public struct HandlerContext {
         )
     }
 
-    private func makeEnvelope(_ messageType: String, _ payload: Data) -> Envelope {
+    /// An envelope for the `index`-th message this handler issues for the current trigger.
+    private func makeEnvelope(_ messageType: String, _ payload: Data, index: Int? = nil) -> Envelope {
         var headers: [String: String] = [:]
         if let traceparent = envelope.headers[traceparentHeader] { headers[traceparentHeader] = traceparent }
         return Envelope(
-            messageID: MessageID.derived(from: handler, envelope.messageID, String(issued.count)),
+            messageID: MessageID.derived(from: handler, envelope.messageID, String(index ?? issued.count)),
             messageType: messageType,
             correlationID: envelope.correlationID ?? envelope.messageID,
             causationID: envelope.messageID,

@@ -282,7 +282,7 @@ public final class Node: Sendable {
     ) async {
         var attempt = 1
         var lastError = firstError
-        while let delay = configuration.retry.delay(afterAttempt: attempt) {
+        while !(lastError is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: attempt) {
             logger.warning(
                 "handler failed; retrying",
                 metadata: [
@@ -526,6 +526,23 @@ public final class Node: Sendable {
             group.cancelAll()
         }
     }
+}
+
+/// A handler error that no retry can fix (the message refers to something that does not exist, breaks a
+/// business rule, …): the message is dead-lettered at once with the error as reason.
+public protocol PermanentFailure: Error {}
+
+/// A handler's refusal of a message, dead-lettered at once with ``reason``.
+public struct Rejection: PermanentFailure, CustomStringConvertible {
+    /// Why the message was refused.
+    public var reason: String
+
+    /// Creates a rejection.
+    public init(_ reason: String) {
+        self.reason = reason
+    }
+
+    public var description: String { reason }
 }
 
 /// A node operation that cannot be done.

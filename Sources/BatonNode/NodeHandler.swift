@@ -65,9 +65,10 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public var name: String { engine.definition.name }
 
+    /// Exactly the events it handles: other events of its categories never reach its queue.
     public var bindings: [AMQPTopology.Binding] {
-        engine.definition.categories.map {
-            AMQPTopology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: "\($0).#")
+        engine.definition.messageNames.sorted().map {
+            AMQPTopology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: $0)
         }
     }
 

@@ -68,7 +68,11 @@ struct Order: Aggregate {
                 MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
                     var order = try context.load(Order.self, id: command.orderID)
                     guard !order.state.isPlaced else { return }  // a second checkout with the same id
-                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
+                    // Two events in one call: each must get its own id and position.
+                    try context.record(
+                        [OrderPlaced(orderID: command.orderID), OrderClosed(orderID: command.orderID)],
+                        to: &order
+                    )
                 },
             ],
             timeSource: harness.clock,
@@ -109,14 +113,17 @@ struct Order: Aggregate {
                 id: "m-3"
             )
             try await publishCheckout(harness, #"{"checkout_id":"chk-3","lines":[]}"#, id: "m-4")
-            #expect(try await eventually { harness.transport.readyCount("events") >= 1 })
+            #expect(try await eventually { harness.transport.readyCount("events") >= 2 })
             #expect(try await eventually { try await node.store.read { try $0.deadLetters().count } == 2 })
             try await Task.sleep(for: .milliseconds(100))
         }
         let events = harness.transport.readyMessages("events").map(\.envelope)
-        #expect(events.count == 1, "a duplicate checkout places no second order")
-        #expect(events.first?.stream == "order-order-chk-1" && events.first?.position == 1)
-        #expect(events.first?.messageType == "orders.OrderPlaced.v1")
+        #expect(events.count == 2, "a duplicate checkout places no second order")
+        #expect(
+            events.map(\.stream) == ["order-order-chk-1", "order-order-chk-1"] && events.map(\.position) == [1, 2]
+        )
+        #expect(events.map(\.messageType) == ["orders.OrderPlaced.v1", "orders.OrderClosed.v1"])
+        #expect(Set(events.map(\.messageID)).count == 2, "each recorded event has its own id")
         let reasons = try await node.store.read { try $0.deadLetters().map(\.reason) }.sorted()
         #expect(
             reasons == [

@@ -146,7 +146,7 @@ final class NodeHarness: Sendable {
         ])[0].get()
     }
 
-    /// Publishes raw bytes with arbitrary properties (hostile input).
+    /// Publishes raw bytes with arbitrary properties (hostile input), on a route the node consumes.
     func publishRaw(body: String, id: String?, type: String?, contentType: String? = "application/json") async throws {
         _ = contentType
         let envelope = Envelope(
@@ -156,7 +156,7 @@ final class NodeHarness: Sendable {
             payload: Data(body.utf8)
         )
         try await transport.publish([
-            OutgoingMessage(exchange: Routing.eventExchange, routingKey: "orders.Raw", envelope: envelope)
+            OutgoingMessage(exchange: Routing.eventExchange, routingKey: OrderPlaced.messageName, envelope: envelope)
         ])[0].get()
     }
 

@@ -102,7 +102,7 @@ import Testing
         #expect(
             deadLetterMessages.first { $0.envelope.messageID == "bad-2" }?.envelope.headers[
                 BatonHeader.originalRoutingKey
-            ] == "orders.Raw"
+            ] == "orders.OrderPlaced"
         )
         #expect(types(harness.observed).contains("payments.ChargeCard.v1"), "the good order went through")
     }

@@ -1,0 +1,75 @@
+import Baton
+import BatonAMQP
+import BatonNode
+import Foundation
+import Logging
+
+/// What an operator command uses to reach a running service: it sends commands through the broker, after
+/// checking that the service consumes its queue, so a command to a stopped service fails at once instead of
+/// waiting forever.
+public enum ServiceClient {
+    /// Sends a command to the service that handles it.
+    /// - Parameters:
+    ///   - command: The command.
+    ///   - service: The service that must be running to handle it.
+    ///   - options: Broker settings.
+    ///   - directly: Send to the service's queue instead of `baton.commands` (administration commands).
+    /// - Returns: The command's message id.
+    /// - Throws: ``CommandFailure`` naming what is wrong (broker unreachable, service not running, refused).
+    @discardableResult
+    public static func send<C: Command>(
+        _ command: C,
+        to service: String,
+        options: ServiceOptions,
+        directly: Bool = false,
+        messageID: String = UUID().uuidString.lowercased()
+    ) async throws -> String {
+        var logger = Logger(label: "\(service)-cli")
+        logger.logLevel = .critical
+        let configuration: AMQPConnection.Configuration
+        do {
+            configuration = try options.connectionConfiguration(name: "\(service)-cli")
+        } catch let error as AMQPError {
+            throw CommandFailure(error.message)
+        }
+        let connection: AMQPConnection
+        do {
+            connection = try await AMQPConnection.connect(configuration: configuration, logger: logger)
+        } catch let error as AMQPError {
+            throw CommandFailure("cannot reach the broker at \(configuration): \(error.message)")
+        }
+        do {
+            let consumers: Int
+            do {
+                consumers = try await connection.inspectQueue(service).consumers
+            } catch let error as AMQPError where error.code == .notFound {
+                consumers = 0
+            }
+            guard consumers > 0 else {
+                throw CommandFailure(
+                    "the \(service) service is not running (nothing consumes its queue '\(service)'): start `\(service) serve`"
+                )
+            }
+            let envelope = Envelope(
+                messageID: messageID,
+                messageType: C.messageType,
+                timestamp: Date(),
+                payload: MessageRegistry.encode(command)
+            )
+            let transport = AMQPTransport(connection: connection)
+            let message = OutgoingMessage(
+                exchange: directly ? "" : Routing.commandExchange,
+                routingKey: directly ? service : C.messageName,
+                envelope: envelope
+            )
+            if let failure = await transport.publish([message]).first, case .failure(let error) = failure {
+                throw CommandFailure("the broker refused the command: \(error)")
+            }
+            await connection.close()
+            return messageID
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+}

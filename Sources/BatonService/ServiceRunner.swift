@@ -1,0 +1,108 @@
+import Baton
+import BatonAMQP
+import BatonNode
+import BatonSQLite
+import Dispatch
+import Foundation
+import Logging
+
+/// Runs a service node until SIGTERM or SIGINT, then stops it gracefully (finishes the batch in hand,
+/// flushes the outbox) and returns, so the process exits 0.
+public enum ServiceRunner {
+    /// Sets up logging for an executable: standard error, level from `BATON_LOG_LEVEL` (default `info`).
+    public static func bootstrapLogging() {
+        let level =
+            ProcessInfo.processInfo.environment["BATON_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+
+    /// Serves a node: opens the store, connects, runs.
+    /// - Parameters:
+    ///   - service: The service's name (node, queue and store name).
+    ///   - options: Broker and data directory.
+    ///   - registry: The message types it accepts.
+    ///   - handlers: What it hosts; the dead-letter administration is added.
+    /// - Throws: What connecting or declaring throws; a broken process-manager definition throws before.
+    public static func serve(
+        _ service: String,
+        options: ServiceOptions,
+        registry: MessageRegistry,
+        handlers: [any NodeHandler],
+        configure: (inout Node.Configuration) -> Void = { _ in }
+    ) async throws {
+        let logger = Logger(label: service)
+        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
+        let store = try SQLiteStore(path: options.storePath(for: service))
+        var registry = registry
+        registry.register(ReplayDeadLetters.self)
+        let connection = try await AMQPConnection.connect(
+            configuration: options.connectionConfiguration(name: service),
+            logger: logger
+        )
+        var configuration = Node.Configuration(name: service)
+        configure(&configuration)
+        let node = Node(
+            configuration: configuration,
+            store: store,
+            transport: AMQPTransport(connection: connection),
+            registry: registry,
+            handlers: handlers + [DeadLetterAdministration()],
+            logger: logger
+        )
+        let signals = [SIGTERM, SIGINT].map { signalNumber in
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler { @Sendable in
+                logger.info("signal received; stopping", metadata: ["signal": "\(signalNumber)"])
+                node.stop()
+            }
+            source.resume()
+            return source
+        }
+        defer { for source in signals { source.cancel() } }
+        do {
+            try await node.run()
+        } catch {
+            await connection.close()
+            throw error
+        }
+        await connection.close()
+    }
+}
+
+/// Asks a running service to replay dead letters (sent to its queue directly by `dlq replay`).
+public struct ReplayDeadLetters: Command {
+    public static let messageName = "baton.ReplayDeadLetters"
+    /// The dead letters to replay; empty with ``all`` for every open one.
+    public var ids: [Int64]
+    /// Replay every dead letter not replayed yet.
+    public var all: Bool
+
+    /// Creates the command.
+    public init(ids: [Int64], all: Bool) {
+        self.ids = ids
+        self.all = all
+    }
+}
+
+/// The node side of `dlq replay`: replays in the service's own transaction.
+struct DeadLetterAdministration: NodeHandler {
+    var name: String { "dead-letter-administration" }
+    var bindings: [AMQPTopology.Binding] { [] }  // reaches the service's queue directly
+
+    func handles(_ envelope: Envelope) -> Bool {
+        envelope.messageType == ReplayDeadLetters.messageType
+    }
+
+    func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) throws {
+        let request = message as! ReplayDeadLetters
+        let ids = request.all ? try work.deadLetters().map(\.id) : request.ids
+        var replayed = 0
+        for id in ids where try work.replayDeadLetter(id: id, at: now) { replayed += 1 }
+        logger.info("dead letters replayed", metadata: ["count": "\(replayed)", "requested": "\(ids.count)"])
+    }
+}

@@ -1,0 +1,102 @@
+import Baton
+import BatonSQLite
+import BatonService
+import BookstoreContracts
+import Foundation
+import Fulfillment
+import Inventory
+import Orders
+import Shipping
+
+/// Everything the four services store, read at one moment, and the invariants that must hold between
+/// them once the mesh is idle.
+public struct MeshSnapshot: Sendable {
+    public var orders: [OrderView]
+    public var items: [StockItem]
+    public var shipments: [Shipment]
+    public var processes: [InstanceSummary]
+    /// Open dead letters per service.
+    public var deadLetters: [String: [DeadLetter]]
+
+    /// Reads the four stores under `dataDirectory` (read-only; the services may be running).
+    public static func read(dataDirectory: String) async throws -> MeshSnapshot {
+        func open(_ service: String) throws -> SQLiteStore {
+            try SQLiteStore(
+                path: URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path,
+                readOnly: true
+            )
+        }
+        let orders = try open("orders")
+        let inventory = try open("inventory")
+        let shipping = try open("shipping")
+        let fulfillment = try open("fulfillment")
+        var deadLetters: [String: [DeadLetter]] = [:]
+        for (name, store) in [
+            ("orders", orders), ("inventory", inventory), ("shipping", shipping), ("fulfillment", fulfillment),
+        ] {
+            deadLetters[name] = try await store.read { try $0.deadLetters() }
+        }
+        return MeshSnapshot(
+            orders: try await orders.read { try $0.documents(OrderView.self, in: "orders") },
+            items: try await inventory.read { try $0.documents(StockItem.self, in: "items") },
+            shipments: try await shipping.read { try $0.documents(Shipment.self, in: "shipments") },
+            processes: try await fulfillment.read { try $0.instances(of: "fulfillment", limit: 1_000_000) },
+            deadLetters: deadLetters
+        )
+    }
+
+    /// Orders by status.
+    public var ordersByStatus: [String: Int] {
+        orders.reduce(into: [:]) { $0[$1.status, default: 0] += 1 }
+    }
+
+    /// Whether every order and every process is in a terminal state.
+    public var isSettled: Bool {
+        orders.allSatisfy { $0.status == "COMPLETED" || $0.status == "CANCELLED" }
+            && processes.allSatisfy { $0.lifecycle.isClosed }
+    }
+
+    /// The broken invariants, one sentence each (empty when all hold).
+    /// - Parameter stocked: Units added per SKU since the stores were created.
+    public func problems(stocked: [String: Int]) -> [String] {
+        var problems: [String] = []
+        for order in orders where order.status != "COMPLETED" && order.status != "CANCELLED" {
+            problems.append("order \(order.orderID) is \(order.status), not terminal")
+        }
+        for process in processes where !process.lifecycle.isClosed {
+            problems.append("process \(process.instanceID) is \(process.lifecycle.rawValue), not closed")
+        }
+        var held: [String: Int] = [:]
+        for order in orders where order.status != "CANCELLED" {
+            for line in order.lines { held[line.sku, default: 0] += line.quantity }
+        }
+        // Orders that failed before reserving hold nothing either: count only what inventory reserved.
+        let items = Dictionary(uniqueKeysWithValues: self.items.map { ($0.sku, $0) })
+        for (sku, units) in stocked.sorted(by: { $0.key < $1.key }) {
+            guard let item = items[sku] else {
+                problems.append("\(sku): stocked \(units) but inventory has no item")
+                continue
+            }
+            if item.available + item.reserved != units {
+                problems.append("\(sku): stocked \(units) ≠ available \(item.available) + reserved \(item.reserved)")
+            }
+            if item.reserved != held[sku, default: 0] {
+                problems.append(
+                    "\(sku): reserved \(item.reserved) ≠ \(held[sku, default: 0]) held by orders that are not cancelled"
+                )
+            }
+        }
+        let shipments = Dictionary(uniqueKeysWithValues: self.shipments.map { ($0.orderID, $0) })
+        for order in orders where order.status == "CANCELLED" {
+            if let shipment = shipments[order.orderID], shipment.status == .created || shipment.status == .delivered {
+                problems.append("cancelled order \(order.orderID) has a live shipment (\(shipment.status.rawValue))")
+            }
+        }
+        for order in orders where order.status == "COMPLETED" {
+            if shipments[order.orderID].map({ $0.status == .created || $0.status == .delivered }) != true {
+                problems.append("completed order \(order.orderID) has no live shipment")
+            }
+        }
+        return problems
+    }
+}

@@ -1,0 +1,150 @@
+import ArgumentParser
+import Baton
+import BatonNode
+import BatonSQLite
+import BatonService
+import Foundation
+
+/// The `fulfillment` executable.
+public struct FulfillmentCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "fulfillment",
+        abstract: "The order-fulfillment process manager of the Baton bookstore.",
+        subcommands: [Serve.self, Show.self, List.self, DeadLetterCommands<FulfillmentService>.self]
+    )
+
+    public init() {}
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the fulfillment process manager.")
+        @OptionGroup var options: ServiceOptions
+        @Option(help: "Seconds a step may take before the order is compensated.") var stepTimeout: Double = 30
+
+        func validate() throws {
+            guard stepTimeout > 0, stepTimeout <= 86_400 else {
+                throw ValidationError("--step-timeout must be between 0 and 86400 seconds, not \(stepTimeout)")
+            }
+        }
+
+        func run() async throws {
+            ServiceRunner.bootstrapLogging()
+            let registry = FulfillmentService.registry
+            let host = try ProcessManagerHost(
+                FulfillmentService.processManager(stepTimeout: .milliseconds(Int64(stepTimeout * 1000))),
+                registry: registry
+            )
+            try await ServiceRunner.serve(
+                FulfillmentService.name,
+                options: options,
+                registry: registry,
+                handlers: [host]
+            )
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an order's process: state and timeline.")
+        @OptionGroup var options: ServiceOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The order id.") var orderID: String
+
+        func run() async throws {
+            let orderID = self.orderID
+            let registry = FulfillmentService.registry
+            let engine = try ProcessEngine(FulfillmentService.processManager(stepTimeout: .seconds(30)))
+            let (instance, timeline) = try await options.readStore(for: FulfillmentService.name).read { work in
+                (
+                    try work.loadInstance(orderID, of: engine, registry: registry),
+                    try work.transitions(of: "fulfillment", instance: orderID)
+                )
+            }
+            guard let instance else { throw CommandFailure("no fulfillment process for order '\(orderID)'") }
+            let view = ProcessView(instance: instance, timeline: timeline)
+            if json { return try printJSON(view) }
+            print("order:      \(instance.id)")
+            print("lifecycle:  \(instance.lifecycle.rawValue)\(instance.reason.map { " (\($0))" } ?? "")")
+            print("step:       \(instance.state.step)")
+            print("tracking:   \(instance.state.trackingNumber ?? "-")")
+            print(
+                "timers:     \(instance.timers.isEmpty ? "none" : instance.timers.map { "\($0.key) at \($0.value)" }.joined(separator: ", "))"
+            )
+            print("timeline:")
+            for entry in view.timeline {
+                print("  \(entry.version). \(entry.at)  \(entry.trigger)  → \(entry.lifecycle)")
+                for command in entry.issued { print("       issued \(command)") }
+                for timer in entry.timers { print("       timer  \(timer)") }
+                if let reason = entry.reason { print("       reason \(reason)") }
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List fulfillment processes.")
+        @OptionGroup var options: ServiceOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Flag(help: "Only the ones still open (started, running, compensating).") var open = false
+
+        func run() async throws {
+            let open = self.open
+            let instances = try await options.readStore(for: FulfillmentService.name).read {
+                try $0.instances(of: "fulfillment", openOnly: open, limit: 100_000)
+            }
+            if json { return try printJSON(instances) }
+            printTable(
+                ["ORDER", "LIFECYCLE", "VERSION", "UPDATED"],
+                instances.map { [$0.instanceID, $0.lifecycle.rawValue, String($0.version), "\($0.updatedAt)"] }
+            )
+        }
+    }
+}
+
+/// An instance and its timeline, readable by a person and as JSON.
+struct ProcessView: Encodable {
+    struct Entry: Encodable {
+        var version: Int64
+        var at: Date
+        var trigger: String
+        var lifecycle: String
+        var issued: [String]
+        var timers: [String]
+        var reason: String?
+    }
+
+    var orderID: String
+    var lifecycle: String
+    var reason: String?
+    var state: FulfillmentState
+    var pendingTimers: [String: Date]
+    var timeline: [Entry]
+
+    init(instance: ProcessInstance<FulfillmentState>, timeline: [ProcessTransition]) {
+        orderID = instance.id
+        lifecycle = instance.lifecycle.rawValue
+        reason = instance.reason
+        state = instance.state
+        pendingTimers = instance.timers
+        self.timeline = timeline.map { transition in
+            let trigger: String
+            switch transition.trigger {
+            case .event(let envelope): trigger = "event \(envelope.messageName) (\(envelope.messageID))"
+            case .timer(let name, _): trigger = "timer \(name)"
+            }
+            return Entry(
+                version: transition.version,
+                at: transition.at,
+                trigger: trigger,
+                lifecycle: transition.lifecycle.rawValue,
+                issued: transition.issued.map {
+                    "\($0.kind.rawValue) \($0.envelope.messageName) (\($0.envelope.messageID))"
+                },
+                timers: transition.timers.map {
+                    switch $0 {
+                    case .schedule(let name, let dueAt): return "schedule \(name) at \(dueAt)"
+                    case .cancel(let name): return "cancel \(name)"
+                    }
+                },
+                reason: transition.reason
+            )
+        }
+    }
+}

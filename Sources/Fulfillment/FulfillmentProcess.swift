@@ -1,0 +1,112 @@
+import Baton
+import BatonNode
+import BatonService
+import BookstoreContracts
+import Foundation
+
+/// What the fulfillment process remembers per order (it never reads another service's store).
+public struct FulfillmentState: ProcessState {
+    public var orderID = ""
+    public var checkoutID = ""
+    public var address = ""
+    public var lines: [OrderLine] = []
+    public var trackingNumber: String?
+    /// The step under way: `reserving`, `shipping`, `completing`, `cancelling`.
+    public var step = ""
+    public init() {}
+}
+
+/// The process-manager node: order confirmed → reserve inventory → create shipment → complete order, with
+/// compensation when a step fails, times out or the customer cancels.
+public enum FulfillmentService: ServiceIdentity {
+    public static let name = "fulfillment"
+    static let timer = "step-timeout"
+
+    /// The events it listens to.
+    public static var registry: MessageRegistry {
+        var registry = MessageRegistry()
+        for type in [
+            OrderConfirmed.self, OrderCompleted.self, OrderCancelled.self, InventoryReserved.self,
+            InventoryReservationFailed.self, ShipmentCreated.self, ShipmentFailed.self,
+        ] as [any Event.Type] {
+            registry.register(type)
+        }
+        return registry
+    }
+
+    /// The process manager, with the time a step may take before the order is compensated.
+    public static func processManager(stepTimeout: Duration) -> ProcessManager<FulfillmentState> {
+        ProcessManager(name: "fulfillment", listensTo: ["orders", "inventory", "shipping"]) { pm in
+            pm.association("tracking")
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.state.checkoutID = event.checkoutID
+                process.state.address = event.shippingAddress
+                process.state.lines = event.lines
+                process.state.step = "reserving"
+                process.send(ReserveInventory(orderID: event.orderID, lines: event.lines))
+                process.schedule(timer, after: stepTimeout)
+            }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { event, process in
+                guard process.lifecycle != .compensating else {
+                    // Reserved after the order started compensating: give it back.
+                    process.send(
+                        ReleaseInventory(orderID: event.orderID, reason: "reserved after the order was compensated")
+                    )
+                    return
+                }
+                process.onCompensation(ReleaseInventory(orderID: event.orderID, reason: "order compensated"))
+                process.state.step = "shipping"
+                process.send(CreateShipment(orderID: event.orderID, address: process.state.address))
+                process.schedule(timer, after: stepTimeout)
+            }
+            pm.on(InventoryReservationFailed.self, correlation: .field(\.orderID)) { event, process in
+                guard process.lifecycle != .compensating else { return }
+                process.state.step = "cancelling"
+                process.compensate(reason: event.reason)
+                process.send(CancelOrder(orderID: event.orderID, reason: event.reason))
+            }
+            pm.on(ShipmentCreated.self, correlation: .field(\.orderID)) { event, process in
+                process.state.trackingNumber = event.trackingNumber
+                process.associate("tracking", with: event.trackingNumber)
+                guard process.lifecycle != .compensating else {
+                    process.send(
+                        CancelShipment(orderID: event.orderID, reason: "created after the order was compensated")
+                    )
+                    return
+                }
+                process.onCompensation(CancelShipment(orderID: event.orderID, reason: "order compensated"))
+                process.state.step = "completing"
+                process.send(CompleteOrder(orderID: event.orderID))
+                process.schedule(timer, after: stepTimeout)
+            }
+            pm.on(ShipmentFailed.self, correlation: .field(\.orderID)) { event, process in
+                guard process.lifecycle != .compensating else { return }
+                process.state.step = "cancelling"
+                process.compensate(reason: "shipment failed: \(event.reason)")
+                process.send(CancelOrder(orderID: event.orderID, reason: "shipment failed: \(event.reason)"))
+            }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+            pm.on(OrderCancelled.self, correlation: .field(\.orderID), mayClose: true) { event, process in
+                // The customer cancelled mid-flight, or the cancellation compensation asked for arrived.
+                process.compensate(reason: event.reason)
+                process.markAsFailed(reason: event.reason)
+            }
+            // Replies that arrive after the instance closed get their own compensation.
+            pm.afterClose(ShipmentCreated.self, correlation: .field(\.orderID)) { event, process in
+                guard process.lifecycle == .failed else { return }
+                process.send(CancelShipment(orderID: event.orderID, reason: "created after the order was cancelled"))
+            }
+            pm.afterClose(InventoryReserved.self, correlation: .field(\.orderID)) { event, process in
+                guard process.lifecycle == .failed else { return }
+                process.send(ReleaseInventory(orderID: event.orderID, reason: "reserved after the order was cancelled"))
+            }
+            pm.onTimer(timer) { process in
+                let reason = "step '\(process.state.step)' timed out"
+                process.compensate(reason: reason)
+                process.state.step = "cancelling"
+                process.send(CancelOrder(orderID: process.state.orderID, reason: reason))
+            }
+        }
+    }
+}

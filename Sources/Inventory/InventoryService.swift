@@ -1,0 +1,131 @@
+import Baton
+import BatonNode
+import BatonService
+import BookstoreContracts
+import Foundation
+
+/// The inventory bounded context: stock per SKU, all-or-nothing reservations per order (idempotent per
+/// order), releases. Invariant per SKU: stocked = available + reserved.
+public enum InventoryService: ServiceIdentity {
+    public static let name = "inventory"
+
+    /// The messages the service accepts.
+    public static var registry: MessageRegistry {
+        var registry = MessageRegistry()
+        for type in [AddStock.self, ReserveInventory.self, ReleaseInventory.self] as [any Message.Type] {
+            registry.register(type)
+        }
+        return registry
+    }
+
+    /// What the node hosts.
+    public static var handlers: [any NodeHandler] {
+        [
+            MessageHandlerHost.command(AddStock.self, name: "add-stock") { command, context in
+                var item =
+                    try context.work.document(StockItem.self, in: "items", idOrAlias: command.sku)
+                    ?? StockItem(sku: command.sku, title: "", available: 0, reserved: 0)
+                if let title = command.title { item.title = title }
+                item.available += command.quantity
+                try save(item, &context)
+                context.publish(StockAdded(sku: item.sku, quantity: command.quantity, available: item.available))
+            },
+            MessageHandlerHost.command(ReserveInventory.self, name: "reserve-inventory") { command, context in
+                try reserve(command, &context)
+            },
+            MessageHandlerHost.command(ReleaseInventory.self, name: "release-inventory") { command, context in
+                var reservation =
+                    try context.work.document(Reservation.self, in: "reservations", idOrAlias: command.orderID)
+                    ?? Reservation(orderID: command.orderID, status: .released, lines: [])
+                if reservation.status == .reserved {
+                    for line in reservation.lines {
+                        guard var item = try context.work.document(StockItem.self, in: "items", idOrAlias: line.sku)
+                        else { continue }
+                        item.available += line.quantity
+                        item.reserved -= line.quantity
+                        try save(item, &context)
+                    }
+                }
+                // A release before any reservation leaves a tombstone: a late reservation is then refused.
+                let wasReserved = reservation.status == .reserved
+                reservation.status = .released
+                try context.work.save(
+                    reservation,
+                    in: "reservations",
+                    id: command.orderID,
+                    status: "RELEASED",
+                    at: context.now
+                )
+                if wasReserved { context.publish(InventoryReleased(orderID: command.orderID, reason: command.reason)) }
+            },
+        ]
+    }
+
+    static func reserve(_ command: ReserveInventory, _ context: inout HandlerContext) throws {
+        if try context.work.document(Reservation.self, in: "reservations", idOrAlias: command.orderID) != nil {
+            return  // reserved, failed or released already: once per order
+        }
+        var wanted: [String: Int] = [:]
+        for line in command.lines { wanted[line.sku, default: 0] += line.quantity }
+        var items: [StockItem] = []
+        var shortages: [String] = []
+        for (sku, quantity) in wanted.sorted(by: { $0.key < $1.key }) {
+            let item = try context.work.document(StockItem.self, in: "items", idOrAlias: sku)
+            if let item, item.available >= quantity {
+                items.append(item)
+            } else {
+                shortages.append("\(sku) (wanted \(quantity), available \(item?.available ?? 0))")
+            }
+        }
+        guard shortages.isEmpty else {
+            let reason = "out of stock: " + shortages.joined(separator: ", ")
+            try context.work.save(
+                Reservation(orderID: command.orderID, status: .failed, lines: []),
+                in: "reservations",
+                id: command.orderID,
+                status: "FAILED",
+                at: context.now
+            )
+            context.publish(InventoryReservationFailed(orderID: command.orderID, reason: reason))
+            return
+        }
+        for var item in items {
+            item.available -= wanted[item.sku]!
+            item.reserved += wanted[item.sku]!
+            try save(item, &context)
+        }
+        try context.work.save(
+            Reservation(orderID: command.orderID, status: .reserved, lines: command.lines),
+            in: "reservations",
+            id: command.orderID,
+            status: "RESERVED",
+            at: context.now
+        )
+        context.publish(InventoryReserved(orderID: command.orderID))
+    }
+
+    static func save(_ item: StockItem, _ context: inout HandlerContext) throws {
+        try context.work.save(item, in: "items", id: item.sku, at: context.now)
+    }
+}
+
+/// Stock of one SKU, as `inventory show` and `inventory list` print it.
+public struct StockItem: Codable, Sendable, Hashable {
+    public var sku: String
+    public var title: String
+    public var available: Int
+    public var reserved: Int
+}
+
+/// One order's reservation.
+public struct Reservation: Codable, Sendable, Hashable {
+    public enum Status: String, Codable, Sendable {
+        case reserved = "RESERVED"
+        case failed = "FAILED"
+        case released = "RELEASED"
+    }
+
+    public var orderID: String
+    public var status: Status
+    public var lines: [OrderLine]
+}

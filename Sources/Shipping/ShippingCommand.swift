@@ -1,0 +1,64 @@
+import ArgumentParser
+import BatonService
+
+/// The `shipping` executable.
+public struct ShippingCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "shipping",
+        abstract: "The shipping service of the Baton bookstore.",
+        subcommands: [Serve.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self]
+    )
+
+    public init() {}
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the shipping service.")
+        @OptionGroup var options: ServiceOptions
+
+        func run() async throws {
+            ServiceRunner.bootstrapLogging()
+            try await ServiceRunner.serve(
+                ShippingService.name,
+                options: options,
+                registry: ShippingService.registry,
+                handlers: ShippingService.handlers
+            )
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show an order's shipment.")
+        @OptionGroup var options: ServiceOptions
+        @Flag(help: "Print JSON.") var json = false
+        @Argument(help: "The order id (or the tracking number).") var orderID: String
+
+        func run() async throws {
+            let key = orderID
+            guard
+                let shipment = try await options.readStore(for: ShippingService.name).read({
+                    try $0.document(Shipment.self, in: "shipments", idOrAlias: key)
+                })
+            else { throw CommandFailure("no shipment for order '\(key)'") }
+            if json { return try printJSON(shipment) }
+            printTable(["ORDER", "STATUS", "TRACKING", "REASON"], [row(shipment)])
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List shipments.")
+        @OptionGroup var options: ServiceOptions
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let shipments = try await options.readStore(for: ShippingService.name).read {
+                try $0.documents(Shipment.self, in: "shipments")
+            }
+            if json { return try printJSON(shipments) }
+            printTable(["ORDER", "STATUS", "TRACKING", "REASON"], shipments.map(row))
+        }
+    }
+}
+
+private func row(_ shipment: Shipment) -> [String] {
+    [shipment.orderID, shipment.status.rawValue, shipment.trackingNumber ?? "-", shipment.reason ?? ""]
+}

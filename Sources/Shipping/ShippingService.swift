@@ -1,0 +1,116 @@
+import Baton
+import BatonNode
+import BatonService
+import BookstoreContracts
+import Foundation
+
+/// The shipping bounded context: one shipment per order, created (fails on a blank address), cancelled,
+/// delivered (the carrier subscriber).
+public enum ShippingService: ServiceIdentity {
+    public static let name = "shipping"
+
+    /// The messages the service accepts.
+    public static var registry: MessageRegistry {
+        var registry = MessageRegistry()
+        for type in [CreateShipment.self, CancelShipment.self, ParcelDelivered.self] as [any Message.Type] {
+            registry.register(type)
+        }
+        return registry
+    }
+
+    /// What the node hosts.
+    public static var handlers: [any NodeHandler] {
+        [
+            MessageHandlerHost.command(CreateShipment.self, name: "create-shipment") { command, context in
+                // Once per order; a shipment cancelled before it existed stays cancelled.
+                guard try context.work.document(Shipment.self, in: "shipments", idOrAlias: command.orderID) == nil
+                else { return }
+                if command.address.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+                    let reason = "the shipping address is empty"
+                    try save(
+                        Shipment(orderID: command.orderID, status: .failed, trackingNumber: nil, reason: reason),
+                        &context
+                    )
+                    context.publish(ShipmentFailed(orderID: command.orderID, reason: reason))
+                    return
+                }
+                let tracking = "TRK-" + MessageID.derived(from: "shipment", command.orderID).prefix(10).uppercased()
+                try save(
+                    Shipment(orderID: command.orderID, status: .created, trackingNumber: tracking, reason: nil),
+                    &context
+                )
+                context.publish(ShipmentCreated(orderID: command.orderID, trackingNumber: tracking))
+            },
+            MessageHandlerHost.command(CancelShipment.self, name: "cancel-shipment") { command, context in
+                var shipment =
+                    try context.work.document(Shipment.self, in: "shipments", idOrAlias: command.orderID)
+                    ?? Shipment(
+                        orderID: command.orderID,
+                        status: .cancelled,
+                        trackingNumber: nil,
+                        reason: command.reason
+                    )
+                guard shipment.status != .delivered else { return }
+                let wasLive = shipment.status == .created
+                shipment.status = .cancelled
+                shipment.reason = command.reason
+                try save(shipment, &context)
+                if wasLive { context.publish(ShipmentCancelled(orderID: command.orderID, reason: command.reason)) }
+            },
+            MessageHandlerHost.subscriber(
+                ParcelDelivered.self,
+                name: "carrier-subscriber",
+                exchange: ParcelDelivered.exchange,
+                routingKey: ParcelDelivered.routingKey
+            ) { parcel, context in
+                guard
+                    var shipment = try context.work.document(
+                        Shipment.self,
+                        in: "shipments",
+                        idOrAlias: parcel.trackingNumber
+                    )
+                else { throw Rejection("no shipment with tracking number \(parcel.trackingNumber)") }
+                guard shipment.status == .created else {
+                    throw Rejection(
+                        "shipment \(parcel.trackingNumber) is \(shipment.status.rawValue), it cannot be delivered"
+                    )
+                }
+                shipment.status = .delivered
+                try save(shipment, &context)
+                context.publish(
+                    ShipmentDelivered(
+                        orderID: shipment.orderID,
+                        trackingNumber: parcel.trackingNumber,
+                        deliveredAt: parcel.deliveredAt
+                    )
+                )
+            },
+        ]
+    }
+
+    static func save(_ shipment: Shipment, _ context: inout HandlerContext) throws {
+        try context.work.save(
+            shipment,
+            in: "shipments",
+            id: shipment.orderID,
+            alias: shipment.trackingNumber,
+            status: shipment.status.rawValue,
+            at: context.now
+        )
+    }
+}
+
+/// A shipment, as `shipping show` and `shipping list` print it.
+public struct Shipment: Codable, Sendable, Hashable {
+    public enum Status: String, Codable, Sendable {
+        case created = "CREATED"
+        case failed = "FAILED"
+        case cancelled = "CANCELLED"
+        case delivered = "DELIVERED"
+    }
+
+    public var orderID: String
+    public var status: Status
+    public var trackingNumber: String?
+    public var reason: String?
+}

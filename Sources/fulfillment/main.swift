@@ -1,0 +1,4 @@
+import BatonService
+import Fulfillment
+
+await runCommandLine(FulfillmentCommand.self)

@@ -1,0 +1,4 @@
+import BatonService
+import Inventory
+
+await runCommandLine(InventoryCommand.self)

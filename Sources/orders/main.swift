@@ -1,0 +1,4 @@
+import BatonService
+import Orders
+
+await runCommandLine(OrdersCommand.self)

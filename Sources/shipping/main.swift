@@ -1,0 +1,4 @@
+import BatonService
+import Shipping
+
+await runCommandLine(ShippingCommand.self)
