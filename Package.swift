@@ -112,17 +112,26 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Test support (not shipped): the test broker node the README's test command starts.
+        .target(name: "BatonTestSupport", path: "Tests/Support"),
         .testTarget(
             name: "BatonTests",
             dependencies: ["Baton", "BatonTesting"]
         ),
         .testTarget(
             name: "BatonNodeTests",
-            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe"]
+            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe", "BatonTestSupport"]
+        ),
+        .testTarget(
+            name: "BookstoreTests",
+            dependencies: [
+                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport",
+                "orders", "inventory", "shipping", "fulfillment",
+            ]
         ),
         .testTarget(
             name: "BatonAMQPTests",
-            dependencies: ["BatonAMQP"]
+            dependencies: ["BatonAMQP", "BatonTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -129,12 +129,16 @@ func snakeCased(_ name: String) -> String {
 }
 
 extension JSONEncoder {
-    /// The one JSON style of the wire: snake_case keys, ISO-8601 dates, sorted keys (stable bytes).
+    /// The one JSON style of the wire: snake_case keys, ISO 8601 dates with milliseconds, sorted keys
+    /// (stable bytes).
     /// Shared: do not change its settings.
     public static let baton: JSONEncoder = {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.dateEncodingStrategy = .iso8601
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(ISO8601Milliseconds.format(date))
+        }
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         return encoder
     }()
@@ -149,7 +153,17 @@ extension JSONDecoder {
         decoder.keyDecodingStrategy = .custom { path in
             SwiftKey(camelCaseFromSnakeCase: path.last!.stringValue)
         }
-        decoder.dateDecodingStrategy = .iso8601
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = ISO8601Milliseconds.parse(text) else {
+                throw DecodingError.dataCorruptedError(
+                    in: container,
+                    debugDescription: "expected an ISO 8601 date-time, found '\(text)'"
+                )
+            }
+            return date
+        }
         return decoder
     }()
 }

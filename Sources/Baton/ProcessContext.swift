@@ -33,7 +33,7 @@ public struct ProcessContext<State: ProcessState>: Sendable {
     ) {
         self.processManager = processManager
         self.instanceID = instance.id
-        self.now = now
+        self.now = now.roundedToMilliseconds
         self.trigger = trigger
         self.triggerID = trigger.messageID(processManager: processManager, instanceID: instance.id)
         self.state = instance.state
@@ -73,7 +73,7 @@ public struct ProcessContext<State: ProcessState>: Sendable {
 
     /// Schedules (or reschedules) the timer `name` at `dueAt`; it fires once, also after restarts.
     public mutating func schedule(_ name: String, at dueAt: Date) {
-        timerOperations.append(.schedule(name: name, dueAt: dueAt))
+        timerOperations.append(.schedule(name: name, dueAt: dueAt.roundedToMilliseconds))
     }
 
     /// Schedules the timer `name` at ``now`` + `delay`.

@@ -124,9 +124,11 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
     ///   - instance: The instance as stored.
     ///   - now: The clock reading.
     public func fire(timer name: String, dueAt: Date, instance: ProcessInstance<State>, now: Date) throws -> Decision {
-        guard !instance.lifecycle.isClosed, instance.timers[name] == dueAt, let handler = definition.timerHandlers[name]
+        guard !instance.lifecycle.isClosed,
+            instance.timers[name]?.millisecondsSince1970 == dueAt.millisecondsSince1970,
+            let handler = definition.timerHandlers[name]
         else { return .skipped(.staleTimer(instanceID: instance.id, name: name)) }
-        var context = makeContext(instance, trigger: .timer(name: name, dueAt: dueAt), now: now)
+        var context = makeContext(instance, trigger: .timer(name: name, dueAt: dueAt.roundedToMilliseconds), now: now)
         context.timerOperations.append(.cancel(name: name))
         try handler.handle(&context)
         return try finish(context, kind: .ordinary, mayClose: handler.mayClose, what: "timer '\(name)'")
@@ -164,18 +166,32 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
                 }
                 decision = try fire(timer: name, dueAt: dueAt, instance: current, now: transition.at)
             }
-            guard case .transition(let next, let replayed) = decision, replayed.version == transition.version else {
+            guard case .transition(var next, let replayed) = decision, replayed.version == transition.version else {
                 throw ProcessHandlerError(
                     message:
                         "replay of '\(instanceID)' diverged at version \(transition.version): the handlers are not deterministic or changed incompatibly"
                 )
             }
+            // Timers are what was recorded, not what the handlers would schedule now (their configuration,
+            // e.g. a step timeout, may have changed since).
+            next.timers = Self.applying(transition.timers, to: instance?.timers ?? [:])
             instance = next
         }
         guard let instance else {
             throw ProcessHandlerError(message: "no snapshot and no transitions for '\(instanceID)'")
         }
         return instance
+    }
+
+    static func applying(_ operations: [TimerOperation], to timers: [String: Date]) -> [String: Date] {
+        var timers = timers
+        for operation in operations {
+            switch operation {
+            case .schedule(let name, let dueAt): timers[name] = dueAt
+            case .cancel(let name): timers[name] = nil
+            }
+        }
+        return timers
     }
 
     private func makeContext(
@@ -233,12 +249,7 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         if next.isClosed {
             for name in context.pendingTimers.keys.sorted() { timerOperations.append(.cancel(name: name)) }
         }
-        for operation in timerOperations {
-            switch operation {
-            case .schedule(let name, let dueAt): instance.timers[name] = dueAt
-            case .cancel(let name): instance.timers[name] = nil
-            }
-        }
+        instance.timers = Self.applying(timerOperations, to: instance.timers)
         if next.isClosed { instance.compensations.removeAll() }
         let reason = context.failureReason ?? context.compensationReason
         if let reason { instance.reason = reason }

@@ -54,7 +54,7 @@ public enum ProcessTrigger: Sendable, Hashable, Codable {
                 processManager,
                 instanceID,
                 name,
-                String(dueAt.timeIntervalSince1970)
+                String(dueAt.millisecondsSince1970)
             )
         }
     }

@@ -145,6 +145,11 @@ public final class Node: Sendable {
 
     private var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
 
+    /// The clock reading handed to handlers, at the precision of business time.
+    private func businessNow() -> Date {
+        timeSource.now().roundedToMilliseconds
+    }
+
     // MARK: Consume
 
     private enum Prepared {
@@ -206,7 +211,7 @@ public final class Node: Sendable {
 
     private func process(_ batch: [IncomingMessage]) async {
         let prepared = batch.map(prepare)
-        let now = timeSource.now()
+        let now = businessNow()
         let outcomes: [Outcome]
         do {
             outcomes = try await store.write { [self] work in
@@ -291,7 +296,7 @@ public final class Node: Sendable {
             )
             try? await Task.sleep(for: delay)
             attempt += 1
-            let now = timeSource.now()
+            let now = businessNow()
             do {
                 let outcome = try await store.write { [self] work in
                     handleOnce(incoming, envelope, message, handlers, work, now)
@@ -309,7 +314,7 @@ public final class Node: Sendable {
         let reason = "\(lastError)"
         let names = handlers.map(\.name).joined(separator: ",")
         do {
-            let now = timeSource.now()
+            let now = businessNow()
             try await store.write { [self] work in
                 try deadLetter(incoming, reason: reason, handler: names, attempts: attempts, work, now)
             }
@@ -352,7 +357,7 @@ public final class Node: Sendable {
             causationID: causationID,
             stream: stream,
             position: position,
-            timestamp: incoming.timestamp ?? timeSource.now(),
+            timestamp: incoming.timestamp ?? businessNow(),
             headers: headers,
             payload: incoming.body
         )
@@ -420,7 +425,7 @@ public final class Node: Sendable {
     /// like a new delivery.
     /// - Throws: ``NodeError`` if there is no such dead letter or it was replayed already.
     public func replayDeadLetter(id: Int64) async throws {
-        let now = timeSource.now()
+        let now = businessNow()
         let replayed = try await store.write { try $0.replayDeadLetter(id: id, at: now) }
         guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
         relaySignal.notify()
@@ -453,7 +458,7 @@ public final class Node: Sendable {
                 (try? result.get()).map { message.sequence }
             }
             do {
-                let now = timeSource.now()
+                let now = businessNow()
                 try await store.write { try $0.markSent(sent, at: now) }
             } catch {
                 logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
@@ -484,7 +489,7 @@ public final class Node: Sendable {
 
     private func timerLoop() async {
         while !isStopping {
-            let now = timeSource.now()
+            let now = businessNow()
             do {
                 let due = try await store.read { try $0.dueTimers(before: now, limit: 100) }
                 if !due.isEmpty {

@@ -82,7 +82,7 @@ public final class SQLiteStore: Sendable {
                         PRIMARY KEY (process_manager, name, value)) WITHOUT ROWID;
                     CREATE TABLE timers (
                         process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, name TEXT NOT NULL,
-                        due_at REAL NOT NULL,
+                        due_at INTEGER NOT NULL,
                         PRIMARY KEY (process_manager, instance_id, name)) WITHOUT ROWID;
                     CREATE INDEX timers_due ON timers (due_at);
                     CREATE TABLE streams (

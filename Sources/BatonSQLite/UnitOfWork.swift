@@ -250,7 +250,7 @@ public struct UnitOfWork {
                     INSERT INTO timers (process_manager, instance_id, name, due_at) VALUES (?, ?, ?, ?)
                     ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET due_at = excluded.due_at
                     """,
-                    [name, instance.id, timer, dueAt.timeIntervalSince1970]
+                    [name, instance.id, timer, dueAt.millisecondsSince1970]
                 )
             case .cancel(let timer):
                 try run(
@@ -317,7 +317,7 @@ public struct UnitOfWork {
     public func deleteTimer(_ timer: DueTimer) throws {
         try run(
             "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?",
-            [timer.processManager, timer.instanceID, timer.name, timer.dueAt.timeIntervalSince1970]
+            [timer.processManager, timer.instanceID, timer.name, timer.dueAt.millisecondsSince1970]
         )
     }
 
@@ -332,13 +332,13 @@ public struct UnitOfWork {
             try statement(
                 "SELECT process_manager, instance_id, name, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?"
             ),
-            arguments: [time.timeIntervalSince1970, limit]
+            arguments: [time.millisecondsSince1970, limit]
         ).map {
             DueTimer(
                 processManager: $0["process_manager"],
                 instanceID: $0["instance_id"],
                 name: $0["name"],
-                dueAt: Date(timeIntervalSince1970: $0["due_at"])
+                dueAt: Date(millisecondsSince1970: $0["due_at"])
             )
         }
     }

@@ -18,29 +18,26 @@ public struct MeshSnapshot: Sendable {
     /// Open dead letters per service.
     public var deadLetters: [String: [DeadLetter]]
 
-    /// Reads the four stores under `dataDirectory` (read-only; the services may be running).
+    /// Reads the four stores under `dataDirectory` (read-only; the services may be running). A service that
+    /// never ran has no store yet and contributes nothing.
     public static func read(dataDirectory: String) async throws -> MeshSnapshot {
-        func open(_ service: String) throws -> SQLiteStore {
-            try SQLiteStore(
-                path: URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path,
-                readOnly: true
-            )
+        func read<T: Sendable>(
+            _ service: String,
+            _ query: @escaping @Sendable (UnitOfWork) throws -> [T]
+        ) async throws -> [T] {
+            let path = URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path
+            guard FileManager.default.fileExists(atPath: path) else { return [] }
+            return try await SQLiteStore(path: path, readOnly: true).read(query)
         }
-        let orders = try open("orders")
-        let inventory = try open("inventory")
-        let shipping = try open("shipping")
-        let fulfillment = try open("fulfillment")
         var deadLetters: [String: [DeadLetter]] = [:]
-        for (name, store) in [
-            ("orders", orders), ("inventory", inventory), ("shipping", shipping), ("fulfillment", fulfillment),
-        ] {
-            deadLetters[name] = try await store.read { try $0.deadLetters() }
+        for service in ["orders", "inventory", "shipping", "fulfillment"] {
+            deadLetters[service] = try await read(service) { try $0.deadLetters() }
         }
         return MeshSnapshot(
-            orders: try await orders.read { try $0.documents(OrderView.self, in: "orders") },
-            items: try await inventory.read { try $0.documents(StockItem.self, in: "items") },
-            shipments: try await shipping.read { try $0.documents(Shipment.self, in: "shipments") },
-            processes: try await fulfillment.read { try $0.instances(of: "fulfillment", limit: 1_000_000) },
+            orders: try await read("orders") { try $0.documents(OrderView.self, in: "orders") },
+            items: try await read("inventory") { try $0.documents(StockItem.self, in: "items") },
+            shipments: try await read("shipping") { try $0.documents(Shipment.self, in: "shipments") },
+            processes: try await read("fulfillment") { try $0.instances(of: "fulfillment", limit: 1_000_000) },
             deadLetters: deadLetters
         )
     }

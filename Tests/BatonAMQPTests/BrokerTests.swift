@@ -1,3 +1,4 @@
+import BatonTestSupport
 import Foundation
 import Logging
 import Synchronization
@@ -380,7 +381,7 @@ import Testing
         let consumer = try await connection.consume(queue: queue, prefetch: 5)
 
         try TestBroker.ctl("close_all_connections", "test: forced close")
-        #expect(try await TestBroker.eventually { connection.connectionCount == 2 && connection.isConnected })
+        #expect(try await eventually { connection.connectionCount == 2 && connection.isConnected })
 
         // The recorded topology was declared again and the consumer resumed on the new connection.
         try await publishRetrying(
@@ -405,10 +406,10 @@ import Testing
             .trimmingCharacters(in: .whitespacesAndNewlines)
         // Freeze the broker: the socket stays open, only heartbeats stop.
         kill(pid_t(pid)!, SIGSTOP)
-        let noticed = try await TestBroker.eventually(timeout: .seconds(15)) { !connection.isConnected }
+        let noticed = try await eventually(timeout: .seconds(15)) { !connection.isConnected }
         kill(pid_t(pid)!, SIGCONT)
         #expect(noticed, "a silent broker is noticed by missed heartbeats")
-        #expect(try await TestBroker.eventually { connection.isConnected && connection.connectionCount >= 2 })
+        #expect(try await eventually { connection.isConnected && connection.connectionCount >= 2 })
         await connection.close()
     }
 

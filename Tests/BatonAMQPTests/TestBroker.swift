@@ -1,15 +1,11 @@
+import BatonTestSupport
 import Foundation
 import Logging
 import Synchronization
 
 @testable import BatonAMQP
 
-/// The real broker the README's test command starts (Deploy/local/broker.sh). There is no fallback: if it
-/// is not running, every broker test fails.
-enum TestBroker {
-    static let url =
-        ProcessInfo.processInfo.environment["BATON_TEST_AMQP_URL"]
-        ?? "amqp://baton:baton-local-secret@127.0.0.1:5673/%2F"
+extension TestBroker {
     static let password = try! AMQPURL.password(of: url)
 
     static func configuration(_ name: String, heartbeat: Duration = .seconds(10)) throws -> AMQPConnection.Configuration
@@ -32,50 +28,6 @@ enum TestBroker {
             )
         }
         return (url, ca, wrongCA)
-    }
-
-    static func connect(_ name: String, logger: Logger = Logger(label: "test")) async throws -> AMQPConnection {
-        try await AMQPConnection.connect(configuration: configuration(name), logger: logger)
-    }
-
-    /// A name no other test or earlier run uses.
-    static func unique(_ prefix: String) -> String {
-        "\(prefix)-\(UInt32.random(in: 0...UInt32.max))"
-    }
-
-    /// Runs `rabbitmqctl` against the test node, through the same script that started it.
-    @discardableResult
-    static func ctl(_ arguments: String...) throws -> String {
-        let script = URL(fileURLWithPath: #filePath)
-            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Deploy/local/broker.sh")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [script.path, "ctl"] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw AMQPError(code: .protocolError, message: "rabbitmqctl \(arguments) failed: \(text)")
-        }
-        return text
-    }
-
-    /// Polls `condition` until it holds or `timeout` passes (for observing the connection's own recovery).
-    static func eventually(
-        timeout: Duration = .seconds(30),
-        _ condition: () async throws -> Bool
-    ) async throws -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        return try await condition()
     }
 }
 

@@ -2,6 +2,7 @@ import Baton
 import BatonAMQP
 import BatonNode
 import BatonSQLite
+import BatonTestSupport
 import Foundation
 import Logging
 import Testing

@@ -120,6 +120,29 @@ import Testing
         #expect(try JSONDecoder.baton.decode(Sample.self, from: json) == sample)
     }
 
+    @Test func datesAreWrittenWithMillisecondsAndReadBackExactly() throws {
+        struct Stamp: Codable, Equatable { var at: Date }
+        for milliseconds: Int64 in [1_767_225_630_123, 1_767_225_630_000, 1_767_225_630_999, -1_500] {
+            let stamp = Stamp(at: Date(millisecondsSince1970: milliseconds))
+            let json = try JSONEncoder.baton.encode(stamp)
+            #expect(
+                try JSONDecoder.baton.decode(Stamp.self, from: json) == stamp,
+                "\(String(decoding: json, as: UTF8.self))"
+            )
+        }
+        #expect(
+            String(
+                decoding: try JSONEncoder.baton.encode(Stamp(at: Date(millisecondsSince1970: 1_767_225_630_123))),
+                as: UTF8.self
+            ) == #"{"at":"2026-01-01T00:00:30.123Z"}"#
+        )
+        // Producers may send whole seconds.
+        #expect(
+            try JSONDecoder.baton.decode(Stamp.self, from: Data(#"{"at":"2026-01-01T00:00:30Z"}"#.utf8)).at
+                .millisecondsSince1970 == 1_767_225_630_000
+        )
+    }
+
     @Test func envelopesKnowTheirNameAndCategory() {
         let envelope = Envelope(
             messageID: "m",

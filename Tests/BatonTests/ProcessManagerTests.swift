@@ -100,6 +100,35 @@ import Testing
         #expect(try scenario.advance(by: .seconds(15)).count == 1)
     }
 
+    @Test func aTimerSurvivesEveryStorageRoundTripAtAnyClockReading() throws {
+        // A clock reading with sub-millisecond digits, as a real clock gives.
+        var scenario = try ProcessScenario(
+            fulfillment,
+            clock: TestClock(start: Date(timeIntervalSince1970: 1_767_225_600.123_456_7))
+        )
+        try scenario.given(OrderConfirmed(orderID: "o-9", address: "a"))
+        let stored = try #require(scenario.instance("o-9"))
+        // The instance as a snapshot (JSON) and the deadline as the timers table keeps it (integer ms).
+        let reloaded = try JSONDecoder.baton.decode(
+            ProcessInstance<Fulfillment>.self,
+            from: JSONEncoder.baton.encode(stored)
+        )
+        let dueAt = Date(millisecondsSince1970: try #require(stored.timers["step-timeout"]).millisecondsSince1970)
+        #expect(reloaded == stored, "business time round-trips exactly")
+        guard
+            case .transition(_, let fired) = try scenario.engine.fire(
+                timer: "step-timeout",
+                dueAt: dueAt,
+                instance: reloaded,
+                now: dueAt
+            )
+        else {
+            Issue.record("the timer was taken for stale")
+            return
+        }
+        #expect(fired.lifecycle == .compensating)
+    }
+
     @Test func issuedIdsAreDeterministicAndCarryCausationAndTrace() throws {
         var first = try ProcessScenario(fulfillment)
         var second = try ProcessScenario(fulfillment)

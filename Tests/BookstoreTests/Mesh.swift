@@ -1,0 +1,183 @@
+import BatonAMQP
+import BatonTestSupport
+import BookstoreContracts
+import BookstoreOperations
+import Foundation
+import Logging
+
+/// The four bookstore services as separate processes, in a virtual host and data directory of their own,
+/// against the test broker.
+final class Mesh {
+    let virtualHost: String
+    let url: String
+    let dataDirectory: URL
+    private(set) var processes: [String: Process] = [:]
+    private(set) var stocked: [String: Int] = [:]
+    let stepTimeout: Double
+
+    init(stepTimeout: Double = 30) throws {
+        virtualHost = TestBroker.unique("mesh")
+        try TestBroker.makeVirtualHost(virtualHost)
+        url = TestBroker.url(virtualHost: virtualHost)
+        dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(virtualHost)
+        try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
+        self.stepTimeout = stepTimeout
+    }
+
+    /// The built executables sit next to the test bundle.
+    static func binary(_ name: String) -> URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
+    }
+
+    private var environment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["BATON_AMQP_URL"] = url
+        environment["BATON_DATA_DIR"] = dataDirectory.path
+        environment["BATON_LOG_LEVEL"] = "warning"
+        return environment
+    }
+
+    /// Starts a service and waits until it consumes its queue.
+    func start(_ service: String) async throws {
+        precondition(processes[service]?.isRunning != true, "\(service) is running already")
+        let process = Process()
+        process.executableURL = Self.binary(service)
+        process.arguments = service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
+        process.environment = environment
+        let log = dataDirectory.appendingPathComponent("\(service).log")
+        if !FileManager.default.fileExists(atPath: log.path) {
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        }
+        let handle = try FileHandle(forWritingTo: log)
+        handle.seekToEndOfFile()
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+        processes[service] = process
+        let consuming = try await eventually(timeout: .seconds(30)) { try await self.consumers(of: service) > 0 }
+        guard consuming else { throw TestSupportError("\(service) did not start; see \(log.path)") }
+    }
+
+    /// Starts all four.
+    func startAll() async throws {
+        for service in ["orders", "inventory", "shipping", "fulfillment"] { try await start(service) }
+    }
+
+    /// Stops a service with SIGTERM (graceful) and returns its exit status.
+    @discardableResult
+    func stop(_ service: String) -> Int32 {
+        guard let process = processes[service], process.isRunning else { return 0 }
+        process.terminate()
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// Kills a service with SIGKILL.
+    func kill(_ service: String) {
+        guard let process = processes[service], process.isRunning else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// Stops everything and removes the virtual host; returns the services' exit statuses.
+    func tearDown() -> [String: Int32] {
+        var statuses: [String: Int32] = [:]
+        for service in processes.keys { statuses[service] = stop(service) }
+        TestBroker.deleteVirtualHost(virtualHost)
+        try? FileManager.default.removeItem(at: dataDirectory)
+        return statuses
+    }
+
+    /// Runs one of the CLIs with the mesh's settings.
+    @discardableResult
+    func cli(_ service: String, _ arguments: String...) throws -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = Self.binary(service)
+        process.arguments = arguments
+        process.environment = environment
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Adds stock through the inventory CLI and waits until the service has it.
+    func stock(_ sku: String, _ quantity: Int) async throws {
+        let result = try cli("inventory", "add", sku, "--quantity", String(quantity), "--title", "Title of \(sku)")
+        guard result.status == 0 else { throw TestSupportError("inventory add failed: \(result.output)") }
+        stocked[sku, default: 0] += quantity
+        let expected = stocked[sku]!
+        let arrived = try await eventually {
+            try await self.snapshot().items.first { $0.sku == sku }.map { $0.available + $0.reserved } == expected
+        }
+        guard arrived else { throw TestSupportError("stock of \(sku) never arrived") }
+    }
+
+    /// Publishes raw JSON as an external storefront (or any producer) would.
+    func publishExternal(
+        _ json: String,
+        exchange: String = CheckoutCompleted.exchange,
+        routingKey: String = CheckoutCompleted.routingKey,
+        messageID: String = UUID().uuidString.lowercased(),
+        contentType: String = "application/json"
+    ) async throws {
+        var logger = Logger(label: "storefront")
+        logger.logLevel = .critical
+        try await AMQPConnection.withConnection(
+            configuration: .init(url: url, connectionName: "test-storefront"),
+            logger: logger
+        ) { connection in
+            try await connection.publish(
+                AMQPOutgoingMessage(
+                    exchange: exchange,
+                    routingKey: routingKey,
+                    body: Array(json.utf8),
+                    properties: AMQPProperties(contentType: contentType, messageID: messageID)
+                )
+            )
+        }
+    }
+
+    /// A checkout as the storefront sends it.
+    func checkout(_ id: String, address: String = "12 St James's Sq, London", lines: [(String, Int)]) async throws {
+        let lineJSON = lines.map { #"{"sku":"\#($0.0)","quantity":\#($0.1)}"# }.joined(separator: ",")
+        try await publishExternal(
+            #"{"checkout_id":"\#(id)","customer":"Ada Lovelace","shipping_address":"\#(address)","lines":[\#(lineJSON)]}"#
+        )
+    }
+
+    func consumers(of queue: String) async throws -> Int {
+        var logger = Logger(label: "probe")
+        logger.logLevel = .critical
+        return try await AMQPConnection.withConnection(
+            configuration: .init(url: url, connectionName: "test-probe"),
+            logger: logger
+        ) { connection in
+            do {
+                return try await connection.inspectQueue(queue).consumers
+            } catch let error as AMQPError where error.code == .notFound {
+                return 0
+            }
+        }
+    }
+
+    func snapshot() async throws -> MeshSnapshot {
+        try await MeshSnapshot.read(dataDirectory: dataDirectory.path)
+    }
+
+    /// Waits until `count` orders exist, all settled, and every invariant holds; returns the last snapshot
+    /// and the problems still found (empty on success).
+    func settle(orders count: Int, timeout: Duration = .seconds(60)) async throws -> (MeshSnapshot, [String]) {
+        var last = try await snapshot()
+        _ = try await eventually(timeout: timeout) {
+            last = try await self.snapshot()
+            return last.orders.count >= count && last.isSettled && last.problems(stocked: self.stocked).isEmpty
+        }
+        var problems = last.problems(stocked: stocked)
+        if last.orders.count != count { problems.append("\(last.orders.count) orders, expected \(count)") }
+        return (last, problems)
+    }
+}

@@ -1,0 +1,196 @@
+import BatonTestSupport
+import BookstoreContracts
+import BookstoreOperations
+import Foundation
+import Testing
+
+/// End to end: the four services as separate processes over the real broker, each with its own SQLite
+/// store. After each scenario: every order terminal, stock conserved exactly, no live shipment for a
+/// cancelled order (``MeshSnapshot/problems(stocked:)``), and every service stops gracefully.
+@Suite(.serialized) struct MeshTests {
+    private func withMesh(stepTimeout: Double = 30, _ body: (Mesh) async throws -> Void) async throws {
+        let mesh = try Mesh(stepTimeout: stepTimeout)
+        do {
+            try await body(mesh)
+        } catch {
+            _ = mesh.tearDown()
+            throw error
+        }
+        let statuses = mesh.tearDown()
+        #expect(statuses.values.allSatisfy { $0 == 0 }, "SIGTERM stops every service with status 0: \(statuses)")
+    }
+
+    @Test func happyPath() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 10)
+            try await mesh.stock("book-0002", 10)
+            try await mesh.checkout("chk-happy", lines: [("book-0001", 2), ("book-0002", 1)])
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            let order = try #require(snapshot.orders.first)
+            #expect(order.status == "COMPLETED" && order.checkoutID == "chk-happy")
+            #expect(snapshot.shipments.first?.status == .created)
+            #expect(snapshot.processes.first?.lifecycle == .completed)
+
+            // The operator's view: show by checkout id, JSON.
+            let shown = try mesh.cli("orders", "show", "chk-happy", "--json")
+            #expect(shown.status == 0 && shown.output.contains(#""status" : "COMPLETED""#), "\(shown.output)")
+            let timeline = try mesh.cli("fulfillment", "show", order.orderID)
+            #expect(timeline.output.contains("issued command inventory.ReserveInventory"), "\(timeline.output)")
+            #expect(timeline.output.contains("lifecycle:  completed"))
+        }
+    }
+
+    @Test func blankAddressIsCompensated() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 5)
+            try await mesh.checkout("chk-blank", address: "   ", lines: [("book-0001", 3)])
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.first?.status == "CANCELLED")
+            #expect(snapshot.orders.first?.cancelReason == "shipment failed: the shipping address is empty")
+            #expect(
+                snapshot.items.first?.available == 5 && snapshot.items.first?.reserved == 0,
+                "the reservation was released"
+            )
+            #expect(snapshot.processes.first?.lifecycle == .failed)
+        }
+    }
+
+    @Test func outOfStockCancelsTheOrder() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 5)
+            try await mesh.stock("book-0002", 1)
+            try await mesh.checkout("chk-greedy", lines: [("book-0001", 2), ("book-0002", 2)])
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.first?.status == "CANCELLED")
+            #expect(snapshot.orders.first?.cancelReason == "out of stock: book-0002 (wanted 2, available 1)")
+            #expect(snapshot.items.allSatisfy { $0.reserved == 0 }, "all or nothing: nothing stays reserved")
+            #expect(snapshot.shipments.isEmpty)
+        }
+    }
+
+    @Test func aStepTimeoutCompensatesAndTheLateShipmentIsCancelled() async throws {
+        try await withMesh(stepTimeout: 2) { mesh in
+            try await mesh.startAll()
+            #expect(mesh.stop("shipping") == 0)  // shipping is down; its queue keeps the commands
+            try await mesh.stock("book-0001", 5)
+            try await mesh.checkout("chk-slow", lines: [("book-0001", 1)])
+            let cancelled = try await eventually { try await mesh.snapshot().orders.first?.status == "CANCELLED" }
+            #expect(cancelled, "the step timed out and the order was cancelled")
+            #expect(try await mesh.snapshot().orders.first?.cancelReason == "step 'shipping' timed out")
+
+            try await mesh.start("shipping")  // now it creates the shipment it was asked for…
+            let lateShipmentCancelled = try await eventually {
+                try await mesh.snapshot().shipments.first?.status == .cancelled
+            }
+            #expect(lateShipmentCancelled)
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.shipments.first?.status == .cancelled, "…and the late shipment is cancelled")
+            #expect(snapshot.items.first?.reserved == 0)
+        }
+    }
+
+    @Test func aCustomerCancelMidFlightUndoesWhatWasDone() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            #expect(mesh.stop("shipping") == 0)  // the shipment step waits
+            try await mesh.stock("book-0001", 5)
+            try await mesh.checkout("chk-change-of-mind", lines: [("book-0001", 2)])
+            let reserved = try await eventually { try await mesh.snapshot().items.first?.reserved == 2 }
+            #expect(reserved, "inventory was reserved; the shipment step is pending")
+
+            let cancel = try mesh.cli("orders", "cancel", "chk-change-of-mind")
+            #expect(cancel.status == 0, "\(cancel.output)")
+            try await mesh.start("shipping")
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.first?.cancelReason == "cancelled by the customer")
+            #expect(snapshot.items.first?.available == 5)
+            #expect(snapshot.shipments.first.map { $0.status == .cancelled } ?? true)
+        }
+    }
+
+    @Test func aDuplicateCheckoutMakesOneOrder() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 10)
+            let body =
+                #"{"checkout_id":"chk-twice","customer":"Ada","shipping_address":"1 Main St","lines":[{"sku":"book-0001","quantity":1}]}"#
+            try await mesh.publishExternal(body, messageID: "same-message")
+            try await mesh.publishExternal(body, messageID: "same-message")  // redelivered by the producer
+            try await mesh.publishExternal(body, messageID: "another-message")  // the checkout sent twice
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.count == 1 && snapshot.orders.first?.status == "COMPLETED")
+            #expect(snapshot.items.first?.reserved == 1, "one order, reserved once")
+        }
+    }
+
+    @Test func aMalformedMessageIsDeadLetteredWhileOtherOrdersComplete() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 10)
+            try await mesh.publishExternal(
+                #"{"checkout_id":"chk-bad","customer":"Ada","lines":[{"sku":"book-0001","quantity":0}]}"#
+            )
+            try await mesh.publishExternal("this is not json")
+            try await mesh.checkout("chk-good", lines: [("book-0001", 1)])
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.first?.status == "COMPLETED")
+            let letters = try await eventually { try await mesh.snapshot().deadLetters["orders"]?.count == 2 }
+            #expect(letters)
+            let listed = try mesh.cli("orders", "dlq", "list", "--json")
+            #expect(listed.status == 0)
+            #expect(listed.output.contains("shipping_address: required field is missing"), "\(listed.output)")
+            #expect(listed.output.contains("undecodable"), "\(listed.output)")
+        }
+    }
+
+    @Test func aServiceRestartedMidWorkflowStillFinishesIt() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            for sku in ["book-0001", "book-0002", "book-0003"] { try await mesh.stock(sku, 100) }
+            for index in 0..<40 {
+                try await mesh.checkout(
+                    "chk-\(index)",
+                    address: index % 7 == 0 ? "" : "\(index) Baker St",
+                    lines: [("book-000\(index % 3 + 1)", index % 2 + 1)]
+                )
+            }
+            try await Task.sleep(for: .milliseconds(300))
+            mesh.kill("inventory")  // kill -9, mid-load
+            mesh.kill("shipping")
+            try await Task.sleep(for: .milliseconds(500))
+            try await mesh.start("inventory")
+            try await mesh.start("shipping")
+            let (snapshot, problems) = try await mesh.settle(orders: 40, timeout: .seconds(90))
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.ordersByStatus["COMPLETED"] == 34 && snapshot.ordersByStatus["CANCELLED"] == 6)
+        }
+    }
+
+    @Test func operatorCommandsSayWhatIsWrong() async throws {
+        try await withMesh { mesh in
+            // No service is running: a write says so at once instead of hanging.
+            let place = try mesh.cli("orders", "place", "--customer", "Ada", "--address", "x", "--line", "book-0001:1")
+            #expect(place.status != 0 && place.output.contains("the orders service is not running"), "\(place.output)")
+            let badLine = try mesh.cli("orders", "place", "--customer", "Ada", "--line", "book-0001")
+            #expect(badLine.status != 0 && badLine.output.contains("is not SKU:QTY"), "\(badLine.output)")
+            let badStatus = try mesh.cli("orders", "list", "--status", "SHIPPED")
+            #expect(badStatus.status != 0 && badStatus.output.contains("--status must be"), "\(badStatus.output)")
+            let badTimeout = try mesh.cli("fulfillment", "serve", "--step-timeout", "-1")
+            #expect(badTimeout.status != 0 && badTimeout.output.contains("--step-timeout"), "\(badTimeout.output)")
+            let noData = try mesh.cli("shipping", "list")
+            #expect(noData.status != 0 && noData.output.contains("no shipping data"), "\(noData.output)")
+            let badURL = try mesh.cli("inventory", "list", "--amqp-url", "http://nope")
+            #expect(badURL.status != 0 && badURL.output.contains("amqp:// or amqps://"), "\(badURL.output)")
+        }
+    }
+}

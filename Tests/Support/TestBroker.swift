@@ -1,0 +1,74 @@
+import Foundation
+
+/// The real broker the README's test command starts (`Deploy/local/test.sh` → `Deploy/local/broker.sh`).
+/// There is no fallback: without it, every broker test fails.
+public enum TestBroker {
+    /// The broker URL (vhost `/`).
+    public static let url =
+        ProcessInfo.processInfo.environment["BATON_TEST_AMQP_URL"]
+        ?? "amqp://baton:baton-local-secret@127.0.0.1:5673/%2F"
+
+    /// The URL of another virtual host on the same broker.
+    public static func url(virtualHost: String) -> String {
+        let base = url.hasSuffix("/%2F") ? String(url.dropLast(4)) : url
+        return "\(base)/\(virtualHost)"
+    }
+
+    /// A name no other test or earlier run uses.
+    public static func unique(_ prefix: String) -> String {
+        "\(prefix)-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    /// Runs `rabbitmqctl` against the test node, through the script that started it.
+    @discardableResult
+    public static func ctl(_ arguments: String...) throws -> String {
+        let script = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Deploy/local/broker.sh")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = [script.path, "ctl"] + arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw TestSupportError("rabbitmqctl \(arguments) failed: \(text)")
+        }
+        return text
+    }
+
+    /// Creates a virtual host the broker's application user may use fully.
+    public static func makeVirtualHost(_ name: String) throws {
+        try ctl("add_vhost", name)
+        let user = URLComponents(string: url.replacingOccurrences(of: "amqp://", with: "http://"))?.user ?? "baton"
+        try ctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    }
+
+    /// Deletes a virtual host and everything in it.
+    public static func deleteVirtualHost(_ name: String) {
+        _ = try? ctl("delete_vhost", name)
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (for observing work other processes do).
+public func eventually(
+    timeout: Duration = .seconds(30),
+    _ condition: () async throws -> Bool
+) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
+
+/// A failure in the test setup itself.
+public struct TestSupportError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
