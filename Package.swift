@@ -125,7 +125,7 @@ let package = Package(
         .testTarget(
             name: "BookstoreTests",
             dependencies: [
-                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport",
+                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "Shipping",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
         ),

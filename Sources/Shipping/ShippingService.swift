@@ -34,7 +34,7 @@ public enum ShippingService: ServiceIdentity {
                     context.publish(ShipmentFailed(orderID: command.orderID, reason: reason))
                     return
                 }
-                let tracking = "TRK-" + MessageID.derived(from: "shipment", command.orderID).prefix(10).uppercased()
+                let tracking = trackingNumber(for: command.orderID)
                 try save(
                     Shipment(orderID: command.orderID, status: .created, trackingNumber: tracking, reason: nil),
                     &context
@@ -86,6 +86,11 @@ public enum ShippingService: ServiceIdentity {
                 )
             },
         ]
+    }
+
+    /// The tracking number an order's shipment gets (deterministic: a re-run creates the same one).
+    public static func trackingNumber(for orderID: String) -> String {
+        "TRK-" + MessageID.derived(from: "shipment", orderID).prefix(10).uppercased()
     }
 
     static func save(_ shipment: Shipment, _ context: inout HandlerContext) throws {

@@ -2,6 +2,7 @@ import BatonTestSupport
 import BookstoreContracts
 import BookstoreOperations
 import Foundation
+import Shipping
 import Testing
 
 /// End to end: the four services as separate processes over the real broker, each with its own SQLite
@@ -173,6 +174,35 @@ import Testing
             let (snapshot, problems) = try await mesh.settle(orders: 40, timeout: .seconds(90))
             #expect(problems.isEmpty, "\(problems)")
             #expect(snapshot.ordersByStatus["COMPLETED"] == 34 && snapshot.ordersByStatus["CANCELLED"] == 6)
+        }
+    }
+
+    @Test func aParcelReportedBeforeItsShipmentIsDeadLetteredThenReplayed() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 3)
+            let tracking = ShippingService.trackingNumber(for: orderID(forCheckout: "chk-fast-carrier"))
+            let report = #"{"tracking_number":"\#(tracking)","delivered_at":"2026-11-22T10:00:00Z"}"#
+            try await mesh.publishExternal(report, exchange: ParcelDelivered.exchange, routingKey: ParcelDelivered.routingKey)
+            let refused = try await eventually { try await mesh.snapshot().deadLetters["shipping"]?.count == 1 }
+            #expect(refused, "a delivery for an unknown shipment is dead-lettered")
+            let listed = try mesh.cli("shipping", "dlq", "list", "--json")
+            #expect(listed.output.contains("no shipment with tracking number \(tracking)"), "\(listed.output)")
+
+            try await mesh.checkout("chk-fast-carrier", lines: [("book-0001", 1)])
+            let (_, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            let replay = try mesh.cli("shipping", "dlq", "replay", "--all")
+            #expect(replay.status == 0, "\(replay.output)")
+            let delivered = try await eventually { try await mesh.snapshot().shipments.first?.status == .delivered }
+            #expect(delivered, "the replayed report delivered the shipment")
+            #expect(try await mesh.snapshot().deadLetters["shipping"]?.isEmpty == true)
+            let invalid = #"{"tracking_number":"\#(tracking)","delivered_at":"yesterday"}"#
+            try await mesh.publishExternal(invalid, exchange: ParcelDelivered.exchange, routingKey: ParcelDelivered.routingKey)
+            let rejected = try await eventually {
+                try await mesh.snapshot().deadLetters["shipping"]?.first?.reason.contains("delivered_at: must be an ISO 8601") == true
+            }
+            #expect(rejected)
         }
     }
 
