@@ -37,4 +37,10 @@ export BATON_TEST_TLS_CA="$BATON_BROKER_TLS_DIR/ca.pem"
 export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 
 swift build --build-tests
-swift test --skip-build "$@"
+if [ $# -gt 0 ]; then
+    swift test --skip-build "$@"
+else
+    # Everything in parallel, then the suite that closes, freezes and restarts the broker, alone.
+    swift test --skip-build --skip BrokerDisruptionTests
+    swift test --skip-build --filter BrokerDisruptionTests
+fi

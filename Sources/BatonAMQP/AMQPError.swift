@@ -18,6 +18,7 @@ public struct AMQPError: Error, Sendable, Hashable, CustomStringConvertible {
             case connectionLost
             case notConnected
             case nacked
+            case unroutable
             case tlsFailed
             case protocolError
             case closed
@@ -51,6 +52,8 @@ public struct AMQPError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let notConnected = Code(base: .notConnected)
         /// The broker answered a publish with `basic.nack`: it did not take responsibility for the message.
         public static let nacked = Code(base: .nacked)
+        /// A mandatory publish matched no queue: the broker returned it (reply 312 NO_ROUTE).
+        public static let unroutable = Code(base: .unroutable)
         /// The TLS handshake or certificate verification failed.
         public static let tlsFailed = Code(base: .tlsFailed)
         /// librabbitmq reported a protocol or library failure.

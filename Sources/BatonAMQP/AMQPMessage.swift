@@ -69,6 +69,9 @@ public struct AMQPOutgoingMessage: Sendable, Hashable {
     public var body: [UInt8]
     /// The properties.
     public var properties: AMQPProperties
+    /// Whether the publish fails with ``AMQPError/Code-swift.struct/unroutable`` when no queue takes it,
+    /// instead of being dropped by the broker. Needs a ``AMQPProperties/messageID``.
+    public var isMandatory: Bool
 
     /// Creates a message.
     /// - Parameters:
@@ -76,10 +79,19 @@ public struct AMQPOutgoingMessage: Sendable, Hashable {
     ///   - routingKey: The routing key.
     ///   - body: The body.
     ///   - properties: The properties (persistent by default).
-    public init(exchange: String, routingKey: String, body: [UInt8], properties: AMQPProperties = AMQPProperties()) {
+    ///   - isMandatory: Fail the publish if no queue takes it (requires a message id).
+    public init(
+        exchange: String,
+        routingKey: String,
+        body: [UInt8],
+        properties: AMQPProperties = AMQPProperties(),
+        isMandatory: Bool = false
+    ) {
+        precondition(!isMandatory || properties.messageID != nil, "a mandatory publish needs a message id")
         self.exchange = exchange
         self.routingKey = routingKey
         self.body = body
         self.properties = properties
+        self.isMandatory = isMandatory
     }
 }

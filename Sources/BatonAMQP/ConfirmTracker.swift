@@ -12,6 +12,9 @@ struct ConfirmTracker<Token> {
     /// How many publishes await their confirm.
     private(set) var outstanding = 0
 
+    /// The tag the next ``register(_:)`` will return.
+    var nextTag: UInt64 { firstTag + UInt64(pending.count) }
+
     /// Records a publish and returns the delivery tag the broker will confirm it under.
     mutating func register(_ token: Token) -> UInt64 {
         pending.append(token)

@@ -23,6 +23,10 @@ final class ConnectionLoop {
     /// Counts successful connections; deliveries remember theirs, so a stale ack is never sent.
     private var generation: UInt64 = 0
     private var confirms = ConfirmTracker<PendingConfirm>()
+    /// Mandatory publishes awaiting their confirm, by message id: a `basic.return` names them only so.
+    private var mandatoryTags: [String: UInt64] = [:]
+    /// Mandatory publishes the broker returned (no queue took them); their coming ack reports the failure.
+    private var returnedTags: [UInt64: AMQPError] = [:]
     private var topologies: [AMQPTopology] = []
     private var consumers: [UInt16: ConsumerRegistration] = [:]
     /// Per consumer channel, what has been settled on the current connection.
@@ -323,7 +327,7 @@ final class ConnectionLoop {
         self.connection = nil
         status.didDisconnect()
         let lost = AMQPError(code: .connectionLost, replyCode: error.replyCode, message: error.message)
-        for pending in confirms.reset() { pending.sink.complete(index: pending.index, with: .failure(lost)) }
+        for pending in resetConfirms() { pending.sink.complete(index: pending.index, with: .failure(lost)) }
     }
 
     /// Final cleanup on the thread: closes the connection politely, fails what is left, ends consumers.
@@ -335,7 +339,7 @@ final class ConnectionLoop {
         }
         status.didClose()
         let closed = AMQPError(code: .closed, message: "the connection was closed")
-        for pending in confirms.reset() { pending.sink.complete(index: pending.index, with: .failure(closed)) }
+        for pending in resetConfirms() { pending.sink.complete(index: pending.index, with: .failure(closed)) }
         for registration in consumers.values { registration.buffer.finish() }
         consumers.removeAll()
         for command in mailbox.closeAndDrain() {
@@ -413,7 +417,7 @@ final class ConnectionLoop {
                     Self.publishChannel,
                     exchange,
                     routingKey,
-                    0,
+                    message.isMandatory ? 1 : 0,
                     0,
                     &properties,
                     amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress))
@@ -426,7 +430,9 @@ final class ConnectionLoop {
                 connectionLost(error)
                 continue
             }
-            _ = confirms.register(PendingConfirm(sink: sink, index: index))
+            let tag = confirms.nextTag
+            _ = confirms.register(PendingConfirm(sink: sink, index: index, deliveryTag: tag))
+            if message.isMandatory, let messageID = message.properties.messageID { mandatoryTags[messageID] = tag }
         }
     }
 
@@ -627,8 +633,13 @@ final class ConnectionLoop {
             let ack = method.decoded.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             guard frame.channel == Self.publishChannel else { return }
             for pending in confirms.settle(deliveryTag: ack.delivery_tag, multiple: ack.multiple != 0) {
-                pending.sink.complete(index: pending.index, with: .success(()))
+                if let returned = returnedTags.removeValue(forKey: pending.deliveryTag) {
+                    pending.sink.complete(index: pending.index, with: .failure(returned))
+                } else {
+                    pending.sink.complete(index: pending.index, with: .success(()))
+                }
             }
+            if confirms.outstanding == 0 { mandatoryTags.removeAll(keepingCapacity: true) }
         case AMQPMethod.basicNack:
             let nack = method.decoded.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
             guard frame.channel == Self.publishChannel else { return }
@@ -640,9 +651,21 @@ final class ConnectionLoop {
                 pending.sink.complete(index: pending.index, with: .failure(error))
             }
         case AMQPMethod.basicReturn:
+            let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            let error = AMQPError(
+                code: .unroutable,
+                replyCode: returned.reply_code,
+                message:
+                    "no queue took the message published to exchange '\(String(returned.exchange))' with routing key '\(String(returned.routing_key))' (\(String(returned.reply_text)))"
+            )
             var message = amqp_message_t()
-            if amqp_read_message(connection, frame.channel, &message, 0).reply_type == AMQP_RESPONSE_NORMAL {
-                amqp_destroy_message(&message)
+            guard amqp_read_message(connection, frame.channel, &message, 0).reply_type == AMQP_RESPONSE_NORMAL else {
+                return
+            }
+            defer { amqp_destroy_message(&message) }
+            let properties = AMQPProperties(message.properties)
+            if let messageID = properties.messageID, let tag = mandatoryTags.removeValue(forKey: messageID) {
+                returnedTags[tag] = error
             }
         case AMQPMethod.channelClose:
             let close = method.decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
@@ -706,6 +729,13 @@ final class ConnectionLoop {
         )
     }
 
+    /// The confirm channel is gone: every unsettled publish, and no returned or mandatory bookkeeping left.
+    private func resetConfirms() -> [PendingConfirm] {
+        mandatoryTags.removeAll()
+        returnedTags.removeAll()
+        return confirms.reset()
+    }
+
     private func channelClosed(
         _ channel: UInt16,
         replyCode: UInt16,
@@ -717,7 +747,7 @@ final class ConnectionLoop {
         if channel == Self.publishChannel {
             let error = AMQPError(closeReplyCode: replyCode, text: text, context: "publish", onChannel: true)
             logger.warning("AMQP publish channel closed by the broker", metadata: ["error": "\(error)"])
-            for pending in confirms.reset() { pending.sink.complete(index: pending.index, with: .failure(error)) }
+            for pending in resetConfirms() { pending.sink.complete(index: pending.index, with: .failure(error)) }
             do {
                 try openChannel(channel, connection)
                 guard amqp_confirm_select(connection, channel) != nil else {

@@ -179,8 +179,9 @@ final class ConfirmSink: Sendable {
     }
 }
 
-/// A publish waiting for its confirm: which call, and which of its messages.
+/// A publish waiting for its confirm: which call, which of its messages, and its delivery tag.
 struct PendingConfirm {
     var sink: ConfirmSink
     var index: Int
+    var deliveryTag: UInt64
 }

@@ -34,7 +34,9 @@ public struct AMQPTransport: Transport {
                     timestamp: UInt64(max(0, envelope.timestamp.timeIntervalSince1970)),
                     type: envelope.messageType,
                     appID: "baton"
-                )
+                ),
+                // A command must reach its service's queue; an event may have no listener.
+                isMandatory: message.exchange == Routing.commandExchange
             )
         }
         return await connection.publish(contentsOf: outgoing).map { $0.mapError { $0 as any Error } }

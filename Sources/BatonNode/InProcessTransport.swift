@@ -88,7 +88,17 @@ public final class InProcessTransport: Transport {
                         )
                     )
                 }
-                for queue in Self.route(message, in: state) {
+                let queues = Self.route(message, in: state)
+                if queues.isEmpty && message.exchange == Routing.commandExchange {
+                    return .failure(
+                        AMQPError(
+                            code: .unroutable,
+                            replyCode: 312,
+                            message: "no queue took the command '\(message.routingKey)'"
+                        )
+                    )
+                }
+                for queue in queues {
                     state.queues[queue]?.ready.append(Queued(message: message, redelivered: false))
                     wake += Self.dispatch(queue, in: &state)
                 }

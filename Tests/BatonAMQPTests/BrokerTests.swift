@@ -318,6 +318,48 @@ import Testing
         }
     }
 
+    @Test func aMandatoryPublishThatNoQueueTakesFails() async throws {
+        let exchange = TestBroker.unique("lonely")
+        let queue = TestBroker.unique("taker")
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("mandatory"),
+            logger: Logger(label: "t")
+        ) {
+            connection in
+            try await connection.declare(
+                AMQPTopology(
+                    exchanges: [.init(exchange, kind: .topic, isDurable: false)],
+                    queues: [.init(queue, isDurable: false)],
+                    bindings: [.init(queue: queue, exchange: exchange, bindingKey: "taken.#")]
+                )
+            )
+            func message(_ key: String, _ id: String, mandatory: Bool) -> AMQPOutgoingMessage {
+                AMQPOutgoingMessage(
+                    exchange: exchange,
+                    routingKey: key,
+                    body: [1],
+                    properties: .init(messageID: id),
+                    isMandatory: mandatory
+                )
+            }
+            let results = await connection.publish(contentsOf: [
+                message("taken.a", "m-1", mandatory: true),
+                message("nobody.b", "m-2", mandatory: true),
+                message("nobody.c", "m-3", mandatory: false),
+                message("taken.d", "m-4", mandatory: true),
+            ])
+            #expect((try? results[0].get()) != nil && (try? results[3].get()) != nil)
+            #expect((try? results[2].get()) != nil, "without mandatory the broker drops it silently")
+            guard case .failure(let error) = results[1] else {
+                Issue.record("the unroutable mandatory publish succeeded")
+                return
+            }
+            #expect(error.code == .unroutable && error.replyCode == 312)
+            #expect(error.message.contains("routing key 'nobody.b'"), "\(error)")
+            #expect(try await connection.deleteQueue(queue) == 2)
+        }
+    }
+
     @Test func conflictingRedeclarationIsAPreconditionFailure() async throws {
         let queue = TestBroker.unique("conflict")
         try await AMQPConnection.withConnection(
@@ -368,7 +410,11 @@ import Testing
         #expect(missingError?.message.contains("/nonexistent/ca.pem") == true)
     }
 
-    // MARK: Recovery
+}
+
+/// Tests that disturb the whole broker (close every connection, freeze it, restart it). The test command runs
+/// them alone, after every other suite, so they pull the broker from under no one else.
+@Suite(.serialized) struct BrokerDisruptionTests {
 
     @Test func reconnectsAfterTheBrokerClosesAllConnections() async throws {
         let queue = TestBroker.unique("survivor")

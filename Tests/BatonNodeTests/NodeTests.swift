@@ -133,6 +133,34 @@ import Testing
         #expect(shipped.map(\.envelope.correlationID) == ["flaky", "broken"])
     }
 
+    @Test func aCommandNoQueueTakesYetStaysInTheOutboxUntilOneDoes() async throws {
+        let harness = try NodeHarness()  // no observer: nothing consumes payments.ChargeCard yet
+        defer { harness.removeFiles() }
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "early"), id: "e-1")
+            #expect(
+                try await eventually {
+                    try await node.store.read { try $0.transitions(of: "order-process", instance: "early").count } == 1
+                }
+            )
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await node.store.read { try $0.pendingOutboxCount() } == 1, "the unroutable command was kept")
+            // The payments service appears: its queue takes the command at the relay's next try.
+            try await harness.transport.declare(
+                AMQPTopology(
+                    exchanges: Routing.exchanges,
+                    queues: [.init("payments")],
+                    bindings: [
+                        .init(queue: "payments", exchange: Routing.commandExchange, bindingKey: ChargeCard.messageName)
+                    ]
+                )
+            )
+            #expect(try await eventually { harness.transport.readyCount("payments") == 1 })
+            #expect(try await node.store.read { try $0.pendingOutboxCount() } == 0)
+        }
+    }
+
     @Test func retryDelaysDoubleUpToTheCap() {
         let policy = RetryPolicy(maxAttempts: 5, initialDelay: .milliseconds(100), maximumDelay: .milliseconds(300))
         #expect(

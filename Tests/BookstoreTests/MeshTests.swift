@@ -183,7 +183,11 @@ import Testing
             try await mesh.stock("book-0001", 3)
             let tracking = ShippingService.trackingNumber(for: orderID(forCheckout: "chk-fast-carrier"))
             let report = #"{"tracking_number":"\#(tracking)","delivered_at":"2026-11-22T10:00:00Z"}"#
-            try await mesh.publishExternal(report, exchange: ParcelDelivered.exchange, routingKey: ParcelDelivered.routingKey)
+            try await mesh.publishExternal(
+                report,
+                exchange: ParcelDelivered.exchange,
+                routingKey: ParcelDelivered.routingKey
+            )
             let refused = try await eventually { try await mesh.snapshot().deadLetters["shipping"]?.count == 1 }
             #expect(refused, "a delivery for an unknown shipment is dead-lettered")
             let listed = try mesh.cli("shipping", "dlq", "list", "--json")
@@ -198,9 +202,15 @@ import Testing
             #expect(delivered, "the replayed report delivered the shipment")
             #expect(try await mesh.snapshot().deadLetters["shipping"]?.isEmpty == true)
             let invalid = #"{"tracking_number":"\#(tracking)","delivered_at":"yesterday"}"#
-            try await mesh.publishExternal(invalid, exchange: ParcelDelivered.exchange, routingKey: ParcelDelivered.routingKey)
+            try await mesh.publishExternal(
+                invalid,
+                exchange: ParcelDelivered.exchange,
+                routingKey: ParcelDelivered.routingKey
+            )
             let rejected = try await eventually {
-                try await mesh.snapshot().deadLetters["shipping"]?.first?.reason.contains("delivered_at: must be an ISO 8601") == true
+                try await mesh.snapshot().deadLetters["shipping"]?.first?.reason.contains(
+                    "delivered_at: must be an ISO 8601"
+                ) == true
             }
             #expect(rejected)
         }
