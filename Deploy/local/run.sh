@@ -33,7 +33,9 @@ stop_everything() {
 trap stop_everything EXIT
 trap 'exit 130' INT TERM
 
-echo "== starting the broker"
+echo "== starting the broker (a fresh node: no queues or bindings left from earlier runs)"
+"$here/broker.sh" stop
+rm -rf "$BATON_BROKER_DIR"
 "$here/broker.sh" start
 export BATON_AMQP_URL=$("$here/broker.sh" url)
 export BATON_DATA_DIR="$mesh/data"

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Baton
 import BatonAMQP
 import BatonNode
@@ -104,5 +105,34 @@ struct DeadLetterAdministration: NodeHandler {
         var replayed = 0
         for id in ids where try work.replayDeadLetter(id: id, at: now) { replayed += 1 }
         logger.info("dead letters replayed", metadata: ["count": "\(replayed)", "requested": "\(ids.count)"])
+    }
+}
+
+/// A service whose node is fully described by its message types and handlers.
+public protocol ServiceDefinition: ServiceIdentity {
+    /// The messages the service accepts.
+    static var registry: MessageRegistry { get }
+    /// What its node hosts.
+    static var handlers: [any NodeHandler] { get }
+}
+
+/// `serve` for a ``ServiceDefinition``: runs its node until SIGTERM or SIGINT.
+public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
+    public static var configuration: CommandConfiguration {
+        CommandConfiguration(commandName: "serve", abstract: "Run the \(Service.name) service.")
+    }
+
+    @OptionGroup var options: ServiceOptions
+
+    public init() {}
+
+    public func run() async throws {
+        ServiceRunner.bootstrapLogging()
+        try await ServiceRunner.serve(
+            Service.name,
+            options: options,
+            registry: Service.registry,
+            handlers: Service.handlers
+        )
     }
 }

@@ -7,25 +7,13 @@ public struct InventoryCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "inventory",
         abstract: "The inventory service of the Baton bookstore.",
-        subcommands: [Serve.self, Add.self, Show.self, List.self, DeadLetterCommands<InventoryService>.self]
+        subcommands: [
+            ServeCommand<InventoryService>.self, Add.self, Show.self, List.self,
+            DeadLetterCommands<InventoryService>.self,
+        ]
     )
 
     public init() {}
-
-    struct Serve: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run the inventory service.")
-        @OptionGroup var options: ServiceOptions
-
-        func run() async throws {
-            ServiceRunner.bootstrapLogging()
-            try await ServiceRunner.serve(
-                InventoryService.name,
-                options: options,
-                registry: InventoryService.registry,
-                handlers: InventoryService.handlers
-            )
-        }
-    }
 
     struct Add: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add stock (sent to the running service).")

@@ -6,7 +6,7 @@ import Foundation
 
 /// The inventory bounded context: stock per SKU, all-or-nothing reservations per order (idempotent per
 /// order), releases. Invariant per SKU: stocked = available + reserved.
-public enum InventoryService: ServiceIdentity {
+public enum InventoryService: ServiceDefinition {
     public static let name = "inventory"
 
     /// The messages the service accepts.

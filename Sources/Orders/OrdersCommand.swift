@@ -9,26 +9,12 @@ public struct OrdersCommand: AsyncParsableCommand {
         commandName: "orders",
         abstract: "The orders service of the Baton bookstore.",
         subcommands: [
-            Serve.self, Place.self, Cancel.self, Show.self, List.self, DeadLetterCommands<OrdersService>.self,
+            ServeCommand<OrdersService>.self, Place.self, Cancel.self, Show.self, List.self,
+            DeadLetterCommands<OrdersService>.self,
         ]
     )
 
     public init() {}
-
-    struct Serve: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run the orders service.")
-        @OptionGroup var options: ServiceOptions
-
-        func run() async throws {
-            ServiceRunner.bootstrapLogging()
-            try await ServiceRunner.serve(
-                OrdersService.name,
-                options: options,
-                registry: OrdersService.registry,
-                handlers: OrdersService.handlers
-            )
-        }
-    }
 
     struct Place: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Place an order (sent to the running service).")

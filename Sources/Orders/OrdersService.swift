@@ -6,7 +6,7 @@ import Foundation
 
 /// The orders bounded context: orders from checkouts (the storefront subscriber) or the CLI, confirmed at
 /// once, completed or cancelled by the fulfillment process.
-public enum OrdersService: ServiceIdentity {
+public enum OrdersService: ServiceDefinition {
     public static let name = "orders"
 
     /// The messages the service accepts.

@@ -6,25 +6,12 @@ public struct ShippingCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "shipping",
         abstract: "The shipping service of the Baton bookstore.",
-        subcommands: [Serve.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self]
+        subcommands: [
+            ServeCommand<ShippingService>.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self,
+        ]
     )
 
     public init() {}
-
-    struct Serve: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run the shipping service.")
-        @OptionGroup var options: ServiceOptions
-
-        func run() async throws {
-            ServiceRunner.bootstrapLogging()
-            try await ServiceRunner.serve(
-                ShippingService.name,
-                options: options,
-                registry: ShippingService.registry,
-                handlers: ShippingService.handlers
-            )
-        }
-    }
 
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show an order's shipment.")

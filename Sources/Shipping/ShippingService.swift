@@ -6,7 +6,7 @@ import Foundation
 
 /// The shipping bounded context: one shipment per order, created (fails on a blank address), cancelled,
 /// delivered (the carrier subscriber).
-public enum ShippingService: ServiceIdentity {
+public enum ShippingService: ServiceDefinition {
     public static let name = "shipping"
 
     /// The messages the service accepts.
