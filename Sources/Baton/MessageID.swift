@@ -20,7 +20,19 @@ public enum MessageID {
             mix(0x1f)
             for byte in part.utf8 { mix(byte) }
         }
-        return hex(first) + hex(second)
+        return hex(avalanche(first)) + hex(avalanche(second))
+    }
+
+    /// MurmurHash3's 64-bit finalizer: every input bit flips about half the output bits (FNV alone barely
+    /// mixes the last bytes, so ids differing only in their index would look alike).
+    private static func avalanche(_ value: UInt64) -> UInt64 {
+        var mixed = value
+        mixed ^= mixed >> 33
+        mixed &*= 0xff51_afd7_ed55_8ccd
+        mixed ^= mixed >> 33
+        mixed &*= 0xc4ce_b9fe_1a85_ec53
+        mixed ^= mixed >> 33
+        return mixed
     }
 
     private static func hex(_ value: UInt64) -> String {

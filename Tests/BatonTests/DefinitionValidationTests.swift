@@ -160,5 +160,22 @@ import Testing
         #expect(MessageID.derived(from: "x").count == 32)
         let many = Set((0..<10_000).map { MessageID.derived(from: "pm", "instance", "trigger", String($0)) })
         #expect(many.count == 10_000)
+        // Neighbouring inputs give unrelated ids: about half of the 128 bits differ.
+        let a = MessageID.derived(from: "pm", "instance", "trigger", "0")
+        let b = MessageID.derived(from: "pm", "instance", "trigger", "1")
+        let differingBits = zip(a.split(every: 16), b.split(every: 16)).map {
+            UInt64($0, radix: 16)! ^ UInt64($1, radix: 16)!
+        }
+        .map(\.nonzeroBitCount).reduce(0, +)
+        #expect((40...88).contains(differingBits), "\(a) vs \(b): \(differingBits) bits differ")
+    }
+}
+
+extension String {
+    fileprivate func split(every length: Int) -> [String] {
+        stride(from: 0, to: count, by: length).map { start in
+            let from = index(startIndex, offsetBy: start)
+            return String(self[from..<index(from, offsetBy: min(length, count - start))])
+        }
     }
 }
