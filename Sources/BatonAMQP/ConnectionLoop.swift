@@ -99,11 +99,20 @@ final class ConnectionLoop {
         guard let connection = self.connection else { return }
         amqp_maybe_release_buffers(connection)
         if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 { return }
-        guard mailbox.prepareToSleep() else { return }
         var descriptors = [
             pollfd(fd: amqp_get_sockfd(connection), events: Int16(POLLIN), revents: 0),
             pollfd(fd: mailbox.wakeDescriptor, events: Int16(POLLIN), revents: 0),
         ]
+        // A confirm is due within about a millisecond: wait for it briefly awake, since going to sleep and
+        // being woken costs more than that on a busy machine. Bounded to 50 µs.
+        if confirms.outstanding > 0 {
+            let spinUntil = ContinuousClock.now + .microseconds(50)
+            while ContinuousClock.now < spinUntil {
+                if poll(&descriptors, 2, 0) > 0 || mailbox.hasWork { return }
+                sched_yield()
+            }
+        }
+        guard mailbox.prepareToSleep() else { return }
         let timeout = closeRequest == nil ? pollInterval : .milliseconds(20)
         _ = poll(&descriptors, 2, timeout.pollMilliseconds)
         mailbox.didWake()

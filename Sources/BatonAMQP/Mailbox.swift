@@ -121,6 +121,9 @@ final class Mailbox: Sendable {
         }
     }
 
+    /// Whether commands are waiting.
+    var hasWork: Bool { state.withLock { !$0.commands.isEmpty } }
+
     /// Marks the thread asleep if nothing is queued; returns `false` if it must not sleep.
     func prepareToSleep() -> Bool {
         state.withLock { state in

@@ -465,7 +465,11 @@ public final class Node: Sendable {
             }
             if sent.count < pending.count {
                 failures += 1
-                let error = results.first { (try? $0.get()) == nil }.map { "\($0)" } ?? ""
+                let error =
+                    results.lazy.compactMap { result -> String? in
+                        if case .failure(let error) = result { return "\(error)" }
+                        return nil
+                    }.first ?? ""
                 logger.warning(
                     "relay publish failed",
                     metadata: ["failed": "\(pending.count - sent.count)", "error": "\(error)"]
