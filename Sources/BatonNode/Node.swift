@@ -434,12 +434,11 @@ public final class Node: Sendable {
     // MARK: Relay
 
     private func relayLoop() async {
-        var failures = 0
         while true {
             let pending: [OutboxMessage]
             do {
                 let limit = configuration.relayBatchSize
-                pending = try await store.read { try $0.pendingOutbox(limit: limit) }
+                pending = try await store.read { try $0.pendingOutbox(limit: limit, readyAt: Date()) }
             } catch {
                 logger.error("outbox read failed", metadata: ["error": "\(error)"])
                 if isStopping { return }
@@ -447,37 +446,40 @@ public final class Node: Sendable {
                 continue
             }
             if pending.isEmpty {
+                // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.
                 if isStopping { return }
-                await waitFor(relaySignal, until: nil)
+                let nextAttempt = try? await store.read { try $0.nextOutboxAttempt() }
+                await waitFor(relaySignal, atMost: nextAttempt.map { max(0.001, $0.timeIntervalSinceNow) })
                 continue
             }
             let results = await transport.publish(
                 pending.map { OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope) }
             )
-            let sent = zip(pending, results).compactMap { message, result in
-                (try? result.get()).map { message.sequence }
+            var sent: [Int64] = []
+            var failed: [Int64] = []
+            var firstError: (any Error)?
+            for (message, result) in zip(pending, results) {
+                switch result {
+                case .success: sent.append(message.sequence)
+                case .failure(let error):
+                    failed.append(message.sequence)
+                    firstError = firstError ?? error
+                }
             }
             do {
                 let now = businessNow()
-                try await store.write { try $0.markSent(sent, at: now) }
+                try await store.write { [sent, failed] work in
+                    try work.markSent(sent, at: now)
+                    try work.markFailed(failed, at: Date())
+                }
             } catch {
                 logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
             }
-            if sent.count < pending.count {
-                failures += 1
-                let error =
-                    results.lazy.compactMap { result -> String? in
-                        if case .failure(let error) = result { return "\(error)" }
-                        return nil
-                    }.first ?? ""
+            if let firstError {
                 logger.warning(
-                    "relay publish failed",
-                    metadata: ["failed": "\(pending.count - sent.count)", "error": "\(error)"]
+                    "relay publish failed; retrying those messages later",
+                    metadata: ["failed": "\(failed.count)", "error": "\(firstError)"]
                 )
-                if isStopping && failures > 3 { return }
-                try? await Task.sleep(for: .milliseconds(min(2000, 50 << min(failures, 6))))
-            } else {
-                failures = 0
             }
         }
     }
@@ -523,6 +525,16 @@ public final class Node: Sendable {
             }
         }
         relaySignal.notify()
+    }
+
+    /// Waits for `signal`, or at most `interval` seconds of wall-clock time, or until the node stops.
+    private func waitFor(_ signal: Signal, atMost interval: TimeInterval?) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await signal.wait() }
+            if let interval { group.addTask { try? await Task.sleep(for: .seconds(interval)) } }
+            await group.next()
+            group.cancelAll()
+        }
     }
 
     /// Waits for `signal`, or until `deadline` on the node's clock, or until the node stops.

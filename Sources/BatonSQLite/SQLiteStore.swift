@@ -61,7 +61,8 @@ public final class SQLiteStore: Sendable {
                     CREATE TABLE outbox (
                         sequence INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
                         exchange TEXT NOT NULL, routing_key TEXT NOT NULL, envelope BLOB NOT NULL,
-                        created_at REAL NOT NULL, sent_at REAL);
+                        created_at REAL NOT NULL, sent_at REAL,
+                        attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER);
                     CREATE INDEX outbox_pending ON outbox (sequence) WHERE sent_at IS NULL;
                     CREATE TABLE process_instances (
                         process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, lifecycle TEXT NOT NULL,

@@ -73,13 +73,21 @@ public struct UnitOfWork {
         )
     }
 
-    /// The oldest messages not yet confirmed by the broker, in the order they were queued.
-    public func pendingOutbox(limit: Int) throws -> [OutboxMessage] {
+    /// The oldest messages not yet confirmed by the broker and not waiting out a retry delay, in the order
+    /// they were queued.
+    /// - Parameters:
+    ///   - limit: At most this many.
+    ///   - now: Wall-clock time; rows whose next attempt is later are left for later.
+    public func pendingOutbox(limit: Int, readyAt now: Date = .distantFuture) throws -> [OutboxMessage] {
         try Row.fetchAll(
             try statement(
-                "SELECT sequence, exchange, routing_key, envelope FROM outbox WHERE sent_at IS NULL ORDER BY sequence LIMIT ?"
+                """
+                SELECT sequence, exchange, routing_key, envelope FROM outbox
+                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
+                ORDER BY sequence LIMIT ?
+                """
             ),
-            arguments: [limit]
+            arguments: [now.millisecondsSince1970, limit]
         ).map { row in
             OutboxMessage(
                 sequence: row["sequence"],
@@ -88,6 +96,29 @@ public struct UnitOfWork {
                 envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"])
             )
         }
+    }
+
+    /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try,
+    /// so rows that cannot be published (no queue for a command yet) never hold up the others.
+    public func markFailed(_ sequences: [Int64], at now: Date) throws {
+        for sequence in sequences {
+            try run(
+                """
+                UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? + MIN(30000, 100 << MIN(attempts, 9))
+                WHERE sequence = ?
+                """,
+                [now.millisecondsSince1970, sequence]
+            )
+        }
+    }
+
+    /// When the earliest row waiting out a retry delay may be tried again, if any.
+    public func nextOutboxAttempt() throws -> Date? {
+        try Int64.fetchOne(
+            try statement(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL"
+            )
+        ).map(Date.init(millisecondsSince1970:))
     }
 
     /// Marks relayed messages as sent.

@@ -161,6 +161,34 @@ import Testing
         }
     }
 
+    @Test func commandsThatCannotBeRoutedNeverHoldUpTheOthers() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        // Only shipping exists: 600 ChargeCard commands (more than a relay batch) have nowhere to go.
+        try await harness.transport.declare(
+            AMQPTopology(
+                exchanges: Routing.exchanges,
+                queues: [.init("shipping")],
+                bindings: [
+                    .init(queue: "shipping", exchange: Routing.commandExchange, bindingKey: ShipOrder.messageName)
+                ]
+            )
+        )
+        let node = try harness.makeNode()
+        try await withRunningNode(node, transport: harness.transport) {
+            for index in 0..<600 {
+                try await harness.publish(OrderPlaced(orderID: "o-\(index)"), id: "placed-\(index)")
+            }
+            #expect(try await eventually { try await node.store.read { try $0.pendingOutboxCount() } == 600 })
+            try await harness.publish(PaymentReceived(orderID: "o-7"), id: "paid-7")
+            #expect(
+                try await eventually(.seconds(5)) { harness.transport.readyCount("shipping") == 1 },
+                "queued behind 600 stuck rows, it still went out"
+            )
+            #expect(try await node.store.read { try $0.pendingOutboxCount() } == 600)
+        }
+    }
+
     @Test func retryDelaysDoubleUpToTheCap() {
         let policy = RetryPolicy(maxAttempts: 5, initialDelay: .milliseconds(100), maximumDelay: .milliseconds(300))
         #expect(
