@@ -12,6 +12,7 @@ public protocol Message: Codable, Sendable {
 }
 
 extension Message {
+    /// Version 1 unless a type says otherwise.
     public static var messageVersion: Int { 1 }
 
     /// The type name carried in the envelope: `<context>.<Name>.v<version>`.

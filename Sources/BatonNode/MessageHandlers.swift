@@ -96,6 +96,7 @@ public struct HandlerContext {
 /// Hosts a handler of one message type in a node: a command handler, an event handler, or a subscriber
 /// that translates an external message (from a producer in any language) into internal commands.
 public struct MessageHandlerHost<M: Message>: NodeHandler {
+    /// The handler's name (logs, dead letters, and the derivation of the ids of what it issues).
     public let name: String
     let binding: AMQPTopology.Binding
     let external: AMQPTopology.Exchange?

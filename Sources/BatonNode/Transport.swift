@@ -123,13 +123,22 @@ public enum Routing {
 
 /// Header names the node writes on messages and dead letters.
 public enum BatonHeader {
+    /// The id of the message that caused this one.
     public static let causationID = "x-baton-causation-id"
+    /// The stream an event was appended to (e.g. `order-ord-1a2b…`).
     public static let stream = "x-baton-stream"
+    /// The event's position in its stream, from 1.
     public static let position = "x-baton-position"
+    /// On a dead letter: why it was dead-lettered (the error text or the edge check that refused it).
     public static let deadLetterReason = "x-baton-dead-letter-reason"
+    /// On a dead letter: the handler that failed, or the stage that refused it (`edge`, `decode`).
     public static let deadLetterHandler = "x-baton-dead-letter-handler"
+    /// On a dead letter: how many times handling was attempted.
     public static let deadLetterAttempts = "x-baton-dead-letter-attempts"
+    /// On a dead letter: the exchange it was first published to.
     public static let originalExchange = "x-baton-original-exchange"
+    /// On a dead letter: the routing key it was first published with.
     public static let originalRoutingKey = "x-baton-original-routing-key"
+    /// On a dead letter: when it was dead-lettered (ISO 8601).
     public static let deadLetteredAt = "x-baton-dead-lettered-at"
 }
