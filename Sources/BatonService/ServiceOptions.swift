@@ -79,6 +79,22 @@ public struct ServiceOptions: ParsableArguments {
     }
 }
 
+extension ServiceOptions {
+    /// Reads one read-model document of a service by id or alias, for a `show` command.
+    /// - Throws: ``CommandFailure`` with `missing` if there is none (or no store).
+    public func document<D: Decodable & Sendable>(
+        _ type: D.Type,
+        of service: String,
+        in collection: String,
+        key: String,
+        missing: String
+    ) async throws -> D {
+        let found = try await readStore(for: service).read { try $0.document(D.self, in: collection, idOrAlias: key) }
+        guard let found else { throw CommandFailure(missing) }
+        return found
+    }
+}
+
 /// A CLI failure with a message for the operator; the command exits non-zero.
 public struct CommandFailure: Error, CustomStringConvertible {
     /// What went wrong, in words for the operator.

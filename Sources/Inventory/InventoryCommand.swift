@@ -47,12 +47,13 @@ public struct InventoryCommand: AsyncParsableCommand {
         @Argument(help: "The SKU.") var sku: String
 
         func run() async throws {
-            let sku = self.sku
-            guard
-                let item = try await options.readStore(for: InventoryService.name).read({
-                    try $0.document(StockItem.self, in: "items", idOrAlias: sku)
-                })
-            else { throw CommandFailure("no stock item '\(sku)'") }
+            let item = try await options.document(
+                StockItem.self,
+                of: InventoryService.name,
+                in: "items",
+                key: sku,
+                missing: "no stock item '\(sku)'"
+            )
             if json { return try printJSON(item) }
             printTable(
                 ["SKU", "TITLE", "AVAILABLE", "RESERVED"],

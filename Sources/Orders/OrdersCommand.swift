@@ -93,12 +93,13 @@ public struct OrdersCommand: AsyncParsableCommand {
         @Argument(help: "The order id or the checkout id.") var reference: String
 
         func run() async throws {
-            let reference = self.reference
-            guard
-                let order = try await options.readStore(for: OrdersService.name).read({
-                    try $0.document(OrderView.self, in: "orders", idOrAlias: reference)
-                })
-            else { throw CommandFailure("no order with id or checkout id '\(reference)'") }
+            let order = try await options.document(
+                OrderView.self,
+                of: OrdersService.name,
+                in: "orders",
+                key: reference,
+                missing: "no order with id or checkout id '\(reference)'"
+            )
             if json { return try printJSON(order) }
             print("order:     \(order.orderID)")
             print("checkout:  \(order.checkoutID)")

@@ -20,12 +20,13 @@ public struct ShippingCommand: AsyncParsableCommand {
         @Argument(help: "The order id (or the tracking number).") var orderID: String
 
         func run() async throws {
-            let key = orderID
-            guard
-                let shipment = try await options.readStore(for: ShippingService.name).read({
-                    try $0.document(Shipment.self, in: "shipments", idOrAlias: key)
-                })
-            else { throw CommandFailure("no shipment for order '\(key)'") }
+            let shipment = try await options.document(
+                Shipment.self,
+                of: ShippingService.name,
+                in: "shipments",
+                key: orderID,
+                missing: "no shipment for order '\(orderID)'"
+            )
             if json { return try printJSON(shipment) }
             printTable(["ORDER", "STATUS", "TRACKING", "REASON"], [row(shipment)])
         }
