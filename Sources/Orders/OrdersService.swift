@@ -133,6 +133,18 @@ public struct OrderView: Codable, Sendable, Hashable {
     public var shippingAddress: String
     public var lines: [OrderLine]
     public var cancelReason: String?
+
+    /// Writes every field, `cancel_reason` as `null` when there is none: clients can rely on the keys.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(orderID, forKey: .orderID)
+        try container.encode(checkoutID, forKey: .checkoutID)
+        try container.encode(status, forKey: .status)
+        try container.encode(customer, forKey: .customer)
+        try container.encode(shippingAddress, forKey: .shippingAddress)
+        try container.encode(lines, forKey: .lines)
+        try container.encode(cancelReason, forKey: .cancelReason)
+    }
 }
 
 /// The order aggregate: its stream `order-<id>` decides what may happen next.

@@ -118,4 +118,13 @@ public struct Shipment: Codable, Sendable, Hashable {
     public var status: Status
     public var trackingNumber: String?
     public var reason: String?
+
+    /// Writes every field, missing ones as `null`: clients can rely on the keys.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(orderID, forKey: .orderID)
+        try container.encode(status, forKey: .status)
+        try container.encode(trackingNumber, forKey: .trackingNumber)
+        try container.encode(reason, forKey: .reason)
+    }
 }

@@ -37,6 +37,9 @@ import Testing
             // The operator's view: show by checkout id, JSON.
             let shown = try mesh.cli("orders", "show", "chk-happy", "--json")
             #expect(shown.status == 0 && shown.output.contains(#""status" : "COMPLETED""#), "\(shown.output)")
+            #expect(shown.output.contains(#""cancel_reason" : null"#), "every documented key is present")
+            let shipment = try mesh.cli("shipping", "show", order.orderID, "--json")
+            #expect(shipment.output.contains(#""tracking_number" : "TRK-"#), "\(shipment.output)")
             let timeline = try mesh.cli("fulfillment", "show", order.orderID)
             #expect(timeline.output.contains("issued command inventory.ReserveInventory"), "\(timeline.output)")
             #expect(timeline.output.contains("lifecycle:  completed"))
