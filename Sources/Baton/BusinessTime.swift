@@ -20,11 +20,12 @@ extension Date {
 }
 
 /// ISO 8601 with milliseconds, UTC: what Baton's JSON writes for dates; reading also accepts whole seconds.
-enum ISO8601Milliseconds {
+public enum ISO8601Milliseconds {
     private static let withFraction = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
     private static let withoutFraction = Date.ISO8601FormatStyle(timeZone: .gmt)
 
-    static func format(_ date: Date) -> String {
+    /// `2026-11-22T10:00:00.123Z`.
+    public static func format(_ date: Date) -> String {
         // From the integer milliseconds: the format style truncates binary fractions (.123 → ".122").
         let milliseconds = date.millisecondsSince1970
         let (seconds, fraction) = (milliseconds.floorDivided(by: 1000), milliseconds.floorModulo(1000))
@@ -33,7 +34,8 @@ enum ISO8601Milliseconds {
         return whole.dropLast() + "." + String(repeating: "0", count: 3 - digits.count) + digits + "Z"
     }
 
-    static func parse(_ text: String) -> Date? {
+    /// The date in an ISO 8601 date-time with or without fractional seconds, rounded to milliseconds.
+    public static func parse(_ text: String) -> Date? {
         ((try? withFraction.parse(text)) ?? (try? withoutFraction.parse(text)))?.roundedToMilliseconds
     }
 }

@@ -14,9 +14,6 @@ final class ScratchArena {
         for chunk in chunks { chunk.deallocate() }
     }
 
-    @available(*, unavailable)
-    init(copying _: ScratchArena) { fatalError() }
-
     /// Room for `count` bytes aligned to `alignment`.
     func allocate(byteCount count: Int, alignment: Int) -> UnsafeMutableRawPointer {
         if let current = chunks.last {
@@ -50,18 +47,6 @@ final class ScratchArena {
         let destination = allocate(byteCount: source.count, alignment: 1)
         destination.copyMemory(from: source.baseAddress!, byteCount: source.count)
         return amqp_bytes_t(len: source.count, bytes: destination)
-    }
-
-    /// A NUL-terminated copy, for the few calls that take `const char *`.
-    func cString(_ string: String) -> UnsafePointer<CChar> {
-        let utf8 = Array(string.utf8)
-        let destination = allocate(byteCount: utf8.count + 1, alignment: 1).bindMemory(
-            to: CChar.self,
-            capacity: utf8.count + 1
-        )
-        for (index, byte) in utf8.enumerated() { destination[index] = CChar(bitPattern: byte) }
-        destination[utf8.count] = 0
-        return UnsafePointer(destination)
     }
 
     /// An AMQP field table with the given entries.

@@ -260,15 +260,11 @@ public final class InProcessTransport: Transport {
                 for queued in returned.reversed() {
                     queue?.ready.prepend(Queued(message: queued.message, redelivered: true))
                 }
-                var wake = Self.dispatchAll(consumerState.queue, &state)
+                var wake = InProcessTransport.dispatch(consumerState.queue, in: &state)
                 if let waiter = consumerState.waiter { wake.append(waiter) }
                 return wake
             }
             for continuation in wake { continuation.resume() }
-        }
-
-        private static func dispatchAll(_ queue: String, _ state: inout State) -> [CheckedContinuation<Void, Never>] {
-            InProcessTransport.dispatch(queue, in: &state)
         }
 
         private func incoming(_ queued: Queued, tag: Int) -> IncomingMessage {

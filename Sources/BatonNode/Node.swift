@@ -404,7 +404,7 @@ public final class Node: Sendable {
         headers[BatonHeader.deadLetterAttempts] = String(attempts)
         headers[BatonHeader.originalExchange] = incoming.exchange
         headers[BatonHeader.originalRoutingKey] = incoming.routingKey
-        headers[BatonHeader.deadLetteredAt] = ISO8601DateFormatter().string(from: now)
+        headers[BatonHeader.deadLetteredAt] = ISO8601Milliseconds.format(now)
         let envelope = Envelope(
             messageID: incoming.messageID ?? "dead-letter-\(configuration.name)-\(id)",
             messageType: incoming.messageType ?? "unknown",
@@ -449,7 +449,13 @@ public final class Node: Sendable {
                 // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.
                 if isStopping { return }
                 let nextAttempt = try? await store.read { try $0.nextOutboxAttempt() }
-                await waitFor(relaySignal, atMost: nextAttempt.map { max(0.001, $0.timeIntervalSinceNow) })
+                // Retry delays are wall-clock time, not business time.
+                var retry: (@Sendable () async -> Void)?
+                if let nextAttempt {
+                    let delay = max(0.001, nextAttempt.timeIntervalSinceNow)
+                    retry = { try? await Task.sleep(for: .seconds(delay)) }
+                }
+                await waitFor(relaySignal, orUntil: retry)
                 continue
             }
             let results = await transport.publish(
@@ -503,10 +509,15 @@ public final class Node: Sendable {
                     continue
                 }
                 let next = try await store.read { try $0.nextTimer() }
-                await waitFor(timerSignal, until: next?.dueAt)
+                var untilDue: (@Sendable () async -> Void)?
+                if let next {
+                    let timeSource = self.timeSource
+                    untilDue = { try? await timeSource.sleep(until: next.dueAt) }
+                }
+                await waitFor(timerSignal, orUntil: untilDue)
             } catch {
                 logger.error("timer round failed", metadata: ["error": "\(error)"])
-                await waitFor(timerSignal, until: now.addingTimeInterval(1))
+                await waitFor(timerSignal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
             }
         }
     }
@@ -527,22 +538,11 @@ public final class Node: Sendable {
         relaySignal.notify()
     }
 
-    /// Waits for `signal`, or at most `interval` seconds of wall-clock time, or until the node stops.
-    private func waitFor(_ signal: Signal, atMost interval: TimeInterval?) async {
+    /// Waits for `signal` (which the node's stop also raises), or until `sleep` returns.
+    private func waitFor(_ signal: Signal, orUntil sleep: (@Sendable () async -> Void)?) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await signal.wait() }
-            if let interval { group.addTask { try? await Task.sleep(for: .seconds(interval)) } }
-            await group.next()
-            group.cancelAll()
-        }
-    }
-
-    /// Waits for `signal`, or until `deadline` on the node's clock, or until the node stops.
-    private func waitFor(_ signal: Signal, until deadline: Date?) async {
-        let timeSource = self.timeSource
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { await signal.wait() }
-            if let deadline { group.addTask { try? await timeSource.sleep(until: deadline) } }
+            if let sleep { group.addTask { await sleep() } }
             await group.next()
             group.cancelAll()
         }

@@ -40,16 +40,6 @@ public final class SQLiteStore: Sendable {
         try await pool.read { db in try body(UnitOfWork(db: db)) }
     }
 
-    /// Blocking variant of ``write(_:)`` for code that runs outside Swift concurrency (tools, child processes).
-    public func writeNow<T>(_ body: (UnitOfWork) throws -> T) throws -> T {
-        try pool.write { db in try body(UnitOfWork(db: db)) }
-    }
-
-    /// Blocking variant of ``read(_:)``.
-    public func readNow<T>(_ body: (UnitOfWork) throws -> T) throws -> T {
-        try pool.read { db in try body(UnitOfWork(db: db)) }
-    }
-
     private static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in

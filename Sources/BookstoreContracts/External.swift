@@ -70,7 +70,7 @@ public struct ParcelDelivered: ValidatedMessage, Hashable {
 
     public func validate() throws(MessageError) {
         try Check.length(trackingNumber, 1...64, field: "tracking_number")
-        guard ISO8601DateFormatter().date(from: deliveredAt) != nil else {
+        guard ISO8601Milliseconds.parse(deliveredAt) != nil else {
             throw .invalid("delivered_at", "must be an ISO 8601 date-time such as 2026-11-22T10:00:00Z")
         }
     }
