@@ -102,6 +102,15 @@ public final class AMQPConnection: Sendable {
         _ = try await perform(.declare(topology))
     }
 
+    /// Checks that the exchanges and queues of a topology exist, declaring nothing (passive declares need no
+    /// permission): for a service whose broker definitions own the topology. Bindings cannot be checked
+    /// in AMQP 0-9-1 and are skipped. Nothing is recorded for a reconnect.
+    /// - Parameter topology: What must exist.
+    /// - Throws: ``AMQPError`` `.notFound` naming the first missing exchange or queue.
+    public func verify(_ topology: AMQPTopology) async throws {
+        _ = try await perform(.verify(topology))
+    }
+
     /// Removes every ready message from a queue.
     /// - Parameter queue: The queue name.
     /// - Returns: How many messages were removed.

@@ -452,6 +452,9 @@ final class ConnectionLoop {
             try declare(topology)
             topologies.append(topology)
             return QueueCounts(messages: 0, consumers: 0)
+        case .verify(let topology):
+            try verify(topology)
+            return QueueCounts(messages: 0, consumers: 0)
         case .purgeQueue(let name):
             let ok = amqp_queue_purge(connection, Self.topologyChannel, arena.bytes(name))
             guard let ok else { throw topologyFailure("purge queue '\(name)'") }
@@ -520,6 +523,30 @@ final class ConnectionLoop {
                     "bind queue '\(binding.queue)' to '\(binding.exchange)' with '\(binding.bindingKey)'"
                 )
             }
+        }
+    }
+
+    /// Checks with passive declares (which need no permission) that the exchanges and queues exist.
+    private func verify(_ topology: AMQPTopology) throws {
+        guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
+        let channel = Self.topologyChannel
+        for exchange in topology.exchanges {
+            let ok = amqp_exchange_declare(
+                connection,
+                channel,
+                arena.bytes(exchange.name),
+                arena.bytes(exchange.kind.rawValue),
+                1,
+                0,
+                0,
+                0,
+                amqp_empty_table
+            )
+            if ok == nil { throw topologyFailure("check exchange '\(exchange.name)'") }
+        }
+        for queue in topology.queues {
+            let ok = amqp_queue_declare(connection, channel, arena.bytes(queue.name), 1, 0, 0, 0, amqp_empty_table)
+            if ok == nil { throw topologyFailure("check queue '\(queue.name)'") }
         }
     }
 

@@ -35,6 +35,7 @@ struct QueueCounts: Sendable {
 /// Broker round trips on the topology channel.
 enum TopologyOperation: Sendable {
     case declare(AMQPTopology)
+    case verify(AMQPTopology)
     case purgeQueue(String)
     case deleteQueue(String)
     case inspectQueue(String)

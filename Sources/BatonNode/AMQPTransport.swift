@@ -17,6 +17,10 @@ public struct AMQPTransport: Transport {
         try await connection.declare(topology)
     }
 
+    public func verify(_ topology: AMQPTopology) async throws {
+        try await connection.verify(topology)
+    }
+
     public func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>] {
         let outgoing = messages.map { message in
             let envelope = message.envelope

@@ -75,6 +75,17 @@ public final class InProcessTransport: Transport {
         }
     }
 
+    public func verify(_ topology: AMQPTopology) async throws {
+        try state.withLock { state in
+            let missing =
+                topology.exchanges.first { state.exchanges[$0.name] == nil }.map { "exchange '\($0.name)'" }
+                ?? topology.queues.first { state.queues[$0.name] == nil }.map { "queue '\($0.name)'" }
+            if let missing {
+                throw AMQPError(code: .notFound, replyCode: 404, message: "NOT_FOUND - no \(missing)")
+            }
+        }
+    }
+
     public func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>] {
         var wake: [CheckedContinuation<Void, Never>] = []
         let results = state.withLock { state -> [Result<Void, any Error>] in

@@ -32,6 +32,9 @@ public final class Node: Sendable {
         public var retry: RetryPolicy
         /// Outbox messages per relay round.
         public var relayBatchSize: Int
+        /// Who declares the node's exchanges, queues and bindings: the node itself (the default) or the
+        /// broker's definitions, in which case the node only checks that they exist.
+        public var topologyOwnership: TopologyOwnership
         /// Test hook: called at named points of the consume path (crash-injection tests kill the process
         /// there). `nil` in production.
         public var faultInjection: (@Sendable (FaultPoint) -> Void)?
@@ -44,6 +47,7 @@ public final class Node: Sendable {
             self.batchSize = 128
             self.retry = RetryPolicy()
             self.relayBatchSize = 500
+            self.topologyOwnership = .node
             self.faultInjection = nil
         }
     }
@@ -102,22 +106,39 @@ public final class Node: Sendable {
     }
 
     /// The node's queue, its dead-letter queue, and the bindings its handlers need.
-    public var topology: AMQPTopology {
+    public var topology: AMQPTopology { Self.topology(configuration: configuration, handlers: handlers) }
+
+    /// The topology a node with this configuration and these handlers needs: the exchanges it publishes to
+    /// and subscribes from, its queue (bound for each handler and to ``Routing/nodeExchange`` under its
+    /// name) and its dead-letter queue. What broker definitions must contain for
+    /// ``TopologyOwnership/broker``.
+    /// - Parameters:
+    ///   - configuration: The node's name and queue.
+    ///   - handlers: What it hosts.
+    public static func topology(configuration: Configuration, handlers: [any NodeHandler]) -> AMQPTopology {
         let deadLetters = "\(configuration.name).dead-letters"
+        let handlerBindings = handlers.flatMap(\.bindings).map {
+            AMQPTopology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
+        }
         return AMQPTopology(
             exchanges: Routing.exchanges + handlers.flatMap(\.exchanges),
             queues: [.init(configuration.queue, kind: .quorum), .init(deadLetters, kind: .quorum)],
-            bindings: handlers.flatMap(\.bindings).map {
-                AMQPTopology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
-            } + [.init(queue: deadLetters, exchange: Routing.deadLetterExchange, bindingKey: configuration.name)]
+            bindings: handlerBindings + [
+                .init(queue: configuration.queue, exchange: Routing.nodeExchange, bindingKey: configuration.name),
+                .init(queue: deadLetters, exchange: Routing.deadLetterExchange, bindingKey: configuration.name),
+            ]
         )
     }
 
     /// Runs the node until the task is cancelled, then stops gracefully: stops consuming, finishes the batch
     /// in hand (commit, then ack), flushes the outbox, returns.
-    /// - Throws: If the topology cannot be declared or the queue consumed.
+    /// - Throws: If the topology cannot be declared (or, owned by the broker, is missing) or the queue
+    ///   consumed.
     public func run() async throws {
-        try await transport.declare(topology)
+        switch configuration.topologyOwnership {
+        case .node: try await transport.declare(topology)
+        case .broker: try await transport.verify(topology)
+        }
         let source = try await transport.subscribe(queue: configuration.queue, prefetch: configuration.prefetch)
         logger.info("node started", metadata: ["queue": "\(configuration.queue)"])
         // The loops run unstructured so that cancelling `run` does not cut them off mid-transaction: the
@@ -334,6 +355,14 @@ public final class Node: Sendable {
 
     /// Checks a message at the edge and decodes it.
     private func prepare(_ incoming: IncomingMessage) -> Prepared {
+        var incoming = incoming
+        if incoming.exchange == Routing.nodeExchange,
+            let exchange = incoming.headers.removeValue(forKey: BatonHeader.originalExchange)
+        {
+            // A replayed dead letter: it is handled (and, failing again, dead-lettered) as where it came from.
+            incoming.exchange = exchange
+            incoming.routingKey = incoming.headers.removeValue(forKey: BatonHeader.originalRoutingKey) ?? ""
+        }
         guard let messageID = incoming.messageID, !messageID.isEmpty else {
             return .reject(incoming, reason: "the message has no message_id property", stage: "edge")
         }
@@ -426,7 +455,8 @@ public final class Node: Sendable {
     /// - Throws: ``NodeError`` if there is no such dead letter or it was replayed already.
     public func replayDeadLetter(id: Int64) async throws {
         let now = businessNow()
-        let replayed = try await store.write { try $0.replayDeadLetter(id: id, at: now) }
+        let name = configuration.name
+        let replayed = try await store.write { try $0.replayDeadLetter(id: id, to: name, at: now) }
         guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
         relaySignal.notify()
     }

@@ -1,5 +1,6 @@
 import Baton
 import BatonAMQP
+import BatonSQLite
 import Foundation
 
 /// A message as it arrives from a transport, before it is trusted: external producers may omit the id,
@@ -92,6 +93,8 @@ public protocol MessageSource: Sendable {
 public protocol Transport: Sendable {
     /// Declares exchanges, queues and bindings.
     func declare(_ topology: AMQPTopology) async throws
+    /// Checks that the exchanges and queues exist, declaring nothing (the broker's definitions own them).
+    func verify(_ topology: AMQPTopology) async throws
     /// Publishes messages and returns when each is confirmed or failed.
     func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>]
     /// Starts consuming a queue.
@@ -106,18 +109,54 @@ public enum Routing {
     public static let eventExchange = "baton.events"
     /// Dead letters, routed by the name of the node that gave up on them.
     public static let deadLetterExchange = "baton.dead-letters"
+    /// Messages addressed to one node, routed by its name: replayed dead letters and administration
+    /// commands. Every node binds its queue here with its own name, so a replay reaches only the node that
+    /// dead-lettered the message (never every subscriber of its original exchange), and a broker user can be
+    /// limited to its own name with a topic permission.
+    public static let nodeExchange = "baton.nodes"
 
     /// The exchanges every node declares.
     public static var exchanges: [AMQPTopology.Exchange] {
         [
             .init(commandExchange, kind: .topic), .init(eventExchange, kind: .topic),
-            .init(deadLetterExchange, kind: .topic),
+            .init(deadLetterExchange, kind: .topic), .init(nodeExchange, kind: .topic),
         ]
     }
 
     /// The destination of an issued message.
     public static func destination(of message: IssuedMessage) -> (exchange: String, routingKey: String) {
         (message.kind == .command ? commandExchange : eventExchange, message.envelope.messageName)
+    }
+}
+
+/// Who declares the exchanges, queues and bindings a node needs.
+public enum TopologyOwnership: String, Sendable, CaseIterable {
+    /// The node declares them when it starts and again after every reconnect; its broker user needs configure
+    /// permission on them. For development, tests and brokers without pre-declared definitions.
+    case node
+    /// The broker's definitions declare them; the node only checks that its exchanges and queues exist
+    /// (passive declares, which need no permission) and declares nothing, so its broker user needs no
+    /// configure permission at all.
+    case broker
+}
+
+extension UnitOfWork {
+    /// Queues a dead letter to be sent back to the node that dead-lettered it, through
+    /// ``Routing/nodeExchange``, carrying where it first came from; that node handles it like a new delivery
+    /// from there. Other subscribers of the original exchange do not see it again.
+    /// - Parameters:
+    ///   - id: The dead letter.
+    ///   - node: The node's name (its routing key on ``Routing/nodeExchange``).
+    ///   - now: The business time of the replay.
+    /// - Returns: `false` if there is no such dead letter or it was replayed already.
+    @discardableResult
+    public func replayDeadLetter(id: Int64, to node: String, at now: Date) throws -> Bool {
+        try replayDeadLetter(id: id, at: now) { letter in
+            (
+                Routing.nodeExchange, node,
+                [BatonHeader.originalExchange: letter.exchange, BatonHeader.originalRoutingKey: letter.routingKey]
+            )
+        }
     }
 }
 

@@ -420,20 +420,28 @@ public struct UnitOfWork {
         try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]).map(DeadLetter.init(row:))
     }
 
-    /// Queues a dead letter to be published again where it first came from, with its original id and type,
-    /// and marks it replayed: the service then handles it like a new delivery.
+    /// Queues a dead letter to be published again, with its original id and type, and marks it replayed.
+    /// - Parameters:
+    ///   - id: The dead letter.
+    ///   - now: The business time of the replay.
+    ///   - route: Where to publish it: exchange, routing key and headers to add to its own.
     /// - Returns: `false` if there is no such dead letter or it was replayed already.
     @discardableResult
-    public func replayDeadLetter(id: Int64, at now: Date) throws -> Bool {
+    public func replayDeadLetter(
+        id: Int64,
+        at now: Date,
+        route: (DeadLetter) -> (exchange: String, routingKey: String, headers: [String: String])
+    ) throws -> Bool {
         guard let letter = try deadLetter(id: id), letter.replayedAt == nil else { return false }
+        let (exchange, routingKey, extraHeaders) = route(letter)
         let envelope = Envelope(
             messageID: letter.messageID,
             messageType: letter.messageType,
             timestamp: now,
-            headers: letter.headers,
+            headers: letter.headers.merging(extraHeaders) { _, added in added },
             payload: letter.body
         )
-        try enqueue(envelope, exchange: letter.exchange, routingKey: letter.routingKey, key: "replay:\(id)")
+        try enqueue(envelope, exchange: exchange, routingKey: routingKey, key: "replay:\(id)")
         try markReplayed(deadLetter: id, at: now)
         return true
     }

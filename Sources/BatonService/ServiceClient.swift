@@ -13,7 +13,8 @@ public enum ServiceClient {
     ///   - command: The command.
     ///   - service: The service that must be running to handle it.
     ///   - options: Broker settings.
-    ///   - directly: Send to the service's queue instead of `baton.commands` (administration commands).
+    ///   - directly: Address it to the service by name on `baton.nodes` instead of routing it by its name on
+    ///     `baton.commands` (administration commands).
     /// - Returns: The command's message id.
     /// - Throws: ``CommandFailure`` naming what is wrong (broker unreachable, service not running, refused).
     @discardableResult
@@ -24,6 +25,40 @@ public enum ServiceClient {
         directly: Bool = false,
         messageID: String = UUID().uuidString.lowercased()
     ) async throws -> String {
+        try await withRunningService(service, options: options) { connection, _ in
+            let envelope = Envelope(
+                messageID: messageID,
+                messageType: C.messageType,
+                timestamp: Date(),
+                payload: MessageRegistry.encode(command)
+            )
+            let message = OutgoingMessage(
+                exchange: directly ? Routing.nodeExchange : Routing.commandExchange,
+                routingKey: directly ? service : C.messageName,
+                envelope: envelope
+            )
+            if let failure = await AMQPTransport(connection: connection).publish([message]).first,
+                case .failure(let error) = failure
+            {
+                throw CommandFailure("the broker refused the command: \(error)")
+            }
+            return messageID
+        }
+    }
+
+    /// How many consumers the service's queue has, checked through the broker (for `health`).
+    /// - Throws: ``CommandFailure`` if the broker cannot be reached or nothing consumes the queue.
+    @discardableResult
+    public static func checkRunning(_ service: String, options: ServiceOptions) async throws -> Int {
+        try await withRunningService(service, options: options) { _, consumers in consumers }
+    }
+
+    /// Connects, checks that the service consumes its queue, runs `body`, and closes the connection.
+    private static func withRunningService<Result: Sendable>(
+        _ service: String,
+        options: ServiceOptions,
+        _ body: (AMQPConnection, _ consumers: Int) async throws -> Result
+    ) async throws -> Result {
         var logger = Logger(label: "\(service)-cli")
         logger.logLevel = .critical
         let configuration: AMQPConnection.Configuration
@@ -50,23 +85,9 @@ public enum ServiceClient {
                     "the \(service) service is not running (nothing consumes its queue '\(service)'): start `\(service) serve`"
                 )
             }
-            let envelope = Envelope(
-                messageID: messageID,
-                messageType: C.messageType,
-                timestamp: Date(),
-                payload: MessageRegistry.encode(command)
-            )
-            let transport = AMQPTransport(connection: connection)
-            let message = OutgoingMessage(
-                exchange: directly ? "" : Routing.commandExchange,
-                routingKey: directly ? service : C.messageName,
-                envelope: envelope
-            )
-            if let failure = await transport.publish([message]).first, case .failure(let error) = failure {
-                throw CommandFailure("the broker refused the command: \(error)")
-            }
+            let result = try await body(connection, consumers)
             await connection.close()
-            return messageID
+            return result
         } catch {
             await connection.close()
             throw error

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonAMQP
+import BatonNode
 import BatonSQLite
 import Foundation
 
@@ -24,6 +25,15 @@ public struct ServiceOptions: ParsableArguments {
     var dataDirectoryFlag: String?
 
     @Option(
+        name: .customLong("topology"),
+        help: ArgumentHelp(
+            "Who declares the broker topology: node (the service, at start) or broker (pre-declared definitions; the service only checks them) (default: $BATON_TOPOLOGY, else node).",
+            valueName: "node|broker"
+        )
+    )
+    var topologyFlag: String?
+
+    @Option(
         name: .customLong("tls-ca"),
         help: "CA certificate (PEM) to verify an amqps:// broker (default: $BATON_TLS_CA)."
     )
@@ -43,7 +53,20 @@ public struct ServiceOptions: ParsableArguments {
         dataDirectoryFlag ?? environment["BATON_DATA_DIR"] ?? "data"
     }
 
+    /// Who declares the broker topology, in effect.
+    public var topologyOwnership: TopologyOwnership {
+        get throws {
+            let text = topologyFlag ?? environment["BATON_TOPOLOGY"] ?? TopologyOwnership.node.rawValue
+            guard let ownership = TopologyOwnership(rawValue: text) else {
+                let source = topologyFlag == nil ? "BATON_TOPOLOGY" : "--topology"
+                throw ValidationError("\(source) must be node or broker, not '\(text)'")
+            }
+            return ownership
+        }
+    }
+
     public func validate() throws {
+        _ = try topologyOwnership
         do {
             _ = try connectionConfiguration(name: "validate")
         } catch let error as AMQPError {

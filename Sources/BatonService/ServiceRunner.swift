@@ -45,13 +45,14 @@ public enum ServiceRunner {
             logger: logger
         )
         var configuration = Node.Configuration(name: service)
+        configuration.topologyOwnership = try options.topologyOwnership
         configure(&configuration)
         let node = Node(
             configuration: configuration,
             store: store,
             transport: AMQPTransport(connection: connection),
             registry: registry,
-            handlers: handlers + [DeadLetterAdministration()],
+            handlers: handlers + [DeadLetterAdministration(service: service)],
             logger: logger
         )
         let signals = [SIGTERM, SIGINT].map { signalNumber in
@@ -92,8 +93,10 @@ public struct ReplayDeadLetters: Command {
 
 /// The node side of `dlq replay`: replays in the service's own transaction.
 struct DeadLetterAdministration: NodeHandler {
+    /// The service's name, where its dead letters are sent back to.
+    var service: String
     var name: String { "dead-letter-administration" }
-    var bindings: [AMQPTopology.Binding] { [] }  // reaches the service's queue directly
+    var bindings: [AMQPTopology.Binding] { [] }  // arrives on the node exchange, bound for every node
 
     func handles(_ envelope: Envelope) -> Bool {
         envelope.messageType == ReplayDeadLetters.messageType
@@ -103,7 +106,7 @@ struct DeadLetterAdministration: NodeHandler {
         let request = message as! ReplayDeadLetters
         let ids = request.all ? try work.deadLetters().map(\.id) : request.ids
         var replayed = 0
-        for id in ids where try work.replayDeadLetter(id: id, at: now) { replayed += 1 }
+        for id in ids where try work.replayDeadLetter(id: id, to: service, at: now) { replayed += 1 }
         logger.info("dead letters replayed", metadata: ["count": "\(replayed)", "requested": "\(ids.count)"])
     }
 }
@@ -134,5 +137,45 @@ public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
             registry: Service.registry,
             handlers: Service.handlers
         )
+    }
+}
+
+/// `topology`: prints the exchanges, queues and bindings the service needs as RabbitMQ definitions, for a
+/// deployment whose broker pre-declares them (`serve --topology broker`).
+public struct TopologyCommand<Service: ServiceDefinition>: ParsableCommand {
+    public static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "topology",
+            abstract: "Print the broker topology the \(Service.name) service needs, as RabbitMQ definitions (JSON)."
+        )
+    }
+
+    @Option(help: "The virtual host the definitions are for.") var vhost = "/"
+
+    public init() {}
+
+    public func run() throws {
+        let topology = Node.topology(configuration: .init(name: Service.name), handlers: Service.handlers)
+        try printJSON(BrokerDefinitions(topology, vhost: vhost))
+    }
+}
+
+/// `health`: exits 0 if the service consumes its queue, else prints why not and exits 1 (a container's
+/// health check; it asks the broker, with the service's own credentials).
+public struct HealthCommand<Service: ServiceIdentity>: AsyncParsableCommand {
+    public static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: "health",
+            abstract: "Check that the \(Service.name) service is up: connected and consuming its queue."
+        )
+    }
+
+    @OptionGroup var options: ServiceOptions
+
+    public init() {}
+
+    public func run() async throws {
+        let consumers = try await ServiceClient.checkRunning(Service.name, options: options)
+        print("\(Service.name) is consuming its queue (\(consumers) consumer\(consumers == 1 ? "" : "s"))")
     }
 }

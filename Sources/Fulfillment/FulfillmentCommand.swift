@@ -10,7 +10,11 @@ public struct FulfillmentCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "fulfillment",
         abstract: "The order-fulfillment process manager of the Baton bookstore.",
-        subcommands: [Serve.self, Show.self, List.self, DeadLetterCommands<FulfillmentService>.self]
+        subcommands: [
+            Serve.self, TopologyCommand<FulfillmentService>.self, HealthCommand<FulfillmentService>.self, Show.self,
+            List.self,
+            DeadLetterCommands<FulfillmentService>.self,
+        ]
     )
 
     public init() {}
@@ -28,16 +32,11 @@ public struct FulfillmentCommand: AsyncParsableCommand {
 
         func run() async throws {
             ServiceRunner.bootstrapLogging()
-            let registry = FulfillmentService.registry
-            let host = try ProcessManagerHost(
-                FulfillmentService.processManager(stepTimeout: .milliseconds(Int64(stepTimeout * 1000))),
-                registry: registry
-            )
             try await ServiceRunner.serve(
                 FulfillmentService.name,
                 options: options,
-                registry: registry,
-                handlers: [host]
+                registry: FulfillmentService.registry,
+                handlers: FulfillmentService.handlers(stepTimeout: .milliseconds(Int64(stepTimeout * 1000)))
             )
         }
     }
@@ -51,7 +50,9 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         func run() async throws {
             let orderID = self.orderID
             let registry = FulfillmentService.registry
-            let engine = try ProcessEngine(FulfillmentService.processManager(stepTimeout: .seconds(30)))
+            let engine = try ProcessEngine(
+                FulfillmentService.processManager(stepTimeout: FulfillmentService.defaultStepTimeout)
+            )
             let (instance, timeline) = try await options.readStore(for: FulfillmentService.name).read { work in
                 (
                     try work.loadInstance(orderID, of: engine, registry: registry),

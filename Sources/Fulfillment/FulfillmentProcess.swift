@@ -18,9 +18,23 @@ public struct FulfillmentState: ProcessState {
 
 /// The process-manager node: order confirmed → reserve inventory → create shipment → complete order, with
 /// compensation when a step fails, times out or the customer cancels.
-public enum FulfillmentService: ServiceIdentity {
+public enum FulfillmentService: ServiceDefinition {
     public static let name = "fulfillment"
     static let timer = "step-timeout"
+    /// The time a step may take by default (`serve --step-timeout`).
+    public static let defaultStepTimeout = Duration.seconds(30)
+
+    /// What its node hosts: the process manager with a step timeout.
+    /// - Throws: ``DefinitionError`` if the definition is broken (it is checked by the tests).
+    public static func handlers(stepTimeout: Duration) throws -> [any NodeHandler] {
+        [try ProcessManagerHost(processManager(stepTimeout: stepTimeout), registry: registry)]
+    }
+
+    /// What its node hosts with the default step timeout.
+    public static var handlers: [any NodeHandler] {
+        // The definition is fixed code, validated by the tests; a broken one is a programming error.
+        try! handlers(stepTimeout: defaultStepTimeout)
+    }
 
     /// The events it listens to.
     public static var registry: MessageRegistry {

@@ -8,7 +8,8 @@ public struct InventoryCommand: AsyncParsableCommand {
         commandName: "inventory",
         abstract: "The inventory service of the Baton bookstore.",
         subcommands: [
-            ServeCommand<InventoryService>.self, Add.self, Show.self, List.self,
+            ServeCommand<InventoryService>.self, TopologyCommand<InventoryService>.self,
+            HealthCommand<InventoryService>.self, Add.self, Show.self, List.self,
             DeadLetterCommands<InventoryService>.self,
         ]
     )

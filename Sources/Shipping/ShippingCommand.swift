@@ -7,7 +7,8 @@ public struct ShippingCommand: AsyncParsableCommand {
         commandName: "shipping",
         abstract: "The shipping service of the Baton bookstore.",
         subcommands: [
-            ServeCommand<ShippingService>.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self,
+            ServeCommand<ShippingService>.self, TopologyCommand<ShippingService>.self,
+            HealthCommand<ShippingService>.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self,
         ]
     )
 

@@ -111,6 +111,13 @@ import Testing
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
         try await harness.declareObserver()
+        // Another service listening to the same events: a replay must not reach it a second time.
+        try await harness.transport.declare(
+            AMQPTopology(
+                queues: [.init("bystander")],
+                bindings: [.init(queue: "bystander", exchange: Routing.eventExchange, bindingKey: "#")]
+            )
+        )
         let node = try harness.makeNode()
         try await withRunningNode(node, transport: harness.transport) {
             try await harness.publish(OrderPlaced(orderID: "flaky"), id: "e-1")
@@ -128,6 +135,8 @@ import Testing
             try await node.replayDeadLetter(id: letter.id)
             #expect(try await eventually { harness.observed.count == 5 })
             #expect(try await node.store.read { try $0.deadLetters() }.isEmpty, "a replayed letter is no longer open")
+            let bystanderCopies = harness.transport.readyMessages("bystander").filter { $0.envelope.messageID == "e-4" }
+            #expect(bystanderCopies.count == 1, "the replay went to the node alone, not to every subscriber")
         }
         let shipped = harness.observed.filter { $0.envelope.messageType == ShipOrder.messageType }
         #expect(shipped.map(\.envelope.correlationID) == ["flaky", "broken"])

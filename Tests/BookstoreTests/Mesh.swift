@@ -14,14 +14,17 @@ final class Mesh {
     private(set) var processes: [String: Process] = [:]
     private(set) var stocked: [String: Int] = [:]
     let stepTimeout: Double
+    /// `BATON_TOPOLOGY` for the services: `node` declares, `broker` only checks pre-declared definitions.
+    let topology: String
 
-    init(stepTimeout: Double = 30) throws {
+    init(stepTimeout: Double = 30, topology: String = "node") throws {
         virtualHost = TestBroker.unique("mesh")
         try TestBroker.makeVirtualHost(virtualHost)
         url = TestBroker.url(virtualHost: virtualHost)
         dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(virtualHost)
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
         self.stepTimeout = stepTimeout
+        self.topology = topology
     }
 
     /// The built executables sit next to the test bundle.
@@ -34,6 +37,7 @@ final class Mesh {
         environment["BATON_AMQP_URL"] = url
         environment["BATON_DATA_DIR"] = dataDirectory.path
         environment["BATON_LOG_LEVEL"] = "warning"
+        environment["BATON_TOPOLOGY"] = topology
         return environment
     }
 
