@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, starts a private RabbitMQ node, runs every test against it,
-# and stops the node again, whatever the outcome. Extra arguments go to `swift test`.
+# The test command: installs what is missing, starts a private RabbitMQ node, runs every Swift test against
+# it and stops the node again, whatever the outcome; then the deployment test (Tests/Deploy/compose-test.sh:
+# Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test` and skip the deployment test.
+#
+# The deployment test uses the Docker engine that answers (DOCKER_HOST); on the build machine without one it
+# starts ../shared/tools/compose-lab. Without either it fails: a deployment nobody tested is not a pass.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -39,8 +43,17 @@ export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 swift build --build-tests
 if [ $# -gt 0 ]; then
     swift test --skip-build "$@"
-else
-    # Everything in parallel, then the suite that closes, freezes and restarts the broker, alone.
-    swift test --skip-build --skip BrokerDisruptionTests
-    swift test --skip-build --filter BrokerDisruptionTests
+    exit 0
 fi
+# Everything in parallel, then the suite that closes, freezes and restarts the broker, alone.
+swift test --skip-build --skip BrokerDisruptionTests
+swift test --skip-build --filter BrokerDisruptionTests
+"$here/broker.sh" stop
+
+lab="$repo/../shared/tools/compose-lab"
+if ! docker info > /dev/null 2>&1 && [ -x "$lab" ]; then
+    echo "== no Docker engine answers; starting the build machine's compose-lab"
+    "$lab" up > /dev/null
+    eval "$("$lab" env)"
+fi
+"$repo/Tests/Deploy/compose-test.sh"

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""Checks of a running Baton deployment, for Tests/Deploy/compose-test.sh (and by hand).
+
+  checks.py document                     the AsyncAPI document: valid AsyncAPI 3, valid JSON Schemas, every
+                                         example accepted and every broken variant rejected by its schema
+  checks.py permissions --port P         each broker user is refused outside its permissions; guest refused
+  checks.py contract --port P --compose CMD
+                                         the document's examples are accepted by the running services and the
+                                         broken variants dead-lettered by them, with the field in the reason
+  checks.py agree --compose CMD --outcomes FILE
+                                         the services' CLIs agree with the outcomes a producer saw
+
+Passwords come from the environment (BATON_<USER>_PASSWORD, as in Deploy/.env). Exit status 0 when every
+check holds; each failure is printed.
+"""
+import argparse
+import copy
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+
+import jsonschema
+import pika
+import yaml
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DOCUMENT = os.path.join(HERE, "..", "..", "Deploy", "asyncapi.yaml")
+SERVICES = ("orders", "inventory", "shipping", "fulfillment")
+failures = []
+
+
+def check(condition, what):
+    print(("ok    " if condition else "FAIL  ") + what)
+    if not condition:
+        failures.append(what)
+
+
+# MARK: the document
+
+def load_document():
+    with open(DOCUMENT) as file:
+        return yaml.safe_load(file)
+
+
+def schema_validator(document, name):
+    """A validator for components.schemas[name], resolving its $refs inside the document."""
+    registry = Registry().with_resource("urn:asyncapi", DRAFT202012.create_resource(document))
+    schema = {"$ref": f"urn:asyncapi#/components/schemas/{name}"}
+    return jsonschema.Draft202012Validator(schema, registry=registry, format_checker=jsonschema.FormatChecker())
+
+
+def checkout_example(document):
+    return document["components"]["messages"]["CheckoutCompleted"]["examples"][0]["payload"]
+
+
+def broken_checkouts(valid):
+    """Variants of a valid checkout that the contract rejects: (what, field named in the reason, body)."""
+    def variant(mutate):
+        body = copy.deepcopy(valid)
+        mutate(body)
+        return body
+    line = valid["lines"][0]
+    return [
+        ("checkout_id missing", "checkout_id", variant(lambda b: b.pop("checkout_id"))),
+        ("checkout_id empty", "checkout_id", variant(lambda b: b.update(checkout_id=""))),
+        ("checkout_id 65 characters", "checkout_id", variant(lambda b: b.update(checkout_id="c" * 65))),
+        ("customer missing", "customer", variant(lambda b: b.pop("customer"))),
+        ("customer a number", "customer", variant(lambda b: b.update(customer=42))),
+        ("customer 151 characters", "customer", variant(lambda b: b.update(customer="x" * 151))),
+        ("shipping_address missing", "shipping_address", variant(lambda b: b.pop("shipping_address"))),
+        ("shipping_address 501 characters", "shipping_address", variant(lambda b: b.update(shipping_address="a" * 501))),
+        ("lines missing", "lines", variant(lambda b: b.pop("lines"))),
+        ("lines empty", "lines", variant(lambda b: b.update(lines=[]))),
+        ("lines an object", "lines", variant(lambda b: b.update(lines=line))),
+        ("101 lines", "lines", variant(lambda b: b.update(lines=[line] * 101))),
+        ("quantity 0", "quantity", variant(lambda b: b["lines"][0].update(quantity=0))),
+        ("quantity 1001", "quantity", variant(lambda b: b["lines"][0].update(quantity=1001))),
+        ("quantity a string", "quantity", variant(lambda b: b["lines"][0].update(quantity="2"))),
+        ("sku empty", "sku", variant(lambda b: b["lines"][0].update(sku=""))),
+        ("sku missing", "sku", variant(lambda b: b["lines"][0].pop("sku"))),
+    ]
+
+
+def broken_parcels(valid):
+    def variant(mutate):
+        body = copy.deepcopy(valid)
+        mutate(body)
+        return body
+    return [
+        ("tracking_number missing", "tracking_number", variant(lambda b: b.pop("tracking_number"))),
+        ("tracking_number empty", "tracking_number", variant(lambda b: b.update(tracking_number=""))),
+        ("tracking_number a number", "tracking_number", variant(lambda b: b.update(tracking_number=7))),
+        ("delivered_at missing", "delivered_at", variant(lambda b: b.pop("delivered_at"))),
+        ("delivered_at not a date", "delivered_at", variant(lambda b: b.update(delivered_at="yesterday"))),
+    ]
+
+
+def check_document(_args):
+    from pydantic_asyncapi import AsyncAPIV3
+    document = load_document()
+    # pydantic-asyncapi names the AMQP channel binding of a routing key `is: exchange`; the bindings spec
+    # (0.3.0) says `is: routingKey`. The document follows the spec; the copy given to the validator is renamed.
+    validated = copy.deepcopy(document)
+    for channel in validated["channels"].values():
+        amqp = channel.get("bindings", {}).get("amqp", {})
+        if amqp.get("is") == "routingKey":
+            amqp["is"] = "exchange"
+    try:
+        AsyncAPIV3.model_validate(validated)
+        check(True, "asyncapi.yaml is a valid AsyncAPI 3.0 document (pydantic-asyncapi)")
+    except Exception as error:  # the validator's own error names the path
+        check(False, f"asyncapi.yaml is a valid AsyncAPI 3.0 document: {error}")
+    for name, schema in document["components"]["schemas"].items():
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+            ok = True
+        except jsonschema.SchemaError as error:
+            ok = False
+            print(error)
+        check(ok, f"schema {name} is a valid JSON Schema (2020-12)")
+    for name, message in document["components"]["messages"].items():
+        schema_name = message["payload"]["$ref"].rsplit("/", 1)[1]
+        validator = schema_validator(document, schema_name)
+        for example in message.get("examples", []):
+            errors = [e.message for e in validator.iter_errors(example["payload"])]
+            check(not errors, f"example {name}/{example.get('name', '-')} matches its schema {errors or ''}")
+    checkouts = schema_validator(document, "CheckoutCompleted")
+    for what, _, body in broken_checkouts(checkout_example(document)):
+        check(not checkouts.is_valid(body), f"schema rejects a checkout with {what}")
+    parcels = schema_validator(document, "ParcelDelivered")
+    parcel = document["components"]["messages"]["ParcelDelivered"]["examples"][0]["payload"]
+    for what, _, body in broken_parcels(parcel):
+        check(not parcels.is_valid(body), f"schema rejects a parcel report with {what}")
+
+
+# MARK: the broker
+
+def connect(user, port, password=None):
+    password = password if password is not None else os.environ[f"BATON_{user.upper()}_PASSWORD"]
+    parameters = pika.ConnectionParameters(
+        host="127.0.0.1", port=port, virtual_host="baton",
+        credentials=pika.PlainCredentials(user, password), connection_attempts=1, blocked_connection_timeout=10,
+    )
+    return pika.BlockingConnection(parameters)
+
+
+def refused(connection, action):
+    """Runs action(channel) on a fresh channel; True if the broker refused it with 403 ACCESS_REFUSED."""
+    channel = connection.channel()
+    channel.confirm_delivery()
+    try:
+        action(channel)
+    except pika.exceptions.ChannelClosedByBroker as error:
+        return error.reply_code == 403
+    channel.close()
+    return False
+
+
+def publish(channel, exchange, routing_key, body, message_id=None, mandatory=False):
+    channel.basic_publish(
+        exchange, routing_key, json.dumps(body).encode() if not isinstance(body, bytes) else body,
+        pika.BasicProperties(content_type="application/json", delivery_mode=2,
+                             message_id=message_id or str(uuid.uuid4())),
+        mandatory=mandatory,
+    )
+
+
+def check_permissions(args):
+    for user, password in (("guest", "guest"), ("orders", "wrong-password")):
+        try:
+            connect(user, args.port, password).close()
+            check(False, f"{user} with password {password!r} is refused")
+        except pika.exceptions.AMQPConnectionError:
+            check(True, f"{user} with password {password!r} is refused")
+    for service in SERVICES:
+        other = SERVICES[(SERVICES.index(service) + 1) % len(SERVICES)]
+        connection = connect(service, args.port)
+        check(connection.channel().queue_declare(service, passive=True) is not None,
+              f"{service} may look up its own queue")
+        for what, action in (
+            (f"consuming {other}'s queue", lambda ch: ch.basic_consume(other, lambda *a: None)),
+            ("declaring a queue", lambda ch: ch.queue_declare(f"{service}-rogue")),
+            ("deleting its own queue", lambda ch: ch.queue_delete(service)),
+            ("declaring baton.events", lambda ch: ch.exchange_declare("baton.events", "topic", durable=True)),
+            (f"publishing {other}'s event", lambda ch: publish(ch, "baton.events", f"{other}.Forged", {})),
+            (f"dead-lettering as {other}", lambda ch: publish(ch, "baton.dead-letters", other, {})),
+            (f"addressing {other} on baton.nodes", lambda ch: publish(ch, "baton.nodes", other, {})),
+            ("publishing a checkout", lambda ch: publish(ch, "storefront", "checkout.completed", {})),
+            ("publishing to the default exchange", lambda ch: publish(ch, "", other, {})),
+        ):
+            check(refused(connection, action), f"{service} is refused {what}")
+        connection.close()
+    connection = connect("producer", args.port)
+    for what, action in (
+        ("publishing a command", lambda ch: publish(ch, "baton.commands", "orders.CancelOrder", {})),
+        ("binding a queue to baton.commands", lambda ch: ch.queue_bind(
+            ch.queue_declare("", exclusive=True).method.queue, "baton.commands", "#")),
+        ("consuming the orders queue", lambda ch: ch.basic_consume("orders", lambda *a: None)),
+        ("publishing to storefront with another routing key", lambda ch: publish(ch, "storefront", "checkout.forged", {})),
+        ("publishing an event", lambda ch: publish(ch, "baton.events", "orders.OrderCompleted", {})),
+        ("declaring an exchange outside producer.*", lambda ch: ch.exchange_declare("rogue", "topic")),
+        ("deleting the storefront exchange", lambda ch: ch.exchange_delete("storefront")),
+        ("declaring a queue outside producer.*", lambda ch: ch.queue_declare("orders.rogue")),
+    ):
+        check(refused(connection, action), f"producer is refused {what}")
+    channel = connection.channel()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    channel.queue_bind(queue, "baton.events", "orders.#")
+    check(True, "producer may bind its own queue to baton.events")
+    channel.queue_declare("producer.listener", durable=True)
+    channel.queue_bind("producer.listener", "baton.events", "shipping.#")
+    channel.queue_delete("producer.listener")
+    check(True, "producer may keep a durable queue of its own (producer.*) on baton.events")
+    connection.close()
+
+
+# MARK: the running services
+
+def compose_json(args, service, *command):
+    """Runs a service's CLI inside its container and parses its JSON output."""
+    out = subprocess.run(shlex.split(args.compose) + ["exec", "-T", service, service, *command, "--json"],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def wait_for(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.5)
+    check(False, f"{what} within {timeout} s")
+    return None
+
+
+def check_contract(args):
+    document = load_document()
+    connection = connect("producer", args.port)
+    channel = connection.channel()
+    channel.confirm_delivery()
+    queue = channel.queue_declare("", exclusive=True).method.queue
+    for key in ("orders.OrderCompleted", "orders.OrderCancelled", "shipping.ShipmentCreated",
+                "shipping.ShipmentDelivered"):
+        channel.queue_bind(queue, "baton.events", key)
+    run = uuid.uuid4().hex[:6]
+    accepted = {}
+    for example in document["components"]["messages"]["CheckoutCompleted"]["examples"]:
+        body = copy.deepcopy(example["payload"])
+        body["checkout_id"] = f"{body['checkout_id']}-{run}"
+        accepted[body["checkout_id"]] = example["name"]
+        publish(channel, "storefront", "checkout.completed", body, mandatory=True)
+    broken = {}
+    for what, field, body in broken_checkouts(checkout_example(document)):
+        message_id = f"broken-checkout-{run}-{len(broken)}"
+        broken[message_id] = ("orders", what, field)
+        publish(channel, "storefront", "checkout.completed", body, message_id=message_id, mandatory=True)
+    events, tracking = {}, {}
+
+    def drain():
+        while True:
+            method, _, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return
+            event = json.loads(body)
+            events.setdefault(method.routing_key, []).append(event)
+    def outcomes():
+        drain()
+        done = {e["checkout_id"]: key for key in ("orders.OrderCompleted", "orders.OrderCancelled")
+                for e in events.get(key, []) if e.get("checkout_id") in accepted}
+        return done if len(done) == len(accepted) else None
+    done = wait_for(outcomes, 90, "every example checkout has an outcome") or {}
+    for checkout_id, name in accepted.items():
+        expected = "orders.OrderCancelled" if name == "no-address" else "orders.OrderCompleted"
+        check(done.get(checkout_id) == expected, f"example checkout {name}: {done.get(checkout_id)} (want {expected})")
+    # A delivery report for a shipment of ours, then broken variants of it.
+    completed = [e["order_id"] for e in events.get("orders.OrderCompleted", []) if e["checkout_id"] in accepted]
+    for event in events.get("shipping.ShipmentCreated", []):
+        tracking[event["order_id"]] = event["tracking_number"]
+    parcel = copy.deepcopy(document["components"]["messages"]["ParcelDelivered"]["examples"][0]["payload"])
+    if completed and completed[0] in tracking:
+        parcel["tracking_number"] = tracking[completed[0]]
+        publish(channel, "carrier", "parcel.delivered", parcel, mandatory=True)
+        def delivered():
+            drain()
+            return any(e["order_id"] == completed[0] for e in events.get("shipping.ShipmentDelivered", []))
+        check(bool(wait_for(delivered, 60, "the example parcel report is accepted")),
+              "example parcel report: shipping.ShipmentDelivered")
+        shipment = compose_json(args, "shipping", "show", completed[0])
+        check(shipment["status"] == "DELIVERED", f"shipping show says DELIVERED ({shipment['status']})")
+    else:
+        check(False, "a completed example order has a tracking number to report delivered")
+    for what, field, body in broken_parcels(parcel):
+        message_id = f"broken-parcel-{run}-{len(broken)}"
+        broken[message_id] = ("shipping", what, field)
+        publish(channel, "carrier", "parcel.delivered", body, message_id=message_id, mandatory=True)
+    connection.close()
+
+    def dead_letters():
+        letters = {}
+        for service in ("orders", "shipping"):
+            for letter in compose_json(args, service, "dlq", "list"):
+                letters[letter["message_id"]] = (service, letter["reason"])
+        return letters if all(m in letters for m in broken) else None
+    letters = wait_for(dead_letters, 60, "every broken variant is dead-lettered") or {}
+    for message_id, (service, what, field) in broken.items():
+        found = letters.get(message_id)
+        check(found is not None and found[0] == service and field in found[1],
+              f"{service} dead-letters a message with {what}: {found[1] if found else 'not dead-lettered'}")
+
+
+def check_agree(args):
+    with open(args.outcomes) as file:
+        seen = json.load(file)["outcomes"]
+    orders = {o["checkout_id"]: o for o in compose_json(args, "orders", "list")}
+    shipments = {s["order_id"]: s for s in compose_json(args, "shipping", "list")}
+    processes = {p["instance_id"]: p for p in compose_json(args, "fulfillment", "list")}
+    for checkout_id, outcome in sorted(seen.items()):
+        order = orders.get(checkout_id)
+        want = "COMPLETED" if outcome["event"] == "orders.OrderCompleted" else "CANCELLED"
+        ok = order is not None and order["status"] == want and order["order_id"] == outcome["order_id"]
+        shipment = shipments.get(outcome["order_id"])
+        process = processes.get(outcome["order_id"])
+        if want == "COMPLETED":
+            ok = ok and shipment is not None and shipment["status"] in ("CREATED", "DELIVERED")
+        else:
+            ok = ok and (shipment is None or shipment["status"] in ("FAILED", "CANCELLED"))
+        ok = ok and process is not None and process["lifecycle"] in ("completed", "failed")
+        if not ok:
+            check(False, f"{checkout_id}: producer saw {want}; orders {order and order['status']}, "
+                         f"shipping {shipment and shipment['status']}, fulfillment {process and process['lifecycle']}")
+    check(True if not failures else False,
+          f"orders, shipping and fulfillment CLIs agree with the producer on {len(seen)} checkouts")
+    # producer.py buys one unit per checkout: a completed order holds one, a cancelled one none.
+    stock = compose_json(args, "inventory", "list")
+    held = sum(item["reserved"] for item in stock)
+    total = sum(item["available"] + item["reserved"] for item in stock)
+    completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
+    check(held == completed, f"inventory holds one unit per completed order ({held} reserved, {completed} completed)")
+    check(total == args.stocked, f"stock is conserved ({total} of {args.stocked})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("document")
+    permissions = commands.add_parser("permissions")
+    permissions.add_argument("--port", type=int, required=True)
+    contract = commands.add_parser("contract")
+    contract.add_argument("--port", type=int, required=True)
+    contract.add_argument("--compose", required=True, help="the docker compose command line of the deployment")
+    agree = commands.add_parser("agree")
+    agree.add_argument("--compose", required=True)
+    agree.add_argument("--outcomes", required=True, help="producer.py --json output")
+    agree.add_argument("--stocked", type=int, required=True, help="units stocked in all")
+    args = parser.parse_args()
+    {"document": check_document, "permissions": check_permissions, "contract": check_contract,
+     "agree": check_agree}[args.command](args)
+    print(f"{len(failures)} failed" if failures else "all checks hold")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
