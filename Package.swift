@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "shipping", targets: ["shipping"]),
         .executable(name: "fulfillment", targets: ["fulfillment"]),
         .executable(name: "bookstore-demo", targets: ["BookstoreDemo"]),
+        .executable(name: "bookstore-chaos", targets: ["BookstoreChaos"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -68,6 +69,10 @@ let package = Package(
         .target(name: "BookstoreOperations", dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment"]),
         .executableTarget(
             name: "BookstoreDemo",
+            dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(
+            name: "BookstoreChaos",
             dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // Framework benchmarks (the embedded mode so far).

@@ -9,7 +9,8 @@
 #
 # Settings (environment): BATON_BROKER_DIR (default .build-broker), BATON_BROKER_PORT (5673),
 # BATON_BROKER_NODE (baton-local@localhost), BATON_BROKER_USER / BATON_BROKER_PASSWORD, and
-# BATON_BROKER_TLS_DIR: a folder with ca.pem, server.pem and server.key adds an amqps listener on PORT+1.
+# BATON_BROKER_TLS_DIR: a folder with ca.pem, server.pem and server.key adds an amqps listener on PORT+1,
+# BATON_BROKER_EXTRA_ADDRESS: one more address to listen on (the chaos run's network namespace link).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,6 +50,7 @@ start() {
     cat > "$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
 loopback_users = none
+max_message_size = 1048576
 default_user = $user
 default_pass = $password
 default_vhost = /
@@ -56,6 +58,9 @@ heartbeat = 10
 log.file.level = warning
 log.console = false
 CONF
+    if [ -n "${BATON_BROKER_EXTRA_ADDRESS:-}" ]; then
+        echo "listeners.tcp.extra = $BATON_BROKER_EXTRA_ADDRESS:$port" >> "$dir/rabbitmq.conf"
+    fi
     if [ -n "${BATON_BROKER_TLS_DIR:-}" ]; then
         cat >> "$dir/rabbitmq.conf" <<CONF
 listeners.ssl.default = 127.0.0.1:$((port + 1))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts a private RabbitMQ node, runs every Swift test against
-# it and stops the node again, whatever the outcome; then the deployment test (Tests/Deploy/compose-test.sh:
-# Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test` and skip the deployment test.
+# it and stops the node again, whatever the outcome; then the short chaos run (Deploy/local/chaos.sh) and the
+# deployment test (Tests/Deploy/compose-test.sh: Deploy/compose.yaml on a Docker engine). Extra arguments go
+# to `swift test` and run only that.
 #
 # The deployment test uses the Docker engine that answers (DOCKER_HOST); on the build machine without one it
 # starts ../shared/tools/compose-lab. Without either it fails: a deployment nobody tested is not a pass.
@@ -49,6 +50,10 @@ fi
 swift test --skip-build --skip BrokerDisruptionTests
 swift test --skip-build --filter BrokerDisruptionTests
 "$here/broker.sh" stop
+
+# The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
+# printed; a failure names it).
+BATON_CHAOS_BUILD=debug "$here/chaos.sh" --workflows 300
 
 lab="$repo/../shared/tools/compose-lab"
 if ! docker info > /dev/null 2>&1 && [ -x "$lab" ]; then

@@ -18,6 +18,7 @@ public struct AMQPError: Error, Sendable, Hashable, CustomStringConvertible {
             case connectionLost
             case notConnected
             case nacked
+            case outcomeUnknown
             case unroutable
             case tlsFailed
             case protocolError
@@ -52,6 +53,10 @@ public struct AMQPError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let notConnected = Code(base: .notConnected)
         /// The broker answered a publish with `basic.nack`: it did not take responsibility for the message.
         public static let nacked = Code(base: .nacked)
+        /// The broker closed the publish channel over one of several messages in flight (its reply code and
+        /// text say why: a missing exchange, a permission, a size limit), and which one is unknown: this message
+        /// may or may not have been taken. Publish it again on its own to learn whether it was the one refused.
+        public static let outcomeUnknown = Code(base: .outcomeUnknown)
         /// A mandatory publish matched no queue: the broker returned it (reply 312 NO_ROUTE).
         public static let unroutable = Code(base: .unroutable)
         /// The TLS handshake or certificate verification failed.

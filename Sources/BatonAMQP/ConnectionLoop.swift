@@ -783,7 +783,17 @@ final class ConnectionLoop {
         if channel == Self.publishChannel {
             let error = AMQPError(closeReplyCode: replyCode, text: text, context: "publish", onChannel: true)
             logger.warning("AMQP publish channel closed by the broker", metadata: ["error": "\(error)"])
-            for pending in resetConfirms() { pending.sink.complete(index: pending.index, with: .failure(error)) }
+            let unconfirmed = resetConfirms()
+            // The close names no delivery tag: with one message in flight it is that message's refusal; with
+            // several, any of them may be the one refused and the others may or may not have been taken.
+            let unknown = AMQPError(
+                code: .outcomeUnknown,
+                replyCode: replyCode,
+                message: "\(error.message) (one of \(unconfirmed.count) messages in flight; publish this one again)"
+            )
+            for pending in unconfirmed {
+                pending.sink.complete(index: pending.index, with: .failure(unconfirmed.count == 1 ? error : unknown))
+            }
             do {
                 try openChannel(channel, connection)
                 guard amqp_confirm_select(connection, channel) != nil else {

@@ -390,7 +390,9 @@ public final class Node: Sendable {
             headers: headers,
             payload: incoming.body
         )
-        let takers = handlers.filter { $0.handles(envelope) }
+        // A subscriber takes only what arrives on its external exchange: an internal message claiming an
+        // external contract's type must not bypass the edge that translates it.
+        let takers = handlers.filter { $0.handles(envelope) && (external != nil || $0.exchanges.isEmpty) }
         guard !takers.isEmpty else {
             return .reject(incoming, reason: "no handler for message type '\(messageType)'", stage: "edge")
         }
@@ -488,25 +490,25 @@ public final class Node: Sendable {
                 await waitFor(relaySignal, orUntil: retry)
                 continue
             }
-            let results = await transport.publish(
-                pending.map { OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope) }
-            )
+            let results = await publish(pending)
             var sent: [Int64] = []
             var failed: [Int64] = []
+            var refused: [Int64] = []
             var firstError: (any Error)?
             for (message, result) in zip(pending, results) {
                 switch result {
                 case .success: sent.append(message.sequence)
                 case .failure(let error):
-                    failed.append(message.sequence)
+                    if result.isRefusal { refused.append(message.sequence) } else { failed.append(message.sequence) }
                     firstError = firstError ?? error
                 }
             }
             do {
                 let now = businessNow()
-                try await store.write { [sent, failed] work in
+                try await store.write { [sent, failed, refused] work in
                     try work.markSent(sent, at: now)
                     try work.markFailed(failed, at: Date())
+                    try work.markFailed(refused, at: Date(), refused: true)
                 }
             } catch {
                 logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
@@ -518,6 +520,24 @@ public final class Node: Sendable {
                 )
             }
         }
+    }
+
+    /// Publishes outbox rows: the ones never refused together, each row the broker refused before on its own.
+    /// When the broker refuses one row of a batch it closes the channel over all of them, without saying which:
+    /// those of unknown outcome go again one by one, so each gets its own answer.
+    private func publish(_ rows: [OutboxMessage]) async -> [Result<Void, any Error>] {
+        let outgoing = rows.map {
+            OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
+        }
+        let together = rows.indices.filter { !rows[$0].wasRefused }
+        var results = [Result<Void, any Error>](repeating: .success(()), count: rows.count)
+        for (index, result) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
+            results[index] = result
+        }
+        for index in rows.indices where rows[index].wasRefused || results[index].outcomeIsUnknown {
+            results[index] = await transport.publish([outgoing[index]])[0]
+        }
+        return results
     }
 
     /// Waits until the outbox is empty (used only by the fault-injection hook).
@@ -607,4 +627,19 @@ public struct NodeError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { message }
+}
+
+extension Result<Void, any Error> {
+    /// Whether the broker may or may not have taken the message (``AMQPError/Code/outcomeUnknown``).
+    fileprivate var outcomeIsUnknown: Bool {
+        if case .failure(let error as AMQPError) = self { return error.code == .outcomeUnknown }
+        return false
+    }
+
+    /// Whether the broker refused the message itself by closing the channel (a permission, a missing exchange,
+    /// a size limit), as opposed to a connection failure, a nack or a missing route.
+    fileprivate var isRefusal: Bool {
+        guard case .failure(let error as AMQPError) = self else { return false }
+        return [.accessRefused, .notFound, .preconditionFailed, .notAllowed, .brokerClosedChannel].contains(error.code)
+    }
 }

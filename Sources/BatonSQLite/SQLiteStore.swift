@@ -94,6 +94,11 @@ public final class SQLiteStore: Sendable {
                     """
             )
         }
+        // A row the broker refused (a permission, a missing exchange) is published on its own from then on: a
+        // refusal closes the channel over every message in flight with it.
+        migrator.registerMigration("v2-outbox-refused") { db in
+            try db.execute(sql: "ALTER TABLE outbox ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 }

@@ -82,7 +82,7 @@ public struct UnitOfWork {
         try Row.fetchAll(
             try statement(
                 """
-                SELECT sequence, exchange, routing_key, envelope FROM outbox
+                SELECT sequence, exchange, routing_key, envelope, refused FROM outbox
                 WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
                 ORDER BY sequence LIMIT ?
                 """
@@ -93,21 +93,28 @@ public struct UnitOfWork {
                 sequence: row["sequence"],
                 exchange: row["exchange"],
                 routingKey: row["routing_key"],
-                envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"])
+                envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"]),
+                wasRefused: row["refused"]
             )
         }
     }
 
     /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try,
     /// so rows that cannot be published (no queue for a command yet) never hold up the others.
-    public func markFailed(_ sequences: [Int64], at now: Date) throws {
+    /// - Parameters:
+    ///   - sequences: The rows.
+    ///   - now: When they failed.
+    ///   - refused: The broker refused them (rather than the connection failing): from now on each is
+    ///     published on its own (``OutboxMessage/wasRefused``).
+    public func markFailed(_ sequences: [Int64], at now: Date, refused: Bool = false) throws {
         for sequence in sequences {
             try run(
                 """
-                UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? + MIN(30000, 100 << MIN(attempts, 9))
+                UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? + MIN(30000, 100 << MIN(attempts, 9)),
+                    refused = refused OR ?
                 WHERE sequence = ?
                 """,
-                [now.millisecondsSince1970, sequence]
+                [now.millisecondsSince1970, refused, sequence]
             )
         }
     }
@@ -526,6 +533,9 @@ public struct OutboxMessage: Sendable, Hashable {
     public var routingKey: String
     /// The message.
     public var envelope: Envelope
+    /// The broker refused it before: it is published on its own, so that a refusal (which closes the channel
+    /// over everything in flight) costs no other message anything.
+    public var wasRefused: Bool
 }
 
 /// A timer that is due or pending.

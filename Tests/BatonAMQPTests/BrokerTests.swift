@@ -318,6 +318,46 @@ import Testing
         }
     }
 
+    @Test func oneRefusedMessageAmongManyLeavesTheOthersOfUnknownOutcomeNotRefused() async throws {
+        try await AMQPConnection.withConnection(
+            configuration: TestBroker.configuration("refused-among-many"),
+            logger: Logger(label: "t")
+        ) { connection in
+            let queue = TestBroker.unique("among-many")
+            try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
+            let missing = TestBroker.unique("no-such-exchange")
+            let batch = (0..<200).map { index in
+                AMQPOutgoingMessage(
+                    exchange: index == 100 ? missing : "",
+                    routingKey: queue,
+                    body: [UInt8(index % 256)],
+                    properties: AMQPProperties(messageID: "m-\(index)")
+                )
+            }
+            let results = await connection.publish(contentsOf: batch)
+            var unknown: [Int] = []
+            for (index, result) in results.enumerated() {
+                guard case .failure(let error) = result else { continue }
+                // Only the culprit may be reported refused, and only when it was alone in flight.
+                #expect(index == 100 || error.code == .outcomeUnknown, "message \(index): \(error)")
+                #expect(error.replyCode == 404 && error.message.contains(missing), "the broker's reason: \(error)")
+                unknown.append(index)
+            }
+            #expect(unknown.contains(100), "the message to the missing exchange did not go through")
+            // Sent again one by one, each gets its own answer: the culprit is refused, the rest are taken.
+            for index in unknown {
+                let result = await connection.publish(contentsOf: [batch[index]])[0]
+                if index == 100 {
+                    #expect(throws: AMQPError.self) { try result.get() }
+                    if case .failure(let error) = result { #expect(error.code == .notFound) }
+                } else {
+                    #expect(throws: Never.self) { try result.get() }
+                }
+            }
+            #expect(try await connection.deleteQueue(queue) >= 199, "every other message arrived (some maybe twice)")
+        }
+    }
+
     @Test func aMandatoryPublishThatNoQueueTakesFails() async throws {
         let exchange = TestBroker.unique("lonely")
         let queue = TestBroker.unique("taker")

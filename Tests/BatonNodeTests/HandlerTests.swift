@@ -2,6 +2,7 @@ import Baton
 import BatonAMQP
 import BatonNode
 import BatonSQLite
+import BatonTestSupport
 import BatonTesting
 import Foundation
 import Logging
@@ -47,14 +48,14 @@ struct Order: Aggregate {
 }
 
 @Suite struct HandlerTests {
-    private func makeNode(_ harness: NodeHarness) throws -> Node {
+    private func makeNode(_ harness: NodeHarness, transport: (any Transport)? = nil) throws -> Node {
         var registry = MessageRegistry()
         registry.register(CheckoutCompleted.self)
         registry.register(PlaceOrder.self)
         return Node(
             configuration: Node.Configuration(name: "orders"),
             store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
-            transport: harness.transport,
+            transport: transport ?? harness.transport,
             registry: registry,
             handlers: [
                 MessageHandlerHost.subscriber(
@@ -131,6 +132,102 @@ struct Order: Aggregate {
                 "undecodable: customer: required field is missing",
             ]
         )
+    }
+
+    @Test func aSubscriberTakesItsContractOnlyFromItsOwnExchange() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let node = try makeNode(harness)
+        try await withRunningNode(node, transport: harness.transport) {
+            // A message on the internal command exchange that claims the external checkout's type.
+            let envelope = Envelope(
+                messageID: "masquerade",
+                messageType: CheckoutCompleted.messageType,
+                timestamp: harness.clock.now(),
+                payload: Data(#"{"checkout_id":"chk-9","customer":"Eve","lines":[{"sku":"b","quantity":1}]}"#.utf8)
+            )
+            try await harness.transport.declare(
+                AMQPTopology(
+                    bindings: [.init(queue: "orders", exchange: Routing.commandExchange, bindingKey: "orders.Forged")]
+                )
+            )
+            try await harness.transport.publish([
+                OutgoingMessage(exchange: Routing.commandExchange, routingKey: "orders.Forged", envelope: envelope)
+            ])[0].get()
+            #expect(try await eventually { try await node.store.read { try $0.deadLetters().count } == 1 })
+        }
+        let letter = try #require(try await node.store.read { try $0.deadLetters() }.first)
+        #expect(letter.reason == "no handler for message type 'storefront.CheckoutCompleted.v1'")
+        #expect(try await node.store.read { try $0.streamVersion("order-order-chk-9") } == 0, "no order was placed")
+    }
+
+    @Test func anOutboxRowTheBrokerRefusesDoesNotHoldUpTheOthers() async throws {
+        // A broker user that may publish orders.OrderPlaced but not orders.OrderClosed (a topic permission, as
+        // a least-privilege deployment would have): every checkout yields one of each.
+        let virtualHost = TestBroker.unique("refused-row")
+        let user = TestBroker.unique("relay")
+        try TestBroker.makeVirtualHost(virtualHost)
+        defer { TestBroker.deleteVirtualHost(virtualHost) }
+        try TestBroker.ctl("add_user", user, "relay-secret")
+        defer { _ = try? TestBroker.ctl("delete_user", user) }
+        try TestBroker.ctl("set_permissions", "-p", virtualHost, user, ".*", ".*", ".*")
+        try TestBroker.ctl(
+            "set_topic_permissions",
+            "-p",
+            virtualHost,
+            user,
+            Routing.eventExchange,
+            "^orders\\.OrderPlaced$",
+            ".*"
+        )
+        let base = URLComponents(string: TestBroker.url.replacingOccurrences(of: "amqp://", with: "http://"))!
+        let url = "amqp://\(user):relay-secret@\(base.host!):\(base.port!)/\(virtualHost)"
+        var logger = Logger(label: "refused-row")
+        logger.logLevel = .critical
+        let connection = try await AMQPConnection.connect(configuration: .init(url: url), logger: logger)
+        let observer = try await AMQPConnection.connect(
+            configuration: .init(url: TestBroker.url(virtualHost: virtualHost)),
+            logger: logger
+        )
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let transport = AMQPTransport(connection: connection)
+        let node = try makeNode(harness, transport: transport)
+        try await observer.declare(
+            AMQPTopology(
+                exchanges: Routing.exchanges + [.init("storefront", kind: .topic)],
+                queues: [.init("placed", isDurable: false)],
+                bindings: [.init(queue: "placed", exchange: Routing.eventExchange, bindingKey: "orders.OrderPlaced")]
+            )
+        )
+        try await withRunningNode(node, transport: transport) {
+            let checkouts = (0..<60).map { index in
+                AMQPOutgoingMessage(
+                    exchange: "storefront",
+                    routingKey: "checkout.completed",
+                    body: Array(
+                        #"{"checkout_id":"c-\#(index)","customer":"Ada","lines":[{"sku":"b","quantity":1}]}"#.utf8
+                    ),
+                    properties: AMQPProperties(contentType: "application/json", messageID: "checkout-\(index)")
+                )
+            }
+            for result in await observer.publish(contentsOf: checkouts) { try result.get() }
+            // Each permitted event arrives, some maybe twice (sent again when its batch's outcome was unknown).
+            let consumer = try await observer.consume(queue: "placed", prefetch: 500)
+            var ids = Set<String>()
+            while ids.count < 60, let delivery = try await consumer.next(timeout: .seconds(20)) {
+                ids.insert(delivery.properties.messageID ?? "")
+                delivery.ack()
+            }
+            await consumer.cancel()
+            #expect(ids.count == 60, "every permitted event went out beside the refused ones (\(ids.count))")
+            let refusedWait = try await eventually(timeout: .seconds(20)) {
+                try await node.store.read { try $0.pendingOutboxCount() } == 60
+            }
+            #expect(refusedWait, "the 60 refused events wait in the outbox, not lost; the rest are marked sent")
+        }
+        await observer.close()
+        await connection.close()
     }
 
     @Test func concurrentWritersOfOneStreamAreDetected() async throws {

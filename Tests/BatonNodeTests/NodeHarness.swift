@@ -2,6 +2,7 @@ import Baton
 import BatonAMQP
 import BatonNode
 import BatonSQLite
+import BatonTestSupport
 import BatonTesting
 import Foundation
 import Logging
@@ -183,14 +184,4 @@ func withRunningNode<T>(_ node: Node, transport: any Transport, _ body: () async
         _ = try? await task.value
         throw error
     }
-}
-
-/// Polls until `condition` holds (the node works in the background).
-func eventually(_ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    return try await condition()
 }

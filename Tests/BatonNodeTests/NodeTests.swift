@@ -1,6 +1,7 @@
 import Baton
 import BatonAMQP
 import BatonSQLite
+import BatonTestSupport
 import BatonTesting
 import Foundation
 import Testing
@@ -191,7 +192,7 @@ import Testing
             #expect(try await eventually { try await node.store.read { try $0.pendingOutboxCount() } == 600 })
             try await harness.publish(PaymentReceived(orderID: "o-7"), id: "paid-7")
             #expect(
-                try await eventually(.seconds(5)) { harness.transport.readyCount("shipping") == 1 },
+                try await eventually(timeout: .seconds(5)) { harness.transport.readyCount("shipping") == 1 },
                 "queued behind 600 stuck rows, it still went out"
             )
             #expect(try await node.store.read { try $0.pendingOutboxCount() } == 600)

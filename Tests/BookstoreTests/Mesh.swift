@@ -27,6 +27,12 @@ final class Mesh {
         self.topology = topology
     }
 
+    /// The test broker's host and port (`127.0.0.1:5683`).
+    var brokerAddress: String {
+        let components = URLComponents(string: url.replacingOccurrences(of: "amqp://", with: "http://"))
+        return "\(components?.host ?? "127.0.0.1"):\(components?.port ?? 5672)"
+    }
+
     /// The built executables sit next to the test bundle.
     static func binary(_ name: String) -> URL {
         URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name)
@@ -95,6 +101,12 @@ final class Mesh {
     /// Runs one of the CLIs with the mesh's settings.
     @discardableResult
     func cli(_ service: String, _ arguments: String...) throws -> (status: Int32, output: String) {
+        try cli(service, arguments)
+    }
+
+    /// Runs one of the CLIs with the mesh's settings.
+    @discardableResult
+    func cli(_ service: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = Self.binary(service)
         process.arguments = arguments

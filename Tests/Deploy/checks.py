@@ -150,14 +150,15 @@ def connect(user, port, password=None):
     return pika.BlockingConnection(parameters)
 
 
-def refused(connection, action):
-    """Runs action(channel) on a fresh channel; True if the broker refused it with 403 ACCESS_REFUSED."""
+def refused(connection, action, reply_code=403):
+    """Runs action(channel) on a fresh channel; True if the broker refused it with reply_code (403
+    ACCESS_REFUSED by default)."""
     channel = connection.channel()
     channel.confirm_delivery()
     try:
         action(channel)
     except pika.exceptions.ChannelClosedByBroker as error:
-        return error.reply_code == 403
+        return error.reply_code == reply_code
     channel.close()
     return False
 
@@ -209,6 +210,8 @@ def check_permissions(args):
         ("declaring a queue outside producer.*", lambda ch: ch.queue_declare("orders.rogue")),
     ):
         check(refused(connection, action), f"producer is refused {what}")
+    too_large = lambda ch: publish(ch, "storefront", "checkout.completed", b"x" * (1024 * 1024 + 1))
+    check(refused(connection, too_large, reply_code=406), "producer is refused a body over the broker's 1 MiB limit")
     channel = connection.channel()
     queue = channel.queue_declare("", exclusive=True).method.queue
     channel.queue_bind(queue, "baton.events", "orders.#")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The chaos run: workflows through the four services (separate processes, a private broker node) while a
+# seeded schedule kill -9's a random service every few seconds (a supervisor restarts it), restarts the broker
+# once, and cuts one service off the network for 20 s; then every invariant is checked and printed. A failure
+# prints the seed: `Deploy/local/chaos.sh --seed N` runs the same schedule again.
+#
+#   Deploy/local/chaos.sh                         the short run (300 workflows, CI runs it)
+#   Deploy/local/chaos.sh --workflows 10000 --rate 100     the full run
+#
+# The partitioned service runs in a network namespace of its own, joined to the root namespace by a veth
+# pair in 10.77.0.0/30; a blackhole route for 10.77.0.0/24 is added first, so nothing can leave the machine.
+# Needs root (ip netns). BATON_CHAOS_BUILD=debug uses the debug build (the tests' own); default release.
+# Extra arguments go to bookstore-chaos (--help lists them).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cd "$repo"
+[ "$(id -u)" -eq 0 ] || exec sudo -E "$0" "$@"
+
+"$here/setup.sh"
+configuration=${BATON_CHAOS_BUILD:-release}
+echo "== building ($configuration)"
+for product in orders inventory shipping fulfillment bookstore-chaos; do
+    swift build -c "$configuration" --product "$product" 2>&1 | grep -E "error|warning: " || true
+done
+bin="$repo/.build/$configuration"
+
+namespace=baton-chaos
+link=bchaos0
+root_address=10.77.0.1
+export BATON_BROKER_DIR="$repo/.build-broker-chaos"
+export BATON_BROKER_PORT=${BATON_CHAOS_BROKER_PORT:-5677}
+export BATON_BROKER_NODE="baton-chaos-$$@localhost"
+export BATON_BROKER_EXTRA_ADDRESS=$root_address
+data="$repo/.build-chaos"
+
+cleanup() {
+    pkill -KILL -f "^$bin/(bookstore-chaos|orders|inventory|shipping|fulfillment) " 2>/dev/null || true
+    "$here/broker.sh" stop || true
+    ip netns del "$namespace" 2>/dev/null || true
+    ip route del blackhole 10.77.0.0/24 2>/dev/null || true
+}
+trap cleanup EXIT
+cleanup
+rm -rf "$data" "$BATON_BROKER_DIR"
+mkdir -p "$data"
+
+echo "== network namespace $namespace (blackhole route first)"
+ip route add blackhole 10.77.0.0/24
+ip netns add "$namespace"
+ip link add "$link" type veth peer name bchaos1 netns "$namespace"
+ip addr add "$root_address/30" dev "$link"
+ip link set "$link" up
+ip -n "$namespace" addr add 10.77.0.2/30 dev bchaos1
+ip -n "$namespace" link set bchaos1 up
+ip -n "$namespace" link set lo up
+
+"$here/broker.sh" start
+url=$("$here/broker.sh" url)
+export BATON_AMQP_URL=$url BATON_DATA_DIR=$data BATON_LOG_LEVEL=${BATON_LOG_LEVEL:-notice}
+"$bin/bookstore-chaos" --binaries "$bin" --namespace "$namespace" --link "$link" \
+    --namespace-url "${url/127.0.0.1/$root_address}" --broker-script "$here/broker.sh" "$@"
+password=${url#amqp://*:}; password=${password%%@*}
+if grep -rqF "$password" "$data/logs"; then
+    echo "chaos run FAILED: the broker password is in the service logs ($data/logs)" >&2
+    exit 1
+fi
+echo "no password in $(cat "$data"/logs/*.log | wc -l) lines of service logs"

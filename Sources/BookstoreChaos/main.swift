@@ -1,0 +1,443 @@
+import ArgumentParser
+import BatonAMQP
+import BatonService
+import BookstoreContracts
+import BookstoreOperations
+import Foundation
+import Logging
+import Synchronization
+
+/// The chaos run: workflows flow through the four services while a seeded schedule kill -9's them, restarts
+/// the broker and cuts one service off the network; afterwards every invariant is checked. Started by
+/// `Deploy/local/chaos.sh`, which provides the broker node and the network namespace.
+@main
+struct BookstoreChaos: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bookstore-chaos",
+        abstract: "Run workflows through the bookstore while killing services, restarting the broker and partitioning."
+    )
+
+    @OptionGroup var options: ServiceOptions
+    @Option(help: "Workflows (checkouts) to run.") var workflows = 300
+    @Option(help: "Seed of the random schedule (default: random; printed).") var seed: UInt64?
+    @Option(help: "Checkouts per second.") var rate: Double = 25
+    @Option(help: "Mean seconds between two kill -9s.") var killInterval: Double = 3
+    @Option(help: "Seconds the partitioned service is cut off.") var partitionSeconds: Double = 20
+    @Option(help: "Network namespace the partitioned service runs in (empty: no partition).") var namespace = ""
+    @Option(help: "Broker URL as seen from inside the namespace.") var namespaceURL = ""
+    @Option(help: "The root-side link of the namespace, taken down to partition.") var link = ""
+    @Option(help: "Script that stops and starts the broker (`SCRIPT stop`, `SCRIPT start`); empty: no restart.")
+    var brokerScript = ""
+    @Option(help: "Directory of the service executables.") var binaries: String
+    @Option(help: "Seconds fulfillment gives a step before compensating.") var stepTimeout: Double = 10
+    @Option(help: "Seconds to wait for every order to settle after the schedule.") var settleTimeout: Double = 300
+
+    static let services = ["orders", "inventory", "shipping", "fulfillment"]
+    static let injected = 5
+
+    func validate() throws {
+        guard workflows >= 10 else { throw ValidationError("--workflows must be at least 10") }
+        guard rate > 0, killInterval > 0, partitionSeconds >= 0 else {
+            throw ValidationError("--rate and --kill-interval must be positive, --partition-seconds not negative")
+        }
+        guard namespace.isEmpty == namespaceURL.isEmpty, namespace.isEmpty == link.isEmpty else {
+            throw ValidationError("--namespace, --namespace-url and --link go together")
+        }
+    }
+
+    func run() async throws {
+        let seed = self.seed ?? UInt64.random(in: 1...UInt64(UInt32.max))
+        var random = SeededGenerator(seed: seed)
+        say("chaos run: \(workflows) workflows, seed \(seed)")
+        let victim = namespace.isEmpty ? nil : Self.services.randomElement(using: &random)!
+        let logs = URL(fileURLWithPath: options.dataDirectory).appendingPathComponent("logs")
+        try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+        let supervisor = ServiceSupervisor(
+            binaries: URL(fileURLWithPath: binaries),
+            logs: logs,
+            services: Self.services.map { name in
+                let arguments = name == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
+                guard name == victim else { return .init(name: name, arguments: arguments) }
+                return .init(
+                    name: name,
+                    arguments: arguments,
+                    launcher: ["/usr/sbin/ip", "netns", "exec", namespace],
+                    environment: ["BATON_AMQP_URL": namespaceURL]
+                )
+            }
+        )
+        for service in Self.services { try await supervisor.start(service) }
+
+        var logger = Logger(label: "chaos")
+        logger.logLevel = .critical
+        let connection = try await AMQPConnection.connect(
+            configuration: options.connectionConfiguration(name: "chaos-driver"),
+            logger: logger
+        )
+        let audit = try await WireAudit.start(on: connection)
+        let catalogue = [("book-0001", 100_000), ("book-0002", 100_000), ("book-0003", 100_000), ("book-0004", 20)]
+        for (sku, quantity) in catalogue {
+            try await retrying {
+                try await ServiceClient.send(
+                    AddStock(sku: sku, quantity: quantity, title: sku),
+                    to: "inventory",
+                    options: options
+                )
+            }
+        }
+        let schedule = Schedule.make(
+            duration: max(Double(workflows) / rate, 30),
+            killInterval: killInterval,
+            partitionSeconds: victim == nil ? 0 : partitionSeconds,
+            brokerRestart: !brokerScript.isEmpty,
+            using: &random
+        )
+        let started = ContinuousClock.now
+        let log = EventLog()
+        let load = Load(workflows: workflows, rate: rate, injected: Self.injected)
+        let disruptions = Disruptions(brokerScript: brokerScript, link: link, victim: victim)
+        async let pushed: Void = load.push(over: connection)
+        async let disrupted: Void = disruptions.run(schedule, supervisor: supervisor, log: log)
+        let supervising = Task {
+            while !Task.isCancelled {
+                for name in (try? await supervisor.restartDead()) ?? [] { log.record("restarted \(name)") }
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        try await pushed
+        try await disrupted
+        say("schedule done after \(Int((ContinuousClock.now - started).seconds)) s; waiting for the orders to settle")
+
+        let deadline = ContinuousClock.now + .seconds(settleTimeout)
+        var snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        while !(snapshot.orders.count >= workflows && snapshot.isSettled), ContinuousClock.now < deadline {
+            try await Task.sleep(for: .seconds(1))
+            snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        }
+        let settled = ContinuousClock.now - started
+        try await Task.sleep(for: .seconds(2))  // late compensations still on the wire
+        supervising.cancel()
+        let statuses = await supervisor.stopAll()
+        snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        let conflicts = await audit.stop()
+        await connection.close()
+
+        var checks: [(String, [String])] = []
+        var notTerminal = snapshot.orders.filter { $0.status != "COMPLETED" && $0.status != "CANCELLED" }
+            .map { "order \($0.orderID) is \($0.status)" }
+        if snapshot.orders.count != workflows {
+            notTerminal.append("\(snapshot.orders.count) orders for \(workflows) checkouts")
+        }
+        checks.append(("every order terminal, one per checkout", notTerminal))
+        checks.append(
+            (
+                "stock conserved, no live shipment for a cancelled order",
+                snapshot.problems(stocked: Dictionary(uniqueKeysWithValues: catalogue))
+            )
+        )
+        checks.append(("no message id on the wire with two contents", conflicts))
+        let expectedDeadLetters = Set((0..<Self.injected).map { "chaos-injected-\($0)" })
+        let deadLetters = snapshot.deadLetters.flatMap { service, letters in letters.map { (service, $0) } }
+        checks.append(
+            (
+                "dead letters: exactly the \(Self.injected) injected ones",
+                deadLetters.filter { !expectedDeadLetters.contains($0.1.messageID) }
+                    .map { "\($0.0): \($0.1.messageID) \($0.1.messageType): \($0.1.reason)" }
+                    + expectedDeadLetters.subtracting(deadLetters.map(\.1.messageID)).map {
+                        "\($0) was not dead-lettered"
+                    }
+            )
+        )
+        checks.append(
+            (
+                "each process timeline consistent",
+                try await TimelineAudit.problems(dataDirectory: options.dataDirectory, orders: snapshot.orders)
+            )
+        )
+        checks.append(
+            ("every service stops gracefully", statuses.filter { $0.value != 0 }.map { "\($0.key) exited \($0.value)" })
+        )
+
+        let kills = log.count(prefix: "kill -9 ")
+        say("")
+        printTable(
+            ["FIGURE", "VALUE"],
+            [
+                ["workflows", String(workflows)],
+                [
+                    "completed / cancelled",
+                    "\(snapshot.ordersByStatus["COMPLETED", default: 0]) / \(snapshot.ordersByStatus["CANCELLED", default: 0])",
+                ],
+                [
+                    "cancelled because",
+                    Dictionary(grouping: snapshot.orders.compactMap(\.cancelReason)) { $0 }
+                        .map { "\($0.key): \($0.value.count)" }.sorted().joined(separator: "; "),
+                ],
+                [
+                    "kill -9",
+                    Self.services.map { "\($0) \(log.count(prefix: "kill -9 \($0)"))" }.joined(separator: ", ")
+                        + " (\(kills))",
+                ],
+                ["restarts by the supervisor", String(log.count(prefix: "restarted "))],
+                ["broker restarts", String(log.count(prefix: "broker restarted"))],
+                ["partition", victim.map { "\($0), \(Int(partitionSeconds)) s" } ?? "none"],
+                ["messages audited on the wire", String(await audit.count)],
+                ["settled after", "\(Int(settled.seconds)) s"],
+                ["seed", String(seed)],
+            ]
+        )
+        say("")
+        printTable(["INVARIANT", "RESULT"], checks.map { [$0.0, $0.1.isEmpty ? "holds" : "BROKEN (\($0.1.count))"] })
+        fflush(nil)  // the tables went through print's buffer; what follows does not
+        let broken = checks.filter { !$0.1.isEmpty }
+        guard broken.isEmpty else {
+            for (name, problems) in broken {
+                say("\nBROKEN: \(name)")
+                for problem in problems.prefix(20) { say("  \(problem)") }
+            }
+            say("\nchaos run FAILED with seed \(seed) (rerun: --seed \(seed))")
+            throw ExitCode.failure
+        }
+        say("\nchaos run passed (seed \(seed))")
+    }
+
+}
+
+/// The storefront's load.
+struct Load: Sendable {
+    var workflows: Int
+    var rate: Double
+    var injected: Int
+
+    /// The storefront: checkouts at `rate`, each published until the broker confirms it (across the broker
+    /// restart), plus the injected malformed messages.
+    func push(over connection: AMQPConnection) async throws {
+        let started = ContinuousClock.now
+        for index in 0..<workflows {
+            try await Task.sleep(until: started + .seconds(Double(index) / rate))
+            let lines =
+                index % 10 == 3
+                ? [["sku": "book-0004", "quantity": 3]]
+                : [["sku": "book-000\(index % 3 + 1)", "quantity": 1 + index % 2]]
+            let body: [String: Any] = [
+                "checkout_id": "chaos-\(index)", "customer": "Customer \(index)",
+                "shipping_address": index % 10 == 7 ? "" : "\(index) Chaos Street", "lines": lines,
+            ]
+            try await publish(
+                try JSONSerialization.data(withJSONObject: body),
+                id: "chaos-checkout-\(index)",
+                on: connection
+            )
+            if index % (workflows / injected) == 0, index / (workflows / injected) < injected {
+                let injected = index / (workflows / injected)
+                try await publish(
+                    Data(#"{"checkout_id": \#(index), "customer": "x"}"#.utf8),
+                    id: "chaos-injected-\(injected)",
+                    on: connection
+                )
+            }
+        }
+    }
+
+    private func publish(_ body: Data, id: String, on connection: AMQPConnection) async throws {
+        let message = AMQPOutgoingMessage(
+            exchange: CheckoutCompleted.exchange,
+            routingKey: CheckoutCompleted.routingKey,
+            body: Array(body),
+            properties: AMQPProperties(contentType: "application/json", messageID: id)
+        )
+        try await retrying { try await connection.publish(message) }
+    }
+
+}
+
+/// The disruptions and what they act on.
+struct Disruptions: Sendable {
+    var brokerScript: String
+    var link: String
+    var victim: String?
+
+    /// Runs the schedule, each disruption at its time: kill -9s (the supervisor restarts the service), one
+    /// broker restart, one partition, overlapping as they fall.
+    func run(_ schedule: [Schedule.Event], supervisor: ServiceSupervisor, log: EventLog) async throws {
+        let started = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for event in schedule {
+                group.addTask {
+                    try await Task.sleep(until: started + .seconds(event.at))
+                    switch event.action {
+                    case .kill(let index):
+                        let name = BookstoreChaos.services[index]
+                        await supervisor.kill(name)
+                        log.record("kill -9 \(name)")
+                    case .restartBroker:
+                        say("t=\(Int(event.at)) s: restarting the broker")
+                        try await shell(brokerScript, "stop")
+                        try await Task.sleep(for: .seconds(2))
+                        try await shell(brokerScript, "start")
+                        log.record("broker restarted")
+                    case .partition(let seconds):
+                        say("t=\(Int(event.at)) s: cutting \(victim!) off the network for \(Int(seconds)) s")
+                        try await shell("ip", "link", "set", link, "down")
+                        try await Task.sleep(for: .seconds(seconds))
+                        try await shell("ip", "link", "set", link, "up")
+                        log.record("partition healed")
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+    }
+}
+
+/// Prints a line at once (standard output is buffered when it is a file, and the run is long).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+/// Retries an operation every 200 ms until it succeeds (the broker may be restarting).
+@discardableResult
+func retrying<T: Sendable>(_ operation: () async throws -> T) async throws -> T {
+    let deadline = ContinuousClock.now + .seconds(120)
+    while true {
+        do {
+            return try await operation()
+        } catch  where ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+}
+
+/// Runs a command to its end and throws if it fails. Spawned and reaped here (posix_spawn, waitpid on a
+/// thread of its own) rather than with Foundation's `Process`, which waits until every inherited descriptor
+/// closes: `broker.sh start` leaves the broker running in the background with them open.
+func shell(_ command: String, _ arguments: String...) async throws {
+    let argv = [command] + arguments
+    var pid: pid_t = 0
+    var cArguments = argv.map { strdup($0) } + [nil]
+    defer { for argument in cArguments { free(argument) } }
+    let spawned = posix_spawnp(&pid, command, nil, nil, &cArguments, environ)
+    guard spawned == 0 else { throw CommandFailure("cannot run \(command): \(String(cString: strerror(spawned)))") }
+    let status: Int32 = await withCheckedContinuation { continuation in
+        let child = pid
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) == -1 && errno == EINTR {}
+            continuation.resume(returning: status)
+        }
+    }
+    guard status == 0 else {
+        throw CommandFailure("\(argv.joined(separator: " ")) failed (wait status \(status))")
+    }
+}
+
+/// What the disruptions did, counted for the summary.
+final class EventLog: Sendable {
+    private let entries = Mutex<[String]>([])
+    func record(_ entry: String) { entries.withLock { $0.append(entry) } }
+    func count(prefix: String) -> Int { entries.withLock { $0.filter { $0.hasPrefix(prefix) }.count } }
+}
+
+/// The seeded plan of disruptions.
+enum Schedule {
+    struct Event: Sendable {
+        enum Action: Sendable {
+            case kill(Int)
+            case restartBroker
+            case partition(Double)
+        }
+        var at: Double
+        var action: Action
+    }
+
+    static func make(
+        duration: Double,
+        killInterval: Double,
+        partitionSeconds: Double,
+        brokerRestart: Bool,
+        using random: inout SeededGenerator
+    ) -> [Event] {
+        var events: [Event] = []
+        var time = Double.random(in: 1...killInterval, using: &random)
+        while time < duration {
+            events.append(Event(at: time, action: .kill(Int.random(in: 0..<4, using: &random))))
+            time += Double.random(in: killInterval / 2...killInterval * 1.5, using: &random)
+        }
+        if brokerRestart {
+            events.append(Event(at: duration * Double.random(in: 0.2...0.35, using: &random), action: .restartBroker))
+        }
+        if partitionSeconds > 0 {
+            events.append(
+                Event(at: duration * Double.random(in: 0.5...0.6, using: &random), action: .partition(partitionSeconds))
+            )
+        }
+        return events.sorted { $0.at < $1.at }
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+/// Everything published on `baton.commands` and `baton.events`, by message id: a re-send must carry the same
+/// type and body as the first send; two contents under one id would mean a handler issued different
+/// messages under a derived id (a broken replay).
+actor WireAudit {
+    static let queue = "chaos.audit"
+    private let consumer: AMQPConsumer
+    private var seen: [String: (type: String, body: [UInt8])] = [:]
+    private var conflicts: [String] = []
+    private(set) var count = 0
+    private var reader: Task<Void, Never>?
+
+    private init(consumer: AMQPConsumer) {
+        self.consumer = consumer
+    }
+
+    static func start(on connection: AMQPConnection) async throws -> WireAudit {
+        try await connection.declare(
+            AMQPTopology(
+                exchanges: [.init("baton.commands", kind: .topic), .init("baton.events", kind: .topic)],
+                queues: [.init(queue)],
+                bindings: [
+                    .init(queue: queue, exchange: "baton.commands", bindingKey: "#"),
+                    .init(queue: queue, exchange: "baton.events", bindingKey: "#"),
+                ]
+            )
+        )
+        let audit = WireAudit(consumer: try await connection.consume(queue: queue, prefetch: 1000))
+        await audit.read()
+        return audit
+    }
+
+    private func read() {
+        reader = Task {
+            do {
+                for try await delivery in consumer {
+                    note(delivery)
+                    delivery.ack()
+                }
+            } catch {}
+        }
+    }
+
+    private func note(_ delivery: AMQPDelivery) {
+        count += 1
+        let id = delivery.properties.messageID ?? "(none)"
+        let content = (type: delivery.properties.type ?? "", body: delivery.body)
+        if let first = seen[id] {
+            if first.type != content.type || first.body != content.body {
+                conflicts.append("\(id): \(first.type) sent with two different bodies")
+            }
+        } else {
+            seen[id] = content
+        }
+    }
+
+    /// Stops reading; returns the conflicts found.
+    func stop() async -> [String] {
+        await consumer.cancel()
+        reader?.cancel()
+        return conflicts
+    }
+}
