@@ -130,7 +130,9 @@ let package = Package(
         .testTarget(
             name: "BookstoreTests",
             dependencies: [
-                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "Shipping",
+                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "BatonTesting",
+                "Shipping",
+                "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
         ),

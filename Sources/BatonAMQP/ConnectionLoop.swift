@@ -283,7 +283,7 @@ final class ConnectionLoop {
     private func restore() {
         for topology in topologies {
             do {
-                try declare(topology)
+                try declare(topology, passive: false)
             } catch {
                 logger.error(
                     "AMQP topology could not be declared again after reconnecting",
@@ -449,11 +449,11 @@ final class ConnectionLoop {
         guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
         switch operation {
         case .declare(let topology):
-            try declare(topology)
+            try declare(topology, passive: false)
             topologies.append(topology)
             return QueueCounts(messages: 0, consumers: 0)
         case .verify(let topology):
-            try verify(topology)
+            try declare(topology, passive: true)
             return QueueCounts(messages: 0, consumers: 0)
         case .purgeQueue(let name):
             let ok = amqp_queue_purge(connection, Self.topologyChannel, arena.bytes(name))
@@ -479,36 +479,40 @@ final class ConnectionLoop {
         }
     }
 
-    private func declare(_ topology: AMQPTopology) throws {
+    /// Declares a topology; `passive` only checks that its exchanges and queues exist (passive declares need
+    /// no permission) and skips the bindings, which AMQP 0-9-1 cannot check.
+    private func declare(_ topology: AMQPTopology, passive: Bool) throws {
         guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
         let channel = Self.topologyChannel
+        let verb = passive ? "check" : "declare"
         for exchange in topology.exchanges {
             let ok = amqp_exchange_declare(
                 connection,
                 channel,
                 arena.bytes(exchange.name),
                 arena.bytes(exchange.kind.rawValue),
+                passive ? 1 : 0,
+                exchange.isDurable && !passive ? 1 : 0,
                 0,
-                exchange.isDurable ? 1 : 0,
                 0,
-                0,
-                arena.table(exchange.arguments)
+                passive ? amqp_empty_table : arena.table(exchange.arguments)
             )
-            if ok == nil { throw topologyFailure("declare exchange '\(exchange.name)'") }
+            if ok == nil { throw topologyFailure("\(verb) exchange '\(exchange.name)'") }
         }
         for queue in topology.queues {
             let ok = amqp_queue_declare(
                 connection,
                 channel,
                 arena.bytes(queue.name),
+                passive ? 1 : 0,
+                queue.isDurable && !passive ? 1 : 0,
                 0,
-                queue.isDurable ? 1 : 0,
                 0,
-                0,
-                arena.table(queue.effectiveArguments)
+                passive ? amqp_empty_table : arena.table(queue.effectiveArguments)
             )
-            if ok == nil { throw topologyFailure("declare queue '\(queue.name)'") }
+            if ok == nil { throw topologyFailure("\(verb) queue '\(queue.name)'") }
         }
+        guard !passive else { return }
         for binding in topology.bindings {
             let ok = amqp_queue_bind(
                 connection,
@@ -523,30 +527,6 @@ final class ConnectionLoop {
                     "bind queue '\(binding.queue)' to '\(binding.exchange)' with '\(binding.bindingKey)'"
                 )
             }
-        }
-    }
-
-    /// Checks with passive declares (which need no permission) that the exchanges and queues exist.
-    private func verify(_ topology: AMQPTopology) throws {
-        guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
-        let channel = Self.topologyChannel
-        for exchange in topology.exchanges {
-            let ok = amqp_exchange_declare(
-                connection,
-                channel,
-                arena.bytes(exchange.name),
-                arena.bytes(exchange.kind.rawValue),
-                1,
-                0,
-                0,
-                0,
-                amqp_empty_table
-            )
-            if ok == nil { throw topologyFailure("check exchange '\(exchange.name)'") }
-        }
-        for queue in topology.queues {
-            let ok = amqp_queue_declare(connection, channel, arena.bytes(queue.name), 1, 0, 0, 0, amqp_empty_table)
-            if ok == nil { throw topologyFailure("check queue '\(queue.name)'") }
         }
     }
 

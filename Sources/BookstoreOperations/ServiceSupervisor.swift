@@ -56,14 +56,9 @@ public actor ServiceSupervisor {
             process.arguments = service.arguments
         }
         process.environment = ProcessInfo.processInfo.environment.merging(service.environment) { _, new in new }
-        let log = logs.appendingPathComponent("\(name).log")
-        if !FileManager.default.fileExists(atPath: log.path) {
-            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        }
-        let handle = try FileHandle(forWritingTo: log)
-        handle.seekToEndOfFile()
-        process.standardOutput = handle
-        process.standardError = handle
+        let log = try FileHandle(appendingTo: logs.appendingPathComponent("\(name).log"))
+        process.standardOutput = log
+        process.standardError = log
         try process.run()
         processes[name] = process
         starts[name, default: 0] += 1
@@ -94,5 +89,17 @@ public actor ServiceSupervisor {
             statuses[name] = process.terminationStatus
         }
         return statuses
+    }
+}
+
+extension FileHandle {
+    /// A handle that appends to a file, created if missing (a service's log across its restarts).
+    /// - Throws: If the file cannot be opened for writing.
+    public convenience init(appendingTo file: URL) throws {
+        if !FileManager.default.fileExists(atPath: file.path) {
+            _ = FileManager.default.createFile(atPath: file.path, contents: nil)
+        }
+        try self.init(forWritingTo: file)
+        seekToEndOfFile()
     }
 }

@@ -76,6 +76,11 @@ public enum TimelineAudit {
             if !issued.contains(CompleteOrder.messageName) {
                 problems.append("\(id): completed without issuing \(CompleteOrder.messageName)")
             }
+            // A completed order keeps its stock and its shipment: nothing of it may have been undone.
+            for undo in [ReleaseInventory.messageName, CancelShipment.messageName, CancelOrder.messageName]
+            where issued.contains(undo) {
+                problems.append("\(id): completed, yet it issued \(undo)")
+            }
         case (.failed, "CANCELLED"):
             // Whatever was done for a cancelled order was undone: a reservation released, a shipment cancelled.
             if !undone(InventoryReserved.messageName, by: ReleaseInventory.messageName) {

@@ -55,11 +55,7 @@ final class Mesh {
         process.arguments = service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
         process.environment = environment
         let log = dataDirectory.appendingPathComponent("\(service).log")
-        if !FileManager.default.fileExists(atPath: log.path) {
-            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
-        }
-        let handle = try FileHandle(forWritingTo: log)
-        handle.seekToEndOfFile()
+        let handle = try FileHandle(appendingTo: log)
         process.standardOutput = handle
         process.standardError = handle
         try process.run()
