@@ -117,6 +117,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         let settled = ContinuousClock.now - started
         try await Task.sleep(for: .seconds(2))  // late compensations still on the wire
         supervising.cancel()
+        await supervising.value  // no restart may slip in after the stop
         let statuses = await supervisor.stopAll()
         snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
         let conflicts = await audit.stop()
