@@ -258,16 +258,20 @@ import Testing
 
     /// What the orders service must do with a mutant: decoded and validated by the contract's own rules
     /// (the same registry call the node makes); a valid one is an order under its (possibly mutated) id.
-    static func predictedFate(of bytes: [UInt8]) -> Case.Fate {
+    static let contract: MessageRegistry = {
         var registry = MessageRegistry()
         registry.register(CheckoutCompleted.self)
+        return registry
+    }()
+
+    static func predictedFate(of bytes: [UInt8]) -> Case.Fate {
         let envelope = Envelope(
             messageID: "prediction",
             messageType: CheckoutCompleted.messageType,
             timestamp: Date(),
             payload: Data(bytes)
         )
-        guard let checkout = try? registry.decode(envelope) as? CheckoutCompleted else { return .deadLettered }
+        guard let checkout = try? contract.decode(envelope) as? CheckoutCompleted else { return .deadLettered }
         return .order(checkoutID: checkout.checkoutID)
     }
 

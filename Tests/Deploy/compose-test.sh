@@ -61,7 +61,6 @@ finish() {
         "${compose[@]}" logs --tail 30 >&2 || true
     fi
     "${compose[@]}" down -v --remove-orphans > /dev/null 2>&1 || true
-    # No password of this run may be in any log the containers wrote.
     rm -rf "$work"
     exit $status
 }
