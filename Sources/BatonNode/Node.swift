@@ -13,8 +13,9 @@ import Synchronization
 ///   **one** SQLite transaction, each in its own savepoint: inbox check, handler effects, outbox, inbox record.
 ///   Acks go out only after the commit. A handler that throws is retried with backoff in its own
 ///   transaction, then dead-lettered with the reason.
-/// - **Relay**: publishes the outbox in order with publisher confirms and marks what was confirmed.
-///   A crash re-sends (same ids), never loses.
+/// - **Relay**: publishes the outbox in order with publisher confirms and marks what was confirmed. The
+///   rows a transaction of the node's committed are handed to it in memory; it reads the outbox table at
+///   start, after a failure and for rows another process queued. A crash re-sends (same ids), never loses.
 /// - **Timers**: stored deadlines, fired through the same unit of work when the clock reaches them, also
 ///   after a restart.
 public final class Node: Sendable {
@@ -72,7 +73,9 @@ public final class Node: Sendable {
     let timeSource: any TimeSource
     let logger: Logger
     private let relaySignal = Signal()
+    private let handover = Mutex(Handover())
     private let timerSignal = Signal()
+    private let schedulesTimers: Bool
     private let consumeStop = Signal()
     private let stopping = Atomic<Bool>(false)
 
@@ -99,6 +102,7 @@ public final class Node: Sendable {
         self.transport = transport
         self.registry = registry
         self.handlers = handlers
+        self.schedulesTimers = handlers.contains { $0.schedulesTimers }
         self.timeSource = timeSource
         var logger = logger
         logger[metadataKey: "baton.node"] = "\(configuration.name)"
@@ -230,12 +234,38 @@ public final class Node: Sendable {
         }
     }
 
+    /// The outbox rows committed by the node's own transactions, waiting for the relay (they are in the table
+    /// too: this only saves reading them back).
+    private struct Handover {
+        var rows: [OutboxMessage] = []
+        /// More rows came than it holds: the relay reads the table instead.
+        var overflowed = false
+        static let capacity = 10_000
+    }
+
+    /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it.
+    private func commit<T: Sendable>(_ body: @escaping @Sendable (UnitOfWork) throws -> T) async throws -> T {
+        let (value, queued) = try await store.writeHandingOverOutbox(body)
+        if !queued.isEmpty {
+            handover.withLock { handover in
+                if handover.overflowed || handover.rows.count + queued.count > Handover.capacity {
+                    handover.rows.removeAll()
+                    handover.overflowed = true
+                } else {
+                    handover.rows.append(contentsOf: queued)
+                }
+            }
+        }
+        relaySignal.notify()
+        return value
+    }
+
     private func process(_ batch: [IncomingMessage]) async {
         let prepared = batch.map(prepare)
         let now = businessNow()
         let outcomes: [Outcome]
         do {
-            outcomes = try await store.write { [self] work in
+            outcomes = try await commit { [self] work in
                 var outcomes: [Outcome] = []
                 for item in prepared {
                     switch item {
@@ -256,8 +286,7 @@ public final class Node: Sendable {
             return
         }
         configuration.faultInjection?(.afterCommitBeforePublish)
-        relaySignal.notify()
-        timerSignal.notify()
+        if schedulesTimers { timerSignal.notify() }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()
             fault(.afterPublishBeforeAck)
@@ -319,11 +348,10 @@ public final class Node: Sendable {
             attempt += 1
             let now = businessNow()
             do {
-                let outcome = try await store.write { [self] work in
+                let outcome = try await commit { [self] work in
                     handleOnce(incoming, envelope, message, handlers, work, now)
                 }
                 if case .failed(let error) = outcome { throw error }
-                relaySignal.notify()
                 timerSignal.notify()
                 incoming.acknowledge()
                 return
@@ -336,7 +364,7 @@ public final class Node: Sendable {
         let names = handlers.map(\.name).joined(separator: ",")
         do {
             let now = businessNow()
-            try await store.write { [self] work in
+            try await commit { [self] work in
                 try deadLetter(incoming, reason: reason, handler: names, attempts: attempts, work, now)
             }
             logger.error(
@@ -345,7 +373,6 @@ public final class Node: Sendable {
                     "baton.message_id": "\(envelope.messageID)", "attempts": "\(attempts)", "error": "\(reason)",
                 ]
             )
-            relaySignal.notify()
             incoming.acknowledge()
         } catch {
             logger.error("dead-lettering failed; requeued", metadata: ["error": "\(error)"])
@@ -458,36 +485,58 @@ public final class Node: Sendable {
     public func replayDeadLetter(id: Int64) async throws {
         let now = businessNow()
         let name = configuration.name
-        let replayed = try await store.write { try $0.replayDeadLetter(id: id, to: name, at: now) }
+        let replayed = try await commit { try $0.replayDeadLetter(id: id, to: name, at: now) }
         guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
-        relaySignal.notify()
     }
 
     // MARK: Relay
 
     private func relayLoop() async {
+        let limit = configuration.relayBatchSize
+        // Read the table at start (rows an earlier run left), after a failure, when a retry is due, when the
+        // node stops (a last sweep) and at least once a second (rows another process queued).
+        var mustRead = true
+        var lastRead = ContinuousClock.now
+        var nextAttempt: Date?
+        var readThrough: Int64 = 0  // the highest sequence a table read returned: handed-over copies are skipped
         while true {
-            let pending: [OutboxMessage]
-            do {
-                let limit = configuration.relayBatchSize
-                pending = try await store.read { try $0.pendingOutbox(limit: limit, readyAt: Date()) }
-            } catch {
-                logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                if isStopping { return }
-                try? await Task.sleep(for: .seconds(1))
-                continue
+            var pending: [OutboxMessage] = []
+            let handed = handover.withLock { handover in
+                let overflowed = handover.overflowed
+                handover.overflowed = false
+                let taken = Array(handover.rows.prefix(limit))
+                handover.rows.removeFirst(taken.count)
+                return (taken, overflowed)
+            }
+            pending = handed.0.filter { $0.sequence > readThrough }
+            if handed.1 || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)
+                || nextAttempt.map({ $0 <= Date() }) == true
+            {
+                mustRead = true
+            }
+            if mustRead {
+                do {
+                    (pending, nextAttempt) = try await store.read {
+                        (try $0.pendingOutbox(limit: limit, readyAt: Date()), try $0.nextOutboxAttempt())
+                    }
+                } catch {
+                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                    if isStopping { return }
+                    try? await Task.sleep(for: .seconds(1))
+                    continue
+                }
+                mustRead = pending.count == limit  // a full page: more may wait
+                lastRead = .now
+                readThrough = max(readThrough, pending.last?.sequence ?? 0)
+                handover.withLock { [readThrough] in $0.rows.removeAll { $0.sequence <= readThrough } }
             }
             if pending.isEmpty {
                 // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.
-                if isStopping { return }
-                let nextAttempt = try? await store.read { try $0.nextOutboxAttempt() }
-                // Retry delays are wall-clock time, not business time.
-                var retry: (@Sendable () async -> Void)?
-                if let nextAttempt {
-                    let delay = max(0.001, nextAttempt.timeIntervalSinceNow)
-                    retry = { try? await Task.sleep(for: .seconds(delay)) }
+                if isStopping && !mustRead { return }
+                if !mustRead {
+                    let wake = min(nextAttempt ?? .distantFuture, Date().addingTimeInterval(1))
+                    await waitFor(relaySignal, orUntil: Self.sleep(until: wake))
                 }
-                await waitFor(relaySignal, orUntil: retry)
                 continue
             }
             let results = await publish(pending)
@@ -505,21 +554,31 @@ public final class Node: Sendable {
             }
             do {
                 let now = businessNow()
-                try await store.write { [sent, failed, refused] work in
+                // Without an fsync: a mark lost to a power failure only re-sends, under the same id.
+                try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
                     try work.markSent(sent, at: now)
                     try work.markFailed(failed, at: Date())
                     try work.markFailed(refused, at: Date(), refused: true)
                 }
             } catch {
                 logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
+                mustRead = true
             }
             if let firstError {
+                mustRead = true  // the failed rows wait out their retry delay in the table
                 logger.warning(
                     "relay publish failed; retrying those messages later",
                     metadata: ["failed": "\(failed.count)", "error": "\(firstError)"]
                 )
             }
         }
+    }
+
+    /// A sleep until a retry is due (wall-clock time, not business time), or none.
+    private static func sleep(until date: Date?) -> (@Sendable () async -> Void)? {
+        guard let date else { return nil }
+        let delay = max(0.001, date.timeIntervalSinceNow)
+        return { try? await Task.sleep(for: .seconds(delay)) }
     }
 
     /// Publishes outbox rows: the ones never refused together, each row the broker refused before on its own.
@@ -553,12 +612,14 @@ public final class Node: Sendable {
         while !isStopping {
             let now = businessNow()
             do {
-                let due = try await store.read { try $0.dueTimers(before: now, limit: 100) }
+                let (due, next) = try await store.read { work in
+                    let due = try work.dueTimers(before: now, limit: 100)
+                    return (due, due.isEmpty ? try work.nextTimer() : nil)
+                }
                 if !due.isEmpty {
                     try await fire(due, now: now)
                     continue
                 }
-                let next = try await store.read { try $0.nextTimer() }
                 var untilDue: (@Sendable () async -> Void)?
                 if let next {
                     let timeSource = self.timeSource
@@ -573,7 +634,7 @@ public final class Node: Sendable {
     }
 
     private func fire(_ timers: [DueTimer], now: Date) async throws {
-        try await store.write { [self] work in
+        try await commit { [self] work in
             for timer in timers {
                 do {
                     try work.inSavepoint {
@@ -585,7 +646,6 @@ public final class Node: Sendable {
                 }
             }
         }
-        relaySignal.notify()
     }
 
     /// Waits for `signal` (which the node's stop also raises), or until `sleep` returns.

@@ -18,6 +18,9 @@ public protocol NodeHandler: Sendable {
     func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) throws
     /// Fires one of its timers, if it has timers.
     func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws
+    /// Whether handling a message may schedule a timer: the node wakes its timer scheduler after a batch only
+    /// if one of its handlers may have.
+    var schedulesTimers: Bool { get }
     /// Exchanges of an external contract it subscribes to (declared with the node's topology).
     var exchanges: [AMQPTopology.Exchange] { get }
     /// For a message without a type property (an external producer's), the type this handler reads it as,
@@ -27,6 +30,7 @@ public protocol NodeHandler: Sendable {
 
 extension NodeHandler {
     public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {}
+    public var schedulesTimers: Bool { false }
     public var exchanges: [AMQPTopology.Exchange] { [] }
     public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
 }
@@ -36,6 +40,8 @@ extension NodeHandler {
 public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     /// The engine.
     public let engine: ProcessEngine<State>
+    /// A process manager schedules deadlines.
+    public var schedulesTimers: Bool { true }
     let registry: MessageRegistry
     private let cache: InstanceCache<State>
 
