@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
@@ -75,13 +76,14 @@ let package = Package(
             name: "BookstoreChaos",
             dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        // Framework benchmarks (the embedded mode so far).
+        // The benchmark: the broker's ceiling (C relays), the mesh of service executables, embedded mode, scale.
         .executableTarget(
             name: "BatonBenchmark",
             dependencies: [
                 "BatonNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
         // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.

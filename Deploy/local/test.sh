@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts a private RabbitMQ node, runs every Swift test against
-# it and stops the node again, whatever the outcome; then the short chaos run (Deploy/local/chaos.sh) and the
-# deployment test (Tests/Deploy/compose-test.sh: Deploy/compose.yaml on a Docker engine). Extra arguments go
-# to `swift test` and run only that.
+# it and stops the node again, whatever the outcome; then the benchmark's smoke run (Deploy/local/benchmark.sh
+# --smoke: every part of it, tiny sizes), the short chaos run (Deploy/local/chaos.sh) and the deployment test
+# (Tests/Deploy/compose-test.sh: Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test`
+# and run only that.
 #
 # The deployment test uses the Docker engine that answers (DOCKER_HOST); on the build machine without one it
 # starts ../shared/tools/compose-lab. Without either it fails: a deployment nobody tested is not a pass.
@@ -50,6 +51,9 @@ fi
 swift test --skip-build --skip BrokerDisruptionTests
 swift test --skip-build --filter BrokerDisruptionTests
 "$here/broker.sh" stop
+
+# The benchmark, small: ceiling, mesh at max and 50%, embedded, scale — so that it keeps working.
+"$here/benchmark.sh" --smoke
 
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).

@@ -1,149 +1,118 @@
-import ArgumentParser
 import Baton
+import BatonAMQP
 import BatonNode
 import BatonSQLite
 import Foundation
 import Logging
 
-/// Framework benchmarks. `embedded`: a 4-step process manager over the in-process transport, with each node's
-/// SQLite store on disk — the framework's own cost without a broker.
-@main
-struct BenchmarkCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "baton-benchmark",
-        abstract: "Baton framework benchmarks.",
-        subcommands: [Embedded.self]
-    )
-}
+/// The embedded mode: a 4-step process manager and a worker, two nodes in one process over the in-process
+/// transport, each with its SQLite store on disk — the framework's own cost, without a broker.
+struct EmbeddedBenchmark {
+    var workflows: Int
+    var directory: URL
 
-struct Embedded: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "A 4-step process manager, in-process transport, SQLite on disk: messages/s and workflows/s."
-    )
-
-    @Option(help: "Workflows to run.")
-    var workflows = 5_000
-
-    @Option(help: "Directory for the SQLite files (default: a fresh temporary directory).")
-    var dataDir: String?
-
-    @Option(help: "Also write the results as JSON to this file.")
-    var json: String?
-
-    func validate() throws {
-        guard workflows > 0 else { throw ValidationError("--workflows must be positive") }
-    }
-
-    func run() async throws {
-        let directory = URL(fileURLWithPath: dataDir ?? NSTemporaryDirectory()).appendingPathComponent(
-            "baton-embedded-\(UUID().uuidString)"
-        )
+    func run() async throws -> EmbeddedResult {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
         var logger = Logger(label: "baton-benchmark")
         logger.logLevel = .warning
-
         let transport = InProcessTransport()
-        let (coordinator, worker) = try makeNodes(transport: transport, directory: directory, logger: logger)
+        let coordinator = try Self.coordinator(
+            transport: transport,
+            path: directory.appendingPathComponent("coordinator.sqlite").path,
+            stepTimeout: .seconds(30),
+            logger: logger
+        )
+        let worker = try Self.worker(transport: transport, directory: directory, logger: logger)
         try await transport.declare(coordinator.topology)
         try await transport.declare(worker.topology)
-        try await transport.declare(
-            .init(
-                exchanges: Routing.exchanges,
-                queues: [.init("completed")],
-                bindings: [
-                    .init(
-                        queue: "completed",
-                        exchange: Routing.eventExchange,
-                        bindingKey: WorkflowCompleted.messageName
-                    )
-                ]
-            )
-        )
+        try await transport.declare(Self.sink("completed", for: WorkflowCompleted.self))
         let nodes = [coordinator, worker].map { node in Task { try await node.run() } }
 
+        let progress = ProgressBar("embedded", total: workflows)
         let started = ContinuousClock.now
-        var published = 0
-        var lastReport = started
-        while published < workflows {
-            let batch = (published..<min(workflows, published + 500)).map { index in
-                OutgoingMessage(
-                    exchange: Routing.eventExchange,
-                    routingKey: WorkflowStarted.messageName,
-                    envelope: Envelope(
-                        messageID: "start-\(index)",
-                        messageType: WorkflowStarted.messageType,
-                        timestamp: Date(),
-                        payload: MessageRegistry.encode(WorkflowStarted(workflowID: "wf-\(index)"))
-                    )
-                )
-            }
-            _ = await transport.publish(batch)
-            published += batch.count
+        for first in stride(from: 0, to: workflows, by: 500) {
+            _ = await transport.publish((first..<min(workflows, first + 500)).map(Self.start))
         }
         while transport.readyCount("completed") < workflows {
-            try await Task.sleep(for: .milliseconds(20))
-            if ContinuousClock.now - lastReport > .seconds(1) {
-                lastReport = .now
-                progress(transport.readyCount("completed"), of: workflows)
-            }
+            try await Task.sleep(for: .milliseconds(5))
+            progress.update(transport.readyCount("completed"))
         }
         let elapsed = (ContinuousClock.now - started).seconds
-        progress(workflows, of: workflows)
-        FileHandle.standardError.write(Data("\n".utf8))
+        progress.update(workflows)
         for node in nodes { node.cancel() }
         for node in nodes { try await node.value }
-
         // Per workflow: 4 events handled by the process manager, 3 commands by the worker.
-        let handled = Double(workflows * 7)
-        let result = EmbeddedResult(
+        return EmbeddedResult(
             workflows: workflows,
             seconds: elapsed,
             workflowsPerSecond: Double(workflows) / elapsed,
-            messagesPerSecond: handled / elapsed
+            messagesPerSecond: Double(workflows * 7) / elapsed
         )
-        print(
-            """
-            embedded: \(workflows) workflows of a 4-step process manager, in-process transport, SQLite on disk
-              elapsed        \(String(format: "%.2f", elapsed)) s
-              workflows/s    \(String(format: "%.0f", result.workflowsPerSecond))
-              messages/s     \(String(format: "%.0f", result.messagesPerSecond))  (7 handled per workflow)
-            """
-        )
-        if let json {
-            try JSONEncoder().encode(result).write(to: URL(fileURLWithPath: json))
-        }
     }
 
-    private func progress(_ done: Int, of total: Int) {
-        let width = 30
-        let filled = width * done / max(total, 1)
-        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
-        FileHandle.standardError.write(Data("\r[\(bar)] \(done)/\(total) workflows".utf8))
+    /// The event that starts workflow `index`.
+    static func start(_ index: Int) -> OutgoingMessage {
+        event(WorkflowStarted(workflowID: "wf-\(index)"), id: "start-\(index)")
     }
 
-    private func makeNodes(transport: InProcessTransport, directory: URL, logger: Logger) throws -> (Node, Node) {
-        var coordinatorRegistry = MessageRegistry()
+    /// An event as the worker would publish it.
+    static func event<E: Event>(_ event: E, id: String) -> OutgoingMessage {
+        OutgoingMessage(
+            exchange: Routing.eventExchange,
+            routingKey: E.messageName,
+            envelope: Envelope(
+                messageID: id,
+                messageType: E.messageType,
+                timestamp: Date(),
+                payload: MessageRegistry.encode(event)
+            )
+        )
+    }
+
+    /// A queue that collects one message type, for the benchmark to count or read.
+    static func sink<M: Message>(_ queue: String, for type: M.Type) -> AMQPTopology {
+        let exchange = M.self is any Command.Type ? Routing.commandExchange : Routing.eventExchange
+        return AMQPTopology(
+            exchanges: Routing.exchanges,
+            queues: [.init(queue)],
+            bindings: [.init(queue: queue, exchange: exchange, bindingKey: M.messageName)]
+        )
+    }
+
+    /// The node hosting the 4-step process manager.
+    static func coordinator(
+        transport: any Transport,
+        path: String,
+        stepTimeout: Duration,
+        logger: Logger
+    ) throws
+        -> Node
+    {
+        var registry = MessageRegistry()
         for type in [WorkflowStarted.self, StepADone.self, StepBDone.self, StepCDone.self] as [any Event.Type] {
-            coordinatorRegistry.register(type)
+            registry.register(type)
         }
-        let coordinator = Node(
+        return Node(
             configuration: Node.Configuration(name: "bench-coordinator"),
-            store: try SQLiteStore(path: directory.appendingPathComponent("coordinator.sqlite").path),
+            store: try SQLiteStore(path: path),
             transport: transport,
-            registry: coordinatorRegistry,
-            handlers: [try ProcessManagerHost(fourSteps, registry: coordinatorRegistry)],
+            registry: registry,
+            handlers: [try ProcessManagerHost(fourSteps(stepTimeout: stepTimeout), registry: registry)],
             logger: logger
         )
-        var workerRegistry = MessageRegistry()
-        workerRegistry.register(DoStepA.self)
-        workerRegistry.register(DoStepB.self)
-        workerRegistry.register(DoStepC.self)
-        let worker = Node(
+    }
+
+    /// The node doing the three steps.
+    static func worker(transport: any Transport, directory: URL, logger: Logger) throws -> Node {
+        var registry = MessageRegistry()
+        registry.register(DoStepA.self)
+        registry.register(DoStepB.self)
+        registry.register(DoStepC.self)
+        return Node(
             configuration: Node.Configuration(name: "bench-worker"),
             store: try SQLiteStore(path: directory.appendingPathComponent("worker.sqlite").path),
             transport: transport,
-            registry: workerRegistry,
+            registry: registry,
             handlers: [
                 MessageHandlerHost.command(DoStepA.self, name: "step-a") { command, context in
                     context.publish(StepADone(workflowID: command.workflowID))
@@ -157,7 +126,6 @@ struct Embedded: AsyncParsableCommand {
             ],
             logger: logger
         )
-        return (coordinator, worker)
     }
 }
 
@@ -205,35 +173,31 @@ struct Steps: ProcessState {
     var step = 0
 }
 
-let fourSteps = ProcessManager<Steps>(name: "four-steps", listensTo: ["bench"]) { pm in
-    pm.start(on: WorkflowStarted.self, correlation: .field(\.workflowID)) { event, process in
-        process.state.workflowID = event.workflowID
-        process.send(DoStepA(workflowID: event.workflowID))
-        process.schedule("step-timeout", after: .seconds(30))
-    }
-    pm.on(StepADone.self, correlation: .field(\.workflowID)) { event, process in
-        process.state.step = 1
-        process.send(DoStepB(workflowID: event.workflowID))
-        process.schedule("step-timeout", after: .seconds(30))
-    }
-    pm.on(StepBDone.self, correlation: .field(\.workflowID)) { event, process in
-        process.state.step = 2
-        process.send(DoStepC(workflowID: event.workflowID))
-        process.schedule("step-timeout", after: .seconds(30))
-    }
-    pm.on(StepCDone.self, correlation: .field(\.workflowID), mayClose: true) { event, process in
-        process.state.step = 3
-        process.publish(WorkflowCompleted(workflowID: event.workflowID))
-        process.markAsComplete()
-    }
-    pm.onTimer("step-timeout", mayClose: true) { process in
-        process.markAsFailed(reason: "step timed out")
-    }
-}
-
-extension Duration {
-    var seconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) + Double(attoseconds) / 1e18
+/// Start, three steps, complete; each step has a deadline.
+func fourSteps(stepTimeout: Duration) -> ProcessManager<Steps> {
+    ProcessManager<Steps>(name: "four-steps", listensTo: ["bench"]) { pm in
+        pm.start(on: WorkflowStarted.self, correlation: .field(\.workflowID)) { event, process in
+            process.state.workflowID = event.workflowID
+            process.send(DoStepA(workflowID: event.workflowID))
+            process.schedule("step-timeout", after: stepTimeout)
+        }
+        pm.on(StepADone.self, correlation: .field(\.workflowID)) { event, process in
+            process.state.step = 1
+            process.send(DoStepB(workflowID: event.workflowID))
+            process.schedule("step-timeout", after: stepTimeout)
+        }
+        pm.on(StepBDone.self, correlation: .field(\.workflowID)) { event, process in
+            process.state.step = 2
+            process.send(DoStepC(workflowID: event.workflowID))
+            process.schedule("step-timeout", after: stepTimeout)
+        }
+        pm.on(StepCDone.self, correlation: .field(\.workflowID), mayClose: true) { event, process in
+            process.state.step = 3
+            process.publish(WorkflowCompleted(workflowID: event.workflowID))
+            process.markAsComplete()
+        }
+        pm.onTimer("step-timeout", mayClose: true) { process in
+            process.markAsFailed(reason: "step timed out")
+        }
     }
 }

@@ -5,9 +5,14 @@
 //   amqp-c-baseline URL consume QUEUE COUNT PREFETCH           -> consume_per_s
 //   amqp-c-baseline URL latency QUEUE COUNT BODY_SIZE          -> p50_us, p99_us
 //     (one message at a time: from publish until it is both confirmed and delivered back)
+//   amqp-c-baseline URL relay QUEUE PREFETCH RULE...                -> runs until killed
+//     (the ceiling of baton-benchmark: a service with no framework. RULE is IN=EXCHANGE/KEY[,EXCHANGE/KEY…]:
+//     a delivery with routing key IN is published on as each EXCHANGE/KEY, persistent, with its body and
+//     message id, and acknowledged once every one of them is confirmed; IN= acknowledges at once)
 #include <amqp.h>
 #include <amqp_framing.h>
 #include <amqp_tcp_socket.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,9 +188,113 @@ static void run_latency(amqp_connection_state_t conn, const char *queue, long co
     free(body);
 }
 
+
+#define RELAY_RING 65536  // more than any prefetch: a delivery tag or publish number maps to one slot
+
+typedef struct {
+    char *in;
+    int outputs;
+    amqp_bytes_t exchange[8], key[8];
+} rule_t;
+
+static rule_t parse_rule(const char *text) {
+    rule_t rule;
+    memset(&rule, 0, sizeof rule);
+    char *copy = strdup(text), *equals = strchr(copy, '=');
+    if (!equals) die("a rule is IN=EXCHANGE/KEY[,EXCHANGE/KEY...] or IN=");
+    *equals = 0;
+    rule.in = copy;
+    for (char *target = strtok(equals + 1, ","); target; target = strtok(NULL, ",")) {
+        char *slash = strchr(target, '/');
+        if (!slash || rule.outputs == 8) die("a rule's target is EXCHANGE/KEY, at most 8 of them");
+        *slash = 0;
+        rule.exchange[rule.outputs] = amqp_cstring_bytes(target);
+        rule.key[rule.outputs] = amqp_cstring_bytes(slash + 1);
+        rule.outputs++;
+    }
+    return rule;
+}
+
+static void run_relay(amqp_connection_state_t conn, const char *queue, long prefetch, int rule_count, char **texts) {
+    if (prefetch >= RELAY_RING / 8) die("PREFETCH too large");
+    rule_t *rules = calloc(rule_count, sizeof(rule_t));
+    for (int i = 0; i < rule_count; i++) rules[i] = parse_rule(texts[i]);
+    amqp_channel_open(conn, 1);
+    check_reply(amqp_get_rpc_reply(conn), "channel.open");
+    amqp_confirm_select(conn, 1);
+    check_reply(amqp_get_rpc_reply(conn), "confirm.select");
+    amqp_channel_open(conn, 3);
+    check_reply(amqp_get_rpc_reply(conn), "channel.open");
+    amqp_basic_qos(conn, 3, 0, (uint16_t)prefetch, 0);
+    check_reply(amqp_get_rpc_reply(conn), "basic.qos");
+    amqp_basic_consume(conn, 3, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(conn), "basic.consume");
+    // publish number -> the delivery it came from; delivery -> its publishes not yet confirmed
+    uint64_t *source = calloc(RELAY_RING, sizeof(uint64_t));
+    int *unconfirmed = calloc(RELAY_RING, sizeof(int));
+    uint64_t published = 0, confirmed_below = 1;
+    unsigned char *confirmed = calloc(RELAY_RING, 1);
+    for (;;) {
+        amqp_frame_t frame;
+        amqp_maybe_release_buffers(conn);
+        if (amqp_simple_wait_frame(conn, &frame) != AMQP_STATUS_OK) die("read failed");
+        if (frame.frame_type != AMQP_FRAME_METHOD) continue;
+        amqp_method_number_t method = frame.payload.method.id;
+        if (method == AMQP_BASIC_DELIVER_METHOD) {
+            amqp_basic_deliver_t *deliver = frame.payload.method.decoded;
+            uint64_t tag = deliver->delivery_tag;
+            rule_t *rule = NULL;
+            for (int i = 0; i < rule_count && !rule; i++)
+                if (deliver->routing_key.len == strlen(rules[i].in) &&
+                    memcmp(deliver->routing_key.bytes, rules[i].in, deliver->routing_key.len) == 0)
+                    rule = &rules[i];
+            amqp_message_t message;
+            check_reply(amqp_read_message(conn, 3, &message, 0), "read message");
+            if (!rule || rule->outputs == 0) {
+                amqp_basic_ack(conn, 3, tag, 0);
+            } else {
+                amqp_basic_properties_t props = persistent_properties();
+                if (message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG) {
+                    props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+                    props.message_id = message.properties.message_id;
+                }
+                unconfirmed[tag % RELAY_RING] = rule->outputs;
+                for (int i = 0; i < rule->outputs; i++) {
+                    if (amqp_basic_publish(conn, 1, rule->exchange[i], rule->key[i], 0, 0, &props, message.body) !=
+                        AMQP_STATUS_OK)
+                        die("publish failed");
+                    published++;
+                    source[published % RELAY_RING] = tag;
+                }
+            }
+            amqp_destroy_message(&message);
+        } else if (method == AMQP_BASIC_ACK_METHOD) {
+            amqp_basic_ack_t *ack = frame.payload.method.decoded;
+            uint64_t from = ack->multiple ? confirmed_below : ack->delivery_tag;
+            for (uint64_t n = from; n <= ack->delivery_tag; n++) {
+                if (confirmed[n % RELAY_RING]) continue;
+                confirmed[n % RELAY_RING] = 1;
+                uint64_t tag = source[n % RELAY_RING];
+                if (--unconfirmed[tag % RELAY_RING] == 0) amqp_basic_ack(conn, 3, tag, 0);
+            }
+            while (confirmed[confirmed_below % RELAY_RING]) confirmed[confirmed_below++ % RELAY_RING] = 0;
+        } else if (method == AMQP_BASIC_NACK_METHOD) {
+            die("broker nacked a publish");
+        } else if (method == AMQP_CHANNEL_CLOSE_METHOD || method == AMQP_CONNECTION_CLOSE_METHOD) {
+            die("broker closed the channel");
+        }
+    }
+}
+
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc >= 6 && strcmp(argv[2], "relay") == 0) {
+        long prefetch = atol(argv[4]);
+        if (prefetch <= 0) die("PREFETCH must be positive");
+        run_relay(connect_url(argv[1]), argv[3], prefetch, argc - 5, argv + 5);
+    }
     if (argc < 6) {
-        fprintf(stderr, "usage: %s URL publish|consume|latency QUEUE COUNT PARAM [BODY_SIZE]\n", argv[0]);
+        fprintf(stderr, "usage: %s URL publish|consume|latency QUEUE COUNT PARAM [BODY_SIZE]\n       %s URL relay QUEUE PREFETCH RULE...\n", argv[0], argv[0]);
         return 2;
     }
     const char *mode = argv[2], *queue = argv[3];

@@ -1,0 +1,318 @@
+import ArgumentParser
+import BatonAMQP
+import Foundation
+import Logging
+
+/// Baton's benchmarks, in one run: the broker's ceiling (bare C relays), the real four-service mesh at
+/// maximum and at fixed rates, the embedded mode, and the process-manager node as its store grows.
+@main
+struct BenchmarkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baton-benchmark",
+        abstract: "Baton benchmarks: the mesh against the broker's own ceiling, the embedded mode, scale.",
+        subcommands: [All.self, Embedded.self, Scale.self],
+        defaultSubcommand: All.self
+    )
+}
+
+/// Everything, in one run, with one table.
+struct All: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ceiling, mesh (max and fixed rates), embedded and scale; prints the table, writes JSON."
+    )
+
+    @Option(name: .customLong("amqp-url"), help: "Broker URL (default: $BATON_AMQP_URL).")
+    var amqpURL: String?
+
+    @Option(help: "The broker's process id, to measure its CPU (default: $BATON_BROKER_PID; none: not measured).")
+    var brokerPID: Int32?
+
+    private var url: String? { amqpURL ?? ProcessInfo.processInfo.environment["BATON_AMQP_URL"] }
+    private var broker: Int32? {
+        brokerPID ?? ProcessInfo.processInfo.environment["BATON_BROKER_PID"].flatMap { Int32($0) }
+    }
+
+    @Option(help: "Workflows per ceiling and mesh run.")
+    var workflows = 20_000
+
+    @Option(
+        help: "Fixed rates for more mesh runs, in percent of the mesh's measured maximum (comma-separated).",
+        transform: { try percentages($0) }
+    )
+    var rates: [Int] = [25, 50, 75]
+
+    @Option(help: "Workflows for the embedded mode.")
+    var embeddedWorkflows = 20_000
+
+    @OptionGroup var scale: ScaleOptions
+
+    @Option(help: "Directory of the service executables and amqp-c-baseline (default: this one's).")
+    var binaries: String?
+
+    @Option(help: "Directory for the stores and logs (default: a fresh temporary one, removed afterwards).")
+    var workDir: String?
+
+    @Option(help: "Also write the results as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard url != nil else { throw ValidationError("no broker: give --amqp-url or set BATON_AMQP_URL") }
+        guard workflows > 0, embeddedWorkflows > 0 else {
+            throw ValidationError("--workflows and --embedded-workflows must be positive")
+        }
+    }
+
+    func run() async throws {
+        let binaries = URL(
+            fileURLWithPath: binaries ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        )
+        let work = URL(fileURLWithPath: workDir ?? NSTemporaryDirectory()).appendingPathComponent(
+            "baton-benchmark-\(ProcessInfo.processInfo.processIdentifier)"
+        )
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        var logger = Logger(label: "baton-benchmark")
+        logger.logLevel = .warning
+        let setup = MeshSetup(
+            url: url!,
+            workDirectory: work,
+            binaries: binaries,
+            brokerPID: broker,
+            logger: logger
+        )
+        let connection = try await AMQPConnection.connect(
+            configuration: try AMQPConnection.Configuration(url: url!, connectionName: "baton-benchmark"),
+            logger: logger
+        )
+        var report = BenchmarkReport(machine: .current, workflows: workflows)
+
+        note("ceiling: bare C relays, the services' hops, quorum queues, persistent, confirms, ack after confirm")
+        let ceilingMaximum = try await ceiling(setup, connection, runs: [("max", nil)])[0]
+
+        note("mesh: orders, inventory, shipping, fulfillment on the same broker")
+        report.mesh = try await mesh(setup, connection, ceiling: ceilingMaximum.result.workflowsPerSecond)
+
+        note("ceiling again at the mesh's fixed rates: the broker's own latency there")
+        let paced = zip(rates.sorted(by: >), report.mesh.dropFirst()).map { ("\($0)%", $1.result.offeredRate) }
+        report.ceiling = [ceilingMaximum] + (try await ceiling(setup, connection, runs: paced))
+        await connection.close()
+
+        note("embedded: the 4-step process manager, in-process transport, SQLite on disk")
+        report.embedded = try await EmbeddedBenchmark(
+            workflows: embeddedWorkflows,
+            directory: work.appendingPathComponent("embedded")
+        ).run()
+
+        note("scale: the process-manager node as its store grows (a child process, so memory is its own)")
+        report.scale = try measureScale(work: work)
+
+        print(report.table)
+        try write(report, toJSON: json)
+        try? FileManager.default.removeItem(at: work)
+    }
+
+    private func ceiling(
+        _ setup: MeshSetup,
+        _ connection: AMQPConnection,
+        runs: [(String, Double?)]
+    ) async throws
+        -> [MeshRun]
+    {
+        let topology = MeshSetup.ceilingTopology
+        try await connection.declare(topology)
+        defer { Task { for queue in topology.queues { _ = try? await connection.deleteQueue(queue.name) } } }
+        let relays = try setup.startRelays()
+        defer { for relay in relays { relay.stop() } }
+        try await waitForConsumers(topology.queues.map(\.name).filter { $0 != "ceiling.sink" }, connection)
+        var results: [MeshRun] = []
+        for (name, rate) in runs {
+            let workload = Workload(
+                exchange: "ceiling.storefront",
+                routingKey: "checkout.completed",
+                sinkQueue: "ceiling.sink",
+                runID: "ceiling-\(name)"
+            )
+            results.append(
+                try await setup.measure(
+                    "ceiling \(name)",
+                    workload: workload,
+                    count: workflows,
+                    rate: rate,
+                    processes: relays,
+                    connection: connection
+                )
+            )
+        }
+        return results
+    }
+
+    private func mesh(_ setup: MeshSetup, _ connection: AMQPConnection, ceiling: Double) async throws -> [MeshRun] {
+        let services = try await setup.startServices(stock: workflows * (rates.count + 1))
+        defer { for service in services { service.stop() } }
+        let sink = "bench.completed"
+        try await connection.declare(
+            AMQPTopology(
+                queues: [.init(sink, kind: .quorum)],
+                bindings: [.init(queue: sink, exchange: "baton.events", bindingKey: "orders.OrderCompleted")]
+            )
+        )
+        defer { Task { _ = try? await connection.deleteQueue(sink) } }
+        func run(_ name: String, rate: Double?) async throws -> MeshRun {
+            let workload = Workload(
+                exchange: "storefront",
+                routingKey: "checkout.completed",
+                sinkQueue: sink,
+                runID: "bench-\(name)"
+            )
+            var run = try await setup.measure(
+                "mesh \(name)",
+                workload: workload,
+                count: workflows,
+                rate: rate,
+                processes: services,
+                connection: connection
+            )
+            if rate == nil { run.ratioToCeiling = run.result.workflowsPerSecond / ceiling }
+            return run
+        }
+        let maximum = try await run("max", rate: nil)
+        var runs = [maximum]
+        for percent in rates.sorted(by: >) {
+            runs.append(try await run("\(percent)%", rate: maximum.result.workflowsPerSecond * Double(percent) / 100))
+        }
+        return runs
+    }
+
+    private func waitForConsumers(_ queues: [String], _ connection: AMQPConnection) async throws {
+        for _ in 0..<100 {
+            var ready = true
+            for queue in queues where try await connection.inspectQueue(queue).consumers == 0 { ready = false }
+            if ready { return }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        throw BenchmarkError("the relays did not start consuming; see their logs")
+    }
+
+    private func measureScale(work: URL) throws -> ScaleResult {
+        let output = work.appendingPathComponent("scale.json")
+        let status = try ChildProcess.run(
+            URL(fileURLWithPath: CommandLine.arguments[0]),
+            [
+                "scale", "--instances", scale.instances.map(String.init).joined(separator: ","),
+                "--probes", String(scale.probes), "--data-dir", work.appendingPathComponent("scale").path,
+                "--json", output.path,
+            ],
+            log: work.appendingPathComponent("scale.log")
+        )
+        guard status == 0 else {
+            let log = (try? String(contentsOf: work.appendingPathComponent("scale.log"), encoding: .utf8)) ?? ""
+            throw BenchmarkError("the scale part failed:\n\(log)")
+        }
+        return try JSONDecoder().decode(ScaleResult.self, from: Data(contentsOf: output))
+    }
+
+    private func note(_ text: String) {
+        FileHandle.standardError.write(Data("== \(text)\n".utf8))
+    }
+}
+
+/// The embedded mode alone.
+struct Embedded: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A 4-step process manager, in-process transport, SQLite on disk: messages/s and workflows/s."
+    )
+
+    @Option(help: "Workflows to run.")
+    var workflows = 20_000
+
+    @Option(help: "Directory for the SQLite files (default: a fresh temporary directory).")
+    var dataDir: String?
+
+    @Option(help: "Also write the results as JSON to this file.")
+    var json: String?
+
+    func validate() throws {
+        guard workflows > 0 else { throw ValidationError("--workflows must be positive") }
+    }
+
+    func run() async throws {
+        let directory = temporaryDirectory(dataDir, "embedded")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try await EmbeddedBenchmark(workflows: workflows, directory: directory).run()
+        print(BenchmarkReport.embeddedLine(result))
+        try write(result, toJSON: json)
+    }
+}
+
+/// The scale part alone (the full run starts it as a child process).
+struct Scale: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The process-manager node's latency, cost per event and memory as its store grows; restart time."
+    )
+
+    @OptionGroup var scale: ScaleOptions
+
+    @Option(help: "Directory for the SQLite file (default: a fresh temporary directory).")
+    var dataDir: String?
+
+    @Option(help: "Also write the results as JSON to this file.")
+    var json: String?
+
+    func run() async throws {
+        let directory = temporaryDirectory(dataDir, "scale")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let result = try await ScaleBenchmark(
+            checkpoints: scale.instances,
+            probeCount: scale.probes,
+            directory: directory
+        ).run()
+        print(BenchmarkReport.scaleLines(result).joined(separator: "\n"))
+        try write(result, toJSON: json)
+    }
+}
+
+/// The sizes and probes of the scale part.
+struct ScaleOptions: ParsableArguments {
+    @Option(help: "Store sizes the scale part measures at (comma-separated).", transform: { try sizes($0) })
+    var instances: [Int] = [10_000, 100_000, 1_000_000]
+
+    @Option(help: "Events measured one at a time at each store size (ten times as many in a burst).")
+    var probes = 500
+
+    func validate() throws {
+        guard probes > 0 else { throw ValidationError("--probes must be positive") }
+        guard instances == instances.sorted(), Set(instances).count == instances.count else {
+            throw ValidationError("--instances must grow: e.g. 10000,100000,1000000")
+        }
+        guard let first = instances.first, first >= probes * 11 else {
+            throw ValidationError("--instances must start at 11 × --probes or more (each probe needs its own instance)")
+        }
+    }
+}
+
+private func temporaryDirectory(_ given: String?, _ name: String) -> URL {
+    URL(fileURLWithPath: given ?? NSTemporaryDirectory()).appendingPathComponent("baton-\(name)-\(UUID().uuidString)")
+}
+
+private func write(_ value: some Encodable, toJSON path: String?) throws {
+    guard let path else { return }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+    encoder.dateEncodingStrategy = .iso8601
+    try encoder.encode(value).write(to: URL(fileURLWithPath: path))
+}
+
+private func percentages(_ text: String) throws -> [Int] {
+    let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard values.count == text.split(separator: ",").count, values.allSatisfy({ (1...99).contains($0) }) else {
+        throw ValidationError("rates are percentages from 1 to 99, comma-separated: e.g. 25,50,75")
+    }
+    return values
+}
+
+private func sizes(_ text: String) throws -> [Int] {
+    let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard !values.isEmpty, values.count == text.split(separator: ",").count, values.allSatisfy({ $0 > 0 }) else {
+        throw ValidationError("sizes are positive integers, comma-separated: e.g. 10000,100000,1000000")
+    }
+    return values
+}

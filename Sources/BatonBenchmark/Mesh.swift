@@ -1,0 +1,209 @@
+import BatonAMQP
+import Foundation
+import Logging
+
+/// One measured run through a set of processes: the workload's figures and the CPU each process used.
+struct MeshRun: Codable, Sendable {
+    var name: String
+    var result: WorkloadResult
+    /// CPU seconds per 1,000 workflows, per process (`orders`, …, `broker`).
+    var cpuPerThousand: [String: Double]
+    /// Throughput relative to the ceiling measured in the same benchmark run.
+    var ratioToCeiling: Double?
+}
+
+/// The processes a workload runs through, and where its checkouts go in and completions come out.
+struct MeshSetup {
+    var url: String
+    var workDirectory: URL
+    var binaries: URL
+    var brokerPID: pid_t?
+    var logger: Logger
+
+    /// The queues' prefetch, the same for the relays as the services' default.
+    static let prefetch = 256
+
+    /// One hop of a fulfillment workflow, in the services' own names: a message a service's queue receives
+    /// (bound from `exchange` with `key`) and what the service publishes for it.
+    struct Hop {
+        var service: String
+        var exchange: String
+        var key: String
+        var publishes: [(exchange: String, key: String)]
+    }
+
+    /// The hops of one completed workflow: 8 deliveries handled by the services, 8 publishes of theirs (one,
+    /// OrderPlaced, routed nowhere) after the checkout's, and the sink's delivery. The ceiling's relays do
+    /// exactly this, with no framework.
+    static let hops: [Hop] = [
+        Hop(
+            service: "orders",
+            exchange: "storefront",
+            key: "checkout.completed",
+            publishes: [("events", "orders.OrderPlaced"), ("events", "orders.OrderConfirmed")]
+        ),
+        Hop(
+            service: "fulfillment",
+            exchange: "events",
+            key: "orders.OrderConfirmed",
+            publishes: [("commands", "inventory.ReserveInventory")]
+        ),
+        Hop(
+            service: "inventory",
+            exchange: "commands",
+            key: "inventory.ReserveInventory",
+            publishes: [("events", "inventory.InventoryReserved")]
+        ),
+        Hop(
+            service: "fulfillment",
+            exchange: "events",
+            key: "inventory.InventoryReserved",
+            publishes: [("commands", "shipping.CreateShipment")]
+        ),
+        Hop(
+            service: "shipping",
+            exchange: "commands",
+            key: "shipping.CreateShipment",
+            publishes: [("events", "shipping.ShipmentCreated")]
+        ),
+        Hop(
+            service: "fulfillment",
+            exchange: "events",
+            key: "shipping.ShipmentCreated",
+            publishes: [("commands", "orders.CompleteOrder")]
+        ),
+        Hop(
+            service: "orders",
+            exchange: "commands",
+            key: "orders.CompleteOrder",
+            publishes: [("events", "orders.OrderCompleted")]
+        ),
+        Hop(service: "fulfillment", exchange: "events", key: "orders.OrderCompleted", publishes: []),
+    ]
+    static let services = ["orders", "inventory", "shipping", "fulfillment"]
+
+    // MARK: The ceiling
+
+    /// The ceiling's topology: the services' exchanges, quorum queues and bindings under a `ceiling.` prefix,
+    /// and the sink.
+    static var ceilingTopology: AMQPTopology {
+        AMQPTopology(
+            exchanges: ["storefront", "events", "commands"].map { .init("ceiling.\($0)", kind: .topic) },
+            queues: (services + ["sink"]).map { .init("ceiling.\($0)", kind: .quorum) },
+            bindings: hops.map {
+                .init(queue: "ceiling.\($0.service)", exchange: "ceiling.\($0.exchange)", bindingKey: $0.key)
+            }
+                + [.init(queue: "ceiling.sink", exchange: "ceiling.events", bindingKey: "orders.OrderCompleted")]
+        )
+    }
+
+    /// Starts one bare C relay per service, each doing that service's hops.
+    func startRelays() throws -> [ChildProcess] {
+        let relay = binaries.appendingPathComponent("amqp-c-baseline")
+        guard FileManager.default.isExecutableFile(atPath: relay.path) else {
+            throw BenchmarkError("no relay at \(relay.path): build it with `swift build -c release`")
+        }
+        return try Self.services.map { service in
+            let rules = Self.hops.filter { $0.service == service }.map { hop in
+                hop.key + "=" + hop.publishes.map { "ceiling.\($0.exchange)/\($0.key)" }.joined(separator: ",")
+            }
+            return try ChildProcess(
+                name: service,
+                executable: relay,
+                arguments: [url, "relay", "ceiling.\(service)", String(Self.prefetch)] + rules,
+                log: workDirectory.appendingPathComponent("relay-\(service).log")
+            )
+        }
+    }
+
+    // MARK: The services
+
+    /// Starts the four service executables on a fresh data directory and waits until each consumes its queue,
+    /// then stocks the benchmark's SKU.
+    func startServices(stock: Int) async throws -> [ChildProcess] {
+        let data = workDirectory.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
+        let environment = ["BATON_AMQP_URL": url, "BATON_DATA_DIR": data.path, "BATON_LOG_LEVEL": "warning"]
+        var started: [ChildProcess] = []
+        do {
+            for service in Self.services {
+                started.append(
+                    try ChildProcess(
+                        name: service,
+                        executable: binaries.appendingPathComponent(service),
+                        arguments: ["serve"],
+                        environment: environment,
+                        log: log(service)
+                    )
+                )
+            }
+            for service in Self.services { try await waitUntilHealthy(service, environment: environment) }
+            var left = stock
+            while left > 0 {
+                let quantity = min(left, 1_000_000)
+                try check(
+                    "inventory",
+                    ["add", Workload.sku, "--quantity", String(quantity), "--title", "The benchmark"],
+                    environment
+                )
+                left -= quantity
+            }
+        } catch {
+            for child in started { child.stop() }
+            throw error
+        }
+        return started
+    }
+
+    private func log(_ service: String) -> URL { workDirectory.appendingPathComponent("\(service).log") }
+
+    private func waitUntilHealthy(_ service: String, environment: [String: String]) async throws {
+        for _ in 0..<100 {
+            let status = try ChildProcess.run(
+                binaries.appendingPathComponent(service),
+                ["health"],
+                environment: environment,
+                log: log("\(service)-health")
+            )
+            if status == 0 { return }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        throw BenchmarkError("\(service) did not become healthy; see \(log(service).path)")
+    }
+
+    private func check(_ service: String, _ arguments: [String], _ environment: [String: String]) throws {
+        let status = try ChildProcess.run(
+            binaries.appendingPathComponent(service),
+            arguments,
+            environment: environment,
+            log: log("\(service)-cli")
+        )
+        guard status == 0 else { throw BenchmarkError("`\(service) \(arguments.joined(separator: " "))` failed") }
+    }
+
+    // MARK: Runs
+
+    /// Runs a workload through `processes` and measures them and the broker.
+    func measure(
+        _ name: String,
+        workload: Workload,
+        count: Int,
+        rate: Double?,
+        processes: [ChildProcess],
+        connection: AMQPConnection
+    ) async throws -> MeshRun {
+        var pids = Dictionary(uniqueKeysWithValues: processes.map { ($0.name, $0.pid) })
+        if let brokerPID { pids["broker"] = brokerPID }
+        let meter = CPUMeter(pids)
+        let result = try await workload.run(
+            count: count,
+            rate: rate,
+            connection: connection,
+            progress: ProgressBar(name, total: count)
+        )
+        for process in processes where !process.isRunning {
+            throw BenchmarkError("\(process.name) exited during the run; see \(workDirectory.path)")
+        }
+        return MeshRun(name: name, result: result, cpuPerThousand: meter.perThousand(workflows: count))
+    }
+}

@@ -1,0 +1,123 @@
+import Foundation
+
+/// Everything one benchmark run measured, and the machine it ran on.
+struct BenchmarkReport: Codable, Sendable {
+    var machine: Machine
+    var date = Date()
+    var workflows: Int
+    /// The bare relays at maximum rate, then at the mesh's fixed rates.
+    var ceiling: [MeshRun] = []
+    var mesh: [MeshRun] = []
+    var embedded: EmbeddedResult?
+    var scale: ScaleResult?
+
+    struct Machine: Codable, Sendable {
+        var cpu: String
+        var cores: Int
+        var memoryGiB: Double
+        var kernel: String
+
+        static var current: Machine {
+            let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }?
+                .split(separator: ":", maxSplits: 1).last?.trimmingCharacters(in: .whitespaces)
+            var name = utsname()
+            uname(&name)
+            let release = withUnsafeBytes(of: &name.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            return Machine(
+                cpu: model ?? "unknown",
+                cores: ProcessInfo.processInfo.activeProcessorCount,
+                memoryGiB: Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824,
+                kernel: release
+            )
+        }
+    }
+
+    /// The summary table.
+    var table: String {
+        var lines = [
+            "",
+            "Baton benchmark — \(machine.cores) cores (\(machine.cpu)), "
+                + String(format: "%.0f GiB, Linux %@", machine.memoryGiB, machine.kernel),
+            "",
+        ]
+        let processes = MeshSetup.services + ["broker"]
+        lines.append(
+            Self.row(
+                ["run", "workflows", "wf/s", "÷ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms"]
+                    + processes.map { "\($0.prefix(5)) cpu" }
+            )
+        )
+        for run in ceiling + mesh {
+            let result = run.result
+            let name = run.name
+            lines.append(
+                Self.row(
+                    [
+                        result.offeredRate.map { name + String(format: " (%.0f/s)", $0) } ?? name,
+                        String(result.workflows),
+                        String(format: "%.0f", result.workflowsPerSecond),
+                        run.ratioToCeiling.map { String(format: "%.2f", $0) } ?? "",
+                        String(format: "%.1f", result.latency.p50),
+                        String(format: "%.1f", result.latency.p95),
+                        String(format: "%.1f", result.latency.p99),
+                        String(format: "%.1f", result.latency.max),
+                    ] + processes.map { run.cpuPerThousand[$0].map { String(format: "%.2f", $0) } ?? "-" }
+                )
+            )
+        }
+        lines.append(
+            "  ceiling: bare C relays, one per service, the services' hops and durability; mesh: the four services."
+        )
+        lines.append(
+            "  ÷ceiling: mesh max wf/s over ceiling max wf/s, same run. Latency: checkout published → completion"
+        )
+        lines.append("  received (HdrHistogram). cpu: CPU seconds (user + system) per 1,000 workflows of each process.")
+        if let embedded { lines += ["", Self.embeddedLine(embedded)] }
+        if let scale { lines += [""] + Self.scaleLines(scale) }
+        return lines.joined(separator: "\n")
+    }
+
+    static func embeddedLine(_ result: EmbeddedResult) -> String {
+        String(
+            format: "embedded: %d workflows in %.2f s — %.0f workflows/s, %.0f messages handled/s (7 per workflow)",
+            result.workflows,
+            result.seconds,
+            result.workflowsPerSecond,
+            result.messagesPerSecond
+        )
+    }
+
+    static func scaleLines(_ result: ScaleResult) -> [String] {
+        var lines = [
+            "scale: the process-manager node (one process), open instances in its store; one event at a time",
+            "(latency: publish → its command relayed), then a burst (µs/event); RSS after both",
+            row(["instances", "p50 ms", "p99 ms", "µs/event", "RSS MB"]),
+        ]
+        for point in result.points {
+            lines.append(
+                row([
+                    String(point.instances),
+                    String(format: "%.2f", point.latencyP50),
+                    String(format: "%.2f", point.latencyP99),
+                    String(format: "%.0f", point.microsecondsPerEvent),
+                    String(format: "%.0f", point.residentMegabytes),
+                ])
+            )
+        }
+        lines.append(
+            String(
+                format: "  restart at %d instances: %.0f ms from opening the store to the first event handled",
+                result.restartInstances,
+                result.restartSeconds * 1_000
+            )
+        )
+        return lines
+    }
+
+    private static func row(_ cells: [String]) -> String {
+        guard let first = cells.first else { return "" }
+        return first.padding(toLength: 24, withPad: " ", startingAt: 0)
+            + cells.dropFirst().map { String(repeating: " ", count: max(0, 10 - $0.count)) + $0 }.joined()
+    }
+}
