@@ -243,8 +243,12 @@ public final class Node: Sendable {
         static let capacity = 10_000
     }
 
-    /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it.
-    private func commit<T: Sendable>(_ body: @escaping @Sendable (UnitOfWork) throws -> T) async throws -> T {
+    /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it (unless
+    /// `wakeRelay` is false: the caller does, after its fault-injection point).
+    private func commit<T: Sendable>(
+        wakeRelay: Bool = true,
+        _ body: @escaping @Sendable (UnitOfWork) throws -> T
+    ) async throws -> T {
         let (value, queued) = try await store.writeHandingOverOutbox(body)
         if !queued.isEmpty {
             handover.withLock { handover in
@@ -256,7 +260,7 @@ public final class Node: Sendable {
                 }
             }
         }
-        relaySignal.notify()
+        if wakeRelay { relaySignal.notify() }
         return value
     }
 
@@ -265,7 +269,7 @@ public final class Node: Sendable {
         let now = businessNow()
         let outcomes: [Outcome]
         do {
-            outcomes = try await commit { [self] work in
+            outcomes = try await commit(wakeRelay: false) { [self] work in
                 var outcomes: [Outcome] = []
                 for item in prepared {
                     switch item {
@@ -286,6 +290,7 @@ public final class Node: Sendable {
             return
         }
         configuration.faultInjection?(.afterCommitBeforePublish)
+        relaySignal.notify()
         if schedulesTimers { timerSignal.notify() }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()

@@ -140,8 +140,8 @@ public final class SQLiteStore: Sendable {
             try db.execute(sql: "ALTER TABLE outbox ADD COLUMN refused INTEGER NOT NULL DEFAULT 0")
         }
         // Transition records and snapshots are rows of a kilobyte or more: a table WITHOUT ROWID keeps them in
-        // its key's b-tree, where every insert splits pages of big cells (about 2.6 KB written per row, found by
-        // the benchmark). Ordinary rowid tables with a unique index on the key hold the same rows in a third.
+        // its key's b-tree, where every insert splits pages of big cells (about 2.6 KB of pages per row of 1 KB,
+        // found by the benchmark). Ordinary rowid tables append them; a unique index keeps the key.
         migrator.registerMigration("v3-rowid-records") { db in
             try db.execute(
                 sql: """
