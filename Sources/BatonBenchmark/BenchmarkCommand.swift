@@ -302,17 +302,20 @@ private func write(_ value: some Encodable, toJSON path: String?) throws {
 }
 
 private func percentages(_ text: String) throws -> [Int] {
-    let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-    guard values.count == text.split(separator: ",").count, values.allSatisfy({ (1...99).contains($0) }) else {
-        throw ValidationError("rates are percentages from 1 to 99, comma-separated: e.g. 25,50,75")
-    }
-    return values
+    try integers(text, allowing: 1...99, "rates are percentages from 1 to 99, comma-separated: e.g. 25,50,75")
 }
 
 private func sizes(_ text: String) throws -> [Int] {
-    let values = text.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
-    guard !values.isEmpty, values.count == text.split(separator: ",").count, values.allSatisfy({ $0 > 0 }) else {
-        throw ValidationError("sizes are positive integers, comma-separated: e.g. 10000,100000,1000000")
-    }
+    let message = "sizes are positive integers, comma-separated: e.g. 10000,100000,1000000"
+    let values = try integers(text, allowing: 1...Int.max, message)
+    guard !values.isEmpty else { throw ValidationError(message) }
+    return values
+}
+
+/// Comma-separated integers, each in `range`; `message` if any is not.
+private func integers(_ text: String, allowing range: ClosedRange<Int>, _ message: String) throws -> [Int] {
+    let fields = text.split(separator: ",")
+    let values = fields.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+    guard values.count == fields.count, values.allSatisfy(range.contains) else { throw ValidationError(message) }
     return values
 }

@@ -237,10 +237,33 @@ public final class Node: Sendable {
     /// The outbox rows committed by the node's own transactions, waiting for the relay (they are in the table
     /// too: this only saves reading them back).
     private struct Handover {
-        var rows: [OutboxMessage] = []
+        private var rows: [OutboxMessage] = []
         /// More rows came than it holds: the relay reads the table instead.
-        var overflowed = false
-        static let capacity = 10_000
+        private var overflowed = false
+        private static let capacity = 10_000
+
+        mutating func add(_ queued: [OutboxMessage]) {
+            guard !queued.isEmpty else { return }
+            if overflowed || rows.count + queued.count > Self.capacity {
+                rows.removeAll()
+                overflowed = true
+            } else {
+                rows.append(contentsOf: queued)
+            }
+        }
+
+        /// The oldest rows, at most `limit`, and whether some were dropped since the last take.
+        mutating func take(upTo limit: Int) -> (rows: [OutboxMessage], overflowed: Bool) {
+            defer { overflowed = false }
+            let taken = Array(rows.prefix(limit))
+            rows.removeFirst(taken.count)
+            return (taken, overflowed)
+        }
+
+        /// Forgets the rows a table read returned (up to and including `sequence`).
+        mutating func drop(through sequence: Int64) {
+            rows.removeAll { $0.sequence <= sequence }
+        }
     }
 
     /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it (unless
@@ -250,16 +273,7 @@ public final class Node: Sendable {
         _ body: @escaping @Sendable (UnitOfWork) throws -> T
     ) async throws -> T {
         let (value, queued) = try await store.writeHandingOverOutbox(body)
-        if !queued.isEmpty {
-            handover.withLock { handover in
-                if handover.overflowed || handover.rows.count + queued.count > Handover.capacity {
-                    handover.rows.removeAll()
-                    handover.overflowed = true
-                } else {
-                    handover.rows.append(contentsOf: queued)
-                }
-            }
-        }
+        handover.withLock { $0.add(queued) }
         if wakeRelay { relaySignal.notify() }
         return value
     }
@@ -505,16 +519,9 @@ public final class Node: Sendable {
         var nextAttempt: Date?
         var readThrough: Int64 = 0  // the highest sequence a table read returned: handed-over copies are skipped
         while true {
-            var pending: [OutboxMessage] = []
-            let handed = handover.withLock { handover in
-                let overflowed = handover.overflowed
-                handover.overflowed = false
-                let taken = Array(handover.rows.prefix(limit))
-                handover.rows.removeFirst(taken.count)
-                return (taken, overflowed)
-            }
-            pending = handed.0.filter { $0.sequence > readThrough }
-            if handed.1 || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)
+            let handed = handover.withLock { $0.take(upTo: limit) }
+            var pending = handed.rows.filter { $0.sequence > readThrough }
+            if handed.overflowed || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)
                 || nextAttempt.map({ $0 <= Date() }) == true
             {
                 mustRead = true
@@ -533,7 +540,7 @@ public final class Node: Sendable {
                 mustRead = pending.count == limit  // a full page: more may wait
                 lastRead = .now
                 readThrough = max(readThrough, pending.last?.sequence ?? 0)
-                handover.withLock { [readThrough] in $0.rows.removeAll { $0.sequence <= readThrough } }
+                handover.withLock { [readThrough] in $0.drop(through: readThrough) }
             }
             if pending.isEmpty {
                 // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.

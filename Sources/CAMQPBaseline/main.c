@@ -74,24 +74,45 @@ static void settle(confirms_t *c, uint64_t tag, int multiple) {
     while (c->settled[c->low]) c->low++;
 }
 
+/// Ends the run on a refusal: a nacked publish or a closed channel.
+static void die_on_refusal(amqp_method_number_t method) {
+    if (method == AMQP_BASIC_NACK_METHOD) die("broker nacked a publish");
+    if (method == AMQP_CHANNEL_CLOSE_METHOD || method == AMQP_CONNECTION_CLOSE_METHOD) die("broker closed the channel");
+}
+
 static void handle_confirm_frame(amqp_frame_t *frame, confirms_t *c) {
     if (frame->frame_type != AMQP_FRAME_METHOD) return;
     if (frame->payload.method.id == AMQP_BASIC_ACK_METHOD) {
         amqp_basic_ack_t *ack = frame->payload.method.decoded;
         settle(c, ack->delivery_tag, ack->multiple);
-    } else if (frame->payload.method.id == AMQP_BASIC_NACK_METHOD) {
-        die("broker nacked a publish");
-    } else if (frame->payload.method.id == AMQP_CHANNEL_CLOSE_METHOD ||
-               frame->payload.method.id == AMQP_CONNECTION_CLOSE_METHOD) {
-        die("broker closed the channel");
+    } else {
+        die_on_refusal(frame->payload.method.id);
     }
 }
 
-static void run_publish(amqp_connection_state_t conn, const char *queue, long count, long window, long body_size) {
+/// Channel 1 publishes, in confirm mode.
+static void open_publisher(amqp_connection_state_t conn) {
     amqp_channel_open(conn, 1);
     check_reply(amqp_get_rpc_reply(conn), "channel.open");
     amqp_confirm_select(conn, 1);
     check_reply(amqp_get_rpc_reply(conn), "confirm.select");
+}
+
+/// Channel 3 consumes, with at most `prefetch` unacknowledged deliveries.
+static void open_consumer(amqp_connection_state_t conn, long prefetch) {
+    amqp_channel_open(conn, 3);
+    check_reply(amqp_get_rpc_reply(conn), "channel.open");
+    amqp_basic_qos(conn, 3, 0, (uint16_t)prefetch, 0);
+    check_reply(amqp_get_rpc_reply(conn), "basic.qos");
+}
+
+static void start_consuming(amqp_connection_state_t conn, const char *queue) {
+    amqp_basic_consume(conn, 3, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    check_reply(amqp_get_rpc_reply(conn), "basic.consume");
+}
+
+static void run_publish(amqp_connection_state_t conn, const char *queue, long count, long window, long body_size) {
+    open_publisher(conn);
     char *body = malloc(body_size);
     memset(body, 'x', body_size);
     amqp_bytes_t body_bytes = {(size_t)body_size, body};
@@ -118,13 +139,9 @@ static void run_publish(amqp_connection_state_t conn, const char *queue, long co
 }
 
 static void run_consume(amqp_connection_state_t conn, const char *queue, long count, long prefetch) {
-    amqp_channel_open(conn, 3);
-    check_reply(amqp_get_rpc_reply(conn), "channel.open");
-    amqp_basic_qos(conn, 3, 0, (uint16_t)prefetch, 0);
-    check_reply(amqp_get_rpc_reply(conn), "basic.qos");
+    open_consumer(conn, prefetch);
     double start = now_seconds();
-    amqp_basic_consume(conn, 3, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-    check_reply(amqp_get_rpc_reply(conn), "basic.consume");
+    start_consuming(conn, queue);
     for (long received = 0; received < count; received++) {
         amqp_envelope_t envelope;
         amqp_maybe_release_buffers(conn);
@@ -143,15 +160,9 @@ static int compare_doubles(const void *a, const void *b) {
 }
 
 static void run_latency(amqp_connection_state_t conn, const char *queue, long count, long body_size) {
-    amqp_channel_open(conn, 1);
-    check_reply(amqp_get_rpc_reply(conn), "channel.open");
-    amqp_confirm_select(conn, 1);
-    check_reply(amqp_get_rpc_reply(conn), "confirm.select");
-    amqp_channel_open(conn, 3);
-    check_reply(amqp_get_rpc_reply(conn), "channel.open");
-    amqp_basic_qos(conn, 3, 0, 10, 0);
-    amqp_basic_consume(conn, 3, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-    check_reply(amqp_get_rpc_reply(conn), "basic.consume");
+    open_publisher(conn);
+    open_consumer(conn, 10);
+    start_consuming(conn, queue);
     char *body = malloc(body_size);
     memset(body, 'x', body_size);
     amqp_bytes_t body_bytes = {(size_t)body_size, body};
@@ -219,16 +230,9 @@ static void run_relay(amqp_connection_state_t conn, const char *queue, long pref
     if (prefetch >= RELAY_RING / 8) die("PREFETCH too large");
     rule_t *rules = calloc(rule_count, sizeof(rule_t));
     for (int i = 0; i < rule_count; i++) rules[i] = parse_rule(texts[i]);
-    amqp_channel_open(conn, 1);
-    check_reply(amqp_get_rpc_reply(conn), "channel.open");
-    amqp_confirm_select(conn, 1);
-    check_reply(amqp_get_rpc_reply(conn), "confirm.select");
-    amqp_channel_open(conn, 3);
-    check_reply(amqp_get_rpc_reply(conn), "channel.open");
-    amqp_basic_qos(conn, 3, 0, (uint16_t)prefetch, 0);
-    check_reply(amqp_get_rpc_reply(conn), "basic.qos");
-    amqp_basic_consume(conn, 3, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
-    check_reply(amqp_get_rpc_reply(conn), "basic.consume");
+    open_publisher(conn);
+    open_consumer(conn, prefetch);
+    start_consuming(conn, queue);
     // publish number -> the delivery it came from; delivery -> its publishes not yet confirmed
     uint64_t *source = calloc(RELAY_RING, sizeof(uint64_t));
     int *unconfirmed = calloc(RELAY_RING, sizeof(int));
@@ -278,10 +282,8 @@ static void run_relay(amqp_connection_state_t conn, const char *queue, long pref
                 if (--unconfirmed[tag % RELAY_RING] == 0) amqp_basic_ack(conn, 3, tag, 0);
             }
             while (confirmed[confirmed_below % RELAY_RING]) confirmed[confirmed_below++ % RELAY_RING] = 0;
-        } else if (method == AMQP_BASIC_NACK_METHOD) {
-            die("broker nacked a publish");
-        } else if (method == AMQP_CHANNEL_CLOSE_METHOD || method == AMQP_CONNECTION_CLOSE_METHOD) {
-            die("broker closed the channel");
+        } else {
+            die_on_refusal(method);
         }
     }
 }
