@@ -2,7 +2,16 @@
 // it as a child process against the real broker, then run it again without the fault and check that every
 // effect happened once and every issued command was published once.
 //
-//   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none
+// Its effects are not idempotent by themselves, so that each guard is what keeps them single:
+// - `probe.ProbeAdvanced` is handled by a non-start handler of the process manager: it counts the advances
+//   in the instance's state and issues a command. Handled twice, it moves the instance twice.
+// - `counter.BumpCounter` is handled by a command handler that appends to a counter aggregate's stream.
+//   Handled twice, the counter counts two.
+//
+//   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]
+//
+// With PREFETCH (e.g. 1), the node takes one message per batch: several probes on one store and queue then
+// take turns, which the replica tests use.
 import Baton
 import BatonAMQP
 import BatonNode
@@ -13,6 +22,10 @@ import Logging
 
 struct ProbeStarted: Event {
     static let messageName = "probe.ProbeStarted"
+    var probeID: String
+}
+struct ProbeAdvanced: Event {
+    static let messageName = "probe.ProbeAdvanced"
     var probeID: String
 }
 struct ProbeFinished: Event {
@@ -27,8 +40,32 @@ struct SecondStep: Command {
     static let messageName = "probe.SecondStep"
     var probeID: String
 }
+struct StepTaken: Command {
+    static let messageName = "probe.StepTaken"
+    var probeID: String
+    var advance: Int
+}
 struct ProbeState: ProcessState {
     var probeID = ""
+    var advances = 0
+}
+
+struct BumpCounter: Command {
+    static let messageName = "counter.BumpCounter"
+    var counterID: String
+}
+struct CounterBumped: Event {
+    static let messageName = "counter.CounterBumped"
+    var counterID: String
+    var value: Int
+}
+struct Counter: Aggregate {
+    static let category = "counter"
+    static let eventTypes: [any Event.Type] = [CounterBumped.self]
+    var value = 0
+    mutating func apply(_ event: any Event) {
+        if let bumped = event as? CounterBumped { value = bumped.value }
+    }
 }
 
 let probeProcess = ProcessManager<ProbeState>(name: "probe-process", listensTo: ["probe"]) { pm in
@@ -37,12 +74,23 @@ let probeProcess = ProcessManager<ProbeState>(name: "probe-process", listensTo: 
         process.send(FirstStep(probeID: event.probeID))
         process.send(SecondStep(probeID: event.probeID))
     }
+    pm.on(ProbeAdvanced.self, correlation: .field(\.probeID)) { event, process in
+        process.state.advances += 1
+        process.send(StepTaken(probeID: event.probeID, advance: process.state.advances))
+    }
     pm.end(on: ProbeFinished.self, correlation: .field(\.probeID))
 }
 
+let bumpCounter = MessageHandlerHost.command(BumpCounter.self, name: "bump-counter") { command, context in
+    var counter = try context.load(Counter.self, id: command.counterID)
+    try context.record([CounterBumped(counterID: command.counterID, value: counter.state.value + 1)], to: &counter)
+}
+
 let arguments = CommandLine.arguments
-guard arguments.count == 5 else {
-    FileHandle.standardError.write(Data("usage: baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none\n".utf8))
+guard arguments.count == 5 || arguments.count == 6 else {
+    FileHandle.standardError.write(
+        Data("usage: baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]\n".utf8)
+    )
     exit(2)
 }
 let fault = Node.FaultPoint(rawValue: arguments[4])
@@ -50,11 +98,21 @@ guard fault != nil || arguments[4] == "none" else {
     FileHandle.standardError.write(Data("unknown fault point \(arguments[4])\n".utf8))
     exit(2)
 }
+let prefetch = arguments.count == 6 ? Int(arguments[5]) : nil
+guard arguments.count == 5 || (prefetch ?? 0) >= 1 else {
+    FileHandle.standardError.write(Data("PREFETCH must be a whole number from 1, got \(arguments[5])\n".utf8))
+    exit(2)
+}
 
 var registry = MessageRegistry()
-registry.register(ProbeStarted.self)
-registry.register(ProbeFinished.self)
+for type in [ProbeStarted.self, ProbeAdvanced.self, ProbeFinished.self, BumpCounter.self] as [any Message.Type] {
+    registry.register(type)
+}
 var configuration = Node.Configuration(name: arguments[3])
+if let prefetch {
+    configuration.prefetch = prefetch
+    configuration.batchSize = prefetch
+}
 configuration.faultInjection = { point in
     if point == fault { kill(getpid(), SIGKILL) }
 }
@@ -68,7 +126,7 @@ let node = Node(
     store: try SQLiteStore(path: arguments[2] + "/probe.sqlite"),
     transport: AMQPTransport(connection: connection),
     registry: registry,
-    handlers: [try ProcessManagerHost(probeProcess, registry: registry)],
+    handlers: [try ProcessManagerHost(probeProcess, registry: registry), bumpCounter],
     logger: logger
 )
 signal(SIGTERM, SIG_IGN)

@@ -31,7 +31,7 @@ public struct AMQPTransport: Transport {
                 routingKey: message.routingKey,
                 body: [UInt8](envelope.payload),
                 properties: AMQPProperties(
-                    contentType: "application/json",
+                    contentType: message.contentType,
                     headers: headers,
                     correlationID: envelope.correlationID,
                     messageID: envelope.messageID,

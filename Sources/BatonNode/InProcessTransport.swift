@@ -141,6 +141,18 @@ public final class InProcessTransport: Transport {
         state.withLock { $0.queues[queue]?.ready.count ?? 0 }
     }
 
+    /// How many messages of a queue are not settled yet: ready, or delivered and not acknowledged. Zero means
+    /// every message published to it so far was handled and acknowledged (a test's marker that its consumer
+    /// is done, instead of a sleep).
+    public func unsettledCount(_ queue: String) -> Int {
+        state.withLock { state in
+            let delivered = state.consumers.values.filter { $0.queue == queue }.map {
+                $0.unacked.count + $0.inbox.count
+            }
+            return (state.queues[queue]?.ready.count ?? 0) + delivered.reduce(0, +)
+        }
+    }
+
     /// The messages waiting in a queue, oldest first (for assertions).
     public func readyMessages(_ queue: String) -> [OutgoingMessage] {
         state.withLock { state in state.queues[queue].map { $0.ready.map(\.message) } ?? [] }
@@ -288,7 +300,7 @@ public final class InProcessTransport: Transport {
                 body: envelope.payload,
                 messageID: envelope.messageID,
                 messageType: envelope.messageType,
-                contentType: "application/json",
+                contentType: queued.message.contentType,
                 correlationID: envelope.correlationID,
                 timestamp: envelope.timestamp,
                 headers: envelope.wireHeaders,

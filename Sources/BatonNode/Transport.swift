@@ -70,12 +70,15 @@ public struct OutgoingMessage: Sendable, Hashable {
     public var routingKey: String
     /// The message.
     public var envelope: Envelope
+    /// The `content_type` property: what Baton sends is JSON; tests send other types to see them refused.
+    public var contentType: String
 
     /// Creates an outgoing message.
-    public init(exchange: String, routingKey: String, envelope: Envelope) {
+    public init(exchange: String, routingKey: String, envelope: Envelope, contentType: String = "application/json") {
         self.exchange = exchange
         self.routingKey = routingKey
         self.envelope = envelope
+        self.contentType = contentType
     }
 }
 

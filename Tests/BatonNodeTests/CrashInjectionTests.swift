@@ -7,97 +7,260 @@ import Foundation
 import Logging
 import Testing
 
-/// Kills a real node process at each point of the consume path and restarts it, against the real broker
-/// and a real SQLite file: every effect must happen once, every issued command be published once.
+/// Kills real node processes (`BatonCrashProbe`) at each point of the consume path and restarts them, against
+/// the real broker and a real SQLite file: every effect must happen once, every issued message be published
+/// once. The probe's effects are not idempotent by themselves (a non-start handler that moves its instance
+/// and issues a command; a counter aggregate), so each guard is the only thing that keeps them single:
+///
+/// | guard removed | test that fails |
+/// | --- | --- |
+/// | the inbox (`hasHandled` always false, its insert `OR IGNORE`) | `aCrashLosesNothingAndDoublesNothing`, both targets, after the commit |
+/// | the outbox key (`enqueue` queues a second row for a key it has) | none of these: `StoreTests.aTransactionHandsOverExactlyTheOutboxRowsItCommitted` |
+///
+/// The outbox key stands behind the inbox: with the inbox in place no handler runs twice for one message, so
+/// no crash run can tell the key is gone. It keeps a message single when a trigger is handled twice all the
+/// same (a replay, a store restored from a backup, an inbox row pruned): the handler issues the same derived
+/// ids again and the outbox takes each once. (An aggregate's stream has the same guard in its unique event ids:
+/// with the inbox removed, the counter's second append is refused, not doubled.)
+/// | the instance version check (a cached instance used without comparing it with the committed version) | `replicasOnOneStoreNeverWriteFromAStaleInstance` |
 @Suite(.serialized) struct CrashInjectionTests {
-    static let url =
-        ProcessInfo.processInfo.environment["BATON_TEST_AMQP_URL"]
-        ?? "amqp://baton:baton-local-secret@127.0.0.1:5673/%2F"
+    /// The message a crash run delivers to the probe armed with a fault.
+    enum Target: String, CaseIterable, Sendable {
+        /// `probe.ProbeAdvanced`: a non-start process-manager handler that issues a command.
+        case advance
+        /// `counter.BumpCounter`: a command handler that appends to a counter aggregate.
+        case bump
+    }
 
-    @Test(arguments: Node.FaultPoint.allCases)
-    func aCrashAtAnyPointLosesNothingAndDoublesNothing(_ point: Node.FaultPoint) async throws {
-        let name = "crash-\(point.rawValue)-\(UInt32.random(in: 0...UInt32.max))"
-        let probeID = "probe-\(UUID().uuidString)"
+    @Test(arguments: Node.FaultPoint.allCases, Target.allCases)
+    func aCrashLosesNothingAndDoublesNothing(_ point: Node.FaultPoint, _ target: Target) async throws {
+        try await ProbeRun.with(name: "crash-\(point.rawValue)-\(target.rawValue)") { run in
+            try await run.startProcess()
+
+            // The node dies at `point` while handling the target message …
+            let armed = try run.probe(fault: point.rawValue)
+            switch target {
+            case .advance: try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(run.probeID)")
+            case .bump: try await run.publishCommand("counter.BumpCounter", id: "bump-\(run.probeID)")
+            }
+            #expect(try await armed.exits(within: .seconds(30)), "the probe must kill itself at \(point)")
+            #expect(armed.diedOfSIGKILL, "the probe died at \(point)")
+
+            // … and a new one on the same store and queue finishes the work.
+            let restarted = try run.probe(fault: "none")
+            switch target {
+            case .advance: #expect(try await run.eventually { try await run.commandCount() >= 3 })
+            case .bump: #expect(try await run.eventually { try await run.eventCount() >= 1 })
+            }
+            #expect(try await run.isSettled(), "the probe took every message, the redelivered one included")
+            #expect(try await restarted.stop() == 0, "SIGTERM stops the node gracefully")
+
+            // Every probe has exited: what they published is in the observer queues, nothing more can come.
+            let commands = try await run.drainCommands()
+            let events = try await run.drainEvents()
+            let expectedCommands = target == .advance ? 3 : 2
+            #expect(commands.count == expectedCommands, "every command was published: \(commands)")
+            #expect(commands.values.allSatisfy { $0 == 1 }, "each command id was published once: \(commands)")
+            #expect(events.count == (target == .bump ? 1 : 0), "the counter's event was published: \(events)")
+            #expect(events.values.allSatisfy { $0 == 1 }, "each event id was published once: \(events)")
+
+            let store = try run.store()
+            let (transitions, outbox, pending, counter) = try await store.read { work in
+                (
+                    try work.transitions(of: "probe-process", instance: run.probeID),
+                    try work.outboxMessageIDs(),
+                    try work.pendingOutboxCount(),
+                    try work.readStream("counter-\(run.probeID)")
+                )
+            }
+            let advances = target == .advance ? 1 : 0
+            #expect(transitions.count == 1 + advances, "the start and each advance moved the instance once")
+            #expect(counter.count == (target == .bump ? 1 : 0), "the counter was bumped once")
+            #expect(outbox.count == expectedCommands + counter.count, "the outbox holds each message once")
+            #expect(Set(outbox).count == outbox.count, "no message id twice in the outbox")
+            #expect(pending == 0, "everything was relayed")
+        }
+    }
+
+    /// Two probes on one store and one queue take turns (prefetch 1), one of them is killed mid-way and
+    /// restarted: each holds instances in its cache that the other moves meanwhile. A node that trusted its
+    /// cache over the committed version would write from a stale instance.
+    @Test func replicasOnOneStoreNeverWriteFromAStaleInstance() async throws {
+        try await ProbeRun.with(name: "crash-replicas") { run in
+            try await run.startProcess()
+            let first = try run.probe(fault: "none", prefetch: 1)
+            var second = try run.probe(fault: "none", prefetch: 1)
+            let advances = 40
+            for index in 1...advances / 2 {
+                try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(index)-\(run.probeID)")
+            }
+            #expect(try await run.eventually { try await run.commandCount() >= 2 + advances / 4 })
+            second.kill()
+            second = try run.probe(fault: "none", prefetch: 1)
+            for index in advances / 2 + 1...advances {
+                try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(index)-\(run.probeID)")
+            }
+            #expect(try await run.eventually { try await run.commandCount() >= 2 + advances })
+            #expect(try await run.isSettled())
+            #expect(try await first.stop() == 0)
+            #expect(try await second.stop() == 0)
+
+            // Both relays sweep the one outbox table (they claim no rows: leases come with the PostgreSQL store),
+            // so a row may go out twice under its id, which consumers drop; what counts here is the effects.
+            let commands = try await run.drainCommands()
+            #expect(commands.count == 2 + advances, "one command per advance: \(commands.count)")
+            let store = try run.store()
+            let (transitions, letters) = try await store.read { work in
+                (try work.transitions(of: "probe-process", instance: run.probeID), try work.deadLetters())
+            }
+            #expect(transitions.map(\.version) == Array(1...Int64(1 + advances)), "one transition per event")
+            #expect(letters.isEmpty, "nothing was dead-lettered: \(letters.map(\.reason))")
+        }
+    }
+}
+
+/// One crash scenario: a private queue for the probe, observers for its commands and events, a store
+/// directory, and the probe processes.
+private struct ProbeRun {
+    let connection: AMQPConnection
+    let name: String
+    let probeID = "probe-\(UUID().uuidString)"
+    let directory: URL
+    var commandObserver: String { "\(name).commands" }
+    var eventObserver: String { "\(name).events" }
+
+    static func with(name: String, _ body: (ProbeRun) async throws -> Void) async throws {
+        let name = TestBroker.unique(name)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let observer = "\(name).observer"
-
         try await AMQPConnection.withConnection(
-            configuration: .init(url: Self.url, connectionName: "crash-test"),
+            configuration: .init(url: TestBroker.url, connectionName: "crash-test"),
             logger: Logger(label: "crash-test")
         ) { connection in
-            // Where the probe's commands land, so the test can count them.
+            let run = ProbeRun(connection: connection, name: name, directory: directory)
             try await connection.declare(
                 AMQPTopology(
                     exchanges: Routing.exchanges,
-                    queues: [.init(observer, isDurable: false), .init(name, kind: .quorum)],
+                    queues: [.init(run.commandObserver), .init(run.eventObserver), .init(name, kind: .quorum)],
                     bindings: [
-                        .init(queue: observer, exchange: Routing.commandExchange, bindingKey: "probe.#"),
+                        .init(queue: run.commandObserver, exchange: Routing.commandExchange, bindingKey: "probe.#"),
+                        .init(queue: run.eventObserver, exchange: Routing.eventExchange, bindingKey: "counter.#"),
                         .init(queue: name, exchange: Routing.eventExchange, bindingKey: "probe.#"),
+                        .init(queue: name, exchange: Routing.commandExchange, bindingKey: "counter.#"),
                     ]
                 )
             )
-            let started = try Self.probe(name, directory, fault: point.rawValue)
-            try await connection.publish(
-                AMQPOutgoingMessage(
-                    exchange: Routing.eventExchange,
-                    routingKey: "probe.ProbeStarted",
-                    body: Array(#"{"probe_id":"\#(probeID)"}"#.utf8),
-                    properties: .init(
-                        contentType: "application/json",
-                        messageID: "start-\(probeID)",
-                        type: "probe.ProbeStarted.v1"
-                    )
-                )
-            )
-            #expect(try await Self.exits(started, within: .seconds(30)), "the probe must kill itself at \(point)")
-            #expect(
-                started.terminationReason == .uncaughtSignal && started.terminationStatus == SIGKILL,
-                "the probe died at \(point)"
-            )
+            do {
+                try await body(run)
+            } catch {
+                try? await run.deleteQueues()
+                throw error
+            }
+            try await run.deleteQueues()
+        }
+    }
 
-            let restarted = try Self.probe(name, directory, fault: "none")
-            var commands: [String: Int] = [:]
-            let consumer = try await connection.consume(queue: observer, prefetch: 50)
-            while commands.values.reduce(0, +) < 2, let delivery = try await consumer.next(timeout: .seconds(20)) {
-                commands[delivery.properties.messageID ?? "?", default: 0] += 1
-                delivery.ack()
-            }
-            // Anything published twice would arrive now.
-            while let delivery = try await consumer.next(timeout: .milliseconds(1500)) {
-                commands[delivery.properties.messageID ?? "?", default: 0] += 1
-                delivery.ack()
-            }
-            restarted.terminate()
-            restarted.waitUntilExit()
-            #expect(restarted.terminationStatus == 0, "SIGTERM stops the node gracefully")
-            #expect(commands.count == 2, "both commands were published: \(commands)")
-            #expect(commands.values.allSatisfy { $0 == 1 }, "each command id was published once: \(commands)")
-            try await connection.deleteQueue(observer)
-            try await connection.deleteQueue(name)
-            try await connection.deleteQueue("\(name).dead-letters")
+    private func deleteQueues() async throws {
+        for queue in [commandObserver, eventObserver, name, "\(name).dead-letters"] {
+            _ = try await connection.deleteQueue(queue)
         }
-        let store = try SQLiteStore(path: directory.appendingPathComponent("probe.sqlite").path)
-        let (transitions, outbox, pending) = try await store.read { work in
-            (
-                try work.transitions(of: "probe-process", instance: probeID),
-                try work.outboxMessageIDs(),
-                try work.pendingOutboxCount()
+    }
+
+    /// Starts the instance with a probe that has no fault, and stops it once both start commands are out.
+    func startProcess() async throws {
+        let probe = try probe(fault: "none")
+        try await publishEvent("probe.ProbeStarted", id: "start-\(probeID)")
+        #expect(try await eventually { try await commandCount() >= 2 }, "the instance started")
+        #expect(try await probe.stop() == 0)
+    }
+
+    func publishEvent(_ name: String, id: String) async throws {
+        try await publish(exchange: Routing.eventExchange, name, id: id, body: #"{"probe_id":"\#(probeID)"}"#)
+    }
+
+    func publishCommand(_ name: String, id: String) async throws {
+        try await publish(exchange: Routing.commandExchange, name, id: id, body: #"{"counter_id":"\#(probeID)"}"#)
+    }
+
+    private func publish(exchange: String, _ name: String, id: String, body: String) async throws {
+        try await connection.publish(
+            AMQPOutgoingMessage(
+                exchange: exchange,
+                routingKey: name,
+                body: Array(body.utf8),
+                properties: .init(contentType: "application/json", messageID: id, type: "\(name).v1")
             )
+        )
+    }
+
+    /// Polls a condition on the broker's queues (what other processes do), for 30 s at most.
+    func eventually(_ condition: () async throws -> Bool) async throws -> Bool {
+        try await BatonTestSupport.eventually(condition)
+    }
+
+    /// Waits until the probe's queue holds no message, ready or unacknowledged: whatever was delivered was
+    /// handled and acknowledged.
+    func isSettled() async throws -> Bool { try await TestBroker.areSettled([name]) }
+
+    func commandCount() async throws -> Int { try await connection.inspectQueue(commandObserver).messages }
+    func eventCount() async throws -> Int { try await connection.inspectQueue(eventObserver).messages }
+    func drainCommands() async throws -> [String: Int] { try await drain(commandObserver) }
+    func drainEvents() async throws -> [String: Int] { try await drain(eventObserver) }
+
+    /// Takes every message of a queue (call it once no process publishes any more): how often each id came.
+    private func drain(_ queue: String) async throws -> [String: Int] {
+        let count = try await connection.inspectQueue(queue).messages
+        var ids: [String: Int] = [:]
+        guard count > 0 else { return ids }
+        let consumer = try await connection.consume(queue: queue, prefetch: 500)
+        for _ in 0..<count {
+            guard let delivery = try await consumer.next(timeout: .seconds(10)) else {
+                Issue.record("\(queue) said it held \(count) messages; fewer came")
+                break
+            }
+            ids[delivery.properties.messageID ?? "?", default: 0] += 1
+            delivery.ack()
         }
-        #expect(transitions.count == 1, "the start event had exactly one effect")
-        #expect(outbox.count == 2 && Set(outbox).count == 2, "the outbox holds each command once")
-        #expect(pending == 0, "everything was relayed")
+        await consumer.cancel()
+        return ids
+    }
+
+    func store() throws -> SQLiteStore {
+        try SQLiteStore(path: directory.appendingPathComponent("probe.sqlite").path, readOnly: true)
+    }
+
+    /// Starts a probe process on this run's store and queue and waits until it is about to consume.
+    func probe(fault: String, prefetch: Int? = nil) throws -> ProbeProcess {
+        try ProbeProcess(
+            arguments: [TestBroker.url, directory.path, name, fault] + (prefetch.map { [String($0)] } ?? [])
+        )
+    }
+}
+
+/// A running `BatonCrashProbe` process.
+private struct ProbeProcess {
+    private let process: Process
+
+    init(arguments: [String]) throws {
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+            .appendingPathComponent("BatonCrashProbe")
+        process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        // Wait for "ready": the probe is connected and about to consume.
+        _ = output.fileHandleForReading.availableData
     }
 
     /// Waits for the process to end; kills it and returns `false` if it outlives `timeout`.
-    private static func exits(_ process: Process, within timeout: Duration) async throws -> Bool {
+    func exits(within timeout: Duration) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
         while process.isRunning {
             guard ContinuousClock.now < deadline else {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
+                kill()
                 return false
             }
             try await Task.sleep(for: .milliseconds(20))
@@ -105,17 +268,20 @@ import Testing
         return true
     }
 
-    private static func probe(_ name: String, _ directory: URL, fault: String) throws -> Process {
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-            .appendingPathComponent("BatonCrashProbe")
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = [url, directory.path, name, fault]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        // Wait for "ready": the probe is connected and about to consume.
-        _ = output.fileHandleForReading.availableData
-        return process
+    var diedOfSIGKILL: Bool {
+        process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL
+    }
+
+    /// SIGTERM, then waits for the exit (30 s at most): the exit status.
+    func stop() async throws -> Int32 {
+        process.terminate()
+        guard try await exits(within: .seconds(30)) else { return -1 }
+        return process.terminationStatus
+    }
+
+    /// SIGKILL, then waits for the exit.
+    func kill() {
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
     }
 }

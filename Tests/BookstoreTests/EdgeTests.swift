@@ -320,7 +320,14 @@ import Testing
                 "\(service) \(arguments) should mention \(mention): \(result.output)"
             )
         }
-        try await Task.sleep(for: .seconds(1))  // anything wrongly sent would have arrived by now
+        // Each CLI publishes with confirms before it exits: anything one wrongly sent is in a queue by now, and
+        // once every queue is settled it has been handled.
+        #expect(
+            try await TestBroker.areSettled(
+                ["orders", "inventory", "shipping", "fulfillment"],
+                virtualHost: mesh.virtualHost
+            )
+        )
         let after = try await mesh.snapshot()
         #expect(after.orders == before.orders && after.items == before.items, "nothing was written")
         #expect(after.deadLetters.values.allSatisfy { $0.isEmpty }, "nothing reached a service as a bad message")

@@ -41,6 +41,22 @@ public enum TestBroker {
         return text
     }
 
+    /// Waits (30 s at most) until none of `queues` holds a message, ready or unacknowledged: everything
+    /// published to them so far was handled and acknowledged. A marker for negative assertions about
+    /// consumers in other processes; asked with `rabbitmqctl`, which counts both kinds.
+    public static func areSettled(_ queues: [String], virtualHost: String = "/") async throws -> Bool {
+        try await eventually {
+            let listing = try ctl("list_queues", "-p", virtualHost, "-q", "--no-table-headers", "name", "messages")
+            let counts = Dictionary(
+                listing.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }.filter {
+                    $0.count == 2
+                }.map { ($0[0], $0[1]) },
+                uniquingKeysWith: { first, _ in first }
+            )
+            return queues.allSatisfy { counts[$0] == "0" }
+        }
+    }
+
     /// Creates a virtual host the broker's application user may use fully.
     public static func makeVirtualHost(_ name: String) throws {
         try ctl("add_vhost", name)
