@@ -127,7 +127,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonNodeTests",
-            dependencies: ["BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe", "BatonTestSupport"]
+            dependencies: [
+                "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe", "BatonTestSupport",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .testTarget(
             name: "BookstoreTests",

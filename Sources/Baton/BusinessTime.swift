@@ -17,6 +17,12 @@ extension Date {
     public var roundedToMilliseconds: Date {
         Date(millisecondsSince1970: millisecondsSince1970)
     }
+
+    /// This date moved by `duration`.
+    public func adding(_ duration: Duration) -> Date {
+        let (seconds, attoseconds) = duration.components
+        return addingTimeInterval(Double(seconds) + Double(attoseconds) / 1e18)
+    }
 }
 
 /// ISO 8601 with milliseconds, UTC: what Baton's JSON writes for dates; reading also accepts whole seconds.

@@ -78,8 +78,7 @@ public struct ProcessContext<State: ProcessState>: Sendable {
 
     /// Schedules the timer `name` at ``now`` + `delay`.
     public mutating func schedule(_ name: String, after delay: Duration) {
-        let (seconds, attoseconds) = delay.components
-        schedule(name, at: now.addingTimeInterval(Double(seconds) + Double(attoseconds) / 1e18))
+        schedule(name, at: now.adding(delay))
     }
 
     /// Cancels the timer `name`; a cancelled timer never fires.

@@ -96,8 +96,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     public let name: String
     /// The categories (bounded contexts) whose events this manager receives.
     public let categories: [String]
-    /// How many transitions between two state snapshots.
-    public let snapshotInterval: Int
     var handlers: [Handler] = []
     var timerHandlers: [String: TimerHandler] = [:]
     var associations: Set<String> = []
@@ -111,18 +109,14 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// - Parameters:
     ///   - name: The process manager's name.
     ///   - categories: The categories it listens to.
-    ///   - snapshotInterval: Transitions between state snapshots (loading replays at most this many).
     ///   - define: Registers the handlers.
     public init(
         name: String,
         listensTo categories: [String],
-        snapshotInterval: Int = 20,
         _ define: (inout Builder) -> Void
     ) {
-        precondition(snapshotInterval >= 1, "snapshotInterval must be at least 1")
         self.name = name
         self.categories = categories
-        self.snapshotInterval = snapshotInterval
         var builder = Builder()
         define(&builder)
         handlers = builder.handlers
@@ -130,7 +124,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         associations = builder.associations
     }
 
-    /// Registers handlers; passed to the closure of ``ProcessManager/init(name:listensTo:snapshotInterval:_:)``.
+    /// Registers handlers; passed to the closure of ``ProcessManager/init(name:listensTo:_:)``.
     public struct Builder {
         var handlers: [Handler] = []
         var timerHandlers: [String: TimerHandler] = [:]

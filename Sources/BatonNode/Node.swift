@@ -449,7 +449,8 @@ public final class Node: Sendable {
         }
     }
 
-    /// Records a dead letter and queues it for the dead-letter exchange, with the reason in its headers.
+    /// Records a dead letter of a delivery and queues it for the dead-letter exchange, unless the same message
+    /// is dead-lettered already and not replayed (a redelivery).
     private func deadLetter(
         _ incoming: IncomingMessage,
         reason: String,
@@ -461,7 +462,7 @@ public final class Node: Sendable {
         if let messageID = incoming.messageID, !messageID.isEmpty, try work.hasOpenDeadLetter(messageID: messageID) {
             return
         }
-        let id = try work.addDeadLetter(
+        try deadLetter(
             DeadLetter(
                 messageID: incoming.messageID ?? "",
                 messageType: incoming.messageType ?? "",
@@ -473,22 +474,31 @@ public final class Node: Sendable {
                 handler: handler,
                 attempts: attempts,
                 deadAt: now
-            )
-        )
-        var headers = incoming.headers
-        headers[BatonHeader.deadLetterReason] = reason
-        headers[BatonHeader.deadLetterHandler] = handler
-        headers[BatonHeader.deadLetterAttempts] = String(attempts)
-        headers[BatonHeader.originalExchange] = incoming.exchange
-        headers[BatonHeader.originalRoutingKey] = incoming.routingKey
-        headers[BatonHeader.deadLetteredAt] = ISO8601Milliseconds.format(now)
-        let envelope = Envelope(
-            messageID: incoming.messageID ?? "dead-letter-\(configuration.name)-\(id)",
-            messageType: incoming.messageType ?? "unknown",
+            ),
             correlationID: incoming.correlationID,
-            timestamp: now,
+            work
+        )
+    }
+
+    /// Records a dead letter and queues it for the dead-letter exchange, with the reason in its headers.
+    /// - Returns: Its id.
+    @discardableResult
+    private func deadLetter(_ letter: DeadLetter, correlationID: String?, _ work: UnitOfWork) throws -> Int64 {
+        let id = try work.addDeadLetter(letter)
+        var headers = letter.headers
+        headers[BatonHeader.deadLetterReason] = letter.reason
+        headers[BatonHeader.deadLetterHandler] = letter.handler
+        headers[BatonHeader.deadLetterAttempts] = String(letter.attempts)
+        headers[BatonHeader.originalExchange] = letter.exchange
+        headers[BatonHeader.originalRoutingKey] = letter.routingKey
+        headers[BatonHeader.deadLetteredAt] = ISO8601Milliseconds.format(letter.deadAt)
+        let envelope = Envelope(
+            messageID: letter.messageID.isEmpty ? "dead-letter-\(configuration.name)-\(id)" : letter.messageID,
+            messageType: letter.messageType.isEmpty ? "unknown" : letter.messageType,
+            correlationID: correlationID,
+            timestamp: letter.deadAt,
             headers: headers,
-            payload: incoming.body
+            payload: letter.body
         )
         try work.enqueue(
             envelope,
@@ -496,6 +506,7 @@ public final class Node: Sendable {
             routingKey: configuration.name,
             key: "dead-letter:\(configuration.name):\(id)"
         )
+        return id
     }
 
     /// Sends a dead letter back to where it was first published, with its original id; the node handles it
@@ -505,6 +516,7 @@ public final class Node: Sendable {
         let now = businessNow()
         let name = configuration.name
         let replayed = try await commit { try $0.replayDeadLetter(id: id, to: name, at: now) }
+        timerSignal.notify()  // a parked timer may be due again
         guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
     }
 
@@ -635,7 +647,7 @@ public final class Node: Sendable {
                 var untilDue: (@Sendable () async -> Void)?
                 if let next {
                     let timeSource = self.timeSource
-                    untilDue = { try? await timeSource.sleep(until: next.dueAt) }
+                    untilDue = { try? await timeSource.sleep(until: next.nextAttemptAt) }
                 }
                 await waitFor(timerSignal, orUntil: untilDue)
             } catch {
@@ -645,6 +657,9 @@ public final class Node: Sendable {
         }
     }
 
+    /// Fires due timers in one transaction, each in its own savepoint. A timer whose handler throws is retried
+    /// on its own with the node's retry policy (its next attempt stored with it, in business time), then
+    /// dead-lettered and parked: it never holds up the other timers.
     private func fire(_ timers: [DueTimer], now: Date) async throws {
         try await commit { [self] work in
             for timer in timers {
@@ -653,11 +668,51 @@ public final class Node: Sendable {
                         for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
                     }
                 } catch {
-                    logger.error("timer handler failed", metadata: ["timer": "\(timer.name)", "error": "\(error)"])
-                    throw error
+                    try timerFailed(timer, error: error, work, now)
                 }
             }
         }
+    }
+
+    private func timerFailed(_ timer: DueTimer, error: any Error, _ work: UnitOfWork, _ now: Date) throws {
+        let attempts = timer.attempts + 1
+        var metadata: Logger.Metadata = [
+            "baton.process_id": "\(timer.instanceID)", "timer": "\(timer.name)", "attempts": "\(attempts)",
+            "error": "\(error)",
+        ]
+        if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: attempts) {
+            try work.retryTimer(timer, at: now.adding(delay).roundedToMilliseconds)
+            metadata["retry_in"] = "\(delay)"
+            logger.warning("timer handler failed; retrying", metadata: metadata)
+            return
+        }
+        let trigger = ProcessTrigger.timer(name: timer.name, dueAt: timer.dueAt)
+        let body = try JSONEncoder.baton.encode(
+            TimerDeadLetter(
+                processManager: timer.processManager,
+                instanceID: timer.instanceID,
+                name: timer.name,
+                dueAt: timer.dueAt
+            )
+        )
+        let id = try deadLetter(
+            DeadLetter(
+                messageID: trigger.messageID(processManager: timer.processManager, instanceID: timer.instanceID),
+                messageType: DueTimer.deadLetterType,
+                exchange: "",
+                routingKey: "",
+                headers: [:],
+                body: body,
+                reason: "\(error)",
+                handler: timer.processManager,
+                attempts: attempts,
+                deadAt: now
+            ),
+            correlationID: timer.instanceID,
+            work
+        )
+        try work.parkTimer(timer, deadLetter: id)
+        logger.error("timer dead-lettered", metadata: metadata)
     }
 
     /// Waits for `signal` (which the node's stop also raises), or until `sleep` returns.
@@ -669,6 +724,14 @@ public final class Node: Sendable {
             group.cancelAll()
         }
     }
+}
+
+/// The body of a timer's dead letter: which timer it is.
+private struct TimerDeadLetter: Codable {
+    var processManager: String
+    var instanceID: String
+    var name: String
+    var dueAt: Date
 }
 
 /// A handler error that no retry can fix (the message refers to something that does not exist, breaks a

@@ -35,8 +35,8 @@ extension NodeHandler {
     public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
 }
 
-/// Hosts a process manager in a node: correlates, loads the instance (snapshot + replay), runs the engine and
-/// records the transition with everything it issued.
+/// Hosts a process manager in a node: correlates, loads the instance as stored, runs the engine and records
+/// the transition (with the state after it) and everything it issued.
 public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     /// The engine.
     public let engine: ProcessEngine<State>
@@ -48,7 +48,8 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     /// Wraps a definition, validating it.
     /// - Parameters:
     ///   - definition: The process manager.
-    ///   - registry: Decodes the events it handles (for replays).
+    ///   - registry: Decodes the events it handles (to rebuild an instance stored before Baton kept the state
+    ///     of every transition).
     /// - Throws: ``DefinitionError`` for a broken definition: the node must not start.
     ///   - cacheCapacity: Instances kept in memory between events (0 turns the cache off).
     public init(
@@ -61,12 +62,12 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         cache = InstanceCache(capacity: cacheCapacity)
     }
 
-    /// The stored instance: from the cache if it holds the committed version, else snapshot + replay.
+    /// The stored instance: from the cache if it holds the committed version, else its stored state.
     /// The version check makes a rolled-back transaction harmless: its instance never matches.
     private func load(_ instanceID: String, _ work: UnitOfWork) throws -> ProcessInstance<State>? {
-        guard let version = try work.instanceVersion(instanceID, processManager: name) else { return nil }
-        if let cached = cache[instanceID], cached.version == version { return cached }
-        return try work.loadInstance(instanceID, of: engine, registry: registry)
+        guard let stored = try work.storedInstance(instanceID, processManager: name) else { return nil }
+        if let cached = cache[instanceID], cached.version == stored.version { return cached }
+        return try work.instance(from: stored, instanceID, of: engine, registry: registry)
     }
 
     public var name: String { engine.definition.name }
@@ -160,5 +161,46 @@ final class InstanceCache<State: ProcessState>: Sendable {
                 }
             }
         }
+    }
+}
+
+extension UnitOfWork {
+    /// Loads a process instance as it was stored after its latest transition: no handler runs.
+    ///
+    /// An instance that last moved before Baton stored the state of every transition (stores written before
+    /// the state was kept with each transition, where only every 20th was) is rebuilt once from its latest
+    /// snapshot and the transitions after it, re-running their handlers; its next transition stores its state.
+    /// - Parameters:
+    ///   - instanceID: The instance.
+    ///   - engine: Its process manager.
+    ///   - registry: Decodes the events of an old instance's transitions.
+    /// - Returns: The instance, or `nil` if it does not exist.
+    /// - Throws: A decoding error for a state the current ``ProcessState`` cannot read.
+    public func loadInstance<State>(
+        _ instanceID: String,
+        of engine: ProcessEngine<State>,
+        registry: MessageRegistry
+    ) throws -> ProcessInstance<State>? {
+        try storedInstance(instanceID, processManager: engine.definition.name).map {
+            try instance(from: $0, instanceID, of: engine, registry: registry)
+        }
+    }
+
+    func instance<State>(
+        from stored: StoredInstance,
+        _ instanceID: String,
+        of engine: ProcessEngine<State>,
+        registry: MessageRegistry
+    ) throws -> ProcessInstance<State> {
+        if let state = stored.state { return try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: state) }
+        let snapshot = try stored.earlierState.map {
+            try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: $0)
+        }
+        let transitions = try transitions(
+            of: engine.definition.name,
+            instance: instanceID,
+            after: snapshot?.version ?? 0
+        )
+        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID, registry: registry)
     }
 }

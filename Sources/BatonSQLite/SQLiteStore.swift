@@ -165,6 +165,21 @@ public final class SQLiteStore: Sendable {
                     """
             )
         }
+        // A timer whose handler fails is retried on its own: its next attempt (`fire_at`) and attempts are stored
+        // with it; after the last one it is parked under its dead letter until that is replayed.
+        migrator.registerMigration("v4-timer-retries") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE timers ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE timers ADD COLUMN fire_at INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE timers ADD COLUMN dead_letter_id INTEGER;
+                    UPDATE timers SET fire_at = due_at;
+                    DROP INDEX timers_due;
+                    CREATE INDEX timers_fire ON timers (fire_at) WHERE dead_letter_id IS NULL;
+                    CREATE INDEX timers_dead_letter ON timers (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
+                    """
+            )
+        }
         return migrator
     }
 }

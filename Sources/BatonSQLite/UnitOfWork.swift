@@ -211,27 +211,28 @@ public struct UnitOfWork {
 
     // MARK: Process managers
 
-    /// Loads an instance: the latest snapshot plus the transitions after it, replayed through the handlers.
-    /// - Returns: The instance, or `nil` if it does not exist.
-    public func loadInstance<State>(
-        _ instanceID: String,
-        of engine: ProcessEngine<State>,
-        registry: MessageRegistry
-    ) throws -> ProcessInstance<State>? {
-        let name = engine.definition.name
-        let snapshotRow = try Row.fetchOne(
+    /// An instance as stored: its committed version and its state after its latest transition. One lookup;
+    /// no handler runs.
+    /// - Returns: `nil` if the instance does not exist.
+    public func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance? {
+        try Row.fetchOne(
             try statement(
-                "SELECT version, instance FROM process_snapshots WHERE process_manager = ? AND instance_id = ?"
+                """
+                SELECT i.version, s.version AS state_version, s.instance FROM process_instances i
+                LEFT JOIN process_snapshots s ON s.process_manager = i.process_manager AND s.instance_id = i.instance_id
+                WHERE i.process_manager = ? AND i.instance_id = ?
+                """
             ),
-            arguments: [name, instanceID]
-        )
-        let snapshot: ProcessInstance<State>? = try snapshotRow.map {
-            try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: $0["instance"])
+            arguments: [processManager, instanceID]
+        ).map { row in
+            let version: Int64 = row["version"]
+            let stateVersion: Int64? = row["state_version"]
+            return StoredInstance(
+                version: version,
+                state: stateVersion == version ? row["instance"] : nil,
+                earlierState: stateVersion != version ? row["instance"] : nil
+            )
         }
-        let transitions = try transitions(of: name, instance: instanceID, after: snapshot?.version ?? 0)
-        if snapshot == nil && transitions.isEmpty { return nil }
-        if transitions.isEmpty { return snapshot }
-        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID, registry: registry)
     }
 
     /// The committed version of an instance, or `nil` if it does not exist (one indexed lookup: lets a cache
@@ -262,8 +263,8 @@ public struct UnitOfWork {
         ).map { try JSONDecoder.baton.decode(ProcessTransition.self, from: $0) }
     }
 
-    /// Stores a transition: appends it to the instance's stream, snapshots every `snapshotInterval`
-    /// versions, updates timers and associations, and queues what it issued in the outbox.
+    /// Stores a transition: appends it to the instance's stream, stores the instance's state after it (what
+    /// loading reads), updates timers and associations, and queues what it issued in the outbox.
     /// - Parameters:
     ///   - transition: What the engine decided.
     ///   - instance: The instance after it.
@@ -290,25 +291,24 @@ public struct UnitOfWork {
             """,
             [name, instance.id, instance.lifecycle.rawValue, instance.version, time, time]
         )
-        if instance.version % Int64(engine.definition.snapshotInterval) == 0 || instance.lifecycle.isClosed {
-            try run(
-                """
-                INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
-                ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                    version = excluded.version, instance = excluded.instance
-                """,
-                [name, instance.id, instance.version, try JSONEncoder.baton.encode(instance)]
-            )
-        }
+        try run(
+            """
+            INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
+            ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                version = excluded.version, instance = excluded.instance
+            """,
+            [name, instance.id, instance.version, try JSONEncoder.baton.encode(instance)]
+        )
         for operation in transition.timers {
             switch operation {
             case .schedule(let timer, let dueAt):
                 try run(
                     """
-                    INSERT INTO timers (process_manager, instance_id, name, due_at) VALUES (?, ?, ?, ?)
-                    ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET due_at = excluded.due_at
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at) VALUES (?, ?, ?, ?, ?)
+                    ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET
+                        due_at = excluded.due_at, fire_at = excluded.fire_at, attempts = 0, dead_letter_id = NULL
                     """,
-                    [name, instance.id, timer, dueAt.millisecondsSince1970]
+                    [name, instance.id, timer, dueAt.millisecondsSince1970, dueAt.millisecondsSince1970]
                 )
             case .cancel(let timer):
                 try run(
@@ -379,16 +379,19 @@ public struct UnitOfWork {
         )
     }
 
-    /// The earliest pending timer, if any.
+    /// The pending timer to try first, if any (parked timers wait for their dead letter's replay).
     public func nextTimer() throws -> DueTimer? {
         try dueTimers(before: .distantFuture, limit: 1).first
     }
 
-    /// Timers due at or before `time`, earliest first.
+    /// Timers whose next attempt is at or before `time`, earliest first; parked timers are not among them.
     public func dueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
         try Row.fetchAll(
             try statement(
-                "SELECT process_manager, instance_id, name, due_at FROM timers WHERE due_at <= ? ORDER BY due_at LIMIT ?"
+                """
+                SELECT process_manager, instance_id, name, due_at, fire_at, attempts FROM timers
+                WHERE fire_at <= ? AND dead_letter_id IS NULL ORDER BY fire_at LIMIT ?
+                """
             ),
             arguments: [time.millisecondsSince1970, limit]
         ).map {
@@ -396,7 +399,58 @@ public struct UnitOfWork {
                 processManager: $0["process_manager"],
                 instanceID: $0["instance_id"],
                 name: $0["name"],
-                dueAt: Date(millisecondsSince1970: $0["due_at"])
+                dueAt: Date(millisecondsSince1970: $0["due_at"]),
+                nextAttemptAt: Date(millisecondsSince1970: $0["fire_at"]),
+                attempts: $0["attempts"]
+            )
+        }
+    }
+
+    /// Records a failed firing: the timer is tried again at `time`, on its own, and the others go on.
+    /// - Parameters:
+    ///   - timer: The timer as it was due.
+    ///   - time: Its next attempt (business time).
+    public func retryTimer(_ timer: DueTimer, at time: Date) throws {
+        try run(
+            """
+            UPDATE timers SET attempts = attempts + 1, fire_at = ?
+            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            """,
+            [
+                time.millisecondsSince1970, timer.processManager, timer.instanceID, timer.name,
+                timer.dueAt.millisecondsSince1970,
+            ]
+        )
+    }
+
+    /// Parks a timer that failed its last attempt under its dead letter: it fires again when that is replayed
+    /// (``replayDeadLetter(id:at:route:)``), or never if its instance reschedules or cancels it first.
+    public func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws {
+        try run(
+            """
+            UPDATE timers SET attempts = attempts + 1, dead_letter_id = ?
+            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            """,
+            [id, timer.processManager, timer.instanceID, timer.name, timer.dueAt.millisecondsSince1970]
+        )
+    }
+
+    /// The timers parked under dead letters.
+    public func parkedTimers() throws -> [DueTimer] {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT process_manager, instance_id, name, due_at, fire_at, attempts FROM timers
+                WHERE dead_letter_id IS NOT NULL ORDER BY dead_letter_id
+                """
+        ).map {
+            DueTimer(
+                processManager: $0["process_manager"],
+                instanceID: $0["instance_id"],
+                name: $0["name"],
+                dueAt: Date(millisecondsSince1970: $0["due_at"]),
+                nextAttemptAt: Date(millisecondsSince1970: $0["fire_at"]),
+                attempts: $0["attempts"]
             )
         }
     }
@@ -460,6 +514,16 @@ public struct UnitOfWork {
         route: (DeadLetter) -> (exchange: String, routingKey: String, headers: [String: String])
     ) throws -> Bool {
         guard let letter = try deadLetter(id: id), letter.replayedAt == nil else { return false }
+        if letter.messageType == DueTimer.deadLetterType {
+            // A parked timer fires again now, with fresh attempts; one its instance rescheduled or cancelled
+            // meanwhile is gone, and there is nothing to fire.
+            try run(
+                "UPDATE timers SET attempts = 0, fire_at = ?, dead_letter_id = NULL WHERE dead_letter_id = ?",
+                [now.millisecondsSince1970, id]
+            )
+            try markReplayed(deadLetter: id, at: now)
+            return true
+        }
         let (exchange, routingKey, extraHeaders) = route(letter)
         let envelope = Envelope(
             messageID: letter.messageID,
@@ -554,6 +618,17 @@ public struct UnitOfWork {
     }
 }
 
+/// An instance's row in the store.
+public struct StoredInstance: Sendable, Hashable {
+    /// Its committed version (the number of transitions).
+    public var version: Int64
+    /// The instance (JSON) as it was after its latest transition.
+    public var state: Data?
+    /// For an instance that last moved before the store kept the state of every transition: a snapshot of an
+    /// earlier version, if one was taken (the transitions after it rebuild the rest once).
+    public var earlierState: Data?
+}
+
 /// A message waiting in the outbox.
 public struct OutboxMessage: Sendable, Hashable {
     /// Its position in the outbox.
@@ -576,14 +651,38 @@ final class QueuedMessages {
 
 /// A timer that is due or pending.
 public struct DueTimer: Sendable, Hashable {
+    /// The message type of a timer's dead letter (it has no message of its own).
+    public static let deadLetterType = "baton.timer"
+
     /// The process manager.
     public var processManager: String
     /// The instance.
     public var instanceID: String
     /// The timer's name.
     public var name: String
-    /// When it is due.
+    /// When it is due (the business deadline its instance set).
     public var dueAt: Date
+    /// When it is tried next: `dueAt`, or later after failed attempts.
+    public var nextAttemptAt: Date
+    /// Failed attempts so far.
+    public var attempts: Int
+
+    /// Creates a timer.
+    public init(
+        processManager: String,
+        instanceID: String,
+        name: String,
+        dueAt: Date,
+        nextAttemptAt: Date? = nil,
+        attempts: Int = 0
+    ) {
+        self.processManager = processManager
+        self.instanceID = instanceID
+        self.name = name
+        self.dueAt = dueAt
+        self.nextAttemptAt = nextAttemptAt ?? dueAt
+        self.attempts = attempts
+    }
 }
 
 /// An instance in a listing.

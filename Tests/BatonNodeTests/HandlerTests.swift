@@ -5,6 +5,7 @@ import BatonSQLite
 import BatonTestSupport
 import BatonTesting
 import Foundation
+import GRDB
 import Logging
 import Testing
 
@@ -116,7 +117,7 @@ struct Order: Aggregate {
             try await publishCheckout(harness, #"{"checkout_id":"chk-3","lines":[]}"#, id: "m-4")
             #expect(try await eventually { harness.transport.readyCount("events") >= 2 })
             #expect(try await eventually { try await node.store.read { try $0.deadLetters().count } == 2 })
-            try await Task.sleep(for: .milliseconds(100))
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
         }
         let events = harness.transport.readyMessages("events").map(\.envelope)
         #expect(events.count == 2, "a duplicate checkout places no second order")
@@ -245,59 +246,102 @@ struct Order: Aggregate {
         #expect(try await store.read { try $0.streamVersion("order-1") } == 3)
     }
 
-    @Test func aStoredInstanceLoadsTheSameFromSnapshotAndReplay() async throws {
-        // A snapshot interval of 1 and of 1000 must load the same instance from the same history.
-        let harness = try NodeHarness()
-        defer { harness.removeFiles() }
+    /// Records six transitions with one definition, then loads with `changed`; returns what was recorded and
+    /// what loaded. With `stateKeptAt`, the store is made to look like one written before the state of every
+    /// transition was kept: the stored state is the one after that version (none for 0).
+    private func recordThenLoad(
+        _ path: String,
+        changed: ProcessManager<OrderProcess>,
+        stateKeptAt keptVersion: Int64? = nil
+    ) async throws -> (recorded: ProcessInstance<OrderProcess>?, loaded: ProcessInstance<OrderProcess>?) {
+        let store = try SQLiteStore(path: path)
+        var keptState: Data?
         let registry = orderRegistry()
-        var states: [ProcessInstance<OrderProcess>] = []
-        for interval in [1, 1000] {
-            let definition = ProcessManager<OrderProcess>(
-                name: "p",
-                listensTo: ["orders", "payments"],
-                snapshotInterval: interval
-            ) { pm in
+        let original = try ProcessEngine(
+            ProcessManager<OrderProcess>(name: "p", listensTo: ["orders", "payments"]) { pm in
                 pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
                     process.state.orderID = event.orderID
                 }
-                pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, process in process.state.payments += 1
+                pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, process in
+                    process.state.payments += 1
                 }
                 pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
             }
-            let engine = try ProcessEngine(definition)
-            let store = try SQLiteStore(path: harness.directory.appendingPathComponent("pm-\(interval).sqlite").path)
-            var instance: ProcessInstance<OrderProcess>?
-            for (index, event)
-                in ([OrderPlaced(orderID: "o")] as [any Event] + (0..<5).map { _ in PaymentReceived(orderID: "o") })
-                .enumerated()
-            {
-                let envelope = Envelope(
-                    messageID: "m-\(index)",
-                    messageType: type(of: event).messageType,
-                    timestamp: .now,
-                    payload: MessageRegistry.encode(event)
-                )
-                guard
-                    case .transition(let next, let transition) = try engine.handle(
-                        event,
-                        envelope: envelope,
-                        instanceID: "o",
-                        instance: instance,
-                        now: .now
-                    )
-                else {
-                    Issue.record("no transition")
-                    return
-                }
-                try await store.write {
-                    try $0.record(transition, instance: next, of: engine, route: Routing.destination)
-                }
-                instance = next
+        )
+        var instance: ProcessInstance<OrderProcess>?
+        let events = [OrderPlaced(orderID: "o")] as [any Event] + (0..<5).map { _ in PaymentReceived(orderID: "o") }
+        for (index, event) in events.enumerated() {
+            let envelope = Envelope(
+                messageID: "m-\(index)",
+                messageType: type(of: event).messageType,
+                timestamp: .now,
+                payload: MessageRegistry.encode(event)
+            )
+            let decision = try original.handle(
+                event,
+                envelope: envelope,
+                instanceID: "o",
+                instance: instance,
+                now: .now
+            )
+            guard case .transition(let next, let transition) = decision else {
+                Issue.record("no transition")
+                return (nil, nil)
             }
-            let loaded = try await store.read { try $0.loadInstance("o", of: engine, registry: registry) }
-            #expect(loaded == instance)
-            states.append(try #require(loaded))
+            try await store.write {
+                try $0.record(transition, instance: next, of: original, route: Routing.destination)
+            }
+            instance = next
+            if next.version == keptVersion { keptState = try JSONEncoder.baton.encode(next) }
         }
-        #expect(states[0] == states[1] && states[0].state.payments == 5)
+        if let keptVersion {
+            let keptState = keptState
+            try await DatabaseQueue(path: path).write { db in
+                if let keptState {
+                    try db.execute(
+                        sql: "UPDATE process_snapshots SET version = ?, instance = ?",
+                        arguments: [keptVersion, keptState]
+                    )
+                } else {
+                    try db.execute(sql: "DELETE FROM process_snapshots")
+                }
+            }
+        }
+        let engine = try ProcessEngine(changed)
+        let loaded = try await store.read { try $0.loadInstance("o", of: engine, registry: registry) }
+        return (instance, loaded)
+    }
+
+    @Test func loadingAnInstanceRunsNoHandler() async throws {
+        // A deploy changed the handler: running instances keep the state their transitions stored.
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let changed = ProcessManager<OrderProcess>(name: "p", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { _, _ in throw HandlerFailure() }
+            pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, _ in throw HandlerFailure() }
+            pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+        }
+        let path = harness.directory.appendingPathComponent("pm.sqlite").path
+        let (recorded, loaded) = try await recordThenLoad(path, changed: changed)
+        #expect(loaded != nil && loaded == recorded)
+        #expect(loaded?.state.payments == 5 && loaded?.version == 6)
+    }
+
+    @Test func anInstanceStoredBeforeStatesWereKeptIsRebuiltOnce() async throws {
+        // A store written when only every 20th state was kept: the latest state is older than the instance.
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let same = ProcessManager<OrderProcess>(name: "p", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+            }
+            pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, process in process.state.payments += 1 }
+            pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+        }
+        for kept: Int64 in [0, 2] {
+            let path = harness.directory.appendingPathComponent("pm-\(kept).sqlite").path
+            let (recorded, loaded) = try await recordThenLoad(path, changed: same, stateKeptAt: kept)
+            #expect(loaded != nil && loaded == recorded, "rebuilt from the state at version \(kept) and what followed")
+        }
     }
 }

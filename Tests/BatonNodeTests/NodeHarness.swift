@@ -44,11 +44,22 @@ struct OrderProcess: ProcessState {
 /// Counts handler attempts per order, to make a handler fail a set number of times.
 final class FailureBudget: Sendable {
     private let attempts = Mutex<[String: Int]>([:])
+    private let timerFailures = Mutex<[String: Int]>([:])
+
     func shouldFail(_ key: String, times: Int) -> Bool {
         attempts.withLock { attempts in
             attempts[key, default: 0] += 1
             return attempts[key]! <= times
         }
+    }
+
+    /// Makes the payment timeout of `orderID` fail its next `times` firings.
+    func failTimer(of orderID: String, times: Int) {
+        timerFailures.withLock { $0[orderID] = times }
+    }
+
+    func timerShouldFail(_ orderID: String) -> Bool {
+        shouldFail("timer-\(orderID)", times: timerFailures.withLock { $0[orderID] ?? 0 })
     }
 }
 
@@ -71,6 +82,7 @@ func orderProcess(failures: FailureBudget = FailureBudget()) -> ProcessManager<O
         }
         pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
         pm.onTimer("payment-timeout", mayClose: true) { process in
+            if failures.timerShouldFail(process.state.orderID) { throw HandlerFailure() }
             process.send(VoidOrder(orderID: process.state.orderID))
             process.markAsFailed(reason: "payment timed out")
         }
@@ -148,8 +160,7 @@ final class NodeHarness: Sendable {
     }
 
     /// Publishes raw bytes with arbitrary properties (hostile input), on a route the node consumes.
-    func publishRaw(body: String, id: String?, type: String?, contentType: String? = "application/json") async throws {
-        _ = contentType
+    func publishRaw(body: String, id: String?, type: String?, contentType: String = "application/json") async throws {
         let envelope = Envelope(
             messageID: id ?? "",
             messageType: type ?? "",
@@ -157,7 +168,12 @@ final class NodeHarness: Sendable {
             payload: Data(body.utf8)
         )
         try await transport.publish([
-            OutgoingMessage(exchange: Routing.eventExchange, routingKey: OrderPlaced.messageName, envelope: envelope)
+            OutgoingMessage(
+                exchange: Routing.eventExchange,
+                routingKey: OrderPlaced.messageName,
+                envelope: envelope,
+                contentType: contentType
+            )
         ])[0].get()
     }
 
@@ -167,6 +183,20 @@ final class NodeHarness: Sendable {
     func removeFiles() {
         try? FileManager.default.removeItem(at: directory)
     }
+}
+
+/// Waits until the node is idle: every message in its queue handled and acknowledged, its outbox relayed, and
+/// no timer due at `clock`'s time. Nothing more happens until a message comes or the clock moves, so what a
+/// test asserts did *not* happen holds from then on, whatever the machine's speed.
+func waitUntilIdle(_ node: Node, transport: InProcessTransport, clock: TestClock) async throws {
+    let idle = try await eventually {
+        guard transport.unsettledCount(node.configuration.queue) == 0 else { return false }
+        let now = clock.now()
+        return try await node.store.read { work in
+            try work.pendingOutboxCount() == 0 && work.dueTimers(before: now, limit: 1).isEmpty
+        }
+    }
+    if !idle { throw TestSupportError("node \(node.configuration.name) did not become idle") }
 }
 
 /// Runs `body` with the node running, then stops it gracefully. The node's queue is declared first, so

@@ -40,8 +40,7 @@ import Testing
             try await harness.publish(OrderPlaced(orderID: "o-2"), id: "e-1")  // the same message again
             try await harness.publish(PaymentReceived(orderID: "o-2"), id: "e-2")
             try await harness.publish(PaymentReceived(orderID: "o-2"), id: "e-2")
-            #expect(try await eventually { harness.observed.count >= 2 })
-            try await Task.sleep(for: .milliseconds(100))
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
         }
         #expect(types(harness.observed) == ["payments.ChargeCard.v1", "shipping.ShipOrder.v1"])
         let timeline = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-2") }
@@ -62,11 +61,11 @@ import Testing
         let restarted = try harness.makeNode()
         try await withRunningNode(restarted, transport: harness.transport) {
             harness.clock.advance(by: .seconds(59))
-            try await Task.sleep(for: .milliseconds(100))
+            try await waitUntilIdle(restarted, transport: harness.transport, clock: harness.clock)
             #expect(harness.observed.count == 3, "not due yet")
             harness.clock.advance(by: .seconds(2))
             #expect(try await eventually { harness.observed.count == 4 })
-            try await Task.sleep(for: .milliseconds(100))
+            try await waitUntilIdle(restarted, transport: harness.transport, clock: harness.clock)
         }
         #expect(types(harness.observed).filter { $0 == "orders.VoidOrder.v1" }.count == 1)
         #expect(harness.observed.last?.envelope.correlationID == "slow")
@@ -76,6 +75,60 @@ import Testing
                 "slow": .failed, "paid": .running,
             ]
         )
+    }
+
+    @Test func aFailingTimerIsRetriedAloneThenDeadLetteredAndCanBeReplayed() async throws {
+        let failures = FailureBudget()
+        failures.failTimer(of: "poisoned", times: 3)  // every attempt the node makes (3), not the replay
+        let harness = try NodeHarness(failures: failures)
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        func voided() -> [String?] {
+            harness.observed.filter { $0.envelope.messageType == VoidOrder.messageType }.map(\.envelope.correlationID)
+        }
+        try await withRunningNode(node, transport: harness.transport) {
+            // The poisoned timer is due first, so it heads every batch of due timers.
+            try await harness.publish(OrderPlaced(orderID: "poisoned"), id: "e-0")
+            #expect(try await eventually { harness.observed.count == 1 })
+            harness.clock.advance(by: .seconds(1))
+            for index in 1...5 { try await harness.publish(OrderPlaced(orderID: "o-\(index)"), id: "e-\(index)") }
+            #expect(try await eventually { harness.observed.count == 6 })
+
+            harness.clock.advance(by: .seconds(60))
+            #expect(try await eventually { voided().count == 5 }, "the other timers fire: \(voided())")
+            #expect(!voided().contains("poisoned"))
+
+            // Its retries are due in business time; the clock moves until the last one has failed.
+            let dead = try await eventually {
+                harness.clock.advance(by: .seconds(1))
+                return try await node.store.read { try $0.deadLetters() }.count == 1
+            }
+            #expect(dead, "the timer was dead-lettered after its attempts")
+            let letter = try #require(try await node.store.read { try $0.deadLetters() }.first)
+            #expect(letter.messageType == DueTimer.deadLetterType && letter.handler == "order-process")
+            #expect(letter.attempts == 3 && letter.reason == "payment gateway unavailable")
+            #expect(String(decoding: letter.body, as: UTF8.self).contains(#""instance_id":"poisoned""#))
+            let parked = try await node.store.read { try $0.parkedTimers() }
+            #expect(parked.map(\.instanceID) == ["poisoned"] && parked.first?.attempts == 3)
+            #expect(
+                try await eventually {
+                    harness.observed.contains {
+                        $0.exchange == Routing.deadLetterExchange && $0.envelope.messageType == DueTimer.deadLetterType
+                    }
+                },
+                "the dead letter went to the dead-letter exchange too"
+            )
+
+            // The handler works again: the replay fires the timer once more.
+            try await node.replayDeadLetter(id: letter.id)
+            #expect(try await eventually { voided().count == 6 })
+            #expect(try await node.store.read { try $0.parkedTimers() }.isEmpty)
+            #expect(try await node.store.read { try $0.deadLetters() }.isEmpty, "a replayed letter is no longer open")
+        }
+        #expect(voided().filter { $0 == "poisoned" }.count == 1)
+        let lifecycle = try await node.store.read { try $0.instances(of: "order-process") }
+        #expect(lifecycle.allSatisfy { $0.lifecycle == .failed }, "every payment timed out once")
     }
 
     @Test func badMessagesAreDeadLetteredWithTheirReasonAndTheNodeGoesOn() async throws {
@@ -88,8 +141,14 @@ import Testing
             try await harness.publishRaw(body: #"{"order_id": 7}"#, id: "bad-2", type: OrderPlaced.messageType)
             try await harness.publishRaw(body: "{}", id: "bad-3", type: "orders.Unknown.v1")
             try await harness.publishRaw(body: "{}", id: nil, type: OrderPlaced.messageType)
+            try await harness.publishRaw(
+                body: #"{"order_id":"xml"}"#,
+                id: "bad-4",
+                type: OrderPlaced.messageType,
+                contentType: "application/xml"
+            )
             try await harness.publish(OrderPlaced(orderID: "good"), id: "good-1")
-            #expect(try await eventually { harness.observed.count == 5 })
+            #expect(try await eventually { harness.observed.count == 6 })
         }
         let letters = try await node.store.read { try $0.deadLetters() }
         let reasons = Dictionary(uniqueKeysWithValues: letters.map { ($0.messageID, $0.reason) })
@@ -97,8 +156,9 @@ import Testing
         #expect(reasons["bad-2"] == "undecodable: order_id: expected String")
         #expect(reasons["bad-3"] == "no handler for message type 'orders.Unknown.v1'")
         #expect(reasons[""] == "the message has no message_id property")
+        #expect(reasons["bad-4"] == "content type 'application/xml' is not application/json")
         let deadLetterMessages = harness.observed.filter { $0.exchange == Routing.deadLetterExchange }
-        #expect(deadLetterMessages.count == 4)
+        #expect(deadLetterMessages.count == 5)
         #expect(deadLetterMessages.allSatisfy { $0.envelope.headers[BatonHeader.deadLetterReason] != nil })
         #expect(
             deadLetterMessages.first { $0.envelope.messageID == "bad-2" }?.envelope.headers[

@@ -77,8 +77,7 @@ struct Fulfillment: ProcessState {
 
 let fulfillment = ProcessManager<Fulfillment>(
     name: "fulfillment",
-    listensTo: ["orders", "inventory", "shipping"],
-    snapshotInterval: 3
+    listensTo: ["orders", "inventory", "shipping"]
 ) { pm in
     pm.association("tracking")
     pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
