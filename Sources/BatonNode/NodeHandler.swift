@@ -26,6 +26,9 @@ public protocol NodeHandler: Sendable {
     /// For a message without a type property (an external producer's), the type this handler reads it as,
     /// if it subscribes to that exchange and routing key.
     func messageType(forExternal exchange: String, routingKey: String) -> String?
+    /// The instance (or aggregate) the message belongs to, if this handler knows it: while a message of it is
+    /// held (retrying, or dead-lettered), its later messages wait behind it, in order.
+    func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String?
 }
 
 extension NodeHandler {
@@ -33,6 +36,9 @@ extension NodeHandler {
     public var schedulesTimers: Bool { false }
     public var exchanges: [AMQPTopology.Exchange] { [] }
     public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
+    public func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+        nil
+    }
 }
 
 /// Hosts a process manager in a node: correlates, loads the instance as stored, runs the engine and records
@@ -83,6 +89,20 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         engine.definition.messageTypes.contains(envelope.messageType)
     }
 
+    /// The instance the event correlates to, if it exists or the event names it.
+    private func instanceID(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+        switch engine.correlationKey(for: message, envelope: envelope) {
+        case .instance(let id)?: return id
+        case .association(let association, let value)?:
+            return try work.instance(associatedWith: value, as: association, processManager: name)
+        case nil: return nil
+        }
+    }
+
+    public func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+        try instanceID(for: message, envelope: envelope, in: work).map { "\(name)/\($0)" }
+    }
+
     public func handle(
         _ message: any Message,
         envelope: Envelope,
@@ -90,13 +110,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         now: Date,
         logger: Logger
     ) throws {
-        let instanceID: String?
-        switch engine.correlationKey(for: message, envelope: envelope) {
-        case .instance(let id)?: instanceID = id
-        case .association(let association, let value)?:
-            instanceID = try work.instance(associatedWith: value, as: association, processManager: name)
-        case nil: instanceID = nil
-        }
+        let instanceID = try instanceID(for: message, envelope: envelope, in: work)
         let instance = try instanceID.flatMap { try load($0, work) }
         switch try engine.handle(message, envelope: envelope, instanceID: instanceID, instance: instance, now: now) {
         case .transition(let next, let transition):

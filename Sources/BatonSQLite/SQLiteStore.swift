@@ -180,6 +180,26 @@ public final class SQLiteStore: Sendable {
                     """
             )
         }
+        // Messages the store holds instead of the queue: a failed one waiting for its next attempt (off the
+        // consume path), or one waiting behind an earlier message of its instance (ordering_key) that failed.
+        migrator.registerMigration("v5-parked-messages") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE parked_messages (
+                        sequence INTEGER PRIMARY KEY AUTOINCREMENT, ordering_key TEXT, message_id TEXT NOT NULL,
+                        exchange TEXT NOT NULL, routing_key TEXT NOT NULL, message_type TEXT, content_type TEXT,
+                        correlation_id TEXT, timestamp INTEGER, headers BLOB NOT NULL, body BLOB NOT NULL,
+                        attempts INTEGER NOT NULL, next_attempt_at INTEGER, dead_letter_id INTEGER, last_error TEXT,
+                        parked_at INTEGER NOT NULL);
+                    CREATE INDEX parked_messages_key ON parked_messages (ordering_key, sequence);
+                    CREATE INDEX parked_messages_id ON parked_messages (message_id);
+                    CREATE INDEX parked_messages_due ON parked_messages (next_attempt_at)
+                        WHERE next_attempt_at IS NOT NULL AND dead_letter_id IS NULL;
+                    CREATE INDEX parked_messages_dead_letter ON parked_messages (dead_letter_id)
+                        WHERE dead_letter_id IS NOT NULL;
+                    """
+            )
+        }
         return migrator
     }
 }

@@ -15,12 +15,12 @@ public struct UnitOfWork {
     }
 
     /// Runs a statement whose text never changes, compiled once per connection and reused.
-    private func run(_ sql: String, _ arguments: StatementArguments) throws {
+    func run(_ sql: String, _ arguments: StatementArguments) throws {
         try db.cachedStatement(sql: sql).execute(arguments: arguments)
     }
 
     /// A cached statement to fetch with.
-    private func statement(_ sql: String) throws -> Statement {
+    func statement(_ sql: String) throws -> Statement {
         try db.cachedStatement(sql: sql)
     }
 
@@ -514,6 +514,12 @@ public struct UnitOfWork {
         route: (DeadLetter) -> (exchange: String, routingKey: String, headers: [String: String])
     ) throws -> Bool {
         guard let letter = try deadLetter(id: id), letter.replayedAt == nil else { return false }
+        if try rearmParkedMessage(deadLetter: id, at: now) {
+            // A message held in the store: tried again from there, ahead of the messages of its instance that
+            // wait behind it; it never goes back through the broker.
+            try markReplayed(deadLetter: id, at: now)
+            return true
+        }
         if letter.messageType == DueTimer.deadLetterType {
             // A parked timer fires again now, with fresh attempts; one its instance rescheduled or cancelled
             // meanwhile is gone, and there is nothing to fire.

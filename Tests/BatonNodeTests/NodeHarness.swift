@@ -177,6 +177,14 @@ final class NodeHarness: Sendable {
         ])[0].get()
     }
 
+    /// Polls `condition`, moving the clock 100 ms before each look: for work due in business time (retries).
+    func eventuallyAdvancingClock(_ condition: () async throws -> Bool) async throws -> Bool {
+        try await eventually {
+            clock.advance(by: .milliseconds(100))
+            return try await condition()
+        }
+    }
+
     /// What reached the observer queue: commands and dead letters, by type.
     var observed: [OutgoingMessage] { transport.readyMessages(Self.observer) }
 
@@ -186,7 +194,7 @@ final class NodeHarness: Sendable {
 }
 
 /// Waits until the node is idle: every message in its queue handled and acknowledged, its outbox relayed, and
-/// no timer due at `clock`'s time. Nothing more happens until a message comes or the clock moves, so what a
+/// no timer or held message due at `clock`'s time. Nothing more happens until a message comes or the clock moves, so what a
 /// test asserts did *not* happen holds from then on, whatever the machine's speed.
 func waitUntilIdle(_ node: Node, transport: InProcessTransport, clock: TestClock) async throws {
     let idle = try await eventually {
@@ -194,6 +202,7 @@ func waitUntilIdle(_ node: Node, transport: InProcessTransport, clock: TestClock
         let now = clock.now()
         return try await node.store.read { work in
             try work.pendingOutboxCount() == 0 && work.dueTimers(before: now, limit: 1).isEmpty
+                && work.dueParkedMessages(before: now, limit: 1).isEmpty
         }
     }
     if !idle { throw TestSupportError("node \(node.configuration.name) did not become idle") }

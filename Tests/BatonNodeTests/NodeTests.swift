@@ -185,22 +185,66 @@ import Testing
             try await harness.publish(OrderPlaced(orderID: "broken"), id: "e-2")
             try await harness.publish(PaymentReceived(orderID: "flaky", fails: 2), id: "e-3")  // third attempt works
             try await harness.publish(PaymentReceived(orderID: "broken", fails: 3), id: "e-4")  // all 3 fail
-            #expect(try await eventually { harness.observed.count == 4 })
+            try await harness.publish(OrderClosed(orderID: "broken"), id: "e-5")  // waits behind e-4
+            // The retries are due in business time.
+            #expect(try await harness.eventuallyAdvancingClock { harness.observed.count == 4 })
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
             let letters = try await node.store.read { try $0.deadLetters() }
             #expect(letters.count == 1)
             let letter = try #require(letters.first)
             #expect(letter.messageID == "e-4" && letter.attempts == 3 && letter.handler == "order-process")
             #expect(letter.reason == "payment gateway unavailable")
+            let held = try await node.store.read { try $0.parkedMessages() }
+            #expect(held.map(\.messageID) == ["e-4", "e-5"], "the closing event waits behind the dead letter")
+            #expect(held.first?.deadLetterID == letter.id && held.last?.nextAttemptAt == nil)
+            let broken = { try await node.store.read { try $0.transitions(of: "order-process", instance: "broken") } }
+            #expect(try await broken().map(\.lifecycle) == [.started])
 
-            // The gateway is back (the failure budget is spent): replaying handles it once.
+            // The gateway is back (the failure budget is spent): replaying handles it once, then what waited.
             try await node.replayDeadLetter(id: letter.id)
             #expect(try await eventually { harness.observed.count == 5 })
+            #expect(try await eventually { try await broken().map(\.lifecycle) == [.started, .running, .completed] })
             #expect(try await node.store.read { try $0.deadLetters() }.isEmpty, "a replayed letter is no longer open")
+            #expect(try await node.store.read { try $0.parkedMessages() }.isEmpty)
             let bystanderCopies = harness.transport.readyMessages("bystander").filter { $0.envelope.messageID == "e-4" }
             #expect(bystanderCopies.count == 1, "the replay went to the node alone, not to every subscriber")
         }
         let shipped = harness.observed.filter { $0.envelope.messageType == ShipOrder.messageType }
         #expect(shipped.map(\.envelope.correlationID) == ["flaky", "broken"])
+    }
+
+    @Test func aFailingMessageIsHeldWhileTheQueueFlowsAndItsInstanceWaitsBehindIt() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode(retry: RetryPolicy(maxAttempts: 3, initialDelay: .seconds(10)))
+        func commands(_ order: String) -> [String] {
+            harness.observed.filter { $0.envelope.correlationID == order }.map(\.envelope.messageType)
+        }
+        let stuck = { try await node.store.read { try $0.transitions(of: "order-process", instance: "stuck") } }
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "stuck"), id: "e-1")
+            try await harness.publish(OrderPlaced(orderID: "free"), id: "e-2")
+            try await harness.publish(PaymentReceived(orderID: "stuck", fails: 2), id: "e-3")  // works the 3rd time
+            try await harness.publish(OrderClosed(orderID: "stuck"), id: "e-4")  // must wait behind e-3
+            try await harness.publish(PaymentReceived(orderID: "free"), id: "e-5")  // another instance
+
+            // No retry is due before the clock moves: everything else was handled meanwhile.
+            let paid = [ChargeCard.messageType, ShipOrder.messageType]
+            #expect(try await eventually { commands("free") == paid })
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            #expect(commands("stuck") == [ChargeCard.messageType])
+            let held = try await node.store.read { try $0.parkedMessages() }
+            #expect(held.map(\.messageID) == ["e-3", "e-4"])
+            #expect(held.first?.attempts == 1 && held.first?.lastError == "payment gateway unavailable")
+            #expect(held.last?.nextAttemptAt == nil, "the closing event waits, not retried on its own")
+            #expect(try await stuck().map(\.lifecycle) == [.started])
+
+            // The retries come due; the third attempt works, then the event that waited is handled.
+            #expect(try await harness.eventuallyAdvancingClock { commands("stuck") == paid })
+            #expect(try await eventually { try await stuck().map(\.lifecycle) == [.started, .running, .completed] })
+            #expect(try await node.store.read { try $0.parkedMessages() }.isEmpty)
+        }
     }
 
     @Test func aCommandNoQueueTakesYetStaysInTheOutboxUntilOneDoes() async throws {

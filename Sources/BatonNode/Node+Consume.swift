@@ -1,0 +1,226 @@
+import Baton
+import BatonSQLite
+import Foundation
+import Logging
+
+/// The consume path: batches of deliveries, checked at the edge, handled in one transaction, acknowledged
+/// after the commit.
+extension Node {
+    /// A delivery after the edge checks.
+    enum Prepared {
+        case handle(IncomingMessage, Envelope, any Message, [any NodeHandler])
+        case reject(IncomingMessage, reason: String, stage: String)
+
+        var incoming: IncomingMessage {
+            switch self {
+            case .handle(let incoming, _, _, _): return incoming
+            case .reject(let incoming, _, _): return incoming
+            }
+        }
+    }
+
+    func consumeLoop(_ source: any MessageSource) async {
+        while !isStopping {
+            let batch: [IncomingMessage]?
+            do {
+                batch = try await nextBatch(source)
+            } catch {
+                logger.error("consumer ended", metadata: ["error": "\(error)"])
+                break
+            }
+            guard let batch, !batch.isEmpty else { continue }
+            await process(batch)
+        }
+        await source.cancel()
+    }
+
+    /// The next batch, or `nil` once the node is stopping; never drops a batch that arrived meanwhile.
+    private func nextBatch(_ source: any MessageSource) async throws -> [IncomingMessage]? {
+        let batchSize = configuration.batchSize
+        return try await withThrowingTaskGroup(of: [IncomingMessage]?.self) { group in
+            group.addTask {
+                do {
+                    return try await source.nextBatch(maxCount: batchSize)
+                } catch is CancellationError {
+                    return nil  // the node is stopping
+                }
+            }
+            group.addTask {
+                await self.consumeStop.wait()
+                return nil
+            }
+            var collected: [IncomingMessage]?
+            if let first = try await group.next() { collected = first }
+            group.cancelAll()
+            while let more = try await group.next() {
+                if let more { collected = (collected ?? []) + more }
+            }
+            return collected
+        }
+    }
+
+    /// Handles a batch in one transaction, then acknowledges all of it: each message was handled, dropped as a
+    /// duplicate, dead-lettered, or is held in the store (retried later, or waiting behind its instance).
+    private func process(_ batch: [IncomingMessage]) async {
+        let prepared = batch.map(prepare)
+        let now = businessNow()
+        let parked: Bool
+        do {
+            parked = try await commit(wakeRelay: false) { [self] work in
+                var holdsMessages = try work.hasParkedMessages()
+                for item in prepared {
+                    switch item {
+                    case .handle(let incoming, let envelope, let message, let handlers):
+                        let held = try handleOrHold(
+                            incoming,
+                            envelope,
+                            message,
+                            handlers,
+                            checkingHeld: holdsMessages,
+                            work,
+                            now
+                        )
+                        holdsMessages = holdsMessages || held
+                    case .reject(let incoming, let reason, let stage):
+                        try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
+                    }
+                }
+                configuration.faultInjection?(.beforeCommit)
+                return holdsMessages
+            }
+        } catch {
+            // Nothing committed: give the batch back; it comes again.
+            logger.error("batch not committed; requeued", metadata: ["error": "\(error)", "size": "\(batch.count)"])
+            for incoming in batch { incoming.requeue() }
+            return
+        }
+        configuration.faultInjection?(.afterCommitBeforePublish)
+        relaySignal.notify()
+        if schedulesTimers || parked { deadlineSignal.notify() }
+        if let fault = configuration.faultInjection {
+            await waitForEmptyOutbox()
+            fault(.afterPublishBeforeAck)
+        }
+        for item in prepared { item.incoming.acknowledge() }
+    }
+
+    /// Handles one message in its own savepoint, unless it was handled before or must wait behind an earlier
+    /// message of its instance; a failure holds it for a retry (or dead-letters it).
+    /// - Parameter checkingHeld: The store holds messages: check whether this one or its instance is held.
+    /// - Returns: Whether the message is now held in the store.
+    private func handleOrHold(
+        _ incoming: IncomingMessage,
+        _ envelope: Envelope,
+        _ message: any Message,
+        _ handlers: [any NodeHandler],
+        checkingHeld: Bool,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws -> Bool {
+        if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
+            logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
+            return false
+        }
+        var key: String??
+        if checkingHeld {
+            if try work.isParked(messageID: envelope.messageID) { return true }  // redelivered before its ack
+            let orderingKey = try self.orderingKey(message, envelope, handlers, work)
+            key = .some(orderingKey)
+            if let orderingKey, try work.isBlocked(orderingKey: orderingKey) {
+                try hold(incoming, key: orderingKey, attempts: 0, nextAttemptAt: nil, error: nil, work, now)
+                logger.info(
+                    "message waits behind an earlier one of its instance",
+                    metadata: ["baton.message_id": "\(envelope.messageID)", "ordering_key": "\(orderingKey)"]
+                )
+                return true
+            }
+        }
+        do {
+            try handle(message, envelope, handlers, work, now)
+            return false
+        } catch {
+            let orderingKey = try key ?? self.orderingKey(message, envelope, handlers, work)
+            return try firstAttemptFailed(incoming, envelope, handlers, key: orderingKey, error: error, work, now)
+        }
+    }
+
+    /// Runs the handlers and records the message in the inbox, in a savepoint: all of it or nothing.
+    func handle(
+        _ message: any Message,
+        _ envelope: Envelope,
+        _ handlers: [any NodeHandler],
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws {
+        try work.inSavepoint {
+            for handler in handlers {
+                try handler.handle(message, envelope: envelope, in: work, now: now, logger: logger)
+            }
+            try work.markHandled(envelope.messageID, consumer: configuration.name, at: now)
+        }
+    }
+
+    /// The instance (or aggregate) a message belongs to, as the first handler that knows it says.
+    func orderingKey(
+        _ message: any Message,
+        _ envelope: Envelope,
+        _ handlers: [any NodeHandler],
+        _ work: UnitOfWork
+    ) throws -> String? {
+        for handler in handlers {
+            if let key = try handler.orderingKey(for: message, envelope: envelope, in: work) { return key }
+        }
+        return nil
+    }
+
+    /// Checks a message at the edge and decodes it.
+    func prepare(_ incoming: IncomingMessage) -> Prepared {
+        var incoming = incoming
+        if incoming.exchange == Routing.nodeExchange,
+            let exchange = incoming.headers.removeValue(forKey: BatonHeader.originalExchange)
+        {
+            // A replayed dead letter: it is handled (and, failing again, dead-lettered) as where it came from.
+            incoming.exchange = exchange
+            incoming.routingKey = incoming.headers.removeValue(forKey: BatonHeader.originalRoutingKey) ?? ""
+        }
+        guard let messageID = incoming.messageID, !messageID.isEmpty else {
+            return .reject(incoming, reason: "the message has no message_id property", stage: "edge")
+        }
+        if let contentType = incoming.contentType, contentType != "application/json" {
+            return .reject(incoming, reason: "content type '\(contentType)' is not application/json", stage: "edge")
+        }
+        let external = handlers.lazy.compactMap {
+            $0.messageType(forExternal: incoming.exchange, routingKey: incoming.routingKey)
+        }.first
+        guard let messageType = external ?? incoming.messageType, !messageType.isEmpty else {
+            return .reject(incoming, reason: "the message has no type property", stage: "edge")
+        }
+        var headers = incoming.headers
+        let causationID = headers.removeValue(forKey: BatonHeader.causationID)
+        let stream = headers.removeValue(forKey: BatonHeader.stream)
+        let position = headers.removeValue(forKey: BatonHeader.position).flatMap { Int64($0) }
+        let envelope = Envelope(
+            messageID: messageID,
+            messageType: messageType,
+            correlationID: incoming.correlationID,
+            causationID: causationID,
+            stream: stream,
+            position: position,
+            timestamp: incoming.timestamp ?? businessNow(),
+            headers: headers,
+            payload: incoming.body
+        )
+        // A subscriber takes only what arrives on its external exchange: an internal message claiming an
+        // external contract's type must not bypass the edge that translates it.
+        let takers = handlers.filter { $0.handles(envelope) && (external != nil || $0.exchanges.isEmpty) }
+        guard !takers.isEmpty else {
+            return .reject(incoming, reason: "no handler for message type '\(messageType)'", stage: "edge")
+        }
+        do {
+            return .handle(incoming, envelope, try registry.decode(envelope), takers)
+        } catch {
+            return .reject(incoming, reason: "\(error)", stage: "decode")
+        }
+    }
+
+}

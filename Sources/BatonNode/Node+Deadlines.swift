@@ -1,0 +1,102 @@
+import Baton
+import BatonSQLite
+import Foundation
+import Logging
+
+/// Stored deadlines in business time: timers, and the next attempts of held messages.
+extension Node {
+    /// Acts on what is due — timers, then held messages — and sleeps on the business clock until the next
+    /// deadline, or until a batch signals new ones.
+    func deadlineLoop() async {
+        while !isStopping {
+            let now = businessNow()
+            do {
+                let (timers, messages, next) = try await store.read { work in
+                    let timers = try work.dueTimers(before: now, limit: 100)
+                    let messages = try work.dueParkedMessages(before: now, limit: 100)
+                    guard timers.isEmpty && messages.isEmpty else { return (timers, messages, Date?.none) }
+                    let deadlines = [try work.nextTimer()?.nextAttemptAt, try work.nextParkedAttempt()]
+                    return (timers, messages, deadlines.compactMap { $0 }.min())
+                }
+                if !timers.isEmpty { try await fire(timers, now: now) }
+                if !messages.isEmpty { try await retryHeld(messages, now: now) }
+                if !timers.isEmpty || !messages.isEmpty { continue }
+                var untilDue: (@Sendable () async -> Void)?
+                if let next {
+                    let timeSource = self.timeSource
+                    untilDue = { try? await timeSource.sleep(until: next) }
+                }
+                await waitFor(deadlineSignal, orUntil: untilDue)
+            } catch {
+                logger.error("deadline round failed", metadata: ["error": "\(error)"])
+                await waitFor(deadlineSignal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
+            }
+        }
+    }
+
+    /// Fires due timers in one transaction, each in its own savepoint. A timer whose handler throws is retried
+    /// on its own with the node's retry policy (its next attempt stored with it, in business time), then
+    /// dead-lettered and parked: it never holds up the other timers.
+    func fire(_ timers: [DueTimer], now: Date) async throws {
+        try await commit { [self] work in
+            for timer in timers {
+                do {
+                    try work.inSavepoint {
+                        for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
+                    }
+                } catch {
+                    try timerFailed(timer, error: error, work, now)
+                }
+            }
+        }
+    }
+
+    private func timerFailed(_ timer: DueTimer, error: any Error, _ work: UnitOfWork, _ now: Date) throws {
+        let attempts = timer.attempts + 1
+        var metadata: Logger.Metadata = [
+            "baton.process_id": "\(timer.instanceID)", "timer": "\(timer.name)", "attempts": "\(attempts)",
+            "error": "\(error)",
+        ]
+        if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: attempts) {
+            try work.retryTimer(timer, at: now.adding(delay).roundedToMilliseconds)
+            metadata["retry_in"] = "\(delay)"
+            logger.warning("timer handler failed; retrying", metadata: metadata)
+            return
+        }
+        let trigger = ProcessTrigger.timer(name: timer.name, dueAt: timer.dueAt)
+        let body = try JSONEncoder.baton.encode(
+            TimerDeadLetter(
+                processManager: timer.processManager,
+                instanceID: timer.instanceID,
+                name: timer.name,
+                dueAt: timer.dueAt
+            )
+        )
+        let id = try deadLetter(
+            DeadLetter(
+                messageID: trigger.messageID(processManager: timer.processManager, instanceID: timer.instanceID),
+                messageType: DueTimer.deadLetterType,
+                exchange: "",
+                routingKey: "",
+                headers: [:],
+                body: body,
+                reason: "\(error)",
+                handler: timer.processManager,
+                attempts: attempts,
+                deadAt: now
+            ),
+            correlationID: timer.instanceID,
+            work
+        )
+        try work.parkTimer(timer, deadLetter: id)
+        logger.error("timer dead-lettered", metadata: metadata)
+    }
+}
+
+/// The body of a timer's dead letter: which timer it is.
+private struct TimerDeadLetter: Codable {
+    var processManager: String
+    var instanceID: String
+    var name: String
+    var dueAt: Date
+}

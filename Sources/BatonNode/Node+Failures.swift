@@ -1,0 +1,245 @@
+import Baton
+import BatonSQLite
+import Foundation
+import Logging
+
+/// Failures that stay alone: a message whose handler throws is held in the store (and acknowledged, so the
+/// queue flows on), retried with the node's ``RetryPolicy`` off the consume path, then dead-lettered. While it
+/// is held, later messages of its instance wait behind it in order; a dead-lettered one holds them until its
+/// dead letter is replayed.
+extension Node {
+    /// The first attempt of a delivery failed: holds it for its next attempt, or dead-letters it (a permanent
+    /// failure, or no attempt left).
+    /// - Returns: Whether the message is now held in the store.
+    func firstAttemptFailed(
+        _ incoming: IncomingMessage,
+        _ envelope: Envelope,
+        _ handlers: [any NodeHandler],
+        key: String?,
+        error: any Error,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws -> Bool {
+        let reason = "\(error)"
+        if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: 1) {
+            try hold(incoming, key: key, attempts: 1, nextAttemptAt: now.adding(delay), error: reason, work, now)
+            logger.warning(
+                "handler failed; retrying",
+                metadata: [
+                    "baton.message_id": "\(envelope.messageID)", "attempt": "1", "retry_in": "\(delay)",
+                    "error": "\(reason)",
+                ]
+            )
+            return true
+        }
+        let names = handlers.map(\.name).joined(separator: ",")
+        let id = try deadLetter(incoming, reason: reason, handler: names, attempts: 1, work, now)
+        logMessageDeadLettered(envelope.messageID, attempts: 1, reason: reason)
+        guard let key, let id else { return false }
+        // Its instance's later messages wait behind it until the dead letter is replayed.
+        try hold(incoming, key: key, attempts: 1, nextAttemptAt: nil, deadLetter: id, error: reason, work, now)
+        return true
+    }
+
+    /// Holds a delivery in the store.
+    func hold(
+        _ incoming: IncomingMessage,
+        key: String?,
+        attempts: Int,
+        nextAttemptAt: Date?,
+        deadLetter: Int64? = nil,
+        error: String?,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws {
+        try work.park(
+            ParkedMessage(
+                orderingKey: key,
+                messageID: incoming.messageID ?? "",
+                exchange: incoming.exchange,
+                routingKey: incoming.routingKey,
+                messageType: incoming.messageType,
+                contentType: incoming.contentType,
+                correlationID: incoming.correlationID,
+                timestamp: incoming.timestamp,
+                headers: incoming.headers,
+                body: incoming.body,
+                attempts: attempts,
+                nextAttemptAt: nextAttemptAt?.roundedToMilliseconds,
+                deadLetterID: deadLetter,
+                lastError: error
+            ),
+            at: now
+        )
+    }
+
+    /// Tries held messages that are due, in one transaction, each in its own savepoint: a success lets the next
+    /// message of its instance go; a failure waits out its next delay, or is dead-lettered.
+    func retryHeld(_ messages: [ParkedMessage], now: Date) async throws {
+        try await commit { [self] work in
+            for held in messages {
+                let incoming = IncomingMessage(
+                    exchange: held.exchange,
+                    routingKey: held.routingKey,
+                    body: held.body,
+                    messageID: held.messageID,
+                    messageType: held.messageType,
+                    contentType: held.contentType,
+                    correlationID: held.correlationID,
+                    timestamp: held.timestamp,
+                    headers: held.headers,
+                    isRedelivered: true,
+                    settle: { _ in }  // acknowledged when it was held
+                )
+                switch prepare(incoming) {
+                case .reject(_, let reason, let stage):
+                    // The code changed since it was held (its type is gone, its schema is stricter).
+                    try heldMessageFailed(held, reason: reason, handler: stage, permanent: true, work, now)
+                case .handle(_, let envelope, let message, let handlers):
+                    if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
+                        try work.releaseParkedMessage(held, at: now)
+                        continue
+                    }
+                    do {
+                        try handle(message, envelope, handlers, work, now)
+                        try work.releaseParkedMessage(held, at: now)
+                    } catch {
+                        try heldMessageFailed(
+                            held,
+                            reason: "\(error)",
+                            handler: handlers.map(\.name).joined(separator: ","),
+                            permanent: error is any PermanentFailure,
+                            work,
+                            now
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    private func heldMessageFailed(
+        _ held: ParkedMessage,
+        reason: String,
+        handler: String,
+        permanent: Bool,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws {
+        let attempts = held.attempts + 1
+        if !permanent, let delay = configuration.retry.delay(afterAttempt: attempts) {
+            try work.retryParkedMessage(held.sequence, at: now.adding(delay).roundedToMilliseconds, error: reason)
+            logger.warning(
+                "handler failed; retrying",
+                metadata: [
+                    "baton.message_id": "\(held.messageID)", "attempt": "\(attempts)", "retry_in": "\(delay)",
+                    "error": "\(reason)",
+                ]
+            )
+            return
+        }
+        let id = try deadLetter(
+            DeadLetter(
+                messageID: held.messageID,
+                messageType: held.messageType ?? "",
+                exchange: held.exchange,
+                routingKey: held.routingKey,
+                headers: held.headers,
+                body: held.body,
+                reason: reason,
+                handler: handler,
+                attempts: attempts,
+                deadAt: now
+            ),
+            correlationID: held.correlationID,
+            work
+        )
+        logMessageDeadLettered(held.messageID, attempts: attempts, reason: reason)
+        if held.orderingKey == nil {
+            // Nothing waits behind it: the dead letter keeps it, and a replay sends it through the broker.
+            try work.releaseParkedMessage(held, at: now)
+        } else {
+            try work.deadLetterParkedMessage(held.sequence, deadLetter: id, error: reason)
+        }
+    }
+
+    private func logMessageDeadLettered(_ messageID: String, attempts: Int, reason: String) {
+        logger.error(
+            "message dead-lettered",
+            metadata: ["baton.message_id": "\(messageID)", "attempts": "\(attempts)", "error": "\(reason)"]
+        )
+    }
+
+    /// Records a dead letter of a delivery and queues it for the dead-letter exchange, unless the same message
+    /// is dead-lettered already and not replayed (a redelivery).
+    /// - Returns: The dead letter's id, or `nil` if the message had one already.
+    @discardableResult
+    func deadLetter(
+        _ incoming: IncomingMessage,
+        reason: String,
+        handler: String,
+        attempts: Int,
+        _ work: UnitOfWork,
+        _ now: Date
+    ) throws -> Int64? {
+        if let messageID = incoming.messageID, !messageID.isEmpty, try work.hasOpenDeadLetter(messageID: messageID) {
+            return nil
+        }
+        return try deadLetter(
+            DeadLetter(
+                messageID: incoming.messageID ?? "",
+                messageType: incoming.messageType ?? "",
+                exchange: incoming.exchange,
+                routingKey: incoming.routingKey,
+                headers: incoming.headers,
+                body: incoming.body,
+                reason: reason,
+                handler: handler,
+                attempts: attempts,
+                deadAt: now
+            ),
+            correlationID: incoming.correlationID,
+            work
+        )
+    }
+
+    /// Records a dead letter and queues it for the dead-letter exchange, with the reason in its headers.
+    /// - Returns: Its id.
+    @discardableResult
+    func deadLetter(_ letter: DeadLetter, correlationID: String?, _ work: UnitOfWork) throws -> Int64 {
+        let id = try work.addDeadLetter(letter)
+        var headers = letter.headers
+        headers[BatonHeader.deadLetterReason] = letter.reason
+        headers[BatonHeader.deadLetterHandler] = letter.handler
+        headers[BatonHeader.deadLetterAttempts] = String(letter.attempts)
+        headers[BatonHeader.originalExchange] = letter.exchange
+        headers[BatonHeader.originalRoutingKey] = letter.routingKey
+        headers[BatonHeader.deadLetteredAt] = ISO8601Milliseconds.format(letter.deadAt)
+        let envelope = Envelope(
+            messageID: letter.messageID.isEmpty ? "dead-letter-\(configuration.name)-\(id)" : letter.messageID,
+            messageType: letter.messageType.isEmpty ? "unknown" : letter.messageType,
+            correlationID: correlationID,
+            timestamp: letter.deadAt,
+            headers: headers,
+            payload: letter.body
+        )
+        try work.enqueue(
+            envelope,
+            exchange: Routing.deadLetterExchange,
+            routingKey: configuration.name,
+            key: "dead-letter:\(configuration.name):\(id)"
+        )
+        return id
+    }
+
+    /// Sends a dead letter back to where it was first published, with its original id; the node handles it
+    /// like a new delivery.
+    /// - Throws: ``NodeError`` if there is no such dead letter or it was replayed already.
+    public func replayDeadLetter(id: Int64) async throws {
+        let now = businessNow()
+        let name = configuration.name
+        let replayed = try await commit { try $0.replayDeadLetter(id: id, to: name, at: now) }
+        deadlineSignal.notify()  // a parked timer may be due again
+        guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
+    }
+}

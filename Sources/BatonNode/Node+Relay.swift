@@ -1,0 +1,163 @@
+import Baton
+import BatonAMQP
+import BatonSQLite
+import Foundation
+import Logging
+
+/// The relay: publishes the outbox in order with publisher confirms and marks what the broker confirmed.
+extension Node {
+    func relayLoop() async {
+        let limit = configuration.relayBatchSize
+        // Read the table at start (rows an earlier run left), after a failure, when a retry is due, when the
+        // node stops (a last sweep) and at least once a second (rows another process queued).
+        var mustRead = true
+        var lastRead = ContinuousClock.now
+        var nextAttempt: Date?
+        var readThrough: Int64 = 0  // the highest sequence a table read returned: handed-over copies are skipped
+        while true {
+            let handed = handover.withLock { $0.take(upTo: limit) }
+            var pending = handed.rows.filter { $0.sequence > readThrough }
+            if handed.overflowed || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)
+                || nextAttempt.map({ $0 <= Date() }) == true
+            {
+                mustRead = true
+            }
+            if mustRead {
+                do {
+                    (pending, nextAttempt) = try await store.read {
+                        (try $0.pendingOutbox(limit: limit, readyAt: Date()), try $0.nextOutboxAttempt())
+                    }
+                } catch {
+                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                    if isStopping { return }
+                    try? await Task.sleep(for: .seconds(1))
+                    continue
+                }
+                mustRead = pending.count == limit  // a full page: more may wait
+                lastRead = .now
+                readThrough = max(readThrough, pending.last?.sequence ?? 0)
+                handover.withLock { [readThrough] in $0.drop(through: readThrough) }
+            }
+            if pending.isEmpty {
+                // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.
+                if isStopping && !mustRead { return }
+                if !mustRead {
+                    let wake = min(nextAttempt ?? .distantFuture, Date().addingTimeInterval(1))
+                    await waitFor(relaySignal, orUntil: Self.sleep(until: wake))
+                }
+                continue
+            }
+            let results = await publish(pending)
+            var sent: [Int64] = []
+            var failed: [Int64] = []
+            var refused: [Int64] = []
+            var firstError: (any Error)?
+            for (message, result) in zip(pending, results) {
+                switch result {
+                case .success: sent.append(message.sequence)
+                case .failure(let error):
+                    if result.isRefusal { refused.append(message.sequence) } else { failed.append(message.sequence) }
+                    firstError = firstError ?? error
+                }
+            }
+            do {
+                let now = businessNow()
+                // Without an fsync: a mark lost to a power failure only re-sends, under the same id.
+                try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
+                    try work.markSent(sent, at: now)
+                    try work.markFailed(failed, at: Date())
+                    try work.markFailed(refused, at: Date(), refused: true)
+                }
+            } catch {
+                logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
+                mustRead = true
+            }
+            if let firstError {
+                mustRead = true  // the failed rows wait out their retry delay in the table
+                logger.warning(
+                    "relay publish failed; retrying those messages later",
+                    metadata: ["failed": "\(failed.count)", "error": "\(firstError)"]
+                )
+            }
+        }
+    }
+
+    /// A sleep until a retry is due (wall-clock time, not business time), or none.
+    private static func sleep(until date: Date?) -> (@Sendable () async -> Void)? {
+        guard let date else { return nil }
+        let delay = max(0.001, date.timeIntervalSinceNow)
+        return { try? await Task.sleep(for: .seconds(delay)) }
+    }
+
+    /// Publishes outbox rows: the ones never refused together, each row the broker refused before on its own.
+    /// When the broker refuses one row of a batch it closes the channel over all of them, without saying which:
+    /// those of unknown outcome go again one by one, so each gets its own answer.
+    private func publish(_ rows: [OutboxMessage]) async -> [Result<Void, any Error>] {
+        let outgoing = rows.map {
+            OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
+        }
+        let together = rows.indices.filter { !rows[$0].wasRefused }
+        var results = [Result<Void, any Error>](repeating: .success(()), count: rows.count)
+        for (index, result) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
+            results[index] = result
+        }
+        for index in rows.indices where rows[index].wasRefused || results[index].outcomeIsUnknown {
+            results[index] = await transport.publish([outgoing[index]])[0]
+        }
+        return results
+    }
+
+    /// Waits until the outbox is empty (used only by the fault-injection hook).
+    func waitForEmptyOutbox() async {
+        while (try? await store.read({ try $0.pendingOutboxCount() })) != 0 {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+/// The outbox rows committed by the node's own transactions, waiting for the relay (they are in the table
+/// too: this only saves reading them back).
+struct Handover {
+    private var rows: [OutboxMessage] = []
+    /// More rows came than it holds: the relay reads the table instead.
+    private var overflowed = false
+    private static let capacity = 10_000
+
+    mutating func add(_ queued: [OutboxMessage]) {
+        guard !queued.isEmpty else { return }
+        if overflowed || rows.count + queued.count > Self.capacity {
+            rows.removeAll()
+            overflowed = true
+        } else {
+            rows.append(contentsOf: queued)
+        }
+    }
+
+    /// The oldest rows, at most `limit`, and whether some were dropped since the last take.
+    mutating func take(upTo limit: Int) -> (rows: [OutboxMessage], overflowed: Bool) {
+        defer { overflowed = false }
+        let taken = Array(rows.prefix(limit))
+        rows.removeFirst(taken.count)
+        return (taken, overflowed)
+    }
+
+    /// Forgets the rows a table read returned (up to and including `sequence`).
+    mutating func drop(through sequence: Int64) {
+        rows.removeAll { $0.sequence <= sequence }
+    }
+}
+
+extension Result<Void, any Error> {
+    /// Whether the broker may or may not have taken the message (``AMQPError/Code/outcomeUnknown``).
+    fileprivate var outcomeIsUnknown: Bool {
+        if case .failure(let error as AMQPError) = self { return error.code == .outcomeUnknown }
+        return false
+    }
+
+    /// Whether the broker refused the message itself by closing the channel (a permission, a missing exchange,
+    /// a size limit), as opposed to a connection failure, a nack or a missing route.
+    fileprivate var isRefusal: Bool {
+        guard case .failure(let error as AMQPError) = self else { return false }
+        return [.accessRefused, .notFound, .preconditionFailed, .notAllowed, .brokerClosedChannel].contains(error.code)
+    }
+}
