@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "BatonSQLite", targets: ["BatonSQLite"]),
         .library(name: "BatonNode", targets: ["BatonNode"]),
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
+        .library(name: "BatonService", targets: ["BatonService"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
         .executable(name: "baton-benchmark", targets: ["BatonBenchmark"]),
@@ -26,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
@@ -44,6 +46,7 @@ let package = Package(
                 "Baton", "BatonSQLite", "BatonAMQP",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The shell every service executable shares: options, serve, operator commands, dead letters.
@@ -53,6 +56,8 @@ let package = Package(
                 "BatonNode",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // The bookstore's published contract: the only code its bounded contexts share.
@@ -89,7 +94,11 @@ let package = Package(
         // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.
         .executableTarget(
             name: "BatonCrashProbe",
-            dependencies: ["BatonNode", .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "BatonNode", .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
         ),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
         .systemLibrary(

@@ -16,9 +16,10 @@ import Baton
 import BatonAMQP
 import BatonNode
 import BatonSQLite
-import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
+import UnixSignals
 
 struct ProbeStarted: Event {
     static let messageName = "probe.ProbeStarted"
@@ -129,10 +130,13 @@ let node = Node(
     handlers: [try ProcessManagerHost(probeProcess, registry: registry), bumpCounter],
     logger: logger
 )
-signal(SIGTERM, SIG_IGN)
-let termination = DispatchSource.makeSignalSource(signal: SIGTERM, queue: .main)
-termination.setEventHandler { node.stop() }
-termination.resume()
+let group = ServiceGroup(
+    configuration: ServiceGroupConfiguration(
+        services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],
+        gracefulShutdownSignals: [.sigterm],
+        logger: logger
+    )
+)
 FileHandle.standardOutput.write(Data("ready\n".utf8))
-try await node.run()
+try await group.run()
 await connection.close()

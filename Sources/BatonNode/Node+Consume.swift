@@ -20,7 +20,7 @@ extension Node {
     }
 
     func consumeLoop(_ source: any MessageSource) async {
-        while !isStopping {
+        while !consumeStopping.load(ordering: .sequentiallyConsistent) {
             let batch: [IncomingMessage]?
             do {
                 batch = try await nextBatch(source)

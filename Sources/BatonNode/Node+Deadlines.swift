@@ -8,7 +8,7 @@ extension Node {
     /// Acts on what is due — timers, then held messages — and sleeps on the business clock until the next
     /// deadline, or until a batch signals new ones.
     func deadlineLoop() async {
-        while !isStopping {
+        while !deadlinesStopping.load(ordering: .sequentiallyConsistent) {
             let now = businessNow()
             do {
                 let (timers, messages, next) = try await store.read { work in

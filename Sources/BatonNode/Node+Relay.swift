@@ -15,6 +15,7 @@ extension Node {
         var nextAttempt: Date?
         var readThrough: Int64 = 0  // the highest sequence a table read returned: handed-over copies are skipped
         while true {
+            let isStopping = relayStopping.load(ordering: .sequentiallyConsistent)
             let handed = handover.withLock { $0.take(upTo: limit) }
             var pending = handed.rows.filter { $0.sequence > readThrough }
             if handed.overflowed || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)

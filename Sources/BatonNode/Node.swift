@@ -3,6 +3,7 @@ import BatonAMQP
 import BatonSQLite
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// A running service: consumes its queue, handles each message effectively once, relays its outbox and
@@ -22,7 +23,7 @@ import Synchronization
 /// - **Deadlines** (`Node+Deadlines.swift`): timers and the next attempts of held messages are stored
 ///   deadlines in business time, acted on through the same unit of work when the clock reaches them, also
 ///   after a restart. A failing timer is retried and dead-lettered on its own.
-public final class Node: Sendable {
+public final class Node: Service {
     /// How the node runs.
     public struct Configuration: Sendable {
         /// The node's name: its inbox consumer name, dead-letter routing key and default queue.
@@ -81,7 +82,12 @@ public final class Node: Sendable {
     let deadlineSignal = Signal()
     let schedulesTimers: Bool
     let consumeStop = Signal()
-    let stopping = Atomic<Bool>(false)
+    /// Each loop's stop flag, raised by its service's graceful shutdown (consume first, the relay last).
+    let consumeStopping = Atomic<Bool>(false)
+    let deadlinesStopping = Atomic<Bool>(false)
+    let relayStopping = Atomic<Bool>(false)
+    /// The running node's services, or a stop asked for before they run.
+    private let lifecycle = Mutex<(group: ServiceGroup?, stopRequested: Bool)>((nil, false))
 
     /// Creates a node.
     /// - Parameters:
@@ -138,8 +144,12 @@ public final class Node: Sendable {
         )
     }
 
-    /// Runs the node until the task is cancelled, then stops gracefully: stops consuming, finishes the batch
-    /// in hand (commit, then ack), flushes the outbox, returns.
+    /// Runs the node until it is shut down gracefully — by its ``ServiceGroup`` (SIGTERM, SIGINT), by
+    /// ``stop()`` or by cancelling the task — and then stops: it stops consuming, finishes the batch in hand
+    /// (commit, then ack), stops its deadlines, flushes the outbox, and returns.
+    ///
+    /// Its loops are services of a group of their own — the relay, the deadlines, the consumer — which shuts
+    /// them down in reverse order, each after the one before has finished.
     /// - Throws: If the topology cannot be declared (or, owned by the broker, is missing) or the queue
     ///   consumed.
     public func run() async throws {
@@ -148,31 +158,49 @@ public final class Node: Sendable {
         case .broker: try await transport.verify(topology)
         }
         let source = try await transport.subscribe(queue: configuration.queue, prefetch: configuration.prefetch)
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: RelayService(node: self)),
+                    .init(service: DeadlineService(node: self)),
+                    // A consumer that ends (its connection gave up) stops the node gracefully: what it
+                    // committed is still relayed.
+                    .init(
+                        service: ConsumeService(node: self, source: source),
+                        successTerminationBehavior: .gracefullyShutdownGroup,
+                        failureTerminationBehavior: .gracefullyShutdownGroup
+                    ),
+                ],
+                logger: logger
+            )
+        )
+        let stopRequested = lifecycle.withLock { lifecycle in
+            lifecycle.group = group
+            return lifecycle.stopRequested
+        }
         logger.info("node started", metadata: ["queue": "\(configuration.queue)"])
-        // The loops run unstructured so that cancelling `run` does not cut them off mid-transaction: the
-        // cancellation handler asks them to stop and they finish their work first.
-        let consume = Task { await consumeLoop(source) }
-        let deadlines = Task { await deadlineLoop() }
-        let relay = Task { await relayLoop() }
-        await withTaskCancellationHandler {
-            await consume.value
-            await deadlines.value
-            await relay.value
+        // The group runs in a task of its own so that cancelling `run` shuts it down gracefully instead of
+        // cutting its loops off mid-transaction. (The task inherits a parent group's graceful shutdown.)
+        let running = Task { try await group.run() }
+        if stopRequested { await group.triggerGracefulShutdown() }
+        try await withTaskCancellationHandler {
+            try await running.value
         } onCancel: {
             stop()
         }
+        lifecycle.withLock { $0.group = nil }
         logger.info("node stopped")
     }
 
-    /// Asks the loops to stop (what cancelling ``run()`` does).
+    /// Shuts the node down gracefully (what cancelling ``run()`` or its service group's shutdown does); a node
+    /// that is not running yet stops as soon as it starts.
     public func stop() {
-        stopping.store(true, ordering: .sequentiallyConsistent)
-        consumeStop.notify()
-        relaySignal.notify()
-        deadlineSignal.notify()
+        let group = lifecycle.withLock { lifecycle in
+            lifecycle.stopRequested = true
+            return lifecycle.group
+        }
+        if let group { Task { await group.triggerGracefulShutdown() } }
     }
-
-    var isStopping: Bool { stopping.load(ordering: .sequentiallyConsistent) }
 
     /// The clock reading handed to handlers, at the precision of business time.
     func businessNow() -> Date {
@@ -230,4 +258,48 @@ public struct NodeError: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { message }
+}
+
+/// The consume loop as a service: on graceful shutdown it takes no new batch and finishes the one in hand.
+struct ConsumeService: Service {
+    let node: Node
+    let source: any MessageSource
+
+    func run() async {
+        await withGracefulShutdownHandler {
+            await node.consumeLoop(source)
+        } onGracefulShutdown: {
+            node.consumeStopping.store(true, ordering: .sequentiallyConsistent)
+            node.consumeStop.notify()
+        }
+    }
+}
+
+/// The deadline loop (timers, held messages) as a service.
+struct DeadlineService: Service {
+    let node: Node
+
+    func run() async {
+        await withGracefulShutdownHandler {
+            await node.deadlineLoop()
+        } onGracefulShutdown: {
+            node.deadlinesStopping.store(true, ordering: .sequentiallyConsistent)
+            node.deadlineSignal.notify()
+        }
+    }
+}
+
+/// The outbox relay as a service: on graceful shutdown, which comes after the consumer's, it publishes what
+/// can be published and returns.
+struct RelayService: Service {
+    let node: Node
+
+    func run() async {
+        await withGracefulShutdownHandler {
+            await node.relayLoop()
+        } onGracefulShutdown: {
+            node.relayStopping.store(true, ordering: .sequentiallyConsistent)
+            node.relaySignal.notify()
+        }
+    }
 }

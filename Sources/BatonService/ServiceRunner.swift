@@ -3,9 +3,10 @@ import Baton
 import BatonAMQP
 import BatonNode
 import BatonSQLite
-import Dispatch
 import Foundation
 import Logging
+import ServiceLifecycle
+import UnixSignals
 
 /// Runs a service node until SIGTERM or SIGINT, then stops it gracefully (finishes the batch in hand,
 /// flushes the outbox) and returns, so the process exits 0.
@@ -55,19 +56,15 @@ public enum ServiceRunner {
             handlers: handlers + [DeadLetterAdministration(service: service)],
             logger: logger
         )
-        let signals = [SIGTERM, SIGINT].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler { @Sendable in
-                logger.info("signal received; stopping", metadata: ["signal": "\(signalNumber)"])
-                node.stop()
-            }
-            source.resume()
-            return source
-        }
-        defer { for source in signals { source.cancel() } }
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
         do {
-            try await node.run()
+            try await group.run()
         } catch {
             await connection.close()
             throw error
@@ -178,4 +175,22 @@ public struct HealthCommand<Service: ServiceIdentity>: AsyncParsableCommand {
         let consumers = try await ServiceClient.checkRunning(Service.name, options: options)
         print("\(Service.name) is consuming its queue (\(consumers) consumer\(consumers == 1 ? "" : "s"))")
     }
+}
+
+/// The whole command line of a service with no operator commands of its own: `serve`, `topology`, `health`
+/// and `dlq`. A process-manager executable of your own is then one line:
+/// `await runCommandLine(ServiceCommand<MyService>.self)`.
+public struct ServiceCommand<Service: ServiceDefinition>: AsyncParsableCommand {
+    public static var configuration: CommandConfiguration {
+        CommandConfiguration(
+            commandName: Service.name,
+            abstract: "The \(Service.name) service.",
+            subcommands: [
+                ServeCommand<Service>.self, TopologyCommand<Service>.self, HealthCommand<Service>.self,
+                DeadLetterCommands<Service>.self,
+            ]
+        )
+    }
+
+    public init() {}
 }
