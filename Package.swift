@@ -71,6 +71,9 @@ let package = Package(
         .executableTarget(name: "shipping", dependencies: ["Shipping"]),
         .target(name: "Fulfillment", dependencies: ["BatonService", "BookstoreContracts"]),
         .executableTarget(name: "fulfillment", dependencies: ["Fulfillment"]),
+        // The README's process manager, built and tested so that the documentation cannot drift from the API.
+        .target(name: "ExampleFulfillment", dependencies: ["BatonService"]),
+        .executableTarget(name: "example-fulfillment", dependencies: ["ExampleFulfillment"]),
         // Operator tooling over all four services: the invariants, the demo load.
         .target(name: "BookstoreOperations", dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment"]),
         .executableTarget(
@@ -149,6 +152,10 @@ let package = Package(
                 "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
+        ),
+        .testTarget(
+            name: "ExampleFulfillmentTests",
+            dependencies: ["ExampleFulfillment", "BatonNode", "BatonTesting"]
         ),
         .testTarget(
             name: "BatonAMQPTests",

@@ -33,6 +33,7 @@ public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
 /// The message types a node knows, by their type names, with JSON coding.
 public struct MessageRegistry: Sendable {
     private var decoders: [String: @Sendable (Data) throws -> any Message] = [:]
+    private var names: Set<String> = []
     /// The largest body accepted, in bytes.
     public var maximumPayloadSize: Int
 
@@ -42,8 +43,18 @@ public struct MessageRegistry: Sendable {
         self.maximumPayloadSize = maximumPayloadSize
     }
 
+    /// Creates a registry of these types.
+    /// - Parameters:
+    ///   - types: The message types, e.g. what a node's handlers take.
+    ///   - maximumPayloadSize: Larger bodies are refused as `.oversized`. 256 KiB by default.
+    public init(types: [any Message.Type], maximumPayloadSize: Int = 256 * 1024) {
+        self.init(maximumPayloadSize: maximumPayloadSize)
+        for type in types { register(type) }
+    }
+
     /// Registers a message type under its ``Message/messageType``.
     public mutating func register<M: Message>(_ type: M.Type) {
+        names.insert(M.messageName)
         decoders[M.messageType] = { data in
             let message = try JSONDecoder.baton.decode(M.self, from: data)
             if let validated = message as? any ValidatedMessage { try validated.validate() }
@@ -51,9 +62,14 @@ public struct MessageRegistry: Sendable {
         }
     }
 
-    /// Whether a type name is registered.
+    /// Whether a type name (`<context>.<Name>.v<n>`) is registered.
     public func contains(_ messageType: String) -> Bool {
         decoders[messageType] != nil
+    }
+
+    /// Whether a type with this message name (`<context>.<Name>`, its routing key) is registered.
+    public func contains(messageName: String) -> Bool {
+        names.contains(messageName)
     }
 
     /// Decodes an envelope's payload into its registered type.

@@ -140,13 +140,14 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
     ///   - snapshot: The latest snapshot, or `nil` to replay from the start.
     ///   - transitions: The transitions after the snapshot, in order.
     ///   - instanceID: The instance id.
-    ///   - registry: Decodes the recorded events.
+    ///   - registry: Decodes the recorded events (by default, the definition's own types).
     public func replay(
         from snapshot: ProcessInstance<State>?,
         transitions: [ProcessTransition],
         instanceID: String,
-        registry: MessageRegistry
+        registry: MessageRegistry? = nil
     ) throws -> ProcessInstance<State> {
+        let registry = registry ?? definition.registry
         var instance = snapshot
         for transition in transitions {
             let decision: Decision

@@ -81,6 +81,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             case afterClose
         }
 
+        var type: any Message.Type
         var messageType: String
         var messageName: String
         var category: String
@@ -214,6 +215,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             }
             handlers.append(
                 Handler(
+                    type: E.self,
                     messageType: E.messageType,
                     messageName: E.messageName,
                     category: E.category,
@@ -230,6 +232,15 @@ public struct ProcessManager<State: ProcessState>: Sendable {
 
     /// The message types this manager handles (events only; timers are internal).
     public var messageTypes: Set<String> { Set(handlers.map(\.messageType)) }
+
+    /// The Swift types of the events it handles, once each.
+    public var handledTypes: [any Message.Type] {
+        var seen: Set<String> = []
+        return handlers.map(\.type).filter { seen.insert($0.messageType).inserted }
+    }
+
+    /// Decodes the events it handles.
+    public var registry: MessageRegistry { MessageRegistry(types: handledTypes) }
 
     /// The names (routing keys) of the events it handles.
     public var messageNames: Set<String> { Set(handlers.map(\.messageName)) }

@@ -88,31 +88,21 @@ struct EmbeddedBenchmark {
     ) throws
         -> Node
     {
-        var registry = MessageRegistry()
-        for type in [WorkflowStarted.self, StepADone.self, StepBDone.self, StepCDone.self] as [any Event.Type] {
-            registry.register(type)
-        }
-        return Node(
+        Node(
             configuration: Node.Configuration(name: "bench-coordinator"),
             store: try SQLiteStore(path: path),
             transport: transport,
-            registry: registry,
-            handlers: [try ProcessManagerHost(fourSteps(stepTimeout: stepTimeout), registry: registry)],
+            handlers: [try ProcessManagerHost(fourSteps(stepTimeout: stepTimeout))],
             logger: logger
         )
     }
 
     /// The node doing the three steps.
     static func worker(transport: any Transport, directory: URL, logger: Logger) throws -> Node {
-        var registry = MessageRegistry()
-        registry.register(DoStepA.self)
-        registry.register(DoStepB.self)
-        registry.register(DoStepC.self)
-        return Node(
+        Node(
             configuration: Node.Configuration(name: "bench-worker"),
             store: try SQLiteStore(path: directory.appendingPathComponent("worker.sqlite").path),
             transport: transport,
-            registry: registry,
             handlers: [
                 MessageHandlerHost.command(DoStepA.self, name: "step-a") { command, context in
                     context.publish(StepADone(workflowID: command.workflowID))

@@ -125,12 +125,9 @@ struct ScaleBenchmark {
     private func seed(from first: Int, to last: Int, logger: Logger) async throws {
         guard last > first else { return }
         let store = try SQLiteStore(path: path)
-        let registry = {
-            var registry = MessageRegistry()
-            registry.register(WorkflowStarted.self)
-            return registry
-        }()
-        let host = try ProcessManagerHost(fourSteps(stepTimeout: Self.stepTimeout), registry: registry)
+        let definition = fourSteps(stepTimeout: Self.stepTimeout)
+        let registry = definition.registry
+        let host = try ProcessManagerHost(definition)
         let progress = ProgressBar("seeding instances", total: last)
         for chunk in stride(from: first, to: last, by: 5_000) {
             let indices = chunk..<min(last, chunk + 5_000)

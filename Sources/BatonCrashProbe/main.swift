@@ -105,10 +105,6 @@ guard arguments.count == 5 || (prefetch ?? 0) >= 1 else {
     exit(2)
 }
 
-var registry = MessageRegistry()
-for type in [ProbeStarted.self, ProbeAdvanced.self, ProbeFinished.self, BumpCounter.self] as [any Message.Type] {
-    registry.register(type)
-}
 var configuration = Node.Configuration(name: arguments[3])
 if let prefetch {
     configuration.prefetch = prefetch
@@ -126,8 +122,7 @@ let node = Node(
     configuration: configuration,
     store: try SQLiteStore(path: arguments[2] + "/probe.sqlite"),
     transport: AMQPTransport(connection: connection),
-    registry: registry,
-    handlers: [try ProcessManagerHost(probeProcess, registry: registry), bumpCounter],
+    handlers: [try ProcessManagerHost(probeProcess), bumpCounter],
     logger: logger
 )
 let group = ServiceGroup(

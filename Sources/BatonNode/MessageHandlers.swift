@@ -31,8 +31,7 @@ public struct HandlerContext {
 
     /// Loads an aggregate by replaying its stream.
     public func load<A: Aggregate>(_ type: A.Type, id: String) throws -> Loaded<A> {
-        var registry = MessageRegistry()
-        for eventType in A.eventTypes { registry.register(eventType) }
+        let registry = MessageRegistry(types: A.eventTypes)
         var state = A()
         let events = try work.readStream("\(A.category)-\(id)")
         for (messageType, payload) in events {
@@ -146,6 +145,8 @@ public struct MessageHandlerHost<M: Message>: NodeHandler {
             body: body
         )
     }
+
+    public var messageTypes: [any Message.Type] { [M.self] }
 
     public var bindings: [AMQPTopology.Binding] { [binding] }
 

@@ -38,6 +38,8 @@ public final class Node: Service {
         public var retry: RetryPolicy
         /// Outbox messages per relay round.
         public var relayBatchSize: Int
+        /// The largest message body accepted, in bytes; a larger one is dead-lettered at the edge.
+        public var maximumPayloadSize: Int
         /// Who declares the node's exchanges, queues and bindings: the node itself (the default) or the
         /// broker's definitions, in which case the node only checks that they exist.
         public var topologyOwnership: TopologyOwnership
@@ -53,6 +55,7 @@ public final class Node: Service {
             self.batchSize = 128
             self.retry = RetryPolicy()
             self.relayBatchSize = 500
+            self.maximumPayloadSize = 256 * 1024
             self.topologyOwnership = .node
             self.faultInjection = nil
         }
@@ -94,15 +97,14 @@ public final class Node: Service {
     ///   - configuration: Name, queue, limits.
     ///   - store: Its SQLite store.
     ///   - transport: The broker or the in-process transport.
-    ///   - registry: The message types it accepts.
-    ///   - handlers: What it hosts (process managers, command handlers, subscribers).
+    ///   - handlers: What it hosts (process managers, command handlers, subscribers). The message types it
+    ///     accepts are the ones they declare (``NodeHandler/messageTypes``).
     ///   - timeSource: Business time (a ``TestClock`` in tests).
     ///   - logger: Where it logs.
     public init(
         configuration: Configuration,
         store: SQLiteStore,
         transport: any Transport,
-        registry: MessageRegistry,
         handlers: [any NodeHandler],
         timeSource: any TimeSource = SystemTimeSource(),
         logger: Logger
@@ -110,7 +112,10 @@ public final class Node: Service {
         self.configuration = configuration
         self.store = store
         self.transport = transport
-        self.registry = registry
+        self.registry = MessageRegistry(
+            types: handlers.flatMap(\.messageTypes),
+            maximumPayloadSize: configuration.maximumPayloadSize
+        )
         self.handlers = handlers
         self.schedulesTimers = handlers.contains { $0.schedulesTimers }
         self.timeSource = timeSource
@@ -153,6 +158,7 @@ public final class Node: Service {
     /// - Throws: If the topology cannot be declared (or, owned by the broker, is missing) or the queue
     ///   consumed.
     public func run() async throws {
+        try checkHandledTypes()
         switch configuration.topologyOwnership {
         case .node: try await transport.declare(topology)
         case .broker: try await transport.verify(topology)
@@ -190,6 +196,24 @@ public final class Node: Service {
         }
         lifecycle.withLock { $0.group = nil }
         logger.info("node stopped")
+    }
+
+    /// Checks that every message a handler is bound to receive has a declared type to decode it as: a node
+    /// that would dead-letter a whole message type at run time refuses to start instead, naming it.
+    /// - Throws: ``NodeError`` naming the handler and the message.
+    func checkHandledTypes() throws {
+        for handler in handlers {
+            for binding in handler.bindings
+            where [Routing.commandExchange, Routing.eventExchange].contains(binding.exchange)
+                && !binding.bindingKey.contains("*") && !binding.bindingKey.contains("#")
+                && !registry.contains(messageName: binding.bindingKey)
+            {
+                throw NodeError(
+                    message:
+                        "handler '\(handler.name)' is bound to '\(binding.bindingKey)' on \(binding.exchange), but no handler declares a message type of that name to decode it"
+                )
+            }
+        }
     }
 
     /// Shuts the node down gracefully (what cancelling ``run()`` or its service group's shutdown does); a node

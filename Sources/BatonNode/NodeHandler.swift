@@ -10,6 +10,8 @@ import Synchronization
 public protocol NodeHandler: Sendable {
     /// The handler's name (in logs and dead letters).
     var name: String { get }
+    /// The message types it takes: the node decodes exactly these (its registry is made of them).
+    var messageTypes: [any Message.Type] { get }
     /// What the node's queue must be bound to for this handler: (exchange, binding key).
     var bindings: [AMQPTopology.Binding] { get }
     /// Whether it handles this message.
@@ -48,32 +50,26 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     public let engine: ProcessEngine<State>
     /// A process manager schedules deadlines.
     public var schedulesTimers: Bool { true }
-    let registry: MessageRegistry
     private let cache: InstanceCache<State>
 
     /// Wraps a definition, validating it.
     /// - Parameters:
     ///   - definition: The process manager.
-    ///   - registry: Decodes the events it handles (to rebuild an instance stored before Baton kept the state
-    ///     of every transition).
-    /// - Throws: ``DefinitionError`` for a broken definition: the node must not start.
     ///   - cacheCapacity: Instances kept in memory between events (0 turns the cache off).
-    public init(
-        _ definition: ProcessManager<State>,
-        registry: MessageRegistry,
-        cacheCapacity: Int = 10_000
-    ) throws(DefinitionError) {
+    /// - Throws: ``DefinitionError`` for a broken definition: the node must not start.
+    public init(_ definition: ProcessManager<State>, cacheCapacity: Int = 10_000) throws(DefinitionError) {
         engine = try ProcessEngine(definition)
-        self.registry = registry
         cache = InstanceCache(capacity: cacheCapacity)
     }
+
+    public var messageTypes: [any Message.Type] { engine.definition.handledTypes }
 
     /// The stored instance: from the cache if it holds the committed version, else its stored state.
     /// The version check makes a rolled-back transaction harmless: its instance never matches.
     private func load(_ instanceID: String, _ work: UnitOfWork) throws -> ProcessInstance<State>? {
         guard let stored = try work.storedInstance(instanceID, processManager: name) else { return nil }
         if let cached = cache[instanceID], cached.version == stored.version { return cached }
-        return try work.instance(from: stored, instanceID, of: engine, registry: registry)
+        return try work.instance(from: stored, instanceID, of: engine)
     }
 
     public var name: String { engine.definition.name }
@@ -187,24 +183,21 @@ extension UnitOfWork {
     /// - Parameters:
     ///   - instanceID: The instance.
     ///   - engine: Its process manager.
-    ///   - registry: Decodes the events of an old instance's transitions.
     /// - Returns: The instance, or `nil` if it does not exist.
     /// - Throws: A decoding error for a state the current ``ProcessState`` cannot read.
     public func loadInstance<State>(
         _ instanceID: String,
-        of engine: ProcessEngine<State>,
-        registry: MessageRegistry
+        of engine: ProcessEngine<State>
     ) throws -> ProcessInstance<State>? {
         try storedInstance(instanceID, processManager: engine.definition.name).map {
-            try instance(from: $0, instanceID, of: engine, registry: registry)
+            try instance(from: $0, instanceID, of: engine)
         }
     }
 
     func instance<State>(
         from stored: StoredInstance,
         _ instanceID: String,
-        of engine: ProcessEngine<State>,
-        registry: MessageRegistry
+        of engine: ProcessEngine<State>
     ) throws -> ProcessInstance<State> {
         if let state = stored.state { return try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: state) }
         let snapshot = try stored.earlierState.map {
@@ -215,6 +208,6 @@ extension UnitOfWork {
             instance: instanceID,
             after: snapshot?.version ?? 0
         )
-        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID, registry: registry)
+        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID)
     }
 }

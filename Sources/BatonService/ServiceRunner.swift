@@ -26,21 +26,17 @@ public enum ServiceRunner {
     /// - Parameters:
     ///   - service: The service's name (node, queue and store name).
     ///   - options: Broker and data directory.
-    ///   - registry: The message types it accepts.
     ///   - handlers: What it hosts; the dead-letter administration is added.
     /// - Throws: What connecting or declaring throws; a broken process-manager definition throws before.
     public static func serve(
         _ service: String,
         options: ServiceOptions,
-        registry: MessageRegistry,
         handlers: [any NodeHandler],
         configure: (inout Node.Configuration) -> Void = { _ in }
     ) async throws {
         let logger = Logger(label: service)
         try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
         let store = try SQLiteStore(path: options.storePath(for: service))
-        var registry = registry
-        registry.register(ReplayDeadLetters.self)
         let connection = try await AMQPConnection.connect(
             configuration: options.connectionConfiguration(name: service),
             logger: logger
@@ -52,7 +48,6 @@ public enum ServiceRunner {
             configuration: configuration,
             store: store,
             transport: AMQPTransport(connection: connection),
-            registry: registry,
             handlers: handlers + [DeadLetterAdministration(service: service)],
             logger: logger
         )
@@ -93,6 +88,7 @@ struct DeadLetterAdministration: NodeHandler {
     /// The service's name, where its dead letters are sent back to.
     var service: String
     var name: String { "dead-letter-administration" }
+    var messageTypes: [any Message.Type] { [ReplayDeadLetters.self] }
     var bindings: [AMQPTopology.Binding] { [] }  // arrives on the node exchange, bound for every node
 
     func handles(_ envelope: Envelope) -> Bool {
@@ -110,8 +106,6 @@ struct DeadLetterAdministration: NodeHandler {
 
 /// A service whose node is fully described by its message types and handlers.
 public protocol ServiceDefinition: ServiceIdentity {
-    /// The messages the service accepts.
-    static var registry: MessageRegistry { get }
     /// What its node hosts.
     static var handlers: [any NodeHandler] { get }
 }
@@ -131,7 +125,6 @@ public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
         try await ServiceRunner.serve(
             Service.name,
             options: options,
-            registry: Service.registry,
             handlers: Service.handlers
         )
     }

@@ -35,7 +35,6 @@ public struct FulfillmentCommand: AsyncParsableCommand {
             try await ServiceRunner.serve(
                 FulfillmentService.name,
                 options: options,
-                registry: FulfillmentService.registry,
                 handlers: FulfillmentService.handlers(stepTimeout: .milliseconds(Int64(stepTimeout * 1000)))
             )
         }
@@ -49,13 +48,12 @@ public struct FulfillmentCommand: AsyncParsableCommand {
 
         func run() async throws {
             let orderID = self.orderID
-            let registry = FulfillmentService.registry
             let engine = try ProcessEngine(
                 FulfillmentService.processManager(stepTimeout: FulfillmentService.defaultStepTimeout)
             )
             let (instance, timeline) = try await options.readStore(for: FulfillmentService.name).read { work in
                 (
-                    try work.loadInstance(orderID, of: engine, registry: registry),
+                    try work.loadInstance(orderID, of: engine),
                     try work.transitions(of: "fulfillment", instance: orderID)
                 )
             }

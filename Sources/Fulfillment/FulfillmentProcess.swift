@@ -27,25 +27,13 @@ public enum FulfillmentService: ServiceDefinition {
     /// What its node hosts: the process manager with a step timeout.
     /// - Throws: ``DefinitionError`` if the definition is broken (it is checked by the tests).
     public static func handlers(stepTimeout: Duration) throws -> [any NodeHandler] {
-        [try ProcessManagerHost(processManager(stepTimeout: stepTimeout), registry: registry)]
+        [try ProcessManagerHost(processManager(stepTimeout: stepTimeout))]
     }
 
     /// What its node hosts with the default step timeout.
     public static var handlers: [any NodeHandler] {
         // The definition is fixed code, validated by the tests; a broken one is a programming error.
         try! handlers(stepTimeout: defaultStepTimeout)
-    }
-
-    /// The events it listens to.
-    public static var registry: MessageRegistry {
-        var registry = MessageRegistry()
-        for type in [
-            OrderConfirmed.self, OrderCompleted.self, OrderCancelled.self, InventoryReserved.self,
-            InventoryReservationFailed.self, ShipmentCreated.self, ShipmentFailed.self,
-        ] as [any Event.Type] {
-            registry.register(type)
-        }
-        return registry
     }
 
     /// The process manager, with the time a step may take before the order is compensated.

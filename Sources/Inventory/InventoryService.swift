@@ -9,15 +9,6 @@ import Foundation
 public enum InventoryService: ServiceDefinition {
     public static let name = "inventory"
 
-    /// The messages the service accepts.
-    public static var registry: MessageRegistry {
-        var registry = MessageRegistry()
-        for type in [AddStock.self, ReserveInventory.self, ReleaseInventory.self] as [any Message.Type] {
-            registry.register(type)
-        }
-        return registry
-    }
-
     /// What the node hosts.
     public static var handlers: [any NodeHandler] {
         [

@@ -9,17 +9,6 @@ import Foundation
 public enum OrdersService: ServiceDefinition {
     public static let name = "orders"
 
-    /// The messages the service accepts.
-    public static var registry: MessageRegistry {
-        var registry = MessageRegistry()
-        for type in [CheckoutCompleted.self, PlaceOrder.self, CompleteOrder.self, CancelOrder.self]
-            as [any Message.Type]
-        {
-            registry.register(type)
-        }
-        return registry
-    }
-
     /// What the node hosts.
     public static var handlers: [any NodeHandler] {
         [

@@ -9,15 +9,6 @@ import Foundation
 public enum ShippingService: ServiceDefinition {
     public static let name = "shipping"
 
-    /// The messages the service accepts.
-    public static var registry: MessageRegistry {
-        var registry = MessageRegistry()
-        for type in [CreateShipment.self, CancelShipment.self, ParcelDelivered.self] as [any Message.Type] {
-            registry.register(type)
-        }
-        return registry
-    }
-
     /// What the node hosts.
     public static var handlers: [any NodeHandler] {
         [

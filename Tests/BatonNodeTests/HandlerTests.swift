@@ -50,14 +50,10 @@ struct Order: Aggregate {
 
 @Suite struct HandlerTests {
     private func makeNode(_ harness: NodeHarness, transport: (any Transport)? = nil) throws -> Node {
-        var registry = MessageRegistry()
-        registry.register(CheckoutCompleted.self)
-        registry.register(PlaceOrder.self)
-        return Node(
+        Node(
             configuration: Node.Configuration(name: "orders"),
             store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
             transport: transport ?? harness.transport,
-            registry: registry,
             handlers: [
                 MessageHandlerHost.subscriber(
                     CheckoutCompleted.self,
@@ -256,7 +252,6 @@ struct Order: Aggregate {
     ) async throws -> (recorded: ProcessInstance<OrderProcess>?, loaded: ProcessInstance<OrderProcess>?) {
         let store = try SQLiteStore(path: path)
         var keptState: Data?
-        let registry = orderRegistry()
         let original = try ProcessEngine(
             ProcessManager<OrderProcess>(name: "p", listensTo: ["orders", "payments"]) { pm in
                 pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
@@ -308,7 +303,7 @@ struct Order: Aggregate {
             }
         }
         let engine = try ProcessEngine(changed)
-        let loaded = try await store.read { try $0.loadInstance("o", of: engine, registry: registry) }
+        let loaded = try await store.read { try $0.loadInstance("o", of: engine) }
         return (instance, loaded)
     }
 

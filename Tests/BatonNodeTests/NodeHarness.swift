@@ -89,14 +89,6 @@ func orderProcess(failures: FailureBudget = FailureBudget()) -> ProcessManager<O
     }
 }
 
-func orderRegistry() -> MessageRegistry {
-    var registry = MessageRegistry()
-    registry.register(OrderPlaced.self)
-    registry.register(PaymentReceived.self)
-    registry.register(OrderClosed.self)
-    return registry
-}
-
 /// A node over the in-process transport with a real SQLite file, plus an observer queue that receives
 /// every command and dead letter.
 final class NodeHarness: Sendable {
@@ -121,13 +113,11 @@ final class NodeHarness: Sendable {
     func makeNode(retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5))) throws -> Node {
         var configuration = Node.Configuration(name: "orders-pm")
         configuration.retry = retry
-        let registry = orderRegistry()
         return Node(
             configuration: configuration,
             store: try SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
             transport: transport,
-            registry: registry,
-            handlers: [try ProcessManagerHost(orderProcess(failures: failures), registry: registry)],
+            handlers: [try ProcessManagerHost(orderProcess(failures: failures))],
             timeSource: clock,
             logger: Logger(label: "node-test")
         )

@@ -4,6 +4,7 @@ import BatonSQLite
 import BatonTestSupport
 import BatonTesting
 import Foundation
+import Logging
 import Testing
 
 @testable import BatonNode
@@ -129,6 +130,36 @@ import Testing
         #expect(voided().filter { $0 == "poisoned" }.count == 1)
         let lifecycle = try await node.store.read { try $0.instances(of: "order-process") }
         #expect(lifecycle.allSatisfy { $0.lifecycle == .failed }, "every payment timed out once")
+    }
+
+    @Test func aNodeRefusesToStartWhenAHandlerTakesAMessageNothingDecodes() async throws {
+        /// A hand-written handler bound to a message type it does not declare.
+        struct Forgetful: NodeHandler {
+            var name: String { "forgetful" }
+            var messageTypes: [any Message.Type] { [OrderPlaced.self] }
+            var bindings: [AMQPTopology.Binding] {
+                [.init(queue: "", exchange: Routing.eventExchange, bindingKey: "orders.OrderRefunded")]
+            }
+            func handles(_ envelope: Envelope) -> Bool { true }
+            func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) {}
+        }
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let node = Node(
+            configuration: Node.Configuration(name: "forgetful"),
+            store: try SQLiteStore(path: harness.directory.appendingPathComponent("node.sqlite").path),
+            transport: harness.transport,
+            handlers: [Forgetful()],
+            logger: Logger(label: "node-test")
+        )
+        await #expect(
+            throws: NodeError(
+                message:
+                    "handler 'forgetful' is bound to 'orders.OrderRefunded' on baton.events, but no handler declares a message type of that name to decode it"
+            )
+        ) {
+            try await node.run()
+        }
     }
 
     @Test func badMessagesAreDeadLetteredWithTheirReasonAndTheNodeGoesOn() async throws {

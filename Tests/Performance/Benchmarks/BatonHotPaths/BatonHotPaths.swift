@@ -110,7 +110,7 @@ final class CommitFixture: Sendable {
     init() throws {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         store = try SQLiteStore(path: directory.appendingPathComponent("store.sqlite").path)
-        host = try ProcessManagerHost(fulfillment, registry: registry)
+        host = try ProcessManagerHost(fulfillment)
     }
 
     func nextIndex() -> Int {

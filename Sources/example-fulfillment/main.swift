@@ -1,0 +1,4 @@
+import BatonService
+import ExampleFulfillment
+
+await runCommandLine(ServiceCommand<ExampleFulfillmentService>.self)
