@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "BatonSQLite", targets: ["BatonSQLite"]),
         .library(name: "BatonNode", targets: ["BatonNode"]),
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
+        .library(name: "BatonAMQPTransport", targets: ["BatonAMQPTransport"]),
         .library(name: "BatonService", targets: ["BatonService"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
@@ -32,18 +33,25 @@ let package = Package(
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
         .target(name: "Baton"),
-        // The testing kit, shipped: scenarios for process managers and a controllable clock.
-        .target(name: "BatonTesting", dependencies: ["Baton"]),
+        // The testing kit, shipped: scenarios for process managers, a controllable clock, the in-process transport.
+        .target(
+            name: "BatonTesting",
+            dependencies: [
+                "Baton", "BatonNode", .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
+        // The transport port's adapter for RabbitMQ, over BatonAMQP.
+        .target(name: "BatonAMQPTransport", dependencies: ["BatonNode", "BatonAMQP"]),
         // The unit of work on SQLite: streams, inbox, outbox, timers, dead letters in one transaction.
         .target(
             name: "BatonSQLite",
             dependencies: ["Baton", .product(name: "GRDB", package: "GRDB.swift")]
         ),
-        // The runtime: a node's consume loop, outbox relay and timers over a Transport (AMQP or in-process).
+        // The runtime: a node's consume loop, outbox relay and deadlines over the transport port.
         .target(
             name: "BatonNode",
             dependencies: [
-                "Baton", "BatonSQLite", "BatonAMQP",
+                "Baton", "BatonSQLite",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -53,7 +61,7 @@ let package = Package(
         .target(
             name: "BatonService",
             dependencies: [
-                "BatonNode",
+                "BatonNode", "BatonAMQPTransport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -88,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "BatonBenchmark",
             dependencies: [
-                "BatonNode",
+                "BatonNode", "BatonAMQPTransport", "BatonTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -98,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "BatonCrashProbe",
             dependencies: [
-                "BatonNode", .product(name: "Logging", package: "swift-log"),
+                "BatonNode", "BatonAMQPTransport", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
@@ -132,7 +140,7 @@ let package = Package(
             ]
         ),
         // Test support (not shipped): the test broker node the README's test command starts.
-        .target(name: "BatonTestSupport", path: "Tests/Support"),
+        .target(name: "BatonTestSupport", dependencies: ["Baton", "BatonNode"], path: "Tests/Support"),
         .testTarget(
             name: "BatonTests",
             dependencies: ["Baton", "BatonTesting"]
@@ -141,6 +149,7 @@ let package = Package(
             name: "BatonNodeTests",
             dependencies: [
                 "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe", "BatonTestSupport",
+                "BatonAMQP", "BatonAMQPTransport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
@@ -152,6 +161,14 @@ let package = Package(
                 "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
+        ),
+        .testTarget(
+            name: "BatonTestingTests",
+            dependencies: ["BatonTesting", "BatonNode", "Baton", "BatonTestSupport"]
+        ),
+        .testTarget(
+            name: "BatonAMQPTransportTests",
+            dependencies: ["BatonAMQPTransport", "BatonAMQP", "BatonNode", "BatonTestSupport"]
         ),
         .testTarget(
             name: "ExampleFulfillmentTests",

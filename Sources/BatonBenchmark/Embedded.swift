@@ -1,7 +1,7 @@
 import Baton
-import BatonAMQP
 import BatonNode
 import BatonSQLite
+import BatonTesting
 import Foundation
 import Logging
 
@@ -70,9 +70,9 @@ struct EmbeddedBenchmark {
     }
 
     /// A queue that collects one message type, for the benchmark to count or read.
-    static func sink<M: Message>(_ queue: String, for type: M.Type) -> AMQPTopology {
+    static func sink<M: Message>(_ queue: String, for type: M.Type) -> Topology {
         let exchange = M.self is any Command.Type ? Routing.commandExchange : Routing.eventExchange
-        return AMQPTopology(
+        return Topology(
             exchanges: Routing.exchanges,
             queues: [.init(queue)],
             bindings: [.init(queue: queue, exchange: exchange, bindingKey: M.messageName)]

@@ -1,7 +1,7 @@
 import Baton
-import BatonAMQP
 import BatonNode
 import BatonSQLite
+import BatonTesting
 import Foundation
 import Logging
 
@@ -26,7 +26,7 @@ struct ScaleBenchmark {
         var logger = Logger(label: "baton-benchmark")
         logger.logLevel = .warning
         var points: [ScalePoint] = []
-        var topology = AMQPTopology()
+        var topology = Topology()
         var seeded = 0
         var probes = Probes()
         for checkpoint in checkpoints {
@@ -74,7 +74,7 @@ struct ScaleBenchmark {
     }
 
     /// Opens the store anew and starts a node with one event waiting: seconds until it is handled.
-    private func restartTime(probe: OutgoingMessage, topology: AMQPTopology, logger: Logger) async throws -> Double {
+    private func restartTime(probe: OutgoingMessage, topology: Topology, logger: Logger) async throws -> Double {
         let transport = InProcessTransport()
         try await declare(topology, on: transport)
         let source = try await transport.subscribe(queue: Self.probeQueue, prefetch: 10)
@@ -90,7 +90,7 @@ struct ScaleBenchmark {
         return seconds
     }
 
-    private func declare(_ topology: AMQPTopology, on transport: InProcessTransport) async throws {
+    private func declare(_ topology: Topology, on transport: InProcessTransport) async throws {
         try await transport.declare(topology)
         try await transport.declare(EmbeddedBenchmark.sink(Self.probeQueue, for: DoStepB.self))
     }

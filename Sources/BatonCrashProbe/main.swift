@@ -14,6 +14,7 @@
 // take turns, which the replica tests use.
 import Baton
 import BatonAMQP
+import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import Foundation

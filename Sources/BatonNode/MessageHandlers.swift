@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonSQLite
 import Foundation
 import Logging
@@ -97,8 +96,8 @@ public struct HandlerContext {
 public struct MessageHandlerHost<M: Message>: NodeHandler {
     /// The handler's name (logs, dead letters, and the derivation of the ids of what it issues).
     public let name: String
-    let binding: AMQPTopology.Binding
-    let external: AMQPTopology.Exchange?
+    let binding: Topology.Binding
+    let external: Topology.Exchange?
     let body: @Sendable (M, inout HandlerContext) throws -> Void
 
     /// Handles the command `type`, sent to `baton.commands` under its name.
@@ -148,9 +147,9 @@ public struct MessageHandlerHost<M: Message>: NodeHandler {
 
     public var messageTypes: [any Message.Type] { [M.self] }
 
-    public var bindings: [AMQPTopology.Binding] { [binding] }
+    public var bindings: [Topology.Binding] { [binding] }
 
-    public var exchanges: [AMQPTopology.Exchange] { external.map { [$0] } ?? [] }
+    public var exchanges: [Topology.Exchange] { external.map { [$0] } ?? [] }
 
     public func handles(_ envelope: Envelope) -> Bool {
         envelope.messageType == M.messageType

@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonSQLite
 import Foundation
 import Logging
@@ -48,17 +47,21 @@ extension Node {
                 }
                 continue
             }
-            let results = await publish(pending)
+            let outcomes = await publish(pending)
             var sent: [Int64] = []
             var failed: [Int64] = []
             var refused: [Int64] = []
-            var firstError: (any Error)?
-            for (message, result) in zip(pending, results) {
-                switch result {
-                case .success: sent.append(message.sequence)
-                case .failure(let error):
-                    if result.isRefusal { refused.append(message.sequence) } else { failed.append(message.sequence) }
-                    firstError = firstError ?? error
+            var firstError: String?
+            for (message, outcome) in zip(pending, outcomes) {
+                switch outcome {
+                case .confirmed:
+                    sent.append(message.sequence)
+                case .refused(let reason):
+                    refused.append(message.sequence)
+                    firstError = firstError ?? reason
+                case .failed(let reason), .unknown(let reason):
+                    failed.append(message.sequence)
+                    firstError = firstError ?? reason
                 }
             }
             do {
@@ -93,19 +96,19 @@ extension Node {
     /// Publishes outbox rows: the ones never refused together, each row the broker refused before on its own.
     /// When the broker refuses one row of a batch it closes the channel over all of them, without saying which:
     /// those of unknown outcome go again one by one, so each gets its own answer.
-    private func publish(_ rows: [OutboxMessage]) async -> [Result<Void, any Error>] {
+    private func publish(_ rows: [OutboxMessage]) async -> [PublishOutcome] {
         let outgoing = rows.map {
             OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
         }
         let together = rows.indices.filter { !rows[$0].wasRefused }
-        var results = [Result<Void, any Error>](repeating: .success(()), count: rows.count)
-        for (index, result) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
-            results[index] = result
+        var outcomes = [PublishOutcome](repeating: .confirmed, count: rows.count)
+        for (index, outcome) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
+            outcomes[index] = outcome
         }
-        for index in rows.indices where rows[index].wasRefused || results[index].outcomeIsUnknown {
-            results[index] = await transport.publish([outgoing[index]])[0]
+        for index in rows.indices where rows[index].wasRefused || outcomes[index].isUnknown {
+            outcomes[index] = await transport.publish([outgoing[index]])[0]
         }
-        return results
+        return outcomes
     }
 
     /// Waits until the outbox is empty (used only by the fault-injection hook).
@@ -148,17 +151,9 @@ struct Handover {
     }
 }
 
-extension Result<Void, any Error> {
-    /// Whether the broker may or may not have taken the message (``AMQPError/Code/outcomeUnknown``).
-    fileprivate var outcomeIsUnknown: Bool {
-        if case .failure(let error as AMQPError) = self { return error.code == .outcomeUnknown }
+extension PublishOutcome {
+    fileprivate var isUnknown: Bool {
+        if case .unknown = self { return true }
         return false
-    }
-
-    /// Whether the broker refused the message itself by closing the channel (a permission, a missing exchange,
-    /// a size limit), as opposed to a connection failure, a nack or a missing route.
-    fileprivate var isRefusal: Bool {
-        guard case .failure(let error as AMQPError) = self else { return false }
-        return [.accessRefused, .notFound, .preconditionFailed, .notAllowed, .brokerClosedChannel].contains(error.code)
     }
 }

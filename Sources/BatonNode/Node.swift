@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonSQLite
 import Foundation
 import Logging
@@ -125,7 +124,7 @@ public final class Node: Service {
     }
 
     /// The node's queue, its dead-letter queue, and the bindings its handlers need.
-    public var topology: AMQPTopology { Self.topology(configuration: configuration, handlers: handlers) }
+    public var topology: Topology { Self.topology(configuration: configuration, handlers: handlers) }
 
     /// The topology a node with this configuration and these handlers needs: the exchanges it publishes to
     /// and subscribes from, its queue (bound for each handler and to ``Routing/nodeExchange`` under its
@@ -134,12 +133,12 @@ public final class Node: Service {
     /// - Parameters:
     ///   - configuration: The node's name and queue.
     ///   - handlers: What it hosts.
-    public static func topology(configuration: Configuration, handlers: [any NodeHandler]) -> AMQPTopology {
+    public static func topology(configuration: Configuration, handlers: [any NodeHandler]) -> Topology {
         let deadLetters = "\(configuration.name).dead-letters"
         let handlerBindings = handlers.flatMap(\.bindings).map {
-            AMQPTopology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
+            Topology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
         }
-        return AMQPTopology(
+        return Topology(
             exchanges: Routing.exchanges + handlers.flatMap(\.exchanges),
             queues: [.init(configuration.queue, kind: .quorum), .init(deadLetters, kind: .quorum)],
             bindings: handlerBindings + [

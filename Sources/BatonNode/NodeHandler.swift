@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonSQLite
 import DequeModule
 import Foundation
@@ -13,7 +12,7 @@ public protocol NodeHandler: Sendable {
     /// The message types it takes: the node decodes exactly these (its registry is made of them).
     var messageTypes: [any Message.Type] { get }
     /// What the node's queue must be bound to for this handler: (exchange, binding key).
-    var bindings: [AMQPTopology.Binding] { get }
+    var bindings: [Topology.Binding] { get }
     /// Whether it handles this message.
     func handles(_ envelope: Envelope) -> Bool
     /// Handles the message; everything it writes commits with the inbox record, or not at all.
@@ -24,7 +23,7 @@ public protocol NodeHandler: Sendable {
     /// if one of its handlers may have.
     var schedulesTimers: Bool { get }
     /// Exchanges of an external contract it subscribes to (declared with the node's topology).
-    var exchanges: [AMQPTopology.Exchange] { get }
+    var exchanges: [Topology.Exchange] { get }
     /// For a message without a type property (an external producer's), the type this handler reads it as,
     /// if it subscribes to that exchange and routing key.
     func messageType(forExternal exchange: String, routingKey: String) -> String?
@@ -36,7 +35,7 @@ public protocol NodeHandler: Sendable {
 extension NodeHandler {
     public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {}
     public var schedulesTimers: Bool { false }
-    public var exchanges: [AMQPTopology.Exchange] { [] }
+    public var exchanges: [Topology.Exchange] { [] }
     public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
     public func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
         nil
@@ -75,9 +74,9 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     public var name: String { engine.definition.name }
 
     /// Exactly the events it handles: other events of its categories never reach its queue.
-    public var bindings: [AMQPTopology.Binding] {
+    public var bindings: [Topology.Binding] {
         engine.definition.messageNames.sorted().map {
-            AMQPTopology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: $0)
+            Topology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: $0)
         }
     }
 

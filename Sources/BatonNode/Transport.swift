@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonSQLite
 import Foundation
 
@@ -90,16 +89,20 @@ public protocol MessageSource: Sendable {
     func cancel() async
 }
 
-/// How a node talks to other nodes: the AMQP broker (``AMQPTransport``) or, for tests and a single-process
-/// mode, memory (``InProcessTransport``). Both have the same semantics: durable topic routing, confirms,
-/// prefetch, ack or requeue.
+/// The transport port: how a node talks to other nodes. Adapters: the RabbitMQ broker (`AMQPTransport`, in
+/// `BatonAMQPTransport`) and, for tests and a single-process mode, memory (`InProcessTransport`, in
+/// `BatonTesting`). All have the same semantics, which `TransportConformance` checks: durable topic routing,
+/// confirms, commands that no queue takes refused, prefetch, ack or requeue.
 public protocol Transport: Sendable {
     /// Declares exchanges, queues and bindings.
-    func declare(_ topology: AMQPTopology) async throws
+    /// - Throws: ``TransportError`` (or the adapter's own error) when one conflicts with what exists.
+    func declare(_ topology: Topology) async throws
     /// Checks that the exchanges and queues exist, declaring nothing (the broker's definitions own them).
-    func verify(_ topology: AMQPTopology) async throws
-    /// Publishes messages and returns when each is confirmed or failed.
-    func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>]
+    /// - Throws: ``TransportError`` naming what is missing (or the adapter's own error).
+    func verify(_ topology: Topology) async throws
+    /// Publishes messages and returns when each is confirmed or failed, one outcome per message in order. A
+    /// command (on ``Routing/commandExchange``) that no queue takes is not confirmed.
+    func publish(_ messages: [OutgoingMessage]) async -> [PublishOutcome]
     /// Starts consuming a queue.
     func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource
 }
@@ -119,7 +122,7 @@ public enum Routing {
     public static let nodeExchange = "baton.nodes"
 
     /// The exchanges every node declares.
-    public static var exchanges: [AMQPTopology.Exchange] {
+    public static var exchanges: [Topology.Exchange] {
         [
             .init(commandExchange, kind: .topic), .init(eventExchange, kind: .topic),
             .init(deadLetterExchange, kind: .topic), .init(nodeExchange, kind: .topic),
@@ -183,4 +186,16 @@ public enum BatonHeader {
     public static let originalRoutingKey = "x-baton-original-routing-key"
     /// On a dead letter: when it was dead-lettered (ISO 8601).
     public static let deadLetteredAt = "x-baton-dead-lettered-at"
+}
+
+extension Envelope {
+    /// The envelope's headers plus its causation id, stream and position as text headers: what a transport
+    /// sends beside the properties (id, type, correlation id, timestamp); the node reads them back at its edge.
+    public var wireHeaders: [String: String] {
+        var headers = self.headers
+        if let causationID { headers[BatonHeader.causationID] = causationID }
+        if let stream { headers[BatonHeader.stream] = stream }
+        if let position { headers[BatonHeader.position] = String(position) }
+        return headers
+    }
 }

@@ -1,5 +1,6 @@
 import Baton
 import BatonAMQP
+import BatonAMQPTransport
 import BatonNode
 import Foundation
 import Logging
@@ -37,10 +38,10 @@ public enum ServiceClient {
                 routingKey: directly ? service : C.messageName,
                 envelope: envelope
             )
-            if let failure = await AMQPTransport(connection: connection).publish([message]).first,
-                case .failure(let error) = failure
-            {
-                throw CommandFailure("the broker refused the command: \(error)")
+            switch await AMQPTransport(connection: connection).publish([message])[0] {
+            case .confirmed: break
+            case .refused(let reason), .failed(let reason), .unknown(let reason):
+                throw CommandFailure("the broker refused the command: \(reason)")
             }
             return messageID
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Baton
 import BatonAMQP
+import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import Foundation
@@ -89,7 +90,7 @@ struct DeadLetterAdministration: NodeHandler {
     var service: String
     var name: String { "dead-letter-administration" }
     var messageTypes: [any Message.Type] { [ReplayDeadLetters.self] }
-    var bindings: [AMQPTopology.Binding] { [] }  // arrives on the node exchange, bound for every node
+    var bindings: [Topology.Binding] { [] }  // arrives on the node exchange, bound for every node
 
     func handles(_ envelope: Envelope) -> Bool {
         envelope.messageType == ReplayDeadLetters.messageType
@@ -146,7 +147,7 @@ public struct TopologyCommand<Service: ServiceDefinition>: ParsableCommand {
 
     public func run() throws {
         let topology = Node.topology(configuration: .init(name: Service.name), handlers: Service.handlers)
-        try printJSON(BrokerDefinitions(topology, vhost: vhost))
+        try printJSON(BrokerDefinitions(AMQPTopology(topology), vhost: vhost))
     }
 }
 

@@ -1,5 +1,6 @@
 import Baton
 import BatonAMQP
+import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import BatonTestSupport
@@ -139,8 +140,8 @@ private struct ProbeRun {
             logger: Logger(label: "crash-test")
         ) { connection in
             let run = ProbeRun(connection: connection, name: name, directory: directory)
-            try await connection.declare(
-                AMQPTopology(
+            try await AMQPTransport(connection: connection).declare(
+                Topology(
                     exchanges: Routing.exchanges,
                     queues: [.init(run.commandObserver), .init(run.eventObserver), .init(name, kind: .quorum)],
                     bindings: [

@@ -1,5 +1,6 @@
 import Baton
 import BatonAMQP
+import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import BatonTestSupport
@@ -94,7 +95,7 @@ struct Order: Aggregate {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
         try await harness.transport.declare(
-            AMQPTopology(
+            Topology(
                 exchanges: Routing.exchanges,
                 queues: [.init("events")],
                 bindings: [.init(queue: "events", exchange: Routing.eventExchange, bindingKey: "orders.#")]
@@ -144,7 +145,7 @@ struct Order: Aggregate {
                 payload: Data(#"{"checkout_id":"chk-9","customer":"Eve","lines":[{"sku":"b","quantity":1}]}"#.utf8)
             )
             try await harness.transport.declare(
-                AMQPTopology(
+                Topology(
                     bindings: [.init(queue: "orders", exchange: Routing.commandExchange, bindingKey: "orders.Forged")]
                 )
             )
@@ -190,8 +191,8 @@ struct Order: Aggregate {
         defer { harness.removeFiles() }
         let transport = AMQPTransport(connection: connection)
         let node = try makeNode(harness, transport: transport)
-        try await observer.declare(
-            AMQPTopology(
+        try await AMQPTransport(connection: observer).declare(
+            Topology(
                 exchanges: Routing.exchanges + [.init("storefront", kind: .topic)],
                 queues: [.init("placed", isDurable: false)],
                 bindings: [.init(queue: "placed", exchange: Routing.eventExchange, bindingKey: "orders.OrderPlaced")]

@@ -125,7 +125,7 @@ final class NodeHarness: Sendable {
 
     func declareObserver() async throws {
         try await transport.declare(
-            AMQPTopology(
+            Topology(
                 exchanges: Routing.exchanges,
                 queues: [.init(Self.observer)],
                 bindings: [
@@ -212,5 +212,12 @@ func withRunningNode<T>(_ node: Node, transport: any Transport, _ body: () async
         task.cancel()
         _ = try? await task.value
         throw error
+    }
+}
+
+extension PublishOutcome {
+    /// Throws unless the message was confirmed (tests publish what must arrive).
+    func get() throws {
+        guard self == .confirmed else { throw TestSupportError("the transport did not confirm: \(self)") }
     }
 }

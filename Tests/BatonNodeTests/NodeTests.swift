@@ -137,7 +137,7 @@ import Testing
         struct Forgetful: NodeHandler {
             var name: String { "forgetful" }
             var messageTypes: [any Message.Type] { [OrderPlaced.self] }
-            var bindings: [AMQPTopology.Binding] {
+            var bindings: [Topology.Binding] {
                 [.init(queue: "", exchange: Routing.eventExchange, bindingKey: "orders.OrderRefunded")]
             }
             func handles(_ envelope: Envelope) -> Bool { true }
@@ -205,7 +205,7 @@ import Testing
         try await harness.declareObserver()
         // Another service listening to the same events: a replay must not reach it a second time.
         try await harness.transport.declare(
-            AMQPTopology(
+            Topology(
                 queues: [.init("bystander")],
                 bindings: [.init(queue: "bystander", exchange: Routing.eventExchange, bindingKey: "#")]
             )
@@ -293,7 +293,7 @@ import Testing
             #expect(try await node.store.read { try $0.pendingOutboxCount() } == 1, "the unroutable command was kept")
             // The payments service appears: its queue takes the command at the relay's next try.
             try await harness.transport.declare(
-                AMQPTopology(
+                Topology(
                     exchanges: Routing.exchanges,
                     queues: [.init("payments")],
                     bindings: [
@@ -311,7 +311,7 @@ import Testing
         defer { harness.removeFiles() }
         // Only shipping exists: 600 ChargeCard commands (more than a relay batch) have nowhere to go.
         try await harness.transport.declare(
-            AMQPTopology(
+            Topology(
                 exchanges: Routing.exchanges,
                 queues: [.init("shipping")],
                 bindings: [
@@ -342,43 +342,5 @@ import Testing
                 .milliseconds(100), .milliseconds(200), .milliseconds(300), .milliseconds(300), nil,
             ]
         )
-    }
-}
-
-@Suite struct InProcessTransportTests {
-    @Test func topicPatternsMatchLikeRabbitMQ() {
-        #expect(InProcessTransport.topicMatches(pattern: "orders.#", key: "orders.OrderPlaced"))
-        #expect(InProcessTransport.topicMatches(pattern: "#", key: "a.b.c"))
-        #expect(InProcessTransport.topicMatches(pattern: "*.b.#", key: "a.b"))
-        #expect(!InProcessTransport.topicMatches(pattern: "orders.*", key: "orders.a.b"))
-        #expect(!InProcessTransport.topicMatches(pattern: "orders.#", key: "inventory.x"))
-    }
-
-    @Test func prefetchAckAndRequeueBehaveLikeTheBroker() async throws {
-        let transport = InProcessTransport()
-        try await transport.declare(
-            AMQPTopology(
-                exchanges: Routing.exchanges,
-                queues: [.init("q")],
-                bindings: [.init(queue: "q", exchange: Routing.eventExchange, bindingKey: "#")]
-            )
-        )
-        let envelope = Envelope(messageID: "m", messageType: "t.T.v1", timestamp: .now, payload: Data("{}".utf8))
-        for _ in 0..<5 {
-            _ = await transport.publish([
-                OutgoingMessage(exchange: Routing.eventExchange, routingKey: "t.T", envelope: envelope)
-            ])
-        }
-        let missing = await transport.publish([OutgoingMessage(exchange: "nope", routingKey: "x", envelope: envelope)])
-        #expect(throws: AMQPError.self) { try missing[0].get() }
-        let source = try await transport.subscribe(queue: "q", prefetch: 2)
-        let first = try #require(try await source.nextBatch(maxCount: 10))
-        #expect(first.count == 2, "prefetch bounds what is handed out")
-        first[0].acknowledge()
-        first[1].requeue()
-        let second = try #require(try await source.nextBatch(maxCount: 10))
-        #expect(second.count == 2 && second.contains { $0.isRedelivered })
-        await source.cancel()
-        #expect(transport.readyCount("q") == 4, "cancel returns unsettled messages")
     }
 }

@@ -1,9 +1,11 @@
 import Baton
 import BatonAMQP
+import BatonNode
 import Foundation
 
-/// The ``Transport`` over a RabbitMQ broker: envelopes travel as persistent JSON messages with their id,
-/// type, correlation id and timestamp in the AMQP properties and the rest in headers.
+/// The transport port's adapter for a RabbitMQ broker: envelopes travel as persistent JSON messages with their
+/// id, type, correlation id and timestamp in the AMQP properties and the rest in headers; a command is
+/// published mandatory, so one that no queue takes is not confirmed.
 public struct AMQPTransport: Transport {
     /// The connection it uses.
     public let connection: AMQPConnection
@@ -13,15 +15,15 @@ public struct AMQPTransport: Transport {
         self.connection = connection
     }
 
-    public func declare(_ topology: AMQPTopology) async throws {
-        try await connection.declare(topology)
+    public func declare(_ topology: Topology) async throws {
+        try await connection.declare(AMQPTopology(topology))
     }
 
-    public func verify(_ topology: AMQPTopology) async throws {
-        try await connection.verify(topology)
+    public func verify(_ topology: Topology) async throws {
+        try await connection.verify(AMQPTopology(topology))
     }
 
-    public func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>] {
+    public func publish(_ messages: [OutgoingMessage]) async -> [PublishOutcome] {
         let outgoing = messages.map { message in
             let envelope = message.envelope
             var headers: [String: AMQPFieldValue] = [:]
@@ -43,7 +45,26 @@ public struct AMQPTransport: Transport {
                 isMandatory: message.exchange == Routing.commandExchange
             )
         }
-        return await connection.publish(contentsOf: outgoing).map { $0.mapError { $0 as any Error } }
+        return await connection.publish(contentsOf: outgoing).map { result in
+            switch result {
+            case .success: return .confirmed
+            case .failure(let error): return Self.outcome(of: error)
+            }
+        }
+    }
+
+    /// What a publish error means for the message: the broker refused it itself by closing the channel (a
+    /// permission, a missing exchange, a size limit); it may have arrived (the channel closed over it in
+    /// flight); or it was not taken (a connection failure, a nack, no route for a mandatory command).
+    static func outcome(of error: AMQPError) -> PublishOutcome {
+        switch error.code {
+        case .outcomeUnknown:
+            return .unknown(error.description)
+        case .accessRefused, .notFound, .preconditionFailed, .notAllowed, .brokerClosedChannel:
+            return .refused(error.description)
+        default:
+            return .failed(error.description)
+        }
     }
 
     public func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource {
@@ -84,5 +105,28 @@ public struct AMQPTransport: Transport {
                 settle: { accept in accept ? delivery.ack() : delivery.nack(requeue: true) }
             )
         }
+    }
+}
+
+extension AMQPTopology {
+    /// The AMQP declarations of a node's topology: exchanges, queues (with their type and single-active-consumer
+    /// argument) and bindings.
+    public init(_ topology: Topology) {
+        self.init(
+            exchanges: topology.exchanges.map {
+                Exchange($0.name, kind: Exchange.Kind(rawValue: $0.kind.rawValue)!, isDurable: $0.isDurable)
+            },
+            queues: topology.queues.map {
+                Queue(
+                    $0.name,
+                    kind: $0.kind == .quorum ? .quorum : .classic,
+                    isDurable: $0.isDurable,
+                    arguments: $0.hasSingleActiveConsumer ? ["x-single-active-consumer": .bool(true)] : [:]
+                )
+            },
+            bindings: topology.bindings.map {
+                Binding(queue: $0.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
+            }
+        )
     }
 }

@@ -1,5 +1,5 @@
 import Baton
-import BatonAMQP
+import BatonNode
 import DequeModule
 import Foundation
 import Synchronization
@@ -14,11 +14,11 @@ public final class InProcessTransport: Transport {
     }
 
     private final class QueueState {
-        var declaration: AMQPTopology.Queue
+        var declaration: Topology.Queue
         var ready: Deque<Queued> = []
         var consumers: [Int] = []
         var nextConsumer = 0
-        init(_ declaration: AMQPTopology.Queue) { self.declaration = declaration }
+        init(_ declaration: Topology.Queue) { self.declaration = declaration }
     }
 
     private final class ConsumerState {
@@ -35,9 +35,9 @@ public final class InProcessTransport: Transport {
     }
 
     private struct State {
-        var exchanges: [String: AMQPTopology.Exchange] = [:]
+        var exchanges: [String: Topology.Exchange] = [:]
         var queues: [String: QueueState] = [:]
-        var bindings: [AMQPTopology.Binding] = []
+        var bindings: [Topology.Binding] = []
         var consumers: [Int: ConsumerState] = [:]
         var nextID = 1
     }
@@ -47,13 +47,12 @@ public final class InProcessTransport: Transport {
     /// Creates an empty broker in memory.
     public init() {}
 
-    public func declare(_ topology: AMQPTopology) async throws {
+    public func declare(_ topology: Topology) async throws {
         try state.withLock { state in
             for exchange in topology.exchanges {
                 if let existing = state.exchanges[exchange.name], existing.kind != exchange.kind {
-                    throw AMQPError(
-                        code: .preconditionFailed,
-                        replyCode: 406,
+                    throw TransportError(
+                        code: .conflict,
                         message: "exchange '\(exchange.name)' exists with another type"
                     )
                 }
@@ -64,9 +63,8 @@ public final class InProcessTransport: Transport {
             }
             for binding in topology.bindings {
                 guard state.queues[binding.queue] != nil, state.exchanges[binding.exchange] != nil else {
-                    throw AMQPError(
+                    throw TransportError(
                         code: .notFound,
-                        replyCode: 404,
                         message: "bind: no queue '\(binding.queue)' or exchange '\(binding.exchange)'"
                     )
                 }
@@ -75,45 +73,33 @@ public final class InProcessTransport: Transport {
         }
     }
 
-    public func verify(_ topology: AMQPTopology) async throws {
+    public func verify(_ topology: Topology) async throws {
         try state.withLock { state in
             let missing =
                 topology.exchanges.first { state.exchanges[$0.name] == nil }.map { "exchange '\($0.name)'" }
                 ?? topology.queues.first { state.queues[$0.name] == nil }.map { "queue '\($0.name)'" }
             if let missing {
-                throw AMQPError(code: .notFound, replyCode: 404, message: "NOT_FOUND - no \(missing)")
+                throw TransportError(code: .notFound, message: "no \(missing)")
             }
         }
     }
 
-    public func publish(_ messages: [OutgoingMessage]) async -> [Result<Void, any Error>] {
+    public func publish(_ messages: [OutgoingMessage]) async -> [PublishOutcome] {
         var wake: [CheckedContinuation<Void, Never>] = []
-        let results = state.withLock { state -> [Result<Void, any Error>] in
+        let results = state.withLock { state -> [PublishOutcome] in
             messages.map { message in
                 guard message.exchange.isEmpty || state.exchanges[message.exchange] != nil else {
-                    return .failure(
-                        AMQPError(
-                            code: .notFound,
-                            replyCode: 404,
-                            message: "NOT_FOUND - no exchange '\(message.exchange)'"
-                        )
-                    )
+                    return .refused("no exchange '\(message.exchange)'")
                 }
                 let queues = Self.route(message, in: state)
                 if queues.isEmpty && message.exchange == Routing.commandExchange {
-                    return .failure(
-                        AMQPError(
-                            code: .unroutable,
-                            replyCode: 312,
-                            message: "no queue took the command '\(message.routingKey)'"
-                        )
-                    )
+                    return .failed("no queue took the command '\(message.routingKey)'")
                 }
                 for queue in queues {
                     state.queues[queue]?.ready.append(Queued(message: message, redelivered: false))
                     wake += Self.dispatch(queue, in: &state)
                 }
-                return .success(())
+                return .confirmed
             }
         }
         for continuation in wake { continuation.resume() }
@@ -124,7 +110,7 @@ public final class InProcessTransport: Transport {
         precondition(prefetch > 0, "prefetch must be positive")
         let id = try state.withLock { state -> Int in
             guard let queueState = state.queues[queue] else {
-                throw AMQPError(code: .notFound, replyCode: 404, message: "NOT_FOUND - no queue '\(queue)'")
+                throw TransportError(code: .notFound, message: "no queue '\(queue)'")
             }
             let id = state.nextID
             state.nextID += 1
@@ -308,16 +294,5 @@ public final class InProcessTransport: Transport {
                 settle: { accept in transport.settle(consumer: consumer, tag: tag, accept: accept) }
             )
         }
-    }
-}
-
-extension Envelope {
-    /// The envelope's headers plus causation, stream and position as text headers.
-    var wireHeaders: [String: String] {
-        var headers = self.headers
-        if let causationID { headers[BatonHeader.causationID] = causationID }
-        if let stream { headers[BatonHeader.stream] = stream }
-        if let position { headers[BatonHeader.position] = String(position) }
-        return headers
     }
 }

@@ -1,0 +1,137 @@
+/// The exchanges, queues and bindings a node needs, in Baton's own terms: what a ``Transport`` declares (the
+/// AMQP adapter turns it into AMQP declarations; the in-process transport keeps it in memory).
+public struct Topology: Sendable, Hashable {
+    /// Where messages are published, and how it routes them to queues.
+    public struct Exchange: Sendable, Hashable {
+        /// How an exchange routes.
+        public enum Kind: String, Sendable, Hashable {
+            /// By exact routing key.
+            case direct
+            /// By routing-key pattern (`orders.#`, `*.OrderPlaced`).
+            case topic
+            /// To every bound queue.
+            case fanout
+            /// By header values.
+            case headers
+        }
+
+        /// The exchange name.
+        public var name: String
+        /// How it routes.
+        public var kind: Kind
+        /// Survives a broker restart. On by default.
+        public var isDurable: Bool
+
+        /// Creates an exchange.
+        public init(_ name: String, kind: Kind, isDurable: Bool = true) {
+            self.name = name
+            self.kind = kind
+            self.isDurable = isDurable
+        }
+    }
+
+    /// A queue a node consumes.
+    public struct Queue: Sendable, Hashable {
+        /// How the broker keeps a queue.
+        public enum Kind: String, Sendable, Hashable {
+            /// On one broker node.
+            case classic
+            /// Replicated over the broker's nodes (Raft); always durable.
+            case quorum
+        }
+
+        /// The queue name.
+        public var name: String
+        /// How the broker keeps it.
+        public var kind: Kind
+        /// Survives a broker restart. On by default; a quorum queue always does.
+        public var isDurable: Bool
+        /// One consumer at a time takes its messages, the others stand by (a partition's queue, consumed by
+        /// every replica of a service, so that its messages are handled in order).
+        public var hasSingleActiveConsumer: Bool
+
+        /// Creates a queue.
+        public init(
+            _ name: String,
+            kind: Kind = .classic,
+            isDurable: Bool = true,
+            hasSingleActiveConsumer: Bool = false
+        ) {
+            self.name = name
+            self.kind = kind
+            self.isDurable = isDurable || kind == .quorum
+            self.hasSingleActiveConsumer = hasSingleActiveConsumer
+        }
+    }
+
+    /// A queue's subscription to an exchange.
+    public struct Binding: Sendable, Hashable {
+        /// The queue.
+        public var queue: String
+        /// The exchange.
+        public var exchange: String
+        /// The routing key, or a pattern for a topic exchange.
+        public var bindingKey: String
+
+        /// Creates a binding.
+        public init(queue: String, exchange: String, bindingKey: String) {
+            self.queue = queue
+            self.exchange = exchange
+            self.bindingKey = bindingKey
+        }
+    }
+
+    /// The exchanges, declared first.
+    public var exchanges: [Exchange]
+    /// The queues, declared second.
+    public var queues: [Queue]
+    /// The bindings, declared last.
+    public var bindings: [Binding]
+
+    /// Creates a topology.
+    public init(exchanges: [Exchange] = [], queues: [Queue] = [], bindings: [Binding] = []) {
+        self.exchanges = exchanges
+        self.queues = queues
+        self.bindings = bindings
+    }
+}
+
+/// What became of one published message, as its transport knows it.
+public enum PublishOutcome: Sendable, Hashable {
+    /// The transport took it for good (the broker confirmed it).
+    case confirmed
+    /// The transport refused this message itself (a permission, a missing exchange, a size limit): trying it
+    /// again together with others costs them their outcome, so it goes alone from then on.
+    case refused(String)
+    /// It was not taken (no queue for a command, the connection down, a negative confirm): try it again later.
+    case failed(String)
+    /// It may or may not have been taken (the channel closed while it was in flight): try it again, alone,
+    /// under the same id.
+    case unknown(String)
+}
+
+/// A transport operation the transport cannot do.
+public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What kind of failure.
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        fileprivate let name: String
+        /// An exchange or queue does not exist.
+        public static let notFound = Code(name: "notFound")
+        /// An exchange or queue exists with other properties.
+        public static let conflict = Code(name: "conflict")
+        public var description: String { name }
+    }
+
+    /// What kind of failure.
+    public var code: Code
+    /// What is wrong, naming the exchange or queue.
+    public var message: String
+
+    /// Creates an error.
+    public init(code: Code, message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "TransportError.\(code): \(message)" }
+}
