@@ -42,16 +42,16 @@ let package = Package(
         ),
         // The transport port's adapter for RabbitMQ, over BatonAMQP.
         .target(name: "BatonAMQPTransport", dependencies: ["BatonNode", "BatonAMQP"]),
-        // The unit of work on SQLite: streams, inbox, outbox, timers, dead letters in one transaction.
+        // The store port's SQLite adapter: streams, inbox, outbox, timers, dead letters in one transaction.
         .target(
             name: "BatonSQLite",
-            dependencies: ["Baton", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: ["Baton", "BatonNode", .product(name: "GRDB", package: "GRDB.swift")]
         ),
         // The runtime: a node's consume loop, outbox relay and deadlines over the transport port.
         .target(
             name: "BatonNode",
             dependencies: [
-                "Baton", "BatonSQLite",
+                "Baton",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -61,7 +61,7 @@ let package = Package(
         .target(
             name: "BatonService",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -96,7 +96,7 @@ let package = Package(
         .executableTarget(
             name: "BatonBenchmark",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonTesting",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "BatonCrashProbe",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", .product(name: "Logging", package: "swift-log"),
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
@@ -161,6 +161,10 @@ let package = Package(
                 "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
+        ),
+        .testTarget(
+            name: "BatonSQLiteTests",
+            dependencies: ["BatonSQLite", "BatonNode", "Baton", "BatonTestSupport"]
         ),
         .testTarget(
             name: "BatonTestingTests",

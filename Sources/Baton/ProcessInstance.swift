@@ -78,6 +78,27 @@ public struct ProcessTransition: Sendable, Hashable, Codable {
     public var associations: [String: String]
     /// Why it is compensating or failed, when that is what happened.
     public var reason: String?
+
+    /// Creates a transition record (the engine makes them; stores and tests read and write them).
+    public init(
+        version: Int64,
+        trigger: ProcessTrigger,
+        at: Date,
+        lifecycle: ProcessLifecycle,
+        issued: [IssuedMessage],
+        timers: [TimerOperation],
+        associations: [String: String],
+        reason: String?
+    ) {
+        self.version = version
+        self.trigger = trigger
+        self.at = at
+        self.lifecycle = lifecycle
+        self.issued = issued
+        self.timers = timers
+        self.associations = associations
+        self.reason = reason
+    }
 }
 
 /// The stored state of one instance: what replaying its transitions produces.

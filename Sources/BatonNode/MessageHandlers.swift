@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 
@@ -25,7 +24,7 @@ public struct HandlerContext {
     /// The node's clock reading.
     public let now: Date
     /// The transaction, for queries of the service's own tables.
-    public let work: UnitOfWork
+    public let work: any UnitOfWork
     var issued: [IssuedMessage] = []
 
     /// Loads an aggregate by replaying its stream.
@@ -163,7 +162,7 @@ public struct MessageHandlerHost<M: Message>: NodeHandler {
     public func handle(
         _ message: any Message,
         envelope: Envelope,
-        in work: UnitOfWork,
+        in work: any UnitOfWork,
         now: Date,
         logger: Logger
     ) throws {

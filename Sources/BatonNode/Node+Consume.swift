@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 
@@ -114,7 +113,7 @@ extension Node {
         _ message: any Message,
         _ handlers: [any NodeHandler],
         checkingHeld: Bool,
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws -> Bool {
         if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
@@ -149,7 +148,7 @@ extension Node {
         _ message: any Message,
         _ envelope: Envelope,
         _ handlers: [any NodeHandler],
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws {
         try work.inSavepoint {
@@ -165,7 +164,7 @@ extension Node {
         _ message: any Message,
         _ envelope: Envelope,
         _ handlers: [any NodeHandler],
-        _ work: UnitOfWork
+        _ work: any UnitOfWork
     ) throws -> String? {
         for handler in handlers {
             if let key = try handler.orderingKey(for: message, envelope: envelope, in: work) { return key }

@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 
@@ -51,7 +50,7 @@ extension Node {
         }
     }
 
-    private func timerFailed(_ timer: DueTimer, error: any Error, _ work: UnitOfWork, _ now: Date) throws {
+    private func timerFailed(_ timer: DueTimer, error: any Error, _ work: any UnitOfWork, _ now: Date) throws {
         let attempts = timer.attempts + 1
         var metadata: Logger.Metadata = [
             "baton.process_id": "\(timer.instanceID)", "timer": "\(timer.name)", "attempts": "\(attempts)",

@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 
@@ -17,7 +16,7 @@ extension Node {
         _ handlers: [any NodeHandler],
         key: String?,
         error: any Error,
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws -> Bool {
         let reason = "\(error)"
@@ -49,7 +48,7 @@ extension Node {
         nextAttemptAt: Date?,
         deadLetter: Int64? = nil,
         error: String?,
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws {
         try work.park(
@@ -123,7 +122,7 @@ extension Node {
         reason: String,
         handler: String,
         permanent: Bool,
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws {
         let attempts = held.attempts + 1
@@ -179,7 +178,7 @@ extension Node {
         reason: String,
         handler: String,
         attempts: Int,
-        _ work: UnitOfWork,
+        _ work: any UnitOfWork,
         _ now: Date
     ) throws -> Int64? {
         if let messageID = incoming.messageID, !messageID.isEmpty, try work.hasOpenDeadLetter(messageID: messageID) {
@@ -206,7 +205,7 @@ extension Node {
     /// Records a dead letter and queues it for the dead-letter exchange, with the reason in its headers.
     /// - Returns: Its id.
     @discardableResult
-    func deadLetter(_ letter: DeadLetter, correlationID: String?, _ work: UnitOfWork) throws -> Int64 {
+    func deadLetter(_ letter: DeadLetter, correlationID: String?, _ work: any UnitOfWork) throws -> Int64 {
         let id = try work.addDeadLetter(letter)
         var headers = letter.headers
         headers[BatonHeader.deadLetterReason] = letter.reason

@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 

@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -73,7 +72,7 @@ public final class Node: Service {
     /// The configuration.
     public let configuration: Configuration
     /// The store.
-    public let store: SQLiteStore
+    public let store: any Store
     let transport: any Transport
     let registry: MessageRegistry
     let handlers: [any NodeHandler]
@@ -94,7 +93,7 @@ public final class Node: Service {
     /// Creates a node.
     /// - Parameters:
     ///   - configuration: Name, queue, limits.
-    ///   - store: Its SQLite store.
+    ///   - store: Its store (SQLite, or PostgreSQL when replicas share one).
     ///   - transport: The broker or the in-process transport.
     ///   - handlers: What it hosts (process managers, command handlers, subscribers). The message types it
     ///     accepts are the ones they declare (``NodeHandler/messageTypes``).
@@ -102,7 +101,7 @@ public final class Node: Service {
     ///   - logger: Where it logs.
     public init(
         configuration: Configuration,
-        store: SQLiteStore,
+        store: any Store,
         transport: any Transport,
         handlers: [any NodeHandler],
         timeSource: any TimeSource = SystemTimeSource(),
@@ -234,7 +233,7 @@ public final class Node: Service {
     /// `wakeRelay` is false: the caller does, after its fault-injection point).
     func commit<T: Sendable>(
         wakeRelay: Bool = true,
-        _ body: @escaping @Sendable (UnitOfWork) throws -> T
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T {
         let (value, queued) = try await store.writeHandingOverOutbox(body)
         handover.withLock { $0.add(queued) }

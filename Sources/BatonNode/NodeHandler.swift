@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import DequeModule
 import Foundation
 import Logging
@@ -16,9 +15,9 @@ public protocol NodeHandler: Sendable {
     /// Whether it handles this message.
     func handles(_ envelope: Envelope) -> Bool
     /// Handles the message; everything it writes commits with the inbox record, or not at all.
-    func handle(_ message: any Message, envelope: Envelope, in work: UnitOfWork, now: Date, logger: Logger) throws
+    func handle(_ message: any Message, envelope: Envelope, in work: any UnitOfWork, now: Date, logger: Logger) throws
     /// Fires one of its timers, if it has timers.
-    func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws
+    func fire(_ timer: DueTimer, in work: any UnitOfWork, now: Date, logger: Logger) throws
     /// Whether handling a message may schedule a timer: the node wakes its timer scheduler after a batch only
     /// if one of its handlers may have.
     var schedulesTimers: Bool { get }
@@ -29,15 +28,15 @@ public protocol NodeHandler: Sendable {
     func messageType(forExternal exchange: String, routingKey: String) -> String?
     /// The instance (or aggregate) the message belongs to, if this handler knows it: while a message of it is
     /// held (retrying, or dead-lettered), its later messages wait behind it, in order.
-    func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String?
+    func orderingKey(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String?
 }
 
 extension NodeHandler {
-    public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {}
+    public func fire(_ timer: DueTimer, in work: any UnitOfWork, now: Date, logger: Logger) throws {}
     public var schedulesTimers: Bool { false }
     public var exchanges: [Topology.Exchange] { [] }
     public func messageType(forExternal exchange: String, routingKey: String) -> String? { nil }
-    public func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+    public func orderingKey(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String? {
         nil
     }
 }
@@ -65,7 +64,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     /// The stored instance: from the cache if it holds the committed version, else its stored state.
     /// The version check makes a rolled-back transaction harmless: its instance never matches.
-    private func load(_ instanceID: String, _ work: UnitOfWork) throws -> ProcessInstance<State>? {
+    private func load(_ instanceID: String, _ work: any UnitOfWork) throws -> ProcessInstance<State>? {
         guard let stored = try work.storedInstance(instanceID, processManager: name) else { return nil }
         if let cached = cache[instanceID], cached.version == stored.version { return cached }
         return try work.instance(from: stored, instanceID, of: engine)
@@ -85,7 +84,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     }
 
     /// The instance the event correlates to, if it exists or the event names it.
-    private func instanceID(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+    private func instanceID(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String? {
         switch engine.correlationKey(for: message, envelope: envelope) {
         case .instance(let id)?: return id
         case .association(let association, let value)?:
@@ -94,14 +93,14 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         }
     }
 
-    public func orderingKey(for message: any Message, envelope: Envelope, in work: UnitOfWork) throws -> String? {
+    public func orderingKey(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String? {
         try instanceID(for: message, envelope: envelope, in: work).map { "\(name)/\($0)" }
     }
 
     public func handle(
         _ message: any Message,
         envelope: Envelope,
-        in work: UnitOfWork,
+        in work: any UnitOfWork,
         now: Date,
         logger: Logger
     ) throws {
@@ -128,7 +127,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         }
     }
 
-    public func fire(_ timer: DueTimer, in work: UnitOfWork, now: Date, logger: Logger) throws {
+    public func fire(_ timer: DueTimer, in work: any UnitOfWork, now: Date, logger: Logger) throws {
         guard timer.processManager == name else { return }
         guard let instance = try load(timer.instanceID, work) else {
             try work.deleteTimer(timer)

@@ -1,5 +1,4 @@
 import Baton
-import BatonSQLite
 import Foundation
 
 /// A message as it arrives from a transport, before it is trusted: external producers may omit the id,

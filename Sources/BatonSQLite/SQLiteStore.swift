@@ -1,11 +1,12 @@
 import Baton
+import BatonNode
 import Foundation
 import GRDB
 
-/// A service's embedded store: one SQLite file in WAL mode holding its aggregate streams, process-manager
+/// The store port's embedded adapter: one SQLite file in WAL mode holding its aggregate streams, process-manager
 /// streams, inbox, outbox, timers, dead letters and read models (documents). Every handled message is one transaction
 /// (``write(_:)``); the outbox relay and the timer scheduler read it concurrently.
-public final class SQLiteStore: Sendable {
+public final class SQLiteStore: Store {
     /// The path of the database file.
     public let path: String
     private let pool: DatabasePool
@@ -31,8 +32,8 @@ public final class SQLiteStore: Sendable {
     /// Runs `body` in one write transaction: everything it does commits together or not at all.
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
-    public func write<T: Sendable>(_ body: @escaping @Sendable (UnitOfWork) throws -> T) async throws -> T {
-        try await pool.write { db in try body(UnitOfWork(db: db)) }
+    public func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await pool.write { db in try body(SQLiteUnitOfWork(db: db)) }
     }
 
     /// Like ``write(_:)``, without waiting for the disk: the transaction commits, and reaches the disk with the
@@ -41,7 +42,7 @@ public final class SQLiteStore: Sendable {
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func writeWithoutWaitingForDisk<T: Sendable>(
-        _ body: @escaping @Sendable (UnitOfWork) throws -> T
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T {
         try await pool.writeWithoutTransaction { db in
             // In WAL mode, synchronous=NORMAL commits without an fsync; the next FULL commit syncs the log
@@ -50,7 +51,7 @@ public final class SQLiteStore: Sendable {
             let result = Result {
                 var value: T?
                 try db.inTransaction {
-                    value = try body(UnitOfWork(db: db))
+                    value = try body(SQLiteUnitOfWork(db: db))
                     return .commit
                 }
                 return value!
@@ -66,18 +67,18 @@ public final class SQLiteStore: Sendable {
     /// - Returns: What `body` returns, and the rows.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func writeHandingOverOutbox<T: Sendable>(
-        _ body: @escaping @Sendable (UnitOfWork) throws -> T
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage]) {
         try await pool.write { db in
             let queued = QueuedMessages()
-            let value = try body(UnitOfWork(db: db, queued: queued))
+            let value = try body(SQLiteUnitOfWork(db: db, queued: queued))
             return (value, queued.messages)
         }
     }
 
     /// Runs `body` on a read-only snapshot, concurrently with writes.
-    public func read<T: Sendable>(_ body: @escaping @Sendable (UnitOfWork) throws -> T) async throws -> T {
-        try await pool.read { db in try body(UnitOfWork(db: db)) }
+    public func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await pool.read { db in try body(SQLiteUnitOfWork(db: db)) }
     }
 
     private static var migrator: DatabaseMigrator {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonNode
 import BatonSQLite
 import Foundation
 

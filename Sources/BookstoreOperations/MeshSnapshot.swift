@@ -1,4 +1,5 @@
 import Baton
+import BatonNode
 import BatonSQLite
 import BatonService
 import BookstoreContracts

@@ -16,7 +16,7 @@ import Testing
 /// | guard removed | test that fails |
 /// | --- | --- |
 /// | the inbox (`hasHandled` always false, its insert `OR IGNORE`) | `aCrashLosesNothingAndDoublesNothing`, both targets, after the commit |
-/// | the outbox key (`enqueue` queues a second row for a key it has) | none of these: `StoreTests.aTransactionHandsOverExactlyTheOutboxRowsItCommitted` |
+/// | the outbox key (`enqueue` queues a second row for a key it has) | none of these: `StoreConformance.theOutboxKeepsOneRowPerKeyInOrder` (every store adapter) |
 ///
 /// The outbox key stands behind the inbox: with the inbox in place no handler runs twice for one message, so
 /// no crash run can tell the key is gone. It keeps a message single when a trigger is handled twice all the

@@ -110,12 +110,16 @@ final class NodeHarness: Sendable {
         self.failures = failures
     }
 
-    func makeNode(retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5))) throws -> Node {
+    /// A node of the order process on `store`, by default a SQLite file in the harness's directory.
+    func makeNode(
+        retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5)),
+        store: (any Store)? = nil
+    ) throws -> Node {
         var configuration = Node.Configuration(name: "orders-pm")
         configuration.retry = retry
         return Node(
             configuration: configuration,
-            store: try SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
+            store: try store ?? SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
             transport: transport,
             handlers: [try ProcessManagerHost(orderProcess(failures: failures))],
             timeSource: clock,

@@ -31,6 +31,24 @@ import Testing
         #expect(timeline.map(\.lifecycle) == [.started, .running])
     }
 
+    @Test func aNodeRunsOnTheInMemoryStoreAsOnSQLite() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode(store: InMemoryStore())
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "e-1")
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "e-1")  // a redelivery
+            try await harness.publish(PaymentReceived(orderID: "o-1"), id: "e-2")
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            harness.clock.advance(by: .seconds(61))  // the payment cancelled the timeout: nothing fires
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        #expect(types(harness.observed) == ["payments.ChargeCard.v1", "shipping.ShipOrder.v1"])
+        let timeline = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-1") }
+        #expect(timeline.map(\.lifecycle) == [.started, .running])
+    }
+
     @Test func aRedeliveredMessageHasNoSecondEffect() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

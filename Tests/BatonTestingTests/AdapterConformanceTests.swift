@@ -6,6 +6,14 @@ import Testing
 
 @testable import BatonTesting
 
+/// The in-memory store passes the store port's conformance suite.
+@Suite struct InMemoryStoreConformanceTests {
+    @Test(arguments: StoreConformance.Case.allCases)
+    func conforms(_ check: StoreConformance.Case) async throws {
+        try await StoreConformance { InMemoryStore() }.run(check)
+    }
+}
+
 /// The in-process transport passes the transport port's conformance suite.
 @Suite struct InProcessTransportConformanceTests {
     @Test(arguments: TransportConformance.Case.allCases)

@@ -1,0 +1,315 @@
+import Baton
+import Foundation
+
+/// The store port: a service's durable state — aggregate streams, process instances, inbox, outbox, timers,
+/// dead letters, held messages and read-model documents — changed only in transactions. Adapters: SQLite
+/// (`SQLiteStore`, in `BatonSQLite`, the embedded default) and memory (`InMemoryStore`, in `BatonTesting`);
+/// `StoreConformance` checks that they behave alike, races included.
+///
+/// A transaction's body is synchronous: the runtime hands it everything a batch needs, and handlers stay pure.
+/// An adapter over an asynchronous client runs the body on a thread of its own and waits for each statement
+/// there (never on the cooperative pool).
+public protocol Store: Sendable {
+    /// Runs `body` in one write transaction: everything it does commits together or not at all. Writers are
+    /// serialised, or the adapter detects conflicts (stream and instance versions, inbox ids) and throws.
+    /// - Returns: What `body` returns.
+    /// - Throws: What `body` throws (the transaction is rolled back), or the adapter's error.
+    func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T
+    /// Like ``write(_:)``, and also returns the outbox rows the transaction queued — committed, not yet sent,
+    /// in order, without those of savepoints that rolled back — so that a relay can publish them without
+    /// reading them back.
+    func writeHandingOverOutbox<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage])
+    /// Like ``write(_:)``, for bookkeeping whose loss on power failure costs only a repeat (the relay's sent
+    /// marks): the adapter may commit it without waiting for the disk.
+    func writeWithoutWaitingForDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> T
+    /// Runs `body` on a consistent snapshot, concurrently with writes. It must not write.
+    func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T
+}
+
+/// One transaction's view of a ``Store``; valid only inside the closure it was handed to.
+public protocol UnitOfWork {
+    /// Runs `body` in a savepoint: if it throws, only its own changes are rolled back (outbox rows included),
+    /// and the error is rethrown. Lets one transaction hold a batch of messages that fail independently.
+    func inSavepoint(_ body: () throws -> Void) throws
+
+    // MARK: Inbox
+
+    /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
+    func hasHandled(_ messageID: String, consumer: String) throws -> Bool
+    /// Records that `consumer` handled the message; commits with the handler's effects.
+    /// - Throws: If it is recorded already (a concurrent writer handled it first).
+    func markHandled(_ messageID: String, consumer: String, at time: Date) throws
+
+    // MARK: Outbox
+
+    /// Queues a message for the relay. A key queued before (a handler that ran again) is not queued twice.
+    /// - Parameters:
+    ///   - envelope: The message.
+    ///   - exchange: Where it goes.
+    ///   - routingKey: Its routing key.
+    ///   - key: The de-duplication key; the message id when `nil`, another key when the same message is sent
+    ///     on purpose again (a dead letter, a replay).
+    func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws
+    /// The oldest messages not yet sent and not waiting out a retry delay at `now`, in the order queued.
+    func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage]
+    /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try;
+    /// with `refused`, each is published on its own from then on.
+    func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws
+    /// When the earliest row waiting out a retry delay may be tried again, if any.
+    func nextOutboxAttempt() throws -> Date?
+    /// Marks relayed messages as sent.
+    func markSent(_ sequences: [Int64], at time: Date) throws
+    /// How many messages wait for the relay.
+    func pendingOutboxCount() throws -> Int
+    /// Every queued message's key, in the order queued (a crash test checks each is there once).
+    func outboxMessageIDs() throws -> [String]
+
+    // MARK: Aggregate streams
+
+    /// Appends events to a stream, checking that nobody appended since the writer read it.
+    /// - Throws: ``ConcurrencyError`` if the stream is not at `expectedVersion`; an error if an event id is
+    ///   in a stream already.
+    func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws
+    /// The number of events in a stream (0 if it does not exist).
+    func streamVersion(_ stream: String) throws -> Int64
+    /// A stream's events in order, as (type, JSON payload).
+    func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)]
+
+    // MARK: Process instances
+
+    /// An instance as stored: its committed version and its state after its latest transition; `nil` if it
+    /// does not exist.
+    func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance?
+    /// The transitions of an instance after `version`, in order (its timeline).
+    func transitions(
+        of processManager: String,
+        instance instanceID: String,
+        after version: Int64
+    ) throws
+        -> [ProcessTransition]
+    /// Stores a transition with the instance's state after it, its timer changes and associations, and
+    /// queues what it issued.
+    /// - Throws: If the instance already has a transition of that version (another writer moved it).
+    func record(
+        _ transition: ProcessTransition,
+        processManager: String,
+        instanceID: String,
+        lifecycle: ProcessLifecycle,
+        state: Data,
+        route: (IssuedMessage) -> (exchange: String, routingKey: String)
+    ) throws
+    /// The instance associated with `value` under `name`, if any.
+    func instance(associatedWith value: String, as name: String, processManager: String) throws -> String?
+    /// Instances of a process manager, most recently changed first.
+    func instances(of processManager: String, openOnly: Bool, limit: Int) throws -> [InstanceSummary]
+
+    // MARK: Timers
+
+    /// Timers whose next attempt is at or before `time`, earliest first; parked timers are not among them.
+    func dueTimers(before time: Date, limit: Int) throws -> [DueTimer]
+    /// Removes a timer that no longer matches its instance (a stale firing).
+    func deleteTimer(_ timer: DueTimer) throws
+    /// Records a failed firing: the timer is tried again at `time`, on its own.
+    func retryTimer(_ timer: DueTimer, at time: Date) throws
+    /// Parks a timer that failed its last attempt under its dead letter.
+    func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws
+    /// The timers parked under dead letters.
+    func parkedTimers() throws -> [DueTimer]
+    /// Sets the timer parked under dead letter `id` due at `now` again, with fresh attempts.
+    /// - Returns: Whether there was one.
+    func rearmTimer(deadLetter id: Int64, at now: Date) throws -> Bool
+
+    // MARK: Dead letters
+
+    /// Stores a dead letter; returns its id.
+    @discardableResult func addDeadLetter(_ letter: DeadLetter) throws -> Int64
+    /// Whether a message id has a dead letter that was not replayed.
+    func hasOpenDeadLetter(messageID: String) throws -> Bool
+    /// Dead letters, newest first.
+    func deadLetters(includeReplayed: Bool, limit: Int) throws -> [DeadLetter]
+    /// One dead letter.
+    func deadLetter(id: Int64) throws -> DeadLetter?
+    /// Marks a dead letter replayed.
+    func markReplayed(deadLetter id: Int64, at time: Date) throws
+
+    // MARK: Held messages
+
+    /// Holds a message in the store.
+    func park(_ message: ParkedMessage, at now: Date) throws
+    /// Whether the store holds any message.
+    func hasParkedMessages() throws -> Bool
+    /// Whether a message with this id is held already.
+    func isParked(messageID: String) throws -> Bool
+    /// Whether messages of this ordering key are held.
+    func isBlocked(orderingKey: String) throws -> Bool
+    /// Held messages due for an attempt at `time`, oldest first.
+    func dueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage]
+    /// When the next held message is due, if any.
+    func nextParkedAttempt() throws -> Date?
+    /// Records a failed attempt of a held message: it is tried again at `time`.
+    func retryParkedMessage(_ sequence: Int64, at time: Date, error: String) throws
+    /// Records that a held message failed its last attempt into dead letter `id`; it keeps its key blocked.
+    func deadLetterParkedMessage(_ sequence: Int64, deadLetter id: Int64, error: String) throws
+    /// Lets a held message go; the next message of its key, if any, is due at `now`.
+    func releaseParkedMessage(_ message: ParkedMessage, at now: Date) throws
+    /// Every held message, oldest first.
+    func parkedMessages(limit: Int) throws -> [ParkedMessage]
+    /// Sets the message held under dead letter `id` due at `now` again, with fresh attempts.
+    /// - Returns: Whether there was one.
+    func rearmParkedMessage(deadLetter id: Int64, at now: Date) throws -> Bool
+
+    // MARK: Documents (read models)
+
+    /// Stores a read-model document's JSON, replacing the one with the same id.
+    func saveDocument(
+        _ body: Data,
+        in collection: String,
+        id: String,
+        alias: String?,
+        status: String?,
+        at time: Date
+    )
+        throws
+    /// The JSON of the document with this id or, if none has it, of the one with this alias.
+    func documentBody(in collection: String, idOrAlias key: String) throws -> Data?
+    /// The JSON of the documents of a collection, optionally with one status, ordered by id.
+    func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data]
+}
+
+extension UnitOfWork {
+    /// Queues a message for the relay under its own id (see ``enqueue(_:exchange:routingKey:key:)``).
+    public func enqueue(_ envelope: Envelope, exchange: String, routingKey: String) throws {
+        try enqueue(envelope, exchange: exchange, routingKey: routingKey, key: nil)
+    }
+
+    /// The oldest messages not yet sent, whatever their retry delays.
+    public func pendingOutbox(limit: Int) throws -> [OutboxMessage] {
+        try pendingOutbox(limit: limit, readyAt: .distantFuture)
+    }
+
+    /// Records failed publishes of rows the broker did not refuse.
+    public func markFailed(_ sequences: [Int64], at now: Date) throws {
+        try markFailed(sequences, at: now, refused: false)
+    }
+
+    /// The transitions of an instance, in order.
+    public func transitions(of processManager: String, instance instanceID: String) throws -> [ProcessTransition] {
+        try transitions(of: processManager, instance: instanceID, after: 0)
+    }
+
+    /// Stores a transition with the instance after it (see ``record(_:processManager:instanceID:lifecycle:state:route:)``).
+    public func record<State>(
+        _ transition: ProcessTransition,
+        instance: ProcessInstance<State>,
+        of engine: ProcessEngine<State>,
+        route: (IssuedMessage) -> (exchange: String, routingKey: String)
+    ) throws {
+        try record(
+            transition,
+            processManager: engine.definition.name,
+            instanceID: instance.id,
+            lifecycle: instance.lifecycle,
+            state: try JSONEncoder.baton.encode(instance),
+            route: route
+        )
+    }
+
+    /// Instances of a process manager, most recently changed first.
+    public func instances(of processManager: String, limit: Int = 1000) throws -> [InstanceSummary] {
+        try instances(of: processManager, openOnly: false, limit: limit)
+    }
+
+    /// The pending timer to try first, if any.
+    public func nextTimer() throws -> DueTimer? {
+        try dueTimers(before: .distantFuture, limit: 1).first
+    }
+
+    /// Dead letters, newest first (1,000 at most): the open ones, or all.
+    public func deadLetters(includeReplayed: Bool = false) throws -> [DeadLetter] {
+        try deadLetters(includeReplayed: includeReplayed, limit: 1000)
+    }
+
+    /// Every held message, oldest first (1,000 at most).
+    public func parkedMessages() throws -> [ParkedMessage] {
+        try parkedMessages(limit: 1000)
+    }
+
+    /// Replays a dead letter: a held message or a parked timer is re-armed in the store (ahead of what waits
+    /// behind it); any other message is queued to be published again, with its original id and type.
+    /// - Parameters:
+    ///   - id: The dead letter.
+    ///   - now: The business time of the replay.
+    ///   - route: Where to publish a message: exchange, routing key and headers to add to its own.
+    /// - Returns: `false` if there is no such dead letter or it was replayed already.
+    @discardableResult
+    public func replayDeadLetter(
+        id: Int64,
+        at now: Date,
+        route: (DeadLetter) -> (exchange: String, routingKey: String, headers: [String: String])
+    ) throws -> Bool {
+        guard let letter = try deadLetter(id: id), letter.replayedAt == nil else { return false }
+        // A held message is tried again from the store, a parked timer fires again; a timer its instance
+        // rescheduled or cancelled meanwhile is gone, and there is nothing to fire.
+        let rearmed = try rearmParkedMessage(deadLetter: id, at: now) || rearmTimer(deadLetter: id, at: now)
+        if !rearmed && letter.messageType != DueTimer.deadLetterType {
+            let (exchange, routingKey, extraHeaders) = route(letter)
+            let envelope = Envelope(
+                messageID: letter.messageID,
+                messageType: letter.messageType,
+                timestamp: now,
+                headers: letter.headers.merging(extraHeaders) { _, added in added },
+                payload: letter.body
+            )
+            try enqueue(envelope, exchange: exchange, routingKey: routingKey, key: "replay:\(id)")
+        }
+        try markReplayed(deadLetter: id, at: now)
+        return true
+    }
+
+    /// Stores a read-model document as JSON, replacing the one with the same id.
+    /// - Parameters:
+    ///   - document: The value.
+    ///   - collection: e.g. `orders`.
+    ///   - id: Its id in the collection.
+    ///   - alias: A second key it can be found by (e.g. a checkout id).
+    ///   - status: A value to filter listings by.
+    ///   - time: When it changed.
+    public func save<D: Encodable>(
+        _ document: D,
+        in collection: String,
+        id: String,
+        alias: String? = nil,
+        status: String? = nil,
+        at time: Date
+    ) throws {
+        try saveDocument(
+            try JSONEncoder.baton.encode(document),
+            in: collection,
+            id: id,
+            alias: alias,
+            status: status,
+            at: time
+        )
+    }
+
+    /// The document with this id or, if none has it, the one with this alias.
+    public func document<D: Decodable>(_ type: D.Type, in collection: String, idOrAlias key: String) throws -> D? {
+        try documentBody(in: collection, idOrAlias: key).map { try JSONDecoder.baton.decode(D.self, from: $0) }
+    }
+
+    /// The documents of a collection, optionally with one status, ordered by id.
+    public func documents<D: Decodable>(
+        _ type: D.Type,
+        in collection: String,
+        status: String? = nil,
+        limit: Int = 100_000
+    ) throws -> [D] {
+        try documentBodies(in: collection, status: status, limit: limit).map {
+            try JSONDecoder.baton.decode(D.self, from: $0)
+        }
+    }
+}

@@ -1,0 +1,515 @@
+import Baton
+import BatonNode
+import Foundation
+import Synchronization
+import Testing
+
+/// The store port's conformance suite: what every adapter must do the same way, races included — two writers
+/// on one stream version, on one instance version, on one inbox id, on one due timer, and outbox rows of
+/// concurrent transactions. Each adapter's test target runs every case against a fresh store of its own.
+/// A race passes on a store that serialises its writers only because the losing writer checks what the
+/// winner committed; an adapter with concurrent writers (PostgreSQL) must refuse the loser the same way.
+public struct StoreConformance: Sendable {
+    /// The behaviours checked.
+    public enum Case: String, CaseIterable, Sendable {
+        case aTransactionCommitsAllOrNothing
+        case aSavepointRollsBackOnlyItsOwnChanges
+        case theInboxRecordsEachMessageOnce
+        case theOutboxKeepsOneRowPerKeyInOrder
+        case failedPublishesWaitOutTheirBackoff
+        case aWriterHandsOverExactlyWhatItCommitted
+        case streamsAppendAtTheirExpectedVersion
+        case instancesKeepTheirStateTimelineAndAssociations
+        case timersAreScheduledRetriedParkedAndRearmed
+        case deadLettersAreReplayedByKind
+        case heldMessagesWaitInOrderPerKey
+        case documentsAreFoundByIdAliasAndStatus
+        case concurrentWritersOfOneStreamVersion
+        case concurrentWritersOfOneInstanceVersion
+        case concurrentWritersOfOneInboxID
+        case concurrentFiringsOfOneDueTimer
+        case outboxRowsOfConcurrentTransactions
+    }
+
+    /// A fresh, empty store.
+    public let makeStore: @Sendable () throws -> any Store
+
+    /// Checks the stores `makeStore` makes.
+    public init(_ makeStore: @escaping @Sendable () throws -> any Store) {
+        self.makeStore = makeStore
+    }
+
+    /// Runs one case on a new store.
+    public func run(_ check: Case) async throws {
+        let store = try makeStore()
+        switch check {
+        case .aTransactionCommitsAllOrNothing: try await aTransactionCommitsAllOrNothing(store)
+        case .aSavepointRollsBackOnlyItsOwnChanges: try await aSavepointRollsBackOnlyItsOwnChanges(store)
+        case .theInboxRecordsEachMessageOnce: try await theInboxRecordsEachMessageOnce(store)
+        case .theOutboxKeepsOneRowPerKeyInOrder: try await theOutboxKeepsOneRowPerKeyInOrder(store)
+        case .failedPublishesWaitOutTheirBackoff: try await failedPublishesWaitOutTheirBackoff(store)
+        case .aWriterHandsOverExactlyWhatItCommitted: try await aWriterHandsOverExactlyWhatItCommitted(store)
+        case .streamsAppendAtTheirExpectedVersion: try await streamsAppendAtTheirExpectedVersion(store)
+        case .instancesKeepTheirStateTimelineAndAssociations:
+            try await instancesKeepTheirStateTimelineAndAssociations(store)
+        case .timersAreScheduledRetriedParkedAndRearmed: try await timersAreScheduledRetriedParkedAndRearmed(store)
+        case .deadLettersAreReplayedByKind: try await deadLettersAreReplayedByKind(store)
+        case .heldMessagesWaitInOrderPerKey: try await heldMessagesWaitInOrderPerKey(store)
+        case .documentsAreFoundByIdAliasAndStatus: try await documentsAreFoundByIdAliasAndStatus(store)
+        case .concurrentWritersOfOneStreamVersion: try await concurrentWritersOfOneStreamVersion(store)
+        case .concurrentWritersOfOneInstanceVersion: try await concurrentWritersOfOneInstanceVersion(store)
+        case .concurrentWritersOfOneInboxID: try await concurrentWritersOfOneInboxID(store)
+        case .concurrentFiringsOfOneDueTimer: try await concurrentFiringsOfOneDueTimer(store)
+        case .outboxRowsOfConcurrentTransactions: try await outboxRowsOfConcurrentTransactions(store)
+        }
+    }
+
+    static let epoch = Date(millisecondsSince1970: 1_767_225_600_000)
+
+    static func envelope(_ id: String, type: String = "test.Happened.v1") -> Envelope {
+        Envelope(messageID: id, messageType: type, timestamp: epoch, payload: Data(#"{"id":"\#(id)"}"#.utf8))
+    }
+
+    static func route(_ message: IssuedMessage) -> (exchange: String, routingKey: String) {
+        (Routing.commandExchange, message.envelope.messageName)
+    }
+
+    /// A transition of `instance` to `version`, issuing one command and changing timers.
+    static func transition(
+        _ version: Int64,
+        timers: [TimerOperation] = [],
+        associations: [String: String] = [:],
+        lifecycle: ProcessLifecycle = .running
+    ) -> ProcessTransition {
+        ProcessTransition(
+            version: version,
+            trigger: .event(envelope("trigger-\(version)")),
+            at: epoch.addingTimeInterval(Double(version)),
+            lifecycle: lifecycle,
+            issued: [IssuedMessage(kind: .command, envelope: envelope("issued-\(version)", type: "test.Do.v1"))],
+            timers: timers,
+            associations: associations,
+            reason: nil
+        )
+    }
+
+    /// Records `transition` for instance `i-1` of `pm` with a state naming its version.
+    static func record(_ transition: ProcessTransition, _ work: any UnitOfWork, instance: String = "i-1") throws {
+        try work.record(
+            transition,
+            processManager: "pm",
+            instanceID: instance,
+            lifecycle: transition.lifecycle,
+            state: Data(#"{"version":\#(transition.version)}"#.utf8),
+            route: route
+        )
+    }
+
+    /// Runs two writers at once; how many succeeded.
+    static func race(_ store: any Store, _ body: @escaping @Sendable (any UnitOfWork) throws -> Void) async -> Int {
+        await withTaskGroup(of: Bool.self) { group in
+            for _ in 0..<2 { group.addTask { (try? await store.write(body)) != nil } }
+            var succeeded = 0
+            for await success in group where success { succeeded += 1 }
+            return succeeded
+        }
+    }
+
+    struct Planned: Error {}
+
+    func aTransactionCommitsAllOrNothing(_ store: any Store) async throws {
+        await #expect(throws: Planned.self) {
+            try await store.write { work throws in
+                try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+                try work.enqueue(Self.envelope("out-1"), exchange: "x", routingKey: "k")
+                try work.save(["a": 1], in: "docs", id: "d-1", at: Self.epoch)
+                throw Planned()
+            }
+        }
+        try await store.read { work throws in
+            #expect(try !work.hasHandled("m-1", consumer: "c"))
+            #expect(try work.pendingOutboxCount() == 0)
+            #expect(try work.document([String: Int].self, in: "docs", idOrAlias: "d-1") == nil)
+        }
+    }
+
+    func aSavepointRollsBackOnlyItsOwnChanges(_ store: any Store) async throws {
+        try await store.write { work throws in
+            try work.enqueue(Self.envelope("kept-1"), exchange: "x", routingKey: "k")
+            let rethrown = Result {
+                try work.inSavepoint {
+                    try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+                    try work.enqueue(Self.envelope("dropped"), exchange: "x", routingKey: "k")
+                    throw Planned()
+                }
+            }
+            #expect(throws: Planned.self, "the savepoint rethrows") { try rethrown.get() }
+            try work.inSavepoint { try work.enqueue(Self.envelope("kept-2"), exchange: "x", routingKey: "k") }
+        }
+        try await store.read { work throws in
+            #expect(try !work.hasHandled("m-1", consumer: "c"))
+            #expect(try work.outboxMessageIDs() == ["kept-1", "kept-2"])
+        }
+    }
+
+    func theInboxRecordsEachMessageOnce(_ store: any Store) async throws {
+        try await store.write { try $0.markHandled("m-1", consumer: "c", at: Self.epoch) }
+        await #expect(throws: (any Error).self, "a second record of one message is refused") {
+            try await store.write { try $0.markHandled("m-1", consumer: "c", at: Self.epoch) }
+        }
+        try await store.read { work throws in
+            #expect(try work.hasHandled("m-1", consumer: "c"))
+            #expect(try !work.hasHandled("m-1", consumer: "other"), "each consumer has its own inbox")
+            #expect(try !work.hasHandled("m-2", consumer: "c"))
+        }
+    }
+
+    func theOutboxKeepsOneRowPerKeyInOrder(_ store: any Store) async throws {
+        try await store.write { work throws in
+            for id in ["a", "b", "a", "c"] { try work.enqueue(Self.envelope(id), exchange: "x", routingKey: "k-\(id)") }
+            try work.enqueue(Self.envelope("a"), exchange: "dlx", routingKey: "k", key: "dead-letter:1")
+        }
+        let pending = try await store.read { try $0.pendingOutbox(limit: 10) }
+        #expect(pending.map(\.envelope.messageID) == ["a", "b", "c", "a"])
+        #expect(pending.map(\.routingKey) == ["k-a", "k-b", "k-c", "k"])
+        #expect(pending.map(\.sequence) == pending.map(\.sequence).sorted() && !pending[0].wasRefused)
+        try await store.write { try $0.markSent([pending[0].sequence, pending[2].sequence], at: Self.epoch) }
+        try await store.read { work throws in
+            #expect(try work.pendingOutbox(limit: 10).map(\.routingKey) == ["k-b", "k"])
+            #expect(try work.pendingOutboxCount() == 2)
+            #expect(try work.outboxMessageIDs() == ["a", "b", "c", "dead-letter:1"], "sent rows keep their key")
+        }
+    }
+
+    func failedPublishesWaitOutTheirBackoff(_ store: any Store) async throws {
+        try await store.write { work throws in
+            for id in ["a", "b"] { try work.enqueue(Self.envelope(id), exchange: "x", routingKey: "k") }
+        }
+        let rows = try await store.read { try $0.pendingOutbox(limit: 10) }
+        try await store.write { work throws in
+            try work.markFailed([rows[0].sequence], at: Self.epoch)
+            try work.markFailed([rows[1].sequence], at: Self.epoch, refused: true)
+        }
+        try await store.read { work throws in
+            #expect(try work.pendingOutbox(limit: 10, readyAt: Self.epoch).isEmpty, "both wait")
+            #expect(try work.nextOutboxAttempt()?.millisecondsSince1970 == Self.epoch.millisecondsSince1970 + 100)
+            let ready = try work.pendingOutbox(limit: 10, readyAt: Self.epoch.addingTimeInterval(0.1))
+            #expect(ready.map(\.wasRefused) == [false, true])
+            #expect(try work.pendingOutboxCount() == 2)
+        }
+        try await store.write { try $0.markFailed([rows[0].sequence], at: Self.epoch) }
+        try await store.read { work throws in
+            let ready = try work.pendingOutbox(limit: 10, readyAt: Self.epoch.addingTimeInterval(0.1))
+            #expect(ready.map(\.envelope.messageID) == ["b"], "the second failure doubles the wait")
+        }
+    }
+
+    func aWriterHandsOverExactlyWhatItCommitted(_ store: any Store) async throws {
+        try await store.write { try $0.enqueue(Self.envelope("earlier"), exchange: "x", routingKey: "k") }
+        let ((), handed) = try await store.writeHandingOverOutbox { work in
+            try work.enqueue(Self.envelope("kept-1"), exchange: "x", routingKey: "k")
+            try work.enqueue(Self.envelope("earlier"), exchange: "x", routingKey: "k")  // queued before: not again
+            try? work.inSavepoint {
+                try work.enqueue(Self.envelope("dropped"), exchange: "x", routingKey: "k")
+                throw Planned()
+            }
+            try work.enqueue(Self.envelope("kept-2"), exchange: "y", routingKey: "k")
+        }
+        #expect(handed.map(\.envelope.messageID) == ["kept-1", "kept-2"] && handed.map(\.exchange) == ["x", "y"])
+        let pending = try await store.read { try $0.pendingOutbox(limit: 10) }
+        #expect(Array(pending.suffix(2)) == handed, "the rows handed over are the rows committed")
+        await #expect(throws: Planned.self) {
+            _ = try await store.writeHandingOverOutbox { work in
+                try work.enqueue(Self.envelope("rolled-back"), exchange: "x", routingKey: "k")
+                throw Planned()
+            }
+        }
+        #expect(try await store.read { try $0.pendingOutboxCount() } == 3)
+    }
+
+    func streamsAppendAtTheirExpectedVersion(_ store: any Store) async throws {
+        try await store.write {
+            try $0.append([Self.envelope("e-1"), Self.envelope("e-2")], to: "s", expectedVersion: 0)
+        }
+        await #expect(throws: ConcurrencyError(stream: "s", expectedVersion: 1, actualVersion: 2)) {
+            try await store.write { try $0.append([Self.envelope("e-3")], to: "s", expectedVersion: 1) }
+        }
+        await #expect(throws: (any Error).self, "an event id is recorded once") {
+            try await store.write { try $0.append([Self.envelope("e-1")], to: "t", expectedVersion: 0) }
+        }
+        try await store.write { try $0.append([Self.envelope("e-3")], to: "s", expectedVersion: 2) }
+        try await store.read { work throws in
+            #expect(try work.streamVersion("s") == 3 && work.streamVersion("t") == 0)
+            let events = try work.readStream("s")
+            #expect(events.map(\.payload) == ["e-1", "e-2", "e-3"].map { Self.envelope($0).payload })
+        }
+    }
+
+    func instancesKeepTheirStateTimelineAndAssociations(_ store: any Store) async throws {
+        try await store.write { work throws in
+            try Self.record(Self.transition(1, associations: ["tracking": "T-1"], lifecycle: .started), work)
+            try Self.record(Self.transition(2), work)
+            try Self.record(Self.transition(1, lifecycle: .completed), work, instance: "i-2")
+        }
+        await #expect(throws: (any Error).self, "a version is recorded once") {
+            try await store.write { try Self.record(Self.transition(2), $0) }
+        }
+        try await store.read { work throws in
+            let stored = try #require(try work.storedInstance("i-1", processManager: "pm"))
+            #expect(stored.version == 2 && stored.state == Data(#"{"version":2}"#.utf8))
+            #expect(try work.storedInstance("i-1", processManager: "other") == nil)
+            #expect(try work.transitions(of: "pm", instance: "i-1").map(\.version) == [1, 2])
+            #expect(try work.transitions(of: "pm", instance: "i-1", after: 1) == [Self.transition(2)])
+            #expect(try work.instance(associatedWith: "T-1", as: "tracking", processManager: "pm") == "i-1")
+            #expect(try work.instance(associatedWith: "T-2", as: "tracking", processManager: "pm") == nil)
+            #expect(try work.outboxMessageIDs() == ["issued-1", "issued-2"], "issued-1 once, for both instances")
+            #expect(try work.instances(of: "pm", openOnly: true, limit: 10).map(\.instanceID) == ["i-1"])
+            let all = try work.instances(of: "pm", openOnly: false, limit: 10)
+            #expect(all.map(\.instanceID) == ["i-1", "i-2"] && all.map(\.lifecycle) == [.running, .completed])
+            #expect(all.first?.startedAt == Self.epoch.addingTimeInterval(1))
+            #expect(all.first?.updatedAt == Self.epoch.addingTimeInterval(2))
+        }
+    }
+
+    func timersAreScheduledRetriedParkedAndRearmed(_ store: any Store) async throws {
+        let (early, late) = (Self.epoch.addingTimeInterval(10), Self.epoch.addingTimeInterval(20))
+        try await store.write { work throws in
+            try Self.record(
+                Self.transition(
+                    1,
+                    timers: [.schedule(name: "late", dueAt: late), .schedule(name: "early", dueAt: early)]
+                ),
+                work
+            )
+            try Self.record(Self.transition(1, timers: [.schedule(name: "gone", dueAt: early)]), work, instance: "i-2")
+            try Self.record(Self.transition(2, timers: [.cancel(name: "gone")]), work, instance: "i-2")
+        }
+        let due = try await store.read { try $0.dueTimers(before: late, limit: 10) }
+        #expect(due.map(\.name) == ["early", "late"] && due.map(\.attempts) == [0, 0])
+        #expect(try await store.read { try $0.dueTimers(before: early.addingTimeInterval(-0.001), limit: 10) }.isEmpty)
+        let retryAt = Self.epoch.addingTimeInterval(30)
+        try await store.write { work throws in
+            try work.retryTimer(due[0], at: retryAt)
+            try work.parkTimer(due[1], deadLetter: 7)
+        }
+        try await store.read { work throws in
+            let now = try work.dueTimers(before: retryAt, limit: 10)
+            #expect(now.map(\.name) == ["early"] && now.first?.attempts == 1 && now.first?.nextAttemptAt == retryAt)
+            #expect(now.first?.dueAt == early, "the deadline stays what the instance set")
+            #expect(try work.parkedTimers().map(\.name) == ["late"])
+            #expect(try work.nextTimer()?.name == "early")
+        }
+        #expect(try await store.write { try $0.rearmTimer(deadLetter: 7, at: retryAt) })
+        #expect(try await store.write { try $0.rearmTimer(deadLetter: 7, at: retryAt) } == false)
+        try await store.write { work throws in
+            var stale = due[0]
+            stale.dueAt = late  // a firing whose deadline was rescheduled since: it deletes nothing
+            try work.deleteTimer(stale)
+            try work.deleteTimer(due[1])
+        }
+        let left = try await store.read { try $0.dueTimers(before: retryAt, limit: 10) }
+        #expect(left.map(\.name) == ["early"] && left.first?.attempts == 1)
+    }
+
+    func deadLettersAreReplayedByKind(_ store: any Store) async throws {
+        @Sendable func letter(_ id: String, type: String = "test.Happened.v1") -> DeadLetter {
+            DeadLetter(
+                messageID: id,
+                messageType: type,
+                exchange: "baton.events",
+                routingKey: "test.Happened",
+                headers: ["h": "1"],
+                body: Data("{}".utf8),
+                reason: "it broke",
+                handler: "h",
+                attempts: 3,
+                deadAt: Self.epoch
+            )
+        }
+        let ids = try await store.write { work throws in
+            [
+                try work.addDeadLetter(letter("plain")), try work.addDeadLetter(letter("held")),
+                try work.addDeadLetter(letter("timer", type: DueTimer.deadLetterType)),
+            ]
+        }
+        #expect(Set(ids).count == 3)
+        try await store.write { work throws in
+            try work.park(Self.parked("held", key: "k", attempts: 3, deadLetter: ids[1]), at: Self.epoch)
+        }
+        try await store.read { work throws in
+            #expect(try work.deadLetters().map(\.messageID) == ["timer", "held", "plain"], "newest first")
+            #expect(try work.hasOpenDeadLetter(messageID: "plain") && !work.hasOpenDeadLetter(messageID: "x"))
+            #expect(try work.deadLetter(id: ids[0])?.reason == "it broke")
+        }
+        let route: @Sendable (DeadLetter) -> (exchange: String, routingKey: String, headers: [String: String]) = {
+            ("baton.nodes", "node", ["from": $0.exchange])
+        }
+        let replayed = try await store.write { work throws in
+            try ids.map { try work.replayDeadLetter(id: $0, at: Self.epoch, route: route) }
+        }
+        #expect(replayed == [true, true, true])
+        #expect(try await store.write { try $0.replayDeadLetter(id: ids[0], at: Self.epoch, route: route) } == false)
+        try await store.read { work throws in
+            let pending = try work.pendingOutbox(limit: 10)
+            #expect(pending.map(\.envelope.messageID) == ["plain"], "only the plain message goes back to the broker")
+            #expect(pending.first?.envelope.headers == ["h": "1", "from": "baton.events"])
+            #expect(pending.first?.exchange == "baton.nodes" && pending.first?.routingKey == "node")
+            #expect(try work.deadLetters().isEmpty && work.deadLetters(includeReplayed: true).count == 3)
+            #expect(try work.dueParkedMessages(before: Self.epoch, limit: 10).map(\.messageID) == ["held"])
+        }
+    }
+
+    static func parked(
+        _ id: String,
+        key: String?,
+        attempts: Int = 0,
+        next: Date? = nil,
+        deadLetter: Int64? = nil
+    ) -> ParkedMessage {
+        ParkedMessage(
+            orderingKey: key,
+            messageID: id,
+            exchange: "baton.events",
+            routingKey: "test.Happened",
+            messageType: "test.Happened.v1",
+            contentType: "application/json",
+            correlationID: "c",
+            timestamp: epoch,
+            headers: ["h": "1"],
+            body: Data("{}".utf8),
+            attempts: attempts,
+            nextAttemptAt: next,
+            deadLetterID: deadLetter
+        )
+    }
+
+    func heldMessagesWaitInOrderPerKey(_ store: any Store) async throws {
+        let soon = Self.epoch.addingTimeInterval(1)
+        try await store.write { work throws in
+            try work.park(Self.parked("k-1", key: "k", attempts: 1, next: soon), at: Self.epoch)
+            try work.park(Self.parked("k-2", key: "k"), at: Self.epoch)
+            try work.park(Self.parked("alone", key: nil, attempts: 1, next: soon), at: Self.epoch)
+        }
+        try await store.read { work throws in
+            #expect(try work.hasParkedMessages() && work.isParked(messageID: "k-2") && !work.isParked(messageID: "x"))
+            #expect(try work.isBlocked(orderingKey: "k") && !work.isBlocked(orderingKey: "other"))
+            #expect(try work.dueParkedMessages(before: Self.epoch, limit: 10).isEmpty)
+            #expect(try work.nextParkedAttempt() == soon)
+            let due = try work.dueParkedMessages(before: soon, limit: 10)
+            #expect(due.map(\.messageID) == ["k-1", "alone"], "only the first of a key is due")
+            #expect(due.first == Self.withSequence(Self.parked("k-1", key: "k", attempts: 1, next: soon), due[0]))
+        }
+        let first = try await store.read { try $0.dueParkedMessages(before: soon, limit: 1)[0] }
+        try await store.write {
+            try $0.retryParkedMessage(first.sequence, at: soon.addingTimeInterval(1), error: "again")
+        }
+        #expect(try await store.read { try $0.parkedMessages() }.first?.lastError == "again")
+        try await store.write { try $0.releaseParkedMessage(first, at: soon) }
+        try await store.read { work throws in
+            let due = try work.dueParkedMessages(before: soon, limit: 10)
+            #expect(due.map(\.messageID) == ["alone", "k-2"] || due.map(\.messageID) == ["k-2", "alone"])
+            #expect(due.first { $0.messageID == "k-2" }?.nextAttemptAt == soon, "the next of its key is due now")
+        }
+        let second = try await store.read { try $0.parkedMessages().first { $0.messageID == "k-2" }! }
+        try await store.write { try $0.deadLetterParkedMessage(second.sequence, deadLetter: 9, error: "gave up") }
+        try await store.read { work throws in
+            #expect(try work.dueParkedMessages(before: soon, limit: 10).map(\.messageID) == ["alone"])
+            #expect(try work.isBlocked(orderingKey: "k"), "a dead-lettered message keeps its key blocked")
+        }
+        #expect(try await store.write { try $0.rearmParkedMessage(deadLetter: 9, at: soon) })
+        let rearmed = try await store.read { try $0.parkedMessages().first { $0.messageID == "k-2" }! }
+        #expect(rearmed.attempts == 0 && rearmed.deadLetterID == nil && rearmed.nextAttemptAt == soon)
+    }
+
+    static func withSequence(_ message: ParkedMessage, _ stored: ParkedMessage) -> ParkedMessage {
+        var message = message
+        message.sequence = stored.sequence
+        return message
+    }
+
+    func documentsAreFoundByIdAliasAndStatus(_ store: any Store) async throws {
+        try await store.write { work throws in
+            try work.save(["n": 1], in: "orders", id: "o-2", alias: "chk-2", status: "OPEN", at: Self.epoch)
+            try work.save(["n": 2], in: "orders", id: "o-1", alias: "chk-1", status: "DONE", at: Self.epoch)
+            try work.save(["n": 3], in: "orders", id: "o-3", alias: "o-1", status: "OPEN", at: Self.epoch)
+            try work.save(["n": 4], in: "items", id: "o-1", at: Self.epoch)
+            try work.save(["n": 5], in: "orders", id: "o-2", alias: "chk-2", status: "DONE", at: Self.epoch)
+        }
+        try await store.read { work throws in
+            #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "o-1") == ["n": 2], "id first")
+            #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "chk-2") == ["n": 5])
+            #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "nope") == nil)
+            #expect(try work.documents([String: Int].self, in: "orders").map { $0["n"] } == [2, 5, 3])
+            #expect(try work.documents([String: Int].self, in: "orders", status: "DONE").map { $0["n"] } == [2, 5])
+            #expect(try work.documents([String: Int].self, in: "orders", limit: 1).count == 1)
+        }
+    }
+
+    func concurrentWritersOfOneStreamVersion(_ store: any Store) async throws {
+        try await store.write { try $0.append([Self.envelope("e-0")], to: "s", expectedVersion: 0) }
+        let seen = try await store.read { try $0.streamVersion("s") }
+        let counter = Counter()
+        let succeeded = await Self.race(store) { work in
+            try work.append([Self.envelope("e-\(counter.next())")], to: "s", expectedVersion: seen)
+        }
+        #expect(succeeded == 1, "one of two writers that read version \(seen) may append")
+        #expect(try await store.read { try $0.streamVersion("s") } == 2)
+    }
+
+    func concurrentWritersOfOneInstanceVersion(_ store: any Store) async throws {
+        try await store.write { try Self.record(Self.transition(1), $0) }
+        let succeeded = await Self.race(store) { try Self.record(Self.transition(2), $0) }
+        #expect(succeeded == 1, "one of two writers of version 2 may record it")
+        #expect(try await store.read { try $0.transitions(of: "pm", instance: "i-1").map(\.version) } == [1, 2])
+    }
+
+    func concurrentWritersOfOneInboxID(_ store: any Store) async throws {
+        let succeeded = await Self.race(store) { work in
+            guard try !work.hasHandled("m-1", consumer: "c") else { throw Planned() }
+            try work.enqueue(Self.envelope("effect-\(UUID())"), exchange: "x", routingKey: "k")
+            try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+        }
+        #expect(succeeded == 1, "one message, one effect")
+        #expect(try await store.read { try $0.pendingOutboxCount() } == 1)
+    }
+
+    func concurrentFiringsOfOneDueTimer(_ store: any Store) async throws {
+        let due = Self.epoch.addingTimeInterval(5)
+        try await store.write { try Self.record(Self.transition(1, timers: [.schedule(name: "t", dueAt: due)]), $0) }
+        let timers = try await store.read { try $0.dueTimers(before: due, limit: 10) }
+        #expect(timers.count == 1)
+        // Both firings read the due timer before either wrote; each records the instance's next version.
+        let succeeded = await Self.race(store) { work in
+            try Self.record(Self.transition(2, timers: [.cancel(name: "t")]), work)
+        }
+        #expect(succeeded == 1, "a due timer fires once")
+        #expect(try await store.read { try $0.dueTimers(before: due, limit: 10) }.isEmpty)
+    }
+
+    func outboxRowsOfConcurrentTransactions(_ store: any Store) async throws {
+        await withTaskGroup(of: Void.self) { group in
+            for writer in 0..<4 {
+                group.addTask {
+                    _ = try? await store.write { work throws in
+                        for row in 0..<25 {
+                            try work.enqueue(Self.envelope("w\(writer)-\(row)"), exchange: "x", routingKey: "k")
+                        }
+                    }
+                }
+            }
+        }
+        let pending = try await store.read { try $0.pendingOutbox(limit: 1000) }
+        #expect(pending.count == 100, "every committed row is pending, whatever the commit order")
+        #expect(pending.map(\.sequence) == pending.map(\.sequence).sorted(), "in queue order")
+        for writer in 0..<4 {
+            let own = pending.map(\.envelope.messageID).filter { $0.hasPrefix("w\(writer)-") }
+            #expect(own == (0..<25).map { "w\(writer)-\($0)" }, "each transaction's rows keep its order")
+        }
+    }
+}
+
+/// Distinct numbers for concurrent writers.
+final class Counter: Sendable {
+    private let value = Atomic<Int>(0)
+    func next() -> Int { value.add(1, ordering: .relaxed).newValue }
+}
