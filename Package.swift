@@ -29,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
@@ -39,6 +40,12 @@ let package = Package(
             dependencies: [
                 "Baton", "BatonNode", .product(name: "DequeModule", package: "swift-collections"),
             ]
+        ),
+        // The store port over PostgreSQL (postgres-nio): a spike that proves the port fits an asynchronous
+        // client; transactions, inbox, outbox and documents so far.
+        .target(
+            name: "BatonPostgres",
+            dependencies: ["BatonNode", .product(name: "PostgresNIO", package: "postgres-nio")]
         ),
         // The transport port's adapter for RabbitMQ, over BatonAMQP.
         .target(name: "BatonAMQPTransport", dependencies: ["BatonNode", "BatonAMQP"]),
@@ -165,6 +172,10 @@ let package = Package(
         .testTarget(
             name: "BatonSQLiteTests",
             dependencies: ["BatonSQLite", "BatonNode", "Baton", "BatonTestSupport"]
+        ),
+        .testTarget(
+            name: "BatonPostgresTests",
+            dependencies: ["BatonPostgres", "BatonNode", "BatonTestSupport"]
         ),
         .testTarget(
             name: "BatonTestingTests",

@@ -3,7 +3,7 @@
 # (for the local broker node), librabbitmq and SQLite headers. Does nothing when all is present.
 set -euo pipefail
 
-packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2)
+packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 postgresql)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what is missing, starts a private RabbitMQ node, runs every Swift test against
-# it and stops the node again, whatever the outcome; then the benchmark's smoke run (Deploy/local/benchmark.sh
-# --smoke: every part of it, tiny sizes), the short chaos run (Deploy/local/chaos.sh) and the deployment test
+# The test command: installs what is missing, starts a private RabbitMQ node and a private PostgreSQL server,
+# runs every Swift test against them and stops them again, whatever the outcome; then the benchmark's smoke
+# run (Deploy/local/benchmark.sh --smoke: every part of it, tiny sizes), the short chaos run (Deploy/local/chaos.sh) and the deployment test
 # (Tests/Deploy/compose-test.sh: Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test`
 # and run only that.
 #
@@ -19,7 +19,10 @@ export BATON_BROKER_DIR="$repo/.build-broker-test"
 export BATON_BROKER_PORT=${BATON_TEST_BROKER_PORT:-5683}
 export BATON_BROKER_NODE="baton-test-$$@localhost"
 rm -rf "$BATON_BROKER_DIR"
-trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"' EXIT
+# A private PostgreSQL server too (the PostgreSQL store's tests).
+export BATON_POSTGRES_PORT=${BATON_TEST_POSTGRES_PORT:-5691}
+export BATON_POSTGRES_DIR="/tmp/baton-postgres-test-$$"
+trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"; "$here/postgres.sh" stop; rm -rf "$BATON_POSTGRES_DIR"' EXIT
 
 # Certificates for the amqps tests: a CA that signed the broker's certificate for "localhost", and an
 # unrelated CA that must be refused.
@@ -36,13 +39,20 @@ mkdir -p "$BATON_BROKER_TLS_DIR"
 )
 
 "$here/broker.sh" start
+"$here/postgres.sh" start
+export BATON_TEST_DATABASE_URL=$("$here/postgres.sh" url)
 export BATON_TEST_AMQP_URL=$("$here/broker.sh" url)
 export BATON_TEST_AMQPS_URL="amqps://${BATON_TEST_AMQP_URL#amqp://}"
 export BATON_TEST_AMQPS_URL="${BATON_TEST_AMQPS_URL/127.0.0.1:$BATON_BROKER_PORT/localhost:$((BATON_BROKER_PORT + 1))}"
 export BATON_TEST_TLS_CA="$BATON_BROKER_TLS_DIR/ca.pem"
 export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 
-swift build --build-tests
+# Strict: every target declares the modules it imports, and Baton's own code builds without a warning.
+swift build --build-tests --explicit-target-dependency-import-check error 2>&1 | tee "$BATON_BROKER_DIR/build.log"
+if grep "warning:" "$BATON_BROKER_DIR/build.log" | grep -v "/.build/checkouts/"; then
+    echo "test.sh: the build has warnings (above); Baton builds without any" >&2
+    exit 1
+fi
 if [ $# -gt 0 ]; then
     swift test --skip-build "$@"
     exit 0

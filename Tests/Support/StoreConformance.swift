@@ -32,16 +32,16 @@ public struct StoreConformance: Sendable {
     }
 
     /// A fresh, empty store.
-    public let makeStore: @Sendable () throws -> any Store
+    public let makeStore: @Sendable () async throws -> any Store
 
     /// Checks the stores `makeStore` makes.
-    public init(_ makeStore: @escaping @Sendable () throws -> any Store) {
+    public init(_ makeStore: @escaping @Sendable () async throws -> any Store) {
         self.makeStore = makeStore
     }
 
     /// Runs one case on a new store.
     public func run(_ check: Case) async throws {
-        let store = try makeStore()
+        let store = try await makeStore()
         switch check {
         case .aTransactionCommitsAllOrNothing: try await aTransactionCommitsAllOrNothing(store)
         case .aSavepointRollsBackOnlyItsOwnChanges: try await aSavepointRollsBackOnlyItsOwnChanges(store)
