@@ -5,46 +5,46 @@ import Logging
 /// The relay: publishes the outbox in order with publisher confirms and marks what the broker confirmed.
 extension Node {
     func relayLoop() async {
-        let limit = configuration.relayBatchSize
-        // Read the table at start (rows an earlier run left), after a failure, when a retry is due, when the
-        // node stops (a last sweep) and at least once a second (rows another process queued).
-        var mustRead = true
-        var lastRead = ContinuousClock.now
-        var nextAttempt: Date?
-        var readThrough: Int64 = 0  // the highest sequence a table read returned: handed-over copies are skipped
+        var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
         while true {
-            let isStopping = relayStopping.load(ordering: .sequentiallyConsistent)
-            let handed = handover.withLock { $0.take(upTo: limit) }
-            var pending = handed.rows.filter { $0.sequence > readThrough }
-            if handed.overflowed || ContinuousClock.now - lastRead > .seconds(1) || (isStopping && pending.isEmpty)
-                || nextAttempt.map({ $0 <= Date() }) == true
-            {
-                mustRead = true
-            }
-            if mustRead {
+            let stopping = relayStopping.load(ordering: .sequentiallyConsistent)
+            let handed = handover.withLock { $0.take(upTo: schedule.limit) }
+            var action = schedule.next(
+                handedOver: handed.rows,
+                overflowed: handed.overflowed,
+                stopping: stopping,
+                now: .now,
+                date: Date()
+            )
+            if action == .readTable {
                 do {
-                    (pending, nextAttempt) = try await store.read {
+                    let limit = schedule.limit
+                    let (rows, nextAttempt) = try await store.read {
                         (try $0.pendingOutbox(limit: limit, readyAt: Date()), try $0.nextOutboxAttempt())
                     }
+                    action = schedule.tableRead(
+                        rows,
+                        nextAttempt: nextAttempt,
+                        stopping: stopping,
+                        now: .now,
+                        date: Date()
+                    )
+                    handover.withLock { [readThrough = schedule.readThrough] in $0.drop(through: readThrough) }
                 } catch {
                     logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                    if isStopping { return }
+                    if stopping { return }
                     try? await Task.sleep(for: .seconds(1))
                     continue
                 }
-                mustRead = pending.count == limit  // a full page: more may wait
-                lastRead = .now
-                readThrough = max(readThrough, pending.last?.sequence ?? 0)
-                handover.withLock { [readThrough] in $0.drop(through: readThrough) }
             }
-            if pending.isEmpty {
-                // Stopping: what could be sent was sent; rows waiting out a retry stay for the next start.
-                if isStopping && !mustRead { return }
-                if !mustRead {
-                    let wake = min(nextAttempt ?? .distantFuture, Date().addingTimeInterval(1))
-                    await waitFor(relaySignal, orUntil: Self.sleep(until: wake))
-                }
+            let pending: [OutboxMessage]
+            switch action {
+            case .finish: return
+            case .readTable: continue
+            case .wait(let until):
+                await waitFor(relaySignal, orUntil: Self.sleep(until: until))
                 continue
+            case .publish(let rows): pending = rows
             }
             let outcomes = await publish(pending)
             var sent: [Int64] = []
@@ -73,10 +73,10 @@ extension Node {
                 }
             } catch {
                 logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
-                mustRead = true
+                schedule.roundFailed()
             }
             if let firstError {
-                mustRead = true  // the failed rows wait out their retry delay in the table
+                schedule.roundFailed()  // the failed rows wait out their retry delay in the table
                 logger.warning(
                     "relay publish failed; retrying those messages later",
                     metadata: ["failed": "\(failed.count)", "error": "\(firstError)"]
