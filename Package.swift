@@ -155,8 +155,8 @@ let package = Package(
         .testTarget(
             name: "BatonNodeTests",
             dependencies: [
-                "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonCrashProbe", "BatonTestSupport",
-                "BatonAMQP", "BatonAMQPTransport",
+                "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonTestSupport", "BatonAMQP",
+                "BatonAMQPTransport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
@@ -191,7 +191,19 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonAMQPTests",
+            dependencies: ["BatonAMQP"]
+        ),
+        // Integration tests: the real broker, real processes.
+        .testTarget(
+            name: "BatonAMQPIntegrationTests",
             dependencies: ["BatonAMQP", "BatonTestSupport"]
+        ),
+        .testTarget(
+            name: "BatonNodeIntegrationTests",
+            dependencies: [
+                "BatonNode", "BatonSQLite", "BatonAMQP", "BatonAMQPTransport", "BatonCrashProbe", "BatonTestSupport",
+                "Baton",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]
