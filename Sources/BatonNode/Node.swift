@@ -9,15 +9,16 @@ import Synchronization
 ///
 /// - **Consume** (`Node+Consume.swift`): messages are taken in batches (what the prefetch has buffered).
 ///   Each is checked at the edge (id, type, content type, size, schema); a bad one is dead-lettered at once.
-///   The rest are handled in **one** SQLite transaction, each in its own savepoint: inbox check, handler
+///   The rest are handled in **one** store transaction, each in its own savepoint: inbox check, handler
 ///   effects, outbox, inbox record. Acks go out only after the commit.
 /// - **Failures** (`Node+Failures.swift`): a message whose handler throws is held in the store and
 ///   acknowledged, so the queue flows on; it is retried with backoff off the consume path, then dead-lettered
 ///   with the reason. Later messages of its instance wait behind it, in order, until it is handled or its
 ///   dead letter is replayed.
-/// - **Relay** (`Node+Relay.swift`): publishes the outbox in order with publisher confirms and marks what was confirmed. The
-///   rows a transaction of the node's committed are handed to it in memory; it reads the outbox table at
-///   start, after a failure and for rows another process queued. A crash re-sends (same ids), never loses.
+/// - **Relay** (`Node+Relay.swift`): publishes the outbox in order with publisher confirms and marks what
+///   was confirmed. The rows a transaction of the node's committed are handed to it in memory; it reads the
+///   outbox table at start, after a failure and for rows another process queued. A crash re-sends (same ids),
+///   never loses.
 /// - **Deadlines** (`Node+Deadlines.swift`): timers and the next attempts of held messages are stored
 ///   deadlines in business time, acted on through the same unit of work when the clock reaches them, also
 ///   after a restart. A failing timer is retried and dead-lettered on its own.

@@ -62,11 +62,14 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public var messageTypes: [any Message.Type] { engine.definition.handledTypes }
 
-    /// The stored instance: from the cache if it holds the committed version, else its stored state.
-    /// The version check makes a rolled-back transaction harmless: its instance never matches.
+    /// The stored instance: from the cache if it holds the committed version (one small lookup), else its
+    /// stored state. The version check makes a rolled-back transaction harmless: its instance never matches.
     private func load(_ instanceID: String, _ work: any UnitOfWork) throws -> ProcessInstance<State>? {
+        if let cached = cache[instanceID] {
+            guard let version = try work.instanceVersion(instanceID, processManager: name) else { return nil }
+            if cached.version == version { return cached }
+        }
         guard let stored = try work.storedInstance(instanceID, processManager: name) else { return nil }
-        if let cached = cache[instanceID], cached.version == stored.version { return cached }
         return try work.instance(from: stored, instanceID, of: engine)
     }
 

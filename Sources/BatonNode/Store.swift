@@ -84,6 +84,9 @@ public protocol UnitOfWork {
     /// An instance as stored: its committed version and its state after its latest transition; `nil` if it
     /// does not exist.
     func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance?
+    /// An instance's committed version alone, or `nil` if it does not exist: lets a cache check that what it
+    /// holds is what is stored without reading the state.
+    func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64?
     /// The transitions of an instance after `version`, in order (its timeline).
     func transitions(
         of processManager: String,

@@ -359,6 +359,9 @@ final class PostgresUnitOfWork: UnitOfWork {
     func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance? {
         throw PostgresStoreError.notImplemented("process instances")
     }
+    func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64? {
+        throw PostgresStoreError.notImplemented("process instances")
+    }
     func transitions(
         of processManager: String,
         instance instanceID: String,

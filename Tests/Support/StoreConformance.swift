@@ -257,6 +257,8 @@ public struct StoreConformance: Sendable {
         try await store.read { work throws in
             let stored = try #require(try work.storedInstance("i-1", processManager: "pm"))
             #expect(stored.version == 2 && stored.state == Data(#"{"version":2}"#.utf8))
+            #expect(try work.instanceVersion("i-1", processManager: "pm") == 2)
+            #expect(try work.instanceVersion("i-3", processManager: "pm") == nil)
             #expect(try work.storedInstance("i-1", processManager: "other") == nil)
             #expect(try work.transitions(of: "pm", instance: "i-1").map(\.version) == [1, 2])
             #expect(try work.transitions(of: "pm", instance: "i-1", after: 1) == [Self.transition(2)])

@@ -3,172 +3,8 @@ import BatonNode
 import Foundation
 import GRDB
 
-/// One transaction's view of a ``SQLiteStore``: the store port's unit of work over one GRDB database
-/// connection, valid only inside the closure it was handed to.
-struct SQLiteUnitOfWork: UnitOfWork {
-    let db: Database
-    /// Collects the outbox rows this transaction queues, when its writer hands them to a relay.
-    let queued: QueuedMessages?
-
-    init(db: Database, queued: QueuedMessages? = nil) {
-        self.db = db
-        self.queued = queued
-    }
-
-    /// Runs a statement whose text never changes, compiled once per connection and reused.
-    func run(_ sql: String, _ arguments: StatementArguments) throws {
-        try db.cachedStatement(sql: sql).execute(arguments: arguments)
-    }
-
-    /// A cached statement to fetch with.
-    func statement(_ sql: String) throws -> Statement {
-        try db.cachedStatement(sql: sql)
-    }
-
-    /// Runs `body` in a savepoint: if it throws, only its own changes are rolled back, and the error is
-    /// rethrown. Lets one transaction hold a batch of messages whose handlers may fail independently.
-    func inSavepoint(_ body: () throws -> Void) throws {
-        var failure: (any Error)?
-        let queuedBefore = queued?.messages.count ?? 0
-        defer { if failure != nil { queued?.messages.removeSubrange(queuedBefore...) } }
-        try db.inSavepoint {
-            do {
-                try body()
-                return .commit
-            } catch {
-                failure = error
-                return .rollback
-            }
-        }
-        if let failure { throw failure }
-    }
-
-    // MARK: Inbox
-
-    /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
-    func hasHandled(_ messageID: String, consumer: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?"),
-            arguments: [consumer, messageID]
-        ) ?? false
-    }
-
-    /// Records that `consumer` handled the message; commits with the handler's effects.
-    func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
-        try run(
-            "INSERT INTO inbox (consumer, message_id, handled_at) VALUES (?, ?, ?)",
-            [consumer, messageID, time.timeIntervalSince1970]
-        )
-    }
-
-    // MARK: Outbox
-
-    /// Queues a message for the relay. A key queued before (a handler that ran again) is not queued twice.
-    /// - Parameters:
-    ///   - envelope: The message.
-    ///   - exchange: Where it goes.
-    ///   - routingKey: Its routing key.
-    ///   - key: The de-duplication key; the message id unless the same message is sent on purpose again
-    ///     (a dead letter, a replay).
-    func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws {
-        try run(
-            """
-            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at)
-            VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
-            """,
-            [
-                key ?? envelope.messageID, exchange, routingKey, try JSONEncoder.baton.encode(envelope),
-                envelope.timestamp.timeIntervalSince1970,
-            ]
-        )
-        if let queued, db.changesCount > 0 {
-            queued.messages.append(
-                OutboxMessage(
-                    sequence: db.lastInsertedRowID,
-                    exchange: exchange,
-                    routingKey: routingKey,
-                    envelope: envelope,
-                    wasRefused: false
-                )
-            )
-        }
-    }
-
-    /// The oldest messages not yet confirmed by the broker and not waiting out a retry delay, in the order
-    /// they were queued.
-    /// - Parameters:
-    ///   - limit: At most this many.
-    ///   - now: Wall-clock time; rows whose next attempt is later are left for later.
-    func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
-        try Row.fetchAll(
-            try statement(
-                """
-                SELECT sequence, exchange, routing_key, envelope, refused FROM outbox
-                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
-                ORDER BY sequence LIMIT ?
-                """
-            ),
-            arguments: [now.millisecondsSince1970, limit]
-        ).map { row in
-            OutboxMessage(
-                sequence: row["sequence"],
-                exchange: row["exchange"],
-                routingKey: row["routing_key"],
-                envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"]),
-                wasRefused: row["refused"]
-            )
-        }
-    }
-
-    /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try,
-    /// so rows that cannot be published (no queue for a command yet) never hold up the others.
-    /// - Parameters:
-    ///   - sequences: The rows.
-    ///   - now: When they failed.
-    ///   - refused: The broker refused them (rather than the connection failing): from now on each is
-    ///     published on its own (``OutboxMessage/wasRefused``).
-    func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws {
-        for sequence in sequences {
-            try run(
-                """
-                UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ? + MIN(30000, 100 << MIN(attempts, 9)),
-                    refused = refused OR ?
-                WHERE sequence = ?
-                """,
-                [now.millisecondsSince1970, refused, sequence]
-            )
-        }
-    }
-
-    /// When the earliest row waiting out a retry delay may be tried again, if any.
-    func nextOutboxAttempt() throws -> Date? {
-        try Int64.fetchOne(
-            try statement(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL"
-            )
-        ).map(Date.init(millisecondsSince1970:))
-    }
-
-    /// Marks relayed messages as sent.
-    func markSent(_ sequences: [Int64], at time: Date) throws {
-        guard !sequences.isEmpty else { return }
-        try db.execute(
-            sql:
-                "UPDATE outbox SET sent_at = ? WHERE sequence IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
-            arguments: StatementArguments([time.timeIntervalSince1970] + sequences)
-        )
-    }
-
-    /// How many messages wait for the relay.
-    func pendingOutboxCount() throws -> Int {
-        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") ?? 0
-    }
-
-    /// Every queued message id with the number of times it appears (for crash tests: always 1).
-    func outboxMessageIDs() throws -> [String] {
-        try String.fetchAll(db, sql: "SELECT message_id FROM outbox ORDER BY sequence")
-    }
-
+/// Aggregate streams, process instances and their timers.
+extension SQLiteUnitOfWork {
     // MARK: Aggregate streams
 
     /// Appends events to a stream, checking that nobody appended since the writer read it.
@@ -234,6 +70,13 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 earlierState: stateVersion != version ? row["instance"] : nil
             )
         }
+    }
+
+    func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64? {
+        try Int64.fetchOne(
+            try statement("SELECT version FROM process_instances WHERE process_manager = ? AND instance_id = ?"),
+            arguments: [processManager, instanceID]
+        )
     }
 
     /// The transitions of an instance after `version`, in order (its timeline).
@@ -439,52 +282,6 @@ struct SQLiteUnitOfWork: UnitOfWork {
         }
     }
 
-    // MARK: Dead letters
-
-    /// Stores a dead letter.
-    /// - Returns: Its id.
-    @discardableResult
-    func addDeadLetter(_ letter: DeadLetter) throws -> Int64 {
-        try run(
-            """
-            INSERT INTO dead_letters (message_id, message_type, exchange, routing_key, headers, body, reason, handler,
-                attempts, dead_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-            """,
-            [
-                letter.messageID, letter.messageType, letter.exchange, letter.routingKey,
-                try JSONEncoder.baton.encode(letter.headers),
-                letter.body, letter.reason, letter.handler, letter.attempts, letter.deadAt.timeIntervalSince1970,
-            ]
-        )
-        return db.lastInsertedRowID
-    }
-
-    /// Whether a message id already has a dead letter that was not replayed (a redelivery of it is dropped).
-    func hasOpenDeadLetter(messageID: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL"),
-            arguments: [messageID]
-        ) ?? false
-    }
-
-    /// Dead letters, newest first.
-    func deadLetters(includeReplayed: Bool, limit: Int) throws -> [DeadLetter] {
-        try Row.fetchAll(
-            db,
-            sql: """
-                SELECT * FROM dead_letters \(includeReplayed ? "" : "WHERE replayed_at IS NULL")
-                ORDER BY id DESC LIMIT ?
-                """,
-            arguments: [limit]
-        ).map(DeadLetter.init(row:))
-    }
-
-    /// One dead letter.
-    func deadLetter(id: Int64) throws -> DeadLetter? {
-        try Row.fetchOne(db, sql: "SELECT * FROM dead_letters WHERE id = ?", arguments: [id]).map(DeadLetter.init(row:))
-    }
-
     /// Sets the timer parked under dead letter `id` due at `now` again, with fresh attempts.
     func rearmTimer(deadLetter id: Int64, at now: Date) throws -> Bool {
         try run(
@@ -492,90 +289,5 @@ struct SQLiteUnitOfWork: UnitOfWork {
             [now.millisecondsSince1970, id]
         )
         return db.changesCount > 0
-    }
-
-    // MARK: Documents (read models)
-
-    func saveDocument(
-        _ body: Data,
-        in collection: String,
-        id: String,
-        alias: String?,
-        status: String?,
-        at time: Date
-    ) throws {
-        try run(
-            """
-            INSERT INTO documents (collection, id, alias, status, body, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (collection, id) DO UPDATE SET
-                alias = excluded.alias, status = excluded.status, body = excluded.body, updated_at = excluded.updated_at
-            """,
-            [collection, id, alias, status, body, time.timeIntervalSince1970]
-        )
-    }
-
-    func documentBody(in collection: String, idOrAlias key: String) throws -> Data? {
-        // Two lookups, each on its own index: one query with `id = ? OR alias = ?` scans the whole collection
-        // (found by the benchmark: the cost of every order grew with the number of orders), and so does the
-        // alias lookup unless told its index (without statistics the planner prefers the primary key's prefix).
-        if let body = try Data.fetchOne(
-            try statement("SELECT body FROM documents WHERE collection = ? AND id = ?"),
-            arguments: [collection, key]
-        ) {
-            return body
-        }
-        return try Data.fetchOne(
-            try statement(
-                "SELECT body FROM documents INDEXED BY documents_alias WHERE collection = ? AND alias = ? LIMIT 1"
-            ),
-            arguments: [collection, key]
-        )
-    }
-
-    func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data] {
-        if let status {
-            return try Data.fetchAll(
-                try statement(
-                    "SELECT body FROM documents INDEXED BY documents_status WHERE collection = ? AND status = ? ORDER BY id LIMIT ?"
-                ),
-                arguments: [collection, status, limit]
-            )
-        }
-        return try Data.fetchAll(
-            try statement("SELECT body FROM documents WHERE collection = ? ORDER BY id LIMIT ?"),
-            arguments: [collection, limit]
-        )
-    }
-
-    /// Marks a dead letter replayed.
-    func markReplayed(deadLetter id: Int64, at time: Date) throws {
-        try run(
-            "UPDATE dead_letters SET replayed_at = ? WHERE id = ?",
-            [time.timeIntervalSince1970, id]
-        )
-    }
-}
-
-/// The outbox rows one write transaction queued, in order (see ``SQLiteStore/writeHandingOverOutbox(_:)``).
-final class QueuedMessages {
-    var messages: [OutboxMessage] = []
-}
-
-extension DeadLetter {
-    init(row: Row) throws {
-        self.init(
-            messageID: row["message_id"],
-            messageType: row["message_type"],
-            exchange: row["exchange"],
-            routingKey: row["routing_key"],
-            headers: try JSONDecoder.baton.decode([String: String].self, from: row["headers"]),
-            body: row["body"],
-            reason: row["reason"],
-            handler: row["handler"],
-            attempts: row["attempts"],
-            deadAt: Date(timeIntervalSince1970: row["dead_at"])
-        )
-        id = row["id"]
-        replayedAt = (row["replayed_at"] as Double?).map(Date.init(timeIntervalSince1970:))
     }
 }
