@@ -41,8 +41,7 @@ let package = Package(
                 "Baton", "BatonNode", .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
-        // The store port over PostgreSQL (postgres-nio): a spike that proves the port fits an asynchronous
-        // client; transactions, inbox, outbox and documents so far.
+        // The store port over PostgreSQL (postgres-nio), for replicas that share a database.
         .target(
             name: "BatonPostgres",
             dependencies: ["BatonNode", .product(name: "PostgresNIO", package: "postgres-nio")]
@@ -175,7 +174,10 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonPostgresTests",
-            dependencies: ["BatonPostgres", "BatonNode", "BatonTestSupport"]
+            dependencies: [
+                "BatonPostgres", "BatonNode", "Baton", "BatonTesting", "BatonTestSupport",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+            ]
         ),
         .testTarget(
             name: "BatonTestingTests",

@@ -8,13 +8,11 @@ import NIOPosix
 import PostgresNIO
 import Synchronization
 
-/// The store port over PostgreSQL, through postgres-nio — a spike. It proves that the port fits an
-/// asynchronous client: each transaction's synchronous body runs on a thread of its own (a lane: one
-/// connection and one serial dispatch queue), never on the cooperative pool, and waits there for each
-/// statement. Transactions on different lanes run concurrently; the database's keys refuse the losers of a
-/// race. Implemented so far: transactions and savepoints, the inbox, the outbox (with the handover) and
-/// documents. The other operations throw ``PostgresStoreError/notImplemented``; the scale-out work completes
-/// them.
+/// The store port over PostgreSQL, through postgres-nio. Each transaction's synchronous body runs on a thread
+/// of its own (a lane: one connection and one serial dispatch queue), never on the cooperative pool, and waits
+/// there for each statement. Transactions on different lanes run concurrently; the database's keys refuse the
+/// losers of a race (a stream position, an instance version, an inbox id). Not yet for replicas: the relay and
+/// the deadline loop claim no rows (`FOR UPDATE SKIP LOCKED` comes with the scale-out work).
 public final class PostgresStore: Store {
     /// A connection with the thread its transactions run on.
     private struct Lane: Sendable {
@@ -95,6 +93,41 @@ public final class PostgresStore: Store {
             updated_at BIGINT NOT NULL, PRIMARY KEY (collection, id));
         CREATE INDEX IF NOT EXISTS documents_alias ON documents (collection, alias);
         CREATE INDEX IF NOT EXISTS documents_status ON documents (collection, status, id);
+        CREATE TABLE IF NOT EXISTS streams (
+            stream TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL UNIQUE,
+            message_type TEXT NOT NULL, payload BYTEA NOT NULL, recorded_at BIGINT NOT NULL,
+            PRIMARY KEY (stream, position));
+        CREATE TABLE IF NOT EXISTS process_instances (
+            process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, lifecycle TEXT NOT NULL, version BIGINT NOT NULL,
+            started_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, state BYTEA NOT NULL,
+            PRIMARY KEY (process_manager, instance_id));
+        CREATE INDEX IF NOT EXISTS process_instances_recent
+            ON process_instances (process_manager, updated_at DESC, instance_id);
+        CREATE TABLE IF NOT EXISTS process_transitions (
+            process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, version BIGINT NOT NULL, record BYTEA NOT NULL,
+            PRIMARY KEY (process_manager, instance_id, version));
+        CREATE TABLE IF NOT EXISTS process_associations (
+            process_manager TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, instance_id TEXT NOT NULL,
+            PRIMARY KEY (process_manager, name, value));
+        CREATE TABLE IF NOT EXISTS timers (
+            process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, name TEXT NOT NULL, due_at BIGINT NOT NULL,
+            fire_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, dead_letter_id BIGINT,
+            PRIMARY KEY (process_manager, instance_id, name));
+        CREATE INDEX IF NOT EXISTS timers_fire ON timers (fire_at) WHERE dead_letter_id IS NULL;
+        CREATE TABLE IF NOT EXISTS dead_letters (
+            id BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL, message_type TEXT NOT NULL, exchange TEXT NOT NULL,
+            routing_key TEXT NOT NULL, headers BYTEA NOT NULL, body BYTEA NOT NULL, reason TEXT NOT NULL,
+            handler TEXT NOT NULL, attempts INTEGER NOT NULL, dead_at BIGINT NOT NULL, replayed_at BIGINT);
+        CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (message_id) WHERE replayed_at IS NULL;
+        CREATE TABLE IF NOT EXISTS parked_messages (
+            sequence BIGSERIAL PRIMARY KEY, ordering_key TEXT, message_id TEXT NOT NULL, exchange TEXT NOT NULL,
+            routing_key TEXT NOT NULL, message_type TEXT, content_type TEXT, correlation_id TEXT, timestamp BIGINT,
+            headers BYTEA NOT NULL, body BYTEA NOT NULL, attempts INTEGER NOT NULL, next_attempt_at BIGINT,
+            dead_letter_id BIGINT, last_error TEXT, parked_at BIGINT NOT NULL);
+        CREATE INDEX IF NOT EXISTS parked_messages_key ON parked_messages (ordering_key, sequence);
+        CREATE INDEX IF NOT EXISTS parked_messages_id ON parked_messages (message_id);
+        CREATE INDEX IF NOT EXISTS parked_messages_due ON parked_messages (next_attempt_at)
+            WHERE next_attempt_at IS NOT NULL AND dead_letter_id IS NULL;
         """
 
     public func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
@@ -144,11 +177,6 @@ public final class PostgresStore: Store {
 public struct PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertible {
     /// What went wrong.
     public var message: String
-
-    /// An operation of the store port the spike does not do yet.
-    public static func notImplemented(_ operation: String) -> PostgresStoreError {
-        PostgresStoreError(message: "the PostgreSQL store does not implement \(operation) yet")
-    }
 
     public var description: String { message }
 }
@@ -345,90 +373,5 @@ final class PostgresUnitOfWork: UnitOfWork {
             """,
             [.init(string: collection), status.map(PostgresData.init(string:)) ?? .null, .init(int: limit)]
         ).map { try $0.decode(Data.self) }
-    }
-
-    // MARK: Not implemented yet
-
-    func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws {
-        throw PostgresStoreError.notImplemented("streams")
-    }
-    func streamVersion(_ stream: String) throws -> Int64 { throw PostgresStoreError.notImplemented("streams") }
-    func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)] {
-        throw PostgresStoreError.notImplemented("streams")
-    }
-    func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance? {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64? {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func transitions(
-        of processManager: String,
-        instance instanceID: String,
-        after version: Int64
-    ) throws
-        -> [ProcessTransition]
-    {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func record(
-        _ transition: ProcessTransition,
-        processManager: String,
-        instanceID: String,
-        lifecycle: ProcessLifecycle,
-        state: Data,
-        route: (IssuedMessage) -> (exchange: String, routingKey: String)
-    ) throws {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func instance(associatedWith value: String, as name: String, processManager: String) throws -> String? {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func instances(of processManager: String, openOnly: Bool, limit: Int) throws -> [InstanceSummary] {
-        throw PostgresStoreError.notImplemented("process instances")
-    }
-    func dueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
-        throw PostgresStoreError.notImplemented("timers")
-    }
-    func deleteTimer(_ timer: DueTimer) throws { throw PostgresStoreError.notImplemented("timers") }
-    func retryTimer(_ timer: DueTimer, at time: Date) throws { throw PostgresStoreError.notImplemented("timers") }
-    func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws { throw PostgresStoreError.notImplemented("timers") }
-    func parkedTimers() throws -> [DueTimer] { throw PostgresStoreError.notImplemented("timers") }
-    func rearmTimer(deadLetter id: Int64, at now: Date) throws -> Bool {
-        throw PostgresStoreError.notImplemented("timers")
-    }
-    func addDeadLetter(_ letter: DeadLetter) throws -> Int64 { throw PostgresStoreError.notImplemented("dead letters") }
-    func hasOpenDeadLetter(messageID: String) throws -> Bool { throw PostgresStoreError.notImplemented("dead letters") }
-    func deadLetters(includeReplayed: Bool, limit: Int) throws -> [DeadLetter] {
-        throw PostgresStoreError.notImplemented("dead letters")
-    }
-    func deadLetter(id: Int64) throws -> DeadLetter? { throw PostgresStoreError.notImplemented("dead letters") }
-    func markReplayed(deadLetter id: Int64, at time: Date) throws {
-        throw PostgresStoreError.notImplemented("dead letters")
-    }
-    func park(_ message: ParkedMessage, at now: Date) throws {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func hasParkedMessages() throws -> Bool { throw PostgresStoreError.notImplemented("held messages") }
-    func isParked(messageID: String) throws -> Bool { throw PostgresStoreError.notImplemented("held messages") }
-    func isBlocked(orderingKey: String) throws -> Bool { throw PostgresStoreError.notImplemented("held messages") }
-    func dueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage] {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func nextParkedAttempt() throws -> Date? { throw PostgresStoreError.notImplemented("held messages") }
-    func retryParkedMessage(_ sequence: Int64, at time: Date, error: String) throws {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func deadLetterParkedMessage(_ sequence: Int64, deadLetter id: Int64, error: String) throws {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func releaseParkedMessage(_ message: ParkedMessage, at now: Date) throws {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func parkedMessages(limit: Int) throws -> [ParkedMessage] {
-        throw PostgresStoreError.notImplemented("held messages")
-    }
-    func rearmParkedMessage(deadLetter id: Int64, at now: Date) throws -> Bool {
-        throw PostgresStoreError.notImplemented("held messages")
     }
 }

@@ -1,5 +1,7 @@
+import Baton
 import BatonNode
 import BatonTestSupport
+import BatonTesting
 import Foundation
 import Logging
 import PostgresNIO
@@ -7,18 +9,10 @@ import Testing
 
 @testable import BatonPostgres
 
-/// The PostgreSQL spike against the private server the README's test command starts (`Deploy/local/postgres.sh`):
-/// the store conformance suite's cases for what it implements — transactions, the inbox, the outbox and its
-/// handover, documents, and their races on two connections — each in a schema of its own.
+/// The PostgreSQL store against the private server the README's test command starts
+/// (`Deploy/local/postgres.sh`): the whole store conformance suite, its races on two connections in parallel,
+/// each case in a schema of its own.
 @Suite struct PostgresStoreTests {
-    /// What the spike implements; the other cases wait for the scale-out work.
-    static let implemented: [StoreConformance.Case] = [
-        .aTransactionCommitsAllOrNothing, .aSavepointRollsBackOnlyItsOwnChanges, .theInboxRecordsEachMessageOnce,
-        .theOutboxKeepsOneRowPerKeyInOrder, .failedPublishesWaitOutTheirBackoff,
-        .aWriterHandsOverExactlyWhatItCommitted, .documentsAreFoundByIdAliasAndStatus, .concurrentWritersOfOneInboxID,
-        .outboxRowsOfConcurrentTransactions,
-    ]
-
     static var configuration: PostgresConnection.Configuration {
         get throws {
             let url =
@@ -46,18 +40,82 @@ import Testing
         )
     }
 
-    @Test(arguments: implemented)
+    @Test(arguments: StoreConformance.Case.allCases)
     func conforms(_ check: StoreConformance.Case) async throws {
         let store = try await Self.makeStore()
         try await StoreConformance { store }.run(check)
         await store.close()
     }
+}
 
-    @Test func whatTheSpikeDoesNotDoYetItRefusesByName() async throws {
-        let store = try await Self.makeStore()
-        await #expect(throws: PostgresStoreError.notImplemented("streams")) {
-            try await store.write { try $0.append([], to: "s", expectedVersion: 0) }
+/// A node runs on the PostgreSQL store: a process manager's events handled once, its commands relayed.
+@Suite struct PostgresNodeTests {
+    struct Opened: Event {
+        static let messageName = "pgtest.Opened"
+        var id: String
+    }
+    struct Closed: Event {
+        static let messageName = "pgtest.Closed"
+        var id: String
+    }
+    struct Notify: Command {
+        static let messageName = "pgtest.Notify"
+        var id: String
+    }
+    struct Tracked: ProcessState {
+        var id = ""
+    }
+
+    @Test func aProcessRunsOnPostgreSQL() async throws {
+        let definition = ProcessManager<Tracked>(name: "tracked", listensTo: ["pgtest"]) { pm in
+            pm.start(on: Opened.self, correlation: .field(\.id)) { event, process in
+                process.state.id = event.id
+                process.send(Notify(id: event.id))
+            }
+            pm.end(on: Closed.self, correlation: .field(\.id))
         }
+        let store = try await PostgresStoreTests.makeStore()
+        let transport = InProcessTransport()
+        let node = Node(
+            configuration: .init(name: "tracked"),
+            store: store,
+            transport: transport,
+            handlers: [try ProcessManagerHost(definition)],
+            logger: Logger(label: "postgres-node-test")
+        )
+        try await transport.declare(
+            Topology(
+                exchanges: Routing.exchanges,
+                queues: [.init("notified")],
+                bindings: [.init(queue: "notified", exchange: Routing.commandExchange, bindingKey: "pgtest.#")]
+            )
+        )
+        try await transport.declare(node.topology)
+        let running = Task { try await node.run() }
+        func publish<E: Event>(_ event: E, id: String) async {
+            let envelope = Envelope(
+                messageID: id,
+                messageType: E.messageType,
+                timestamp: .now,
+                payload: MessageRegistry.encode(event)
+            )
+            _ = await transport.publish([
+                OutgoingMessage(exchange: Routing.eventExchange, routingKey: E.messageName, envelope: envelope)
+            ])
+        }
+        await publish(Opened(id: "p-1"), id: "e-1")
+        await publish(Opened(id: "p-1"), id: "e-1")  // a redelivery
+        await publish(Closed(id: "p-1"), id: "e-2")
+        #expect(
+            try await eventually {
+                try await store.read { try $0.instances(of: "tracked") }.first?.lifecycle == .completed
+            }
+        )
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
+        running.cancel()
+        try await running.value
+        #expect(transport.readyMessages("notified").map(\.envelope.messageType) == [Notify.messageType])
+        #expect(try await store.read { try $0.transitions(of: "tracked", instance: "p-1") }.count == 2)
         await store.close()
     }
 }
