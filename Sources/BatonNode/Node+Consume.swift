@@ -19,7 +19,7 @@ extension Node {
     }
 
     func consumeLoop(_ source: any MessageSource) async {
-        while !consumeStopping.load(ordering: .sequentiallyConsistent) {
+        while !consumption.isStopping {
             let batch: [IncomingMessage]?
             do {
                 batch = try await nextBatch(source)
@@ -45,7 +45,7 @@ extension Node {
                 }
             }
             group.addTask {
-                await self.consumeStop.wait()
+                await self.consumption.signal.wait()
                 return nil
             }
             var collected: [IncomingMessage]?
@@ -94,8 +94,8 @@ extension Node {
             return
         }
         configuration.faultInjection?(.afterCommitBeforePublish)
-        relaySignal.notify()
-        if schedulesTimers || parked { deadlineSignal.notify() }
+        relay.wake()
+        if schedulesTimers || parked { deadlines.wake() }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()
             fault(.afterPublishBeforeAck)

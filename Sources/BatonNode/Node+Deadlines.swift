@@ -7,7 +7,7 @@ extension Node {
     /// Acts on what is due — timers, then held messages — and sleeps on the business clock until the next
     /// deadline, or until a batch signals new ones.
     func deadlineLoop() async {
-        while !deadlinesStopping.load(ordering: .sequentiallyConsistent) {
+        while !deadlines.isStopping {
             let now = businessNow()
             do {
                 let (timers, messages, next) = try await store.read { work in
@@ -25,10 +25,10 @@ extension Node {
                     let timeSource = self.timeSource
                     untilDue = { try? await timeSource.sleep(until: next) }
                 }
-                await waitFor(deadlineSignal, orUntil: untilDue)
+                await waitFor(deadlines.signal, orUntil: untilDue)
             } catch {
                 logger.error("deadline round failed", metadata: ["error": "\(error)"])
-                await waitFor(deadlineSignal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
+                await waitFor(deadlines.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
             }
         }
     }

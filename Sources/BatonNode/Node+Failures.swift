@@ -238,7 +238,7 @@ extension Node {
         let now = businessNow()
         let name = configuration.name
         let replayed = try await commit { try $0.replayDeadLetter(id: id, to: name, at: now) }
-        deadlineSignal.notify()  // a parked timer may be due again
+        deadlines.wake()  // a parked timer may be due again
         guard replayed else { throw NodeError(message: "no dead letter with id \(id) waiting for a replay") }
     }
 }

@@ -7,7 +7,7 @@ extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
         while true {
-            let stopping = relayStopping.load(ordering: .sequentiallyConsistent)
+            let stopping = relay.isStopping
             let handed = handover.withLock { $0.take(upTo: schedule.limit) }
             var action = schedule.next(
                 handedOver: handed.rows,
@@ -42,7 +42,7 @@ extension Node {
             case .finish: return
             case .readTable: continue
             case .wait(let until):
-                await waitFor(relaySignal, orUntil: Self.sleep(until: until))
+                await waitFor(relay.signal, orUntil: Self.sleep(until: until))
                 continue
             case .publish(let rows): pending = rows
             }

@@ -79,15 +79,13 @@ public final class Node: Service {
     let handlers: [any NodeHandler]
     let timeSource: any TimeSource
     let logger: Logger
-    let relaySignal = Signal()
     let handover = Mutex(Handover())
-    let deadlineSignal = Signal()
     let schedulesTimers: Bool
-    let consumeStop = Signal()
-    /// Each loop's stop flag, raised by its service's graceful shutdown (consume first, the relay last).
-    let consumeStopping = Atomic<Bool>(false)
-    let deadlinesStopping = Atomic<Bool>(false)
-    let relayStopping = Atomic<Bool>(false)
+    /// The node's three loops, each stopped by its service's graceful shutdown (consumption first, the relay
+    /// last).
+    let consumption = NodeLoop()
+    let deadlines = NodeLoop()
+    let relay = NodeLoop()
     /// The running node's services, or a stop asked for before they run.
     private let lifecycle = Mutex<(group: ServiceGroup?, stopRequested: Bool)>((nil, false))
 
@@ -166,12 +164,12 @@ public final class Node: Service {
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
-                    .init(service: RelayService(node: self)),
-                    .init(service: DeadlineService(node: self)),
+                    .init(service: LoopService("relay", relay) { await self.relayLoop() }),
+                    .init(service: LoopService("deadlines", deadlines) { await self.deadlineLoop() }),
                     // A consumer that ends (its connection gave up) stops the node gracefully: what it
                     // committed is still relayed.
                     .init(
-                        service: ConsumeService(node: self, source: source),
+                        service: LoopService("consumption", consumption) { await self.consumeLoop(source) },
                         successTerminationBehavior: .gracefullyShutdownGroup,
                         failureTerminationBehavior: .gracefullyShutdownGroup
                     ),
@@ -238,7 +236,7 @@ public final class Node: Service {
     ) async throws -> T {
         let (value, queued) = try await store.writeHandingOverOutbox(body)
         handover.withLock { $0.add(queued) }
-        if wakeRelay { relaySignal.notify() }
+        if wakeRelay { relay.wake() }
         return value
     }
 
@@ -283,46 +281,43 @@ public struct NodeError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String { message }
 }
 
-/// The consume loop as a service: on graceful shutdown it takes no new batch and finishes the one in hand.
-struct ConsumeService: Service {
-    let node: Node
-    let source: any MessageSource
+/// One of a node's loops: the signal that wakes it, and its stop flag.
+final class NodeLoop: Sendable {
+    /// Wakes the loop (new work, or its stop).
+    let signal = Signal()
+    private let stopped = Atomic<Bool>(false)
 
-    func run() async {
-        await withGracefulShutdownHandler {
-            await node.consumeLoop(source)
-        } onGracefulShutdown: {
-            node.consumeStopping.store(true, ordering: .sequentiallyConsistent)
-            node.consumeStop.notify()
-        }
+    /// Whether the loop was asked to stop: it finishes what it has in hand and returns.
+    var isStopping: Bool { stopped.load(ordering: .sequentiallyConsistent) }
+
+    /// Tells the loop there is work.
+    func wake() { signal.notify() }
+
+    /// Asks the loop to stop, and wakes it.
+    func stop() {
+        stopped.store(true, ordering: .sequentiallyConsistent)
+        signal.notify()
     }
 }
 
-/// The deadline loop (timers, held messages) as a service.
-struct DeadlineService: Service {
-    let node: Node
+/// A node's loop as a service: on graceful shutdown the loop is asked to stop, finishes what it has in hand
+/// (the consumer its batch, the relay what can be published) and returns.
+struct LoopService: Service, CustomStringConvertible {
+    let description: String
+    let loop: NodeLoop
+    let body: @Sendable () async -> Void
 
-    func run() async {
-        await withGracefulShutdownHandler {
-            await node.deadlineLoop()
-        } onGracefulShutdown: {
-            node.deadlinesStopping.store(true, ordering: .sequentiallyConsistent)
-            node.deadlineSignal.notify()
-        }
+    init(_ name: String, _ loop: NodeLoop, body: @escaping @Sendable () async -> Void) {
+        self.description = name
+        self.loop = loop
+        self.body = body
     }
-}
-
-/// The outbox relay as a service: on graceful shutdown, which comes after the consumer's, it publishes what
-/// can be published and returns.
-struct RelayService: Service {
-    let node: Node
 
     func run() async {
         await withGracefulShutdownHandler {
-            await node.relayLoop()
+            await body()
         } onGracefulShutdown: {
-            node.relayStopping.store(true, ordering: .sequentiallyConsistent)
-            node.relaySignal.notify()
+            loop.stop()
         }
     }
 }

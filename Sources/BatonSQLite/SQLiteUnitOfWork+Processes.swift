@@ -221,16 +221,7 @@ extension SQLiteUnitOfWork {
                 """
             ),
             arguments: [time.millisecondsSince1970, limit]
-        ).map {
-            DueTimer(
-                processManager: $0["process_manager"],
-                instanceID: $0["instance_id"],
-                name: $0["name"],
-                dueAt: Date(millisecondsSince1970: $0["due_at"]),
-                nextAttemptAt: Date(millisecondsSince1970: $0["fire_at"]),
-                attempts: $0["attempts"]
-            )
-        }
+        ).map(DueTimer.init(row:))
     }
 
     /// Records a failed firing: the timer is tried again at `time`, on its own, and the others go on.
@@ -270,16 +261,7 @@ extension SQLiteUnitOfWork {
                 SELECT process_manager, instance_id, name, due_at, fire_at, attempts FROM timers
                 WHERE dead_letter_id IS NOT NULL ORDER BY dead_letter_id
                 """
-        ).map {
-            DueTimer(
-                processManager: $0["process_manager"],
-                instanceID: $0["instance_id"],
-                name: $0["name"],
-                dueAt: Date(millisecondsSince1970: $0["due_at"]),
-                nextAttemptAt: Date(millisecondsSince1970: $0["fire_at"]),
-                attempts: $0["attempts"]
-            )
-        }
+        ).map(DueTimer.init(row:))
     }
 
     /// Sets the timer parked under dead letter `id` due at `now` again, with fresh attempts.
@@ -289,5 +271,19 @@ extension SQLiteUnitOfWork {
             [now.millisecondsSince1970, id]
         )
         return db.changesCount > 0
+    }
+}
+
+extension DueTimer {
+    /// A timer from a row of `timers` (process_manager, instance_id, name, due_at, fire_at, attempts).
+    init(row: Row) {
+        self.init(
+            processManager: row["process_manager"],
+            instanceID: row["instance_id"],
+            name: row["name"],
+            dueAt: Date(millisecondsSince1970: row["due_at"]),
+            nextAttemptAt: Date(millisecondsSince1970: row["fire_at"]),
+            attempts: row["attempts"]
+        )
     }
 }
