@@ -8,11 +8,7 @@ import Logging
 extension ConnectionLoop {
     func execute(_ command: Command) {
         if case .close(let continuation) = command {
-            if closeRequest == nil {
-                closeRequest = (continuation, .now + configuration.closeTimeout)
-            } else {
-                continuation.resume()
-            }
+            requestClose(continuation)
             return
         }
         guard let connection else {

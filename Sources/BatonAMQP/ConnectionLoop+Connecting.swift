@@ -19,9 +19,6 @@ extension ConnectionLoop {
             throw error
         }
         self.connection = connection
-        generation += 1
-        lastReceivedFrame = .now
-        backoff.reset()
         status.didConnect()
         logger.info(
             "AMQP connected",
@@ -146,25 +143,33 @@ extension ConnectionLoop {
         }
     }
 
-    /// Waits out the backoff delay; returns `false` if the connection was closed meanwhile.
-    func waitBeforeReconnect() -> Bool {
-        let delay = backoff.nextDelay(using: &random)
-        let deadline = ContinuousClock.now + delay
+    /// Waits, without a connection, until the next attempt is due or a close is requested; every other command
+    /// fails as not connected meanwhile.
+    func waitDisconnected(until deadline: ContinuousClock.Instant) {
         while true {
             for command in mailbox.takeAll() {
                 if case .close(let continuation) = command {
-                    closeRequest = (continuation, .now)
+                    requestClose(continuation)
                 } else {
                     command.fail(with: AMQPError(code: .notConnected, message: "reconnecting to the broker"))
                 }
             }
-            if closeRequest != nil { return false }
+            if lifecycle.state == .closed { return }
             let remaining = deadline - .now
-            if remaining <= .zero { return true }
+            if remaining <= .zero { return }
             guard mailbox.prepareToSleep() else { continue }
             var descriptor = pollfd(fd: mailbox.wakeDescriptor, events: Int16(POLLIN), revents: 0)
             _ = poll(&descriptor, 1, remaining.pollMilliseconds)
             mailbox.didWake()
+        }
+    }
+
+    /// A close command: the first one is answered when the connection is closed, any later one at once.
+    func requestClose(_ continuation: CheckedContinuation<Void, Never>) {
+        if lifecycle.closeRequested(now: .now) {
+            closeWaiter = continuation
+        } else {
+            continuation.resume()
         }
     }
 
@@ -178,6 +183,7 @@ extension ConnectionLoop {
         )
         amqp_destroy_connection(connection)
         self.connection = nil
+        lifecycle.didLoseConnection(now: .now, using: &random)
         status.didDisconnect()
         let lost = AMQPError(code: .connectionLost, replyCode: error.replyCode, message: error.message)
         for pending in resetConfirms() { pending.sink.complete(index: pending.index, with: .failure(lost)) }
@@ -198,7 +204,7 @@ extension ConnectionLoop {
         for command in mailbox.closeAndDrain() {
             if case .close(let continuation) = command { continuation.resume() } else { command.fail(with: closed) }
         }
-        closeRequest?.continuation.resume()
-        closeRequest = nil
+        closeWaiter?.resume()
+        closeWaiter = nil
     }
 }

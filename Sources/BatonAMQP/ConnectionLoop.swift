@@ -20,8 +20,7 @@ final class ConnectionLoop {
     let arena = ScratchArena()
 
     var connection: amqp_connection_state_t?
-    /// Counts successful connections; deliveries remember theirs, so a stale ack is never sent.
-    var generation: UInt64 = 0
+    var lifecycle: ConnectionLifecycle
     var confirms = ConfirmTracker<PendingConfirm>()
     /// Mandatory publishes awaiting their confirm, by message id: a `basic.return` names them only so.
     var mandatoryTags: [String: UInt64] = [:]
@@ -33,17 +32,20 @@ final class ConnectionLoop {
     var ackCoalescers: [UInt16: AckCoalescer] = [:]
     /// Deliveries read in the current burst, handed to their consumers together at its end.
     var arrivedDeliveries: [UInt16: [AMQPDelivery]] = [:]
-    var backoff: ReconnectBackoff
     var random = SystemRandomNumberGenerator()
-    var closeRequest: (continuation: CheckedContinuation<Void, Never>, deadline: ContinuousClock.Instant)?
-    var lastReceivedFrame = ContinuousClock.now
+    /// Whoever asked to close, resumed once the connection is closed.
+    var closeWaiter: CheckedContinuation<Void, Never>?
 
     init(configuration: AMQPConnection.Configuration, logger: Logger, mailbox: Mailbox, status: ConnectionStatus) {
         self.configuration = configuration
         self.logger = logger
         self.mailbox = mailbox
         self.status = status
-        self.backoff = ReconnectBackoff(policy: configuration.reconnectBackoff)
+        self.lifecycle = ConnectionLifecycle(
+            backoff: configuration.reconnectBackoff,
+            heartbeat: configuration.heartbeat,
+            closeTimeout: configuration.closeTimeout
+        )
     }
 
     deinit {
@@ -52,37 +54,45 @@ final class ConnectionLoop {
 
     // MARK: Thread body
 
-    /// Runs until the connection is closed. Reports the first connection attempt through `firstConnect`;
-    /// if that fails, the thread ends at once.
+    /// The connection's generation: counts successful connections.
+    var generation: UInt64 { lifecycle.generation }
+
+    /// Runs until the connection is closed, doing what ``ConnectionLifecycle`` asks. Reports the first
+    /// connection attempt through `firstConnect`; if that fails, the thread ends at once.
     func run(firstConnect: CheckedContinuation<Void, any Error>) {
-        do {
-            try establish()
-            firstConnect.resume()
-        } catch {
-            firstConnect.resume(throwing: error)
-            finish()
-            return
-        }
+        var firstConnect = Optional(firstConnect)
         while true {
-            if connection == nil {
-                guard waitBeforeReconnect() else { break }
+            switch lifecycle.nextAction(now: .now, outstandingConfirms: confirms.outstanding) {
+            case .connect:
                 do {
                     try establish()
-                    restore()
+                    if lifecycle.didConnect(now: .now) { restore() }
+                    firstConnect?.resume()
+                    firstConnect = nil
                 } catch {
-                    logger.warning(
-                        "AMQP reconnect failed",
-                        metadata: ["baton.amqp.connection": "\(configuration.connectionName)", "error": "\(error)"]
-                    )
-                    continue
+                    switch lifecycle.didFailToConnect(now: .now, using: &random) {
+                    case .giveUp:
+                        firstConnect?.resume(throwing: error)
+                        firstConnect = nil
+                    case .retry(let delay):
+                        logger.warning(
+                            "AMQP reconnect failed",
+                            metadata: [
+                                "baton.amqp.connection": "\(configuration.connectionName)", "error": "\(error)",
+                                "baton.amqp.retry_in": "\(delay)",
+                            ]
+                        )
+                    }
                 }
-            }
-            serviceConnection()
-            if let request = closeRequest, confirms.outstanding == 0 || ContinuousClock.now >= request.deadline {
-                break
+            case .serve:
+                serviceConnection()
+            case .wait(let until):
+                waitDisconnected(until: until)
+            case .finish:
+                finish()
+                return
             }
         }
-        finish()
     }
 
     /// One turn: run queued commands, read what arrived, then sleep in `poll(2)` until the socket or the
@@ -113,15 +123,9 @@ final class ConnectionLoop {
             }
         }
         guard mailbox.prepareToSleep() else { return }
-        let timeout = closeRequest == nil ? pollInterval : .milliseconds(20)
-        _ = poll(&descriptors, 2, timeout.pollMilliseconds)
+        _ = poll(&descriptors, 2, lifecycle.idleSleep.pollMilliseconds)
         mailbox.didWake()
         checkHeartbeat()
-    }
-
-    /// How long to sleep while idle: short enough to send heartbeats in time.
-    var pollInterval: Duration {
-        min(configuration.heartbeat / 4, .seconds(1))
     }
 
     /// Reads every frame that is ready (at most a bounded batch, so commands are not starved).
@@ -136,7 +140,7 @@ final class ConnectionLoop {
                 connectionLost(AMQPError(status: result, context: "read from the broker"))
                 return
             }
-            lastReceivedFrame = .now
+            lifecycle.frameReceived(now: .now)
             handle(frame, connection)
             guard self.connection != nil else { return }
         }
@@ -144,14 +148,13 @@ final class ConnectionLoop {
 
     /// librabbitmq only notices a silent broker while it waits for a frame; this covers the idle case.
     func checkHeartbeat() {
-        guard connection != nil, configuration.heartbeat > .zero else { return }
-        if ContinuousClock.now - lastReceivedFrame > configuration.heartbeat * 3 {
+        if lifecycle.isHeartbeatOverdue(now: .now) {
             // Any frame (heartbeats included) moves librabbitmq's own deadline; one more read decides.
             var frame = amqp_frame_t()
             var nearlyNow = timeval(tv_sec: 0, tv_usec: 1)
             let result = amqp_simple_wait_frame_noblock(connection, &frame, &nearlyNow)
             if result == AMQP_STATUS_OK.rawValue {
-                lastReceivedFrame = .now
+                lifecycle.frameReceived(now: .now)
                 handle(frame, connection!)
                 handOverDeliveries()
             } else if result != AMQP_STATUS_TIMEOUT.rawValue {
