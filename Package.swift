@@ -89,20 +89,26 @@ let package = Package(
         .target(name: "ExampleFulfillment", dependencies: ["BatonService"]),
         .executableTarget(name: "example-fulfillment", dependencies: ["ExampleFulfillment"]),
         // Operator tooling over all four services: the invariants, the demo load.
-        .target(name: "BookstoreOperations", dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment"]),
+        .target(
+            name: "BookstoreOperations",
+            dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment", "ChildProcesses"]
+        ),
         .executableTarget(
             name: "BookstoreDemo",
             dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "BookstoreChaos",
-            dependencies: ["BookstoreOperations", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "BookstoreOperations", "ChildProcesses",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         // The benchmark: the broker's ceiling (C relays), the mesh of service executables, embedded mode, scale.
         .executableTarget(
             name: "BatonBenchmark",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonTesting",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonTesting", "ChildProcesses",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
@@ -117,6 +123,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // Child processes for tools and tests (services, probes, scripts): one helper, not shipped.
+        .target(name: "ChildProcesses"),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.
         .systemLibrary(
             name: "CRabbitMQ",
@@ -140,13 +148,17 @@ let package = Package(
         .executableTarget(
             name: "BatonTransportBenchmark",
             dependencies: [
-                "BatonAMQP",
+                "BatonAMQP", "ChildProcesses",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Test support (not shipped): the test broker node the README's test command starts.
-        .target(name: "BatonTestSupport", dependencies: ["Baton", "BatonNode"], path: "Tests/Support"),
+        .target(
+            name: "BatonTestSupport",
+            dependencies: ["Baton", "BatonNode", "ChildProcesses"],
+            path: "Tests/Support"
+        ),
         .testTarget(
             name: "BatonTests",
             dependencies: ["Baton", "BatonTesting"]
@@ -154,8 +166,7 @@ let package = Package(
         .testTarget(
             name: "BatonNodeTests",
             dependencies: [
-                "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonTestSupport", "BatonAMQP",
-                "BatonAMQPTransport",
+                "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ]
         ),
@@ -163,6 +174,7 @@ let package = Package(
             name: "BookstoreTests",
             dependencies: [
                 "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "BatonTesting",
+                "ChildProcesses",
                 "Shipping",
                 "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
@@ -191,6 +203,7 @@ let package = Package(
             name: "ExampleFulfillmentTests",
             dependencies: ["ExampleFulfillment", "BatonNode", "BatonTesting"]
         ),
+        .testTarget(name: "ChildProcessesTests", dependencies: ["ChildProcesses"]),
         .testTarget(
             name: "BatonAMQPTests",
             dependencies: ["BatonAMQP"]
@@ -204,7 +217,7 @@ let package = Package(
             name: "BatonNodeIntegrationTests",
             dependencies: [
                 "BatonNode", "BatonSQLite", "BatonAMQP", "BatonAMQPTransport", "BatonCrashProbe", "BatonTestSupport",
-                "Baton",
+                "Baton", "ChildProcesses", .product(name: "Logging", package: "swift-log"),
             ]
         ),
     ],

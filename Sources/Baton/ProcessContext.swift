@@ -111,13 +111,16 @@ public struct ProcessContext<State: ProcessState>: Sendable {
         instance.compensations.removeAll()
     }
 
-    /// Closes the instance as completed; its timers are cancelled and later events are skipped.
+    /// Closes the instance as completed; its timers are cancelled and later events are skipped. Any handler
+    /// may close its instance; on one that is closed already (an after-close handler's) it does nothing.
     public mutating func markAsComplete() {
+        guard !lifecycle.isClosed else { return }
         closing = .completed
     }
 
-    /// Closes the instance as failed.
+    /// Closes the instance as failed. On one that is closed already it does nothing.
     public mutating func markAsFailed(reason: String) {
+        guard !lifecycle.isClosed else { return }
         closing = .failed
         failureReason = reason
     }

@@ -114,7 +114,7 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         }
         var context = makeContext(current, trigger: .event(envelope), now: now)
         try handler.handle(message, &context)
-        return try finish(context, kind: handler.kind, mayClose: handler.mayClose, what: envelope.messageType)
+        return finish(context, kind: handler.kind)
     }
 
     /// Fires a timer of an instance.
@@ -131,7 +131,7 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         var context = makeContext(instance, trigger: .timer(name: name, dueAt: dueAt.roundedToMilliseconds), now: now)
         context.timerOperations.append(.cancel(name: name))
         try handler.handle(&context)
-        return try finish(context, kind: .ordinary, mayClose: handler.mayClose, what: "timer '\(name)'")
+        return finish(context, kind: .ordinary)
     }
 
     /// Rebuilds an instance from a snapshot and the transitions after it, re-running the handlers with the
@@ -209,27 +209,11 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         )
     }
 
-    private func finish(
-        _ context: ProcessContext<State>,
-        kind: ProcessManager<State>.Handler.Kind,
-        mayClose: Bool,
-        what: String
-    ) throws -> Decision {
+    private func finish(_ context: ProcessContext<State>, kind: ProcessManager<State>.Handler.Kind) -> Decision {
         var instance = context.instance
         let before = instance.lifecycle
         var next = before
-        if kind == .afterClose {
-            guard context.closing == nil, context.compensationReason == nil else {
-                throw ProcessHandlerError(
-                    message: "the after-close handler of \(what) tried to change a closed instance"
-                )
-            }
-        } else {
-            if context.closing != nil, !mayClose {
-                throw ProcessHandlerError(
-                    message: "the handler of \(what) closed the instance but is not declared with mayClose: true"
-                )
-            }
+        if kind != .afterClose {
             if kind == .start {
                 next = .started
             } else if before == .started {

@@ -86,7 +86,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         var messageName: String
         var category: String
         var kind: Kind
-        var mayClose: Bool
         var correlationSummary: String
         var correlate: @Sendable (any Message, Envelope) -> CorrelationKey?
         var associationName: String?
@@ -102,7 +101,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     var associations: Set<String> = []
 
     struct TimerHandler: Sendable {
-        var mayClose: Bool
         var handle: @Sendable (inout ProcessContext<State>) throws -> Void
     }
 
@@ -141,30 +139,27 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         /// - Parameters:
         ///   - type: The event type.
         ///   - correlation: How the event names its instance.
-        ///   - mayClose: Whether the handler may complete or fail the instance.
         ///   - handle: The handler.
         public mutating func start<E: Event>(
             on type: E.Type,
             correlation: Correlation<E>,
-            mayClose: Bool = false,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
-            add(type, .start, correlation, mayClose: mayClose, handle)
+            add(type, .start, correlation, handle)
         }
 
-        /// A handler for an event of a running instance.
+        /// A handler for an event of a running instance. Like every handler, it may close the instance
+        /// (``ProcessContext/markAsComplete()``, ``ProcessContext/markAsFailed(reason:)``).
         /// - Parameters:
         ///   - type: The event type.
         ///   - correlation: How the event finds its instance.
-        ///   - mayClose: Whether the handler may complete or fail the instance (checked when it does).
         ///   - handle: The handler.
         public mutating func on<E: Event>(
             _ type: E.Type,
             correlation: Correlation<E>,
-            mayClose: Bool = false,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
-            add(type, .ordinary, correlation, mayClose: mayClose, handle)
+            add(type, .ordinary, correlation, handle)
         }
 
         /// An end handler: runs, then closes the instance as completed (unless it failed it).
@@ -173,34 +168,33 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             correlation: Correlation<E>,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void = { _, _ in }
         ) {
-            add(type, .end, correlation, mayClose: true, handle)
+            add(type, .end, correlation, handle)
         }
 
         /// A handler for an event that arrives after the instance closed: a late reply that must be
-        /// compensated (e.g. a shipment created after the order was cancelled gets cancelled).
+        /// compensated (e.g. a shipment created after the order was cancelled gets cancelled). The instance
+        /// stays closed: closing it again does nothing.
         public mutating func afterClose<E: Event>(
             _ type: E.Type,
             correlation: Correlation<E>,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
-            add(type, .afterClose, correlation, mayClose: false, handle)
+            add(type, .afterClose, correlation, handle)
         }
 
         /// The handler of a timer the instance scheduled with ``ProcessContext/schedule(_:at:)``.
         public mutating func onTimer(
             _ name: String,
-            mayClose: Bool = false,
             _ handle: @escaping @Sendable (inout ProcessContext<State>) throws -> Void
         ) {
             precondition(timerHandlers[name] == nil, "two handlers for timer '\(name)'")
-            timerHandlers[name] = TimerHandler(mayClose: mayClose, handle: handle)
+            timerHandlers[name] = TimerHandler(handle: handle)
         }
 
         private mutating func add<E: Event>(
             _ type: E.Type,
             _ kind: Handler.Kind,
             _ correlation: Correlation<E>,
-            mayClose: Bool,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
             let associationName: String?
@@ -220,7 +214,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
                     messageName: E.messageName,
                     category: E.category,
                     kind: kind,
-                    mayClose: mayClose,
                     correlationSummary: correlation.summary,
                     correlate: correlate,
                     associationName: associationName,
@@ -270,12 +263,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             if handler.kind == .start, handler.associationName != nil {
                 problems.append("\(handler.messageType) starts instances, so it must name the instance, not map to one")
             }
-        }
-        let canClose = handlers.contains { $0.mayClose } || timerHandlers.values.contains { $0.mayClose }
-        if !canClose {
-            problems.append(
-                "no terminal state is reachable: no end handler and no handler or timer declared with mayClose: true"
-            )
         }
         if !problems.isEmpty {
             throw DefinitionError(processManager: name, problems: problems)

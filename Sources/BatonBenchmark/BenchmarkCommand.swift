@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonAMQP
+import ChildProcesses
 import Foundation
 import Logging
 
@@ -103,7 +104,7 @@ struct All: AsyncParsableCommand {
         ).run()
 
         note("scale: the process-manager node as its store grows (a child process, so memory is its own)")
-        report.scale = try measureScale(work: work)
+        report.scale = try await measureScale(work: work)
 
         print(report.table)
         try write(report, toJSON: json)
@@ -121,33 +122,44 @@ struct All: AsyncParsableCommand {
         try await connection.declare(topology)
         defer { Task { for queue in topology.queues { _ = try? await connection.deleteQueue(queue.name) } } }
         let relays = try setup.startRelays()
-        defer { for relay in relays { relay.stop() } }
-        try await waitForConsumers(topology.queues.map(\.name).filter { $0 != "ceiling.sink" }, connection)
-        var results: [MeshRun] = []
-        for (name, rate) in runs {
-            let workload = Workload(
-                exchange: "ceiling.storefront",
-                routingKey: "checkout.completed",
-                sinkQueue: "ceiling.sink",
-                runID: "ceiling-\(name)"
-            )
-            results.append(
-                try await setup.measure(
-                    "ceiling \(name)",
-                    workload: workload,
-                    count: workflows,
-                    rate: rate,
-                    processes: relays,
-                    connection: connection
+        return try await ChildProcess.stopping(relays.values) {
+            try await waitForConsumers(topology.queues.map(\.name).filter { $0 != "ceiling.sink" }, connection)
+            var results: [MeshRun] = []
+            for (name, rate) in runs {
+                let workload = Workload(
+                    exchange: "ceiling.storefront",
+                    routingKey: "checkout.completed",
+                    sinkQueue: "ceiling.sink",
+                    runID: "ceiling-\(name)"
                 )
-            )
+                results.append(
+                    try await setup.measure(
+                        "ceiling \(name)",
+                        workload: workload,
+                        count: workflows,
+                        rate: rate,
+                        processes: relays,
+                        connection: connection
+                    )
+                )
+            }
+            return results
         }
-        return results
     }
 
     private func mesh(_ setup: MeshSetup, _ connection: AMQPConnection, ceiling: Double) async throws -> [MeshRun] {
         let services = try await setup.startServices(stock: workflows * (rates.count + 1))
-        defer { for service in services { service.stop() } }
+        return try await ChildProcess.stopping(services.values) {
+            try await mesh(setup, connection, ceiling: ceiling, services: services)
+        }
+    }
+
+    private func mesh(
+        _ setup: MeshSetup,
+        _ connection: AMQPConnection,
+        ceiling: Double,
+        services: [String: ChildProcess]
+    ) async throws -> [MeshRun] {
         let sink = "bench.completed"
         try await connection.declare(
             AMQPTopology(
@@ -192,20 +204,18 @@ struct All: AsyncParsableCommand {
         throw BenchmarkError("the relays did not start consuming; see their logs")
     }
 
-    private func measureScale(work: URL) throws -> ScaleResult {
+    private func measureScale(work: URL) async throws -> ScaleResult {
         let output = work.appendingPathComponent("scale.json")
-        let status = try ChildProcess.run(
-            URL(fileURLWithPath: CommandLine.arguments[0]),
+        let (termination, log) = try await ChildProcess.run(
+            CommandLine.arguments[0],
             [
                 "scale", "--instances", scale.instances.map(String.init).joined(separator: ","),
                 "--probes", String(scale.probes), "--data-dir", work.appendingPathComponent("scale").path,
                 "--json", output.path,
-            ],
-            log: work.appendingPathComponent("scale.log")
+            ]
         )
-        guard status == 0 else {
-            let log = (try? String(contentsOf: work.appendingPathComponent("scale.log"), encoding: .utf8)) ?? ""
-            throw BenchmarkError("the scale part failed:\n\(log)")
+        guard termination.isSuccess else {
+            throw BenchmarkError("the scale part failed (\(termination)):\n\(log)")
         }
         return try JSONDecoder().decode(ScaleResult.self, from: Data(contentsOf: output))
     }

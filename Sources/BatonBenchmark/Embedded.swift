@@ -181,12 +181,12 @@ func fourSteps(stepTimeout: Duration) -> ProcessManager<Steps> {
             process.send(DoStepC(workflowID: event.workflowID))
             process.schedule("step-timeout", after: stepTimeout)
         }
-        pm.on(StepCDone.self, correlation: .field(\.workflowID), mayClose: true) { event, process in
+        pm.on(StepCDone.self, correlation: .field(\.workflowID)) { event, process in
             process.state.step = 3
             process.publish(WorkflowCompleted(workflowID: event.workflowID))
             process.markAsComplete()
         }
-        pm.onTimer("step-timeout", mayClose: true) { process in
+        pm.onTimer("step-timeout") { process in
             process.markAsFailed(reason: "step timed out")
         }
     }

@@ -1,4 +1,5 @@
 import BatonAMQP
+import ChildProcesses
 import Foundation
 import Logging
 
@@ -97,51 +98,49 @@ struct MeshSetup {
         )
     }
 
-    /// Starts one bare C relay per service, each doing that service's hops.
-    func startRelays() throws -> [ChildProcess] {
+    /// Starts one bare C relay per service, each doing that service's hops; by service.
+    func startRelays() throws -> [String: ChildProcess] {
         let relay = binaries.appendingPathComponent("amqp-c-baseline")
         guard FileManager.default.isExecutableFile(atPath: relay.path) else {
             throw BenchmarkError("no relay at \(relay.path): build it with `swift build -c release`")
         }
-        return try Self.services.map { service in
+        var relays: [String: ChildProcess] = [:]
+        for service in Self.services {
             let rules = Self.hops.filter { $0.service == service }.map { hop in
                 hop.key + "=" + hop.publishes.map { "ceiling.\($0.exchange)/\($0.key)" }.joined(separator: ",")
             }
-            return try ChildProcess(
-                name: service,
-                executable: relay,
-                arguments: [url, "relay", "ceiling.\(service)", String(Self.prefetch)] + rules,
-                log: workDirectory.appendingPathComponent("relay-\(service).log")
+            relays[service] = try ChildProcess(
+                relay.path,
+                [url, "relay", "ceiling.\(service)", String(Self.prefetch)] + rules,
+                output: .appending(to: workDirectory.appendingPathComponent("relay-\(service).log").path)
             )
         }
+        return relays
     }
 
     // MARK: The services
 
     /// Starts the four service executables on a fresh data directory and waits until each consumes its queue,
-    /// then stocks the benchmark's SKU.
-    func startServices(stock: Int) async throws -> [ChildProcess] {
+    /// then stocks the benchmark's SKU. By service.
+    func startServices(stock: Int) async throws -> [String: ChildProcess] {
         let data = workDirectory.appendingPathComponent("data")
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
         let environment = ["BATON_AMQP_URL": url, "BATON_DATA_DIR": data.path, "BATON_LOG_LEVEL": "warning"]
-        var started: [ChildProcess] = []
+        var started: [String: ChildProcess] = [:]
         do {
             for service in Self.services {
-                started.append(
-                    try ChildProcess(
-                        name: service,
-                        executable: binaries.appendingPathComponent(service),
-                        arguments: ["serve"],
-                        environment: environment,
-                        log: log(service)
-                    )
+                started[service] = try ChildProcess(
+                    binaries.appendingPathComponent(service).path,
+                    ["serve"],
+                    environment: environment,
+                    output: .appending(to: log(service).path)
                 )
             }
             for service in Self.services { try await waitUntilHealthy(service, environment: environment) }
             var left = stock
             while left > 0 {
                 let quantity = min(left, 1_000_000)
-                try check(
+                try await check(
                     "inventory",
                     ["add", Workload.sku, "--quantity", String(quantity), "--title", "The benchmark"],
                     environment
@@ -149,7 +148,7 @@ struct MeshSetup {
                 left -= quantity
             }
         } catch {
-            for child in started { child.stop() }
+            for child in started.values { await child.stop() }
             throw error
         }
         return started
@@ -159,26 +158,26 @@ struct MeshSetup {
 
     private func waitUntilHealthy(_ service: String, environment: [String: String]) async throws {
         for _ in 0..<100 {
-            let status = try ChildProcess.run(
-                binaries.appendingPathComponent(service),
+            let (termination, _) = try await ChildProcess.run(
+                binaries.appendingPathComponent(service).path,
                 ["health"],
-                environment: environment,
-                log: log("\(service)-health")
+                environment: environment
             )
-            if status == 0 { return }
+            if termination.isSuccess { return }
             try await Task.sleep(for: .milliseconds(200))
         }
         throw BenchmarkError("\(service) did not become healthy; see \(log(service).path)")
     }
 
-    private func check(_ service: String, _ arguments: [String], _ environment: [String: String]) throws {
-        let status = try ChildProcess.run(
-            binaries.appendingPathComponent(service),
+    private func check(_ service: String, _ arguments: [String], _ environment: [String: String]) async throws {
+        let (termination, output) = try await ChildProcess.run(
+            binaries.appendingPathComponent(service).path,
             arguments,
-            environment: environment,
-            log: log("\(service)-cli")
+            environment: environment
         )
-        guard status == 0 else { throw BenchmarkError("`\(service) \(arguments.joined(separator: " "))` failed") }
+        guard termination.isSuccess else {
+            throw BenchmarkError("`\(service) \(arguments.joined(separator: " "))` failed (\(termination)): \(output)")
+        }
     }
 
     // MARK: Runs
@@ -189,10 +188,10 @@ struct MeshSetup {
         workload: Workload,
         count: Int,
         rate: Double?,
-        processes: [ChildProcess],
+        processes: [String: ChildProcess],
         connection: AMQPConnection
     ) async throws -> MeshRun {
-        var pids = Dictionary(uniqueKeysWithValues: processes.map { ($0.name, $0.pid) })
+        var pids = processes.mapValues(\.pid)
         if let brokerPID { pids["broker"] = brokerPID }
         let meter = CPUMeter(pids)
         let result = try await workload.run(
@@ -201,8 +200,8 @@ struct MeshSetup {
             connection: connection,
             progress: ProgressBar(name, total: count)
         )
-        for process in processes where !process.isRunning {
-            throw BenchmarkError("\(process.name) exited during the run; see \(workDirectory.path)")
+        for (name, process) in processes where !process.isRunning {
+            throw BenchmarkError("\(name) exited during the run; see \(workDirectory.path)")
         }
         return MeshRun(name: name, result: result, cpuPerThousand: meter.perThousand(workflows: count))
     }

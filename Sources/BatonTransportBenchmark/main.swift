@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonAMQP
+import ChildProcesses
 import Foundation
 import Logging
 
@@ -141,7 +142,7 @@ struct Harness: Sendable {
         for round in 1...rounds {
             progress("round \(round)/\(rounds): publish with confirms")
             try await connection.purgeQueue(queue)
-            let cPublish = try baselineRun("publish", messages, window)["publish_per_s"]!
+            let cPublish = try await baselineRun("publish", messages, window)["publish_per_s"]!
             try await connection.purgeQueue(queue)
             let swiftPublish = try await publish(connection, count: messages)
             record(
@@ -155,7 +156,7 @@ struct Harness: Sendable {
             for prefetch in [50, 500] {
                 progress("round \(round)/\(rounds): consume, prefetch \(prefetch)")
                 try await refill(connection, count: messages)
-                let cConsume = try baselineRun("consume", messages, prefetch)["consume_per_s"]!
+                let cConsume = try await baselineRun("consume", messages, prefetch)["consume_per_s"]!
                 try await refill(connection, count: messages)
                 let swiftConsume = try await consume(connection, count: messages, prefetch: UInt16(prefetch))
                 record(
@@ -169,7 +170,7 @@ struct Harness: Sendable {
 
             progress("round \(round)/\(rounds): durable round trips")
             try await connection.purgeQueue(queue)
-            let cLatency = try baselineRun("latency", roundTrips, bodySize)
+            let cLatency = try await baselineRun("latency", roundTrips, bodySize)
             let swiftLatency = try await latency(connection, count: roundTrips)
             record(
                 "round trip p50",
@@ -265,20 +266,16 @@ struct Harness: Sendable {
     }
 
     /// Runs the C baseline and parses its "key value" lines.
-    private func baselineRun(_ mode: String, _ count: Int, _ parameter: Int) throws -> [String: Double] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: baselinePath)
-        process.arguments = [url, mode, queue, "\(count)", "\(parameter)", "\(bodySize)"]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw ValidationError("amqp-c-baseline \(mode) failed with status \(process.terminationStatus)")
+    private func baselineRun(_ mode: String, _ count: Int, _ parameter: Int) async throws -> [String: Double] {
+        let (termination, output) = try await ChildProcess.run(
+            baselinePath,
+            [url, mode, queue, "\(count)", "\(parameter)", "\(bodySize)"]
+        )
+        guard termination.isSuccess else {
+            throw ValidationError("amqp-c-baseline \(mode) failed (\(termination)): \(output)")
         }
         var figures: [String: Double] = [:]
-        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+        for line in output.split(separator: "\n") {
             let parts = line.split(separator: " ")
             if parts.count == 2, let value = Double(parts[1]) { figures[String(parts[0])] = value }
         }

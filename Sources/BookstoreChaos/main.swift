@@ -3,6 +3,7 @@ import BatonAMQP
 import BatonService
 import BookstoreContracts
 import BookstoreOperations
+import ChildProcesses
 import Foundation
 import Logging
 import Synchronization
@@ -118,7 +119,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         try await Task.sleep(for: .seconds(2))  // late compensations still on the wire
         supervising.cancel()
         await supervising.value  // no restart may slip in after the stop
-        let statuses = await supervisor.stopAll()
+        let terminations = await supervisor.stopAll()
         snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
         let conflicts = await audit.stop()
         await connection.close()
@@ -156,7 +157,10 @@ struct BookstoreChaos: AsyncParsableCommand {
             )
         )
         checks.append(
-            ("every service stops gracefully", statuses.filter { $0.value != 0 }.map { "\($0.key) exited \($0.value)" })
+            (
+                "every service stops gracefully",
+                terminations.filter { !$0.value.isSuccess }.map { "\($0.key) ended with \($0.value)" }
+            )
         )
 
         let kills = log.count(prefix: "kill -9 ")
@@ -309,26 +313,11 @@ func retrying<T: Sendable>(_ operation: () async throws -> T) async throws -> T 
     }
 }
 
-/// Runs a command to its end and throws if it fails. Spawned and reaped here (posix_spawn, waitpid on a
-/// thread of its own) rather than with Foundation's `Process`, which waits until every inherited descriptor
-/// closes: `broker.sh start` leaves the broker running in the background with them open.
+/// Runs a command to its end and throws if it fails.
 func shell(_ command: String, _ arguments: String...) async throws {
-    let argv = [command] + arguments
-    var pid: pid_t = 0
-    var cArguments = argv.map { strdup($0) } + [nil]
-    defer { for argument in cArguments { free(argument) } }
-    let spawned = posix_spawnp(&pid, command, nil, nil, &cArguments, environ)
-    guard spawned == 0 else { throw CommandFailure("cannot run \(command): \(String(cString: strerror(spawned)))") }
-    let status: Int32 = await withCheckedContinuation { continuation in
-        let child = pid
-        Thread.detachNewThread {
-            var status: Int32 = 0
-            while waitpid(child, &status, 0) == -1 && errno == EINTR {}
-            continuation.resume(returning: status)
-        }
-    }
-    guard status == 0 else {
-        throw CommandFailure("\(argv.joined(separator: " ")) failed (wait status \(status))")
+    let (termination, output) = try await ChildProcess.run(command, arguments)
+    guard termination.isSuccess else {
+        throw CommandFailure("\(([command] + arguments).joined(separator: " ")) failed (\(termination)): \(output)")
     }
 }
 

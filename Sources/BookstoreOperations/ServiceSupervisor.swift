@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 
 /// Runs the bookstore's service executables as child processes and restarts any that dies, the way a
@@ -26,7 +27,7 @@ public actor ServiceSupervisor {
     private let binaries: URL
     private let logs: URL
     private let services: [String: Service]
-    private var processes: [String: Process] = [:]
+    private var processes: [String: ChildProcess] = [:]
     /// Starts per service, the first one included.
     public private(set) var starts: [String: Int] = [:]
 
@@ -46,29 +47,21 @@ public actor ServiceSupervisor {
     public func start(_ name: String) throws {
         guard let service = services[name] else { preconditionFailure("no service named \(name)") }
         if processes[name]?.isRunning == true { return }
-        let process = Process()
         let executable = binaries.appendingPathComponent(name).path
-        if let launcher = service.launcher.first {
-            process.executableURL = URL(fileURLWithPath: launcher)
-            process.arguments = Array(service.launcher.dropFirst()) + [executable] + service.arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: executable)
-            process.arguments = service.arguments
-        }
-        process.environment = ProcessInfo.processInfo.environment.merging(service.environment) { _, new in new }
-        let log = try FileHandle(appendingTo: logs.appendingPathComponent("\(name).log"))
-        process.standardOutput = log
-        process.standardError = log
-        try process.run()
+        let command = service.launcher + [executable] + service.arguments
+        let process = try ChildProcess(
+            command[0],
+            Array(command.dropFirst()),
+            environment: service.environment,
+            output: .appending(to: logs.appendingPathComponent("\(name).log").path)
+        )
         processes[name] = process
         starts[name, default: 0] += 1
     }
 
     /// Kills a service with SIGKILL (no chance to finish anything); ``restartDead()`` brings it back.
-    public func kill(_ name: String) {
-        guard let process = processes[name], process.isRunning else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+    public func kill(_ name: String) async {
+        await processes[name]?.kill()
     }
 
     /// Starts every service whose process has exited (killed, or failed to connect during an outage).
@@ -80,26 +73,10 @@ public actor ServiceSupervisor {
         return dead
     }
 
-    /// Stops every service with SIGTERM and waits for each; returns their exit statuses (0: a graceful stop).
-    public func stopAll() -> [String: Int32] {
-        var statuses: [String: Int32] = [:]
-        for (name, process) in processes {
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
-            statuses[name] = process.terminationStatus
-        }
-        return statuses
-    }
-}
-
-extension FileHandle {
-    /// A handle that appends to a file, created if missing (a service's log across its restarts).
-    /// - Throws: If the file cannot be opened for writing.
-    public convenience init(appendingTo file: URL) throws {
-        if !FileManager.default.fileExists(atPath: file.path) {
-            _ = FileManager.default.createFile(atPath: file.path, contents: nil)
-        }
-        try self.init(forWritingTo: file)
-        seekToEndOfFile()
+    /// Stops every service with SIGTERM and waits for each; returns how each ended (exit code 0: a graceful stop).
+    public func stopAll() async -> [String: Termination] {
+        var terminations: [String: Termination] = [:]
+        for (name, process) in processes { terminations[name] = await process.stop() }
+        return terminations
     }
 }

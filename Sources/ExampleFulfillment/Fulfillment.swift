@@ -27,7 +27,7 @@ let fulfillment = ProcessManager<Fulfillment>(
         process.compensate(reason: event.reason)  // issues the undo steps, last first
         process.send(CancelOrder(orderID: event.orderID, reason: event.reason))
     }
-    pm.on(OrderCancelled.self, correlation: .field(\.orderID), mayClose: true) { event, process in
+    pm.on(OrderCancelled.self, correlation: .field(\.orderID)) { event, process in
         process.compensate(reason: event.reason)  // a customer cancel mid-flight
         process.markAsFailed(reason: event.reason)
     }

@@ -92,7 +92,7 @@ public enum FulfillmentService: ServiceDefinition {
                 process.send(CancelOrder(orderID: event.orderID, reason: "shipment failed: \(event.reason)"))
             }
             pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
-            pm.on(OrderCancelled.self, correlation: .field(\.orderID), mayClose: true) { event, process in
+            pm.on(OrderCancelled.self, correlation: .field(\.orderID)) { event, process in
                 // The customer cancelled mid-flight, or the cancellation compensation asked for arrived.
                 process.compensate(reason: event.reason)
                 process.markAsFailed(reason: event.reason)

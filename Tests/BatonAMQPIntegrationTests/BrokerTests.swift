@@ -240,7 +240,7 @@ import Testing
             configuration: TestBroker.configuration(name),
             logger: Logger(label: "t")
         ) { _ in
-            try TestBroker.ctl("list_connections", "client_properties")
+            try await TestBroker.ctl("list_connections", "client_properties")
         }
         #expect(listed.contains(name))
     }
@@ -466,7 +466,7 @@ import Testing
         try await connection.declare(AMQPTopology(queues: [.init(queue, isDurable: false)]))
         let consumer = try await connection.consume(queue: queue, prefetch: 5)
 
-        try TestBroker.ctl("close_all_connections", "test: forced close")
+        try await TestBroker.ctl("close_all_connections", "test: forced close")
         #expect(try await eventually { connection.connectionCount == 2 && connection.isConnected })
 
         // The recorded topology was declared again and the consumer resumed on the new connection.
@@ -488,7 +488,7 @@ import Testing
             configuration: TestBroker.configuration("heartbeat", heartbeat: .seconds(1)),
             logger: Logger(label: "t")
         )
-        let pid = try TestBroker.ctl("eval", "list_to_integer(os:getpid()).")
+        let pid = try await TestBroker.ctl("eval", "list_to_integer(os:getpid()).")
             .trimmingCharacters(in: .whitespacesAndNewlines)
         // Freeze the broker: the socket stays open, only heartbeats stop.
         kill(pid_t(pid)!, SIGSTOP)
@@ -512,8 +512,8 @@ import Testing
         let restarted = Mutex(false)
         let restarter = Task {
             try await Task.sleep(for: .milliseconds(300))
-            try TestBroker.ctl("stop_app")
-            try TestBroker.ctl("start_app")
+            try await TestBroker.ctl("stop_app")
+            try await TestBroker.ctl("start_app")
             restarted.withLock { $0 = true }
         }
         var confirmed = Set<Int>()

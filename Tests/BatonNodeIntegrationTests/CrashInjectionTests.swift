@@ -4,6 +4,7 @@ import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import BatonTestSupport
+import ChildProcesses
 import Foundation
 import Logging
 import Testing
@@ -39,22 +40,22 @@ import Testing
             try await run.startProcess()
 
             // The node dies at `point` while handling the target message …
-            let armed = try run.probe(fault: point.rawValue)
+            let armed = try await run.probe(fault: point.rawValue)
             switch target {
             case .advance: try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(run.probeID)")
             case .bump: try await run.publishCommand("counter.BumpCounter", id: "bump-\(run.probeID)")
             }
-            #expect(try await armed.exits(within: .seconds(30)), "the probe must kill itself at \(point)")
-            #expect(armed.diedOfSIGKILL, "the probe died at \(point)")
+            let end = try await armed.end(within: .seconds(30))
+            #expect(end?.signal == SIGKILL, "the probe must kill itself at \(point), not \(String(describing: end))")
 
             // … and a new one on the same store and queue finishes the work.
-            let restarted = try run.probe(fault: "none")
+            let restarted = try await run.probe(fault: "none")
             switch target {
             case .advance: #expect(try await run.eventually { try await run.commandCount() >= 3 })
             case .bump: #expect(try await run.eventually { try await run.eventCount() >= 1 })
             }
             #expect(try await run.isSettled(), "the probe took every message, the redelivered one included")
-            #expect(try await restarted.stop() == 0, "SIGTERM stops the node gracefully")
+            #expect(try await restarted.stop()?.isSuccess == true, "SIGTERM stops the node gracefully")
 
             // Every probe has exited: what they published is in the observer queues, nothing more can come.
             let commands = try await run.drainCommands()
@@ -89,22 +90,22 @@ import Testing
     @Test func replicasOnOneStoreNeverWriteFromAStaleInstance() async throws {
         try await ProbeRun.with(name: "crash-replicas") { run in
             try await run.startProcess()
-            let first = try run.probe(fault: "none", prefetch: 1)
-            var second = try run.probe(fault: "none", prefetch: 1)
+            let first = try await run.probe(fault: "none", prefetch: 1)
+            var second = try await run.probe(fault: "none", prefetch: 1)
             let advances = 40
             for index in 1...advances / 2 {
                 try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(index)-\(run.probeID)")
             }
             #expect(try await run.eventually { try await run.commandCount() >= 2 + advances / 4 })
-            second.kill()
-            second = try run.probe(fault: "none", prefetch: 1)
+            await second.kill()
+            second = try await run.probe(fault: "none", prefetch: 1)
             for index in advances / 2 + 1...advances {
                 try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(index)-\(run.probeID)")
             }
             #expect(try await run.eventually { try await run.commandCount() >= 2 + advances })
             #expect(try await run.isSettled())
-            #expect(try await first.stop() == 0)
-            #expect(try await second.stop() == 0)
+            #expect(try await first.stop()?.isSuccess == true)
+            #expect(try await second.stop()?.isSuccess == true)
 
             // Both relays sweep the one outbox table (they claim no rows: leases come with the PostgreSQL store),
             // so a row may go out twice under its id, which consumers drop; what counts here is the effects.
@@ -170,10 +171,10 @@ private struct ProbeRun {
 
     /// Starts the instance with a probe that has no fault, and stops it once both start commands are out.
     func startProcess() async throws {
-        let probe = try probe(fault: "none")
+        let probe = try await probe(fault: "none")
         try await publishEvent("probe.ProbeStarted", id: "start-\(probeID)")
         #expect(try await eventually { try await commandCount() >= 2 }, "the instance started")
-        #expect(try await probe.stop() == 0)
+        #expect(try await probe.stop()?.isSuccess == true)
     }
 
     func publishEvent(_ name: String, id: String) async throws {
@@ -232,8 +233,8 @@ private struct ProbeRun {
     }
 
     /// Starts a probe process on this run's store and queue and waits until it is about to consume.
-    func probe(fault: String, prefetch: Int? = nil) throws -> ProbeProcess {
-        try ProbeProcess(
+    func probe(fault: String, prefetch: Int? = nil) async throws -> ProbeProcess {
+        try await ProbeProcess.start(
             arguments: [TestBroker.url, directory.path, name, fault] + (prefetch.map { [String($0)] } ?? [])
         )
     }
@@ -241,48 +242,38 @@ private struct ProbeRun {
 
 /// A running `BatonCrashProbe` process.
 private struct ProbeProcess {
-    private let process: Process
+    private let process: ChildProcess
 
-    init(arguments: [String]) throws {
+    /// Starts the probe and waits (30 s at most) until it prints "ready": connected and about to consume.
+    static func start(arguments: [String]) async throws -> ProbeProcess {
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
             .appendingPathComponent("BatonCrashProbe")
-        process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        // Wait for "ready": the probe is connected and about to consume.
-        _ = output.fileHandleForReading.availableData
-    }
-
-    /// Waits for the process to end; kills it and returns `false` if it outlives `timeout`.
-    func exits(within timeout: Duration) async throws -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while process.isRunning {
-            guard ContinuousClock.now < deadline else {
-                kill()
-                return false
-            }
-            try await Task.sleep(for: .milliseconds(20))
+        let process = try ChildProcess(binary.path, arguments, output: .capture)
+        let ready = try await eventually { process.output.contains("ready\n") || !process.isRunning }
+        guard ready, process.isRunning else {
+            await process.kill()
+            throw TestSupportError("the probe did not start: \(process.output)")
         }
-        return true
+        return ProbeProcess(process: process)
     }
 
-    var diedOfSIGKILL: Bool {
-        process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL
+    /// Waits for the process to end; kills it and returns `nil` if it outlives `timeout`.
+    func end(within timeout: Duration) async throws -> Termination? {
+        guard try await eventually(timeout: timeout, { !process.isRunning }) else {
+            await process.kill()
+            return nil
+        }
+        return await process.wait()
     }
 
-    /// SIGTERM, then waits for the exit (30 s at most): the exit status.
-    func stop() async throws -> Int32 {
-        process.terminate()
-        guard try await exits(within: .seconds(30)) else { return -1 }
-        return process.terminationStatus
+    /// SIGTERM, then waits for the exit (30 s at most).
+    func stop() async throws -> Termination? {
+        process.send(SIGTERM)
+        return try await end(within: .seconds(30))
     }
 
     /// SIGKILL, then waits for the exit.
-    func kill() {
-        Foundation.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+    func kill() async {
+        await process.kill()
     }
 }

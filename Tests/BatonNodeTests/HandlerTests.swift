@@ -1,6 +1,4 @@
 import Baton
-import BatonAMQP
-import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
 import BatonTestSupport
@@ -157,75 +155,6 @@ struct Order: Aggregate {
         let letter = try #require(try await node.store.read { try $0.deadLetters() }.first)
         #expect(letter.reason == "no handler for message type 'storefront.CheckoutCompleted.v1'")
         #expect(try await node.store.read { try $0.streamVersion("order-order-chk-9") } == 0, "no order was placed")
-    }
-
-    @Test func anOutboxRowTheBrokerRefusesDoesNotHoldUpTheOthers() async throws {
-        // A broker user that may publish orders.OrderPlaced but not orders.OrderClosed (a topic permission, as
-        // a least-privilege deployment would have): every checkout yields one of each.
-        let virtualHost = TestBroker.unique("refused-row")
-        let user = TestBroker.unique("relay")
-        try TestBroker.makeVirtualHost(virtualHost)
-        defer { TestBroker.deleteVirtualHost(virtualHost) }
-        try TestBroker.ctl("add_user", user, "relay-secret")
-        defer { _ = try? TestBroker.ctl("delete_user", user) }
-        try TestBroker.ctl("set_permissions", "-p", virtualHost, user, ".*", ".*", ".*")
-        try TestBroker.ctl(
-            "set_topic_permissions",
-            "-p",
-            virtualHost,
-            user,
-            Routing.eventExchange,
-            "^orders\\.OrderPlaced$",
-            ".*"
-        )
-        let base = URLComponents(string: TestBroker.url.replacingOccurrences(of: "amqp://", with: "http://"))!
-        let url = "amqp://\(user):relay-secret@\(base.host!):\(base.port!)/\(virtualHost)"
-        var logger = Logger(label: "refused-row")
-        logger.logLevel = .critical
-        let connection = try await AMQPConnection.connect(configuration: .init(url: url), logger: logger)
-        let observer = try await AMQPConnection.connect(
-            configuration: .init(url: TestBroker.url(virtualHost: virtualHost)),
-            logger: logger
-        )
-        let harness = try NodeHarness()
-        defer { harness.removeFiles() }
-        let transport = AMQPTransport(connection: connection)
-        let node = try makeNode(harness, transport: transport)
-        try await AMQPTransport(connection: observer).declare(
-            Topology(
-                exchanges: Routing.exchanges + [.init("storefront", kind: .topic)],
-                queues: [.init("placed", isDurable: false)],
-                bindings: [.init(queue: "placed", exchange: Routing.eventExchange, bindingKey: "orders.OrderPlaced")]
-            )
-        )
-        try await withRunningNode(node, transport: transport) {
-            let checkouts = (0..<60).map { index in
-                AMQPOutgoingMessage(
-                    exchange: "storefront",
-                    routingKey: "checkout.completed",
-                    body: Array(
-                        #"{"checkout_id":"c-\#(index)","customer":"Ada","lines":[{"sku":"b","quantity":1}]}"#.utf8
-                    ),
-                    properties: AMQPProperties(contentType: "application/json", messageID: "checkout-\(index)")
-                )
-            }
-            for result in await observer.publish(contentsOf: checkouts) { try result.get() }
-            // Each permitted event arrives, some maybe twice (sent again when its batch's outcome was unknown).
-            let consumer = try await observer.consume(queue: "placed", prefetch: 500)
-            var ids = Set<String>()
-            while ids.count < 60, let delivery = try await consumer.next(timeout: .seconds(20)) {
-                ids.insert(delivery.properties.messageID ?? "")
-                delivery.ack()
-            }
-            await consumer.cancel()
-            #expect(ids.count == 60, "every permitted event went out beside the refused ones (\(ids.count))")
-            let refusedWait = try await eventually(timeout: .seconds(20)) {
-                try await node.store.read { try $0.pendingOutboxCount() } == 60
-            }
-            #expect(refusedWait, "the 60 refused events wait in the outbox, not lost; the rest are marked sent")
-        }
-        await observer.close()
-        await connection.close()
     }
 
     @Test func concurrentWritersOfOneStreamAreDetected() async throws {

@@ -1,5 +1,4 @@
 import Baton
-import BatonAMQP
 import BatonNode
 import BatonSQLite
 import BatonTestSupport
@@ -81,7 +80,7 @@ func orderProcess(failures: FailureBudget = FailureBudget()) -> ProcessManager<O
             process.send(ShipOrder(orderID: event.orderID))
         }
         pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
-        pm.onTimer("payment-timeout", mayClose: true) { process in
+        pm.onTimer("payment-timeout") { process in
             if failures.timerShouldFail(process.state.orderID) { throw HandlerFailure() }
             process.send(VoidOrder(orderID: process.state.orderID))
             process.markAsFailed(reason: "payment timed out")

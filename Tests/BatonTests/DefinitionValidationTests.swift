@@ -33,13 +33,6 @@ import Testing
         #expect(problems(definition).first?.contains("shipping.ParcelDelivered.v1 cannot correlate") == true)
     }
 
-    @Test func noReachableTerminalState() {
-        let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders"]) { pm in
-            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
-        }
-        #expect(problems(definition).first?.hasPrefix("no terminal state is reachable") == true)
-    }
-
     @Test func aCategoryThatIsNotListenedTo() {
         let definition = ProcessManager<Fulfillment>(name: "p", listensTo: ["orders"]) { pm in
             pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }

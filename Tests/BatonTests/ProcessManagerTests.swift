@@ -181,14 +181,41 @@ import Testing
         }
     }
 
-    @Test func aHandlerThatClosesWithoutDeclaringItIsRefused() throws {
-        let sloppy = ProcessManager<Fulfillment>(name: "sloppy", listensTo: ["orders"]) { pm in
-            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, process in process.markAsComplete() }
-            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+    @Test func anyHandlerMayCloseItsInstanceWithoutDeclaringIt() throws {
+        let eager = ProcessManager<Fulfillment>(name: "eager", listensTo: ["orders", "shipping"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+                if event.address.isEmpty { process.markAsFailed(reason: "no address") }
+                process.schedule("give-up", after: .seconds(60))
+            }
+            pm.on(ShipmentCreated.self, correlation: .field(\.orderID)) { _, process in process.markAsComplete() }
+            pm.onTimer("give-up") { process in process.markAsFailed(reason: "gave up") }
         }
-        var scenario = try ProcessScenario(sloppy)
-        #expect(throws: ProcessHandlerError.self) { try scenario.when(OrderConfirmed(orderID: "x", address: "a")) }
-        #expect(scenario.instance("x") == nil)
+        var scenario = try ProcessScenario(eager)
+        try scenario.when(OrderConfirmed(orderID: "started", address: ""))
+        #expect(scenario.instance("started")?.lifecycle == .failed, "a start handler closes")
+        try scenario.when(OrderConfirmed(orderID: "shipped", address: "a"))
+        try scenario.when(ShipmentCreated(orderID: "shipped", trackingNumber: "t"))
+        #expect(scenario.instance("shipped")?.lifecycle == .completed, "an ordinary handler closes")
+        try scenario.when(OrderConfirmed(orderID: "waited", address: "a"))
+        _ = try scenario.advance(by: .seconds(61))
+        #expect(scenario.instance("waited")?.lifecycle == .failed, "a timer handler closes")
+        #expect(scenario.instance("waited")?.reason == "gave up")
+    }
+
+    @Test func closingAClosedInstanceDoesNothing() throws {
+        let late = ProcessManager<Fulfillment>(name: "late", listensTo: ["orders", "shipping"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+            pm.afterClose(ShipmentCreated.self, correlation: .field(\.orderID)) { event, process in
+                process.markAsFailed(reason: "too late")
+                process.send(CancelShipment(orderID: event.orderID))
+            }
+        }
+        var scenario = try ProcessScenario(late)
+        try scenario.given(OrderConfirmed(orderID: "o", address: "a"), OrderCompleted(orderID: "o"))
+        let outcome = try scenario.when(ShipmentCreated(orderID: "o", trackingNumber: "t"))
+        #expect(outcome.commands(CancelShipment.self).count == 1, "the late reply is still compensated")
+        #expect(scenario.instance("o")?.lifecycle == .completed, "and the instance stays as it closed")
     }
 }
 
@@ -208,7 +235,7 @@ import Testing
 
     @Test func compositeKeysJoinSeveralFields() throws {
         let picking = ProcessManager<LineState>(name: "picking", listensTo: ["warehouse"]) { pm in
-            pm.start(on: LinePicked.self, correlation: .composite([{ $0.orderID }, { $0.sku }]), mayClose: true) {
+            pm.start(on: LinePicked.self, correlation: .composite([{ $0.orderID }, { $0.sku }])) {
                 _,
                 process in process.state.picks += 1
             }
@@ -220,7 +247,7 @@ import Testing
 
     @Test func correlationIDNamesTheInstance() throws {
         let byCorrelation = ProcessManager<LineState>(name: "by-correlation", listensTo: ["warehouse"]) { pm in
-            pm.start(on: LinePicked.self, correlation: .correlationID, mayClose: true) { _, process in
+            pm.start(on: LinePicked.self, correlation: .correlationID) { _, process in
                 process.state.picks += 1
             }
         }

@@ -91,7 +91,7 @@ let fulfillment = ProcessManager<Fulfillment>(
         process.send(CreateShipment(orderID: event.orderID, address: process.state.address))
         process.schedule("step-timeout", after: .seconds(30))
     }
-    pm.on(ReservationFailed.self, correlation: .field(\.orderID), mayClose: true) { event, process in
+    pm.on(ReservationFailed.self, correlation: .field(\.orderID)) { event, process in
         process.send(CancelOrder(orderID: event.orderID, reason: event.reason))
         process.markAsFailed(reason: event.reason)
     }
@@ -109,7 +109,7 @@ let fulfillment = ProcessManager<Fulfillment>(
         process.compensate(reason: "shipment failed: \(event.reason)")
         process.send(CancelOrder(orderID: event.orderID, reason: event.reason))
     }
-    pm.on(OrderCancelled.self, correlation: .field(\.orderID), mayClose: true) { event, process in
+    pm.on(OrderCancelled.self, correlation: .field(\.orderID)) { event, process in
         if process.lifecycle != .compensating { process.compensate(reason: event.reason) }
         process.markAsFailed(reason: event.reason)
     }

@@ -1,5 +1,6 @@
 import BatonAMQP
 import BatonTestSupport
+import ChildProcesses
 import Foundation
 import Testing
 
@@ -14,27 +15,23 @@ import Testing
     }
 
     /// What `<service> topology --vhost VHOST` prints.
-    static func declared(by service: String, vhost: String) throws -> BrokerDefinitions {
-        let process = Process()
-        process.executableURL = Mesh.binary(service)
-        process.arguments = ["topology", "--vhost", vhost]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
-        return try JSONDecoder().decode(BrokerDefinitions.self, from: data)
+    static func declared(by service: String, vhost: String) async throws -> BrokerDefinitions {
+        let (termination, output) = try await ChildProcess.run(
+            Mesh.binary(service).path,
+            ["topology", "--vhost", vhost]
+        )
+        #expect(termination.isSuccess)
+        return try JSONDecoder().decode(BrokerDefinitions.self, from: Data(output.utf8))
     }
 
-    @Test func definitionsDeclareExactlyWhatTheServicesNeed() throws {
+    @Test func definitionsDeclareExactlyWhatTheServicesNeed() async throws {
         let shipped = try JSONDecoder().decode(BrokerDefinitions.self, from: Data(contentsOf: Self.definitionsFile))
         var needed = (
             exchanges: Set<BrokerDefinitions.Exchange>(), queues: Set<BrokerDefinitions.Queue>(),
             bindings: Set<BrokerDefinitions.Binding>()
         )
         for service in Self.services {
-            let declared = try Self.declared(by: service, vhost: "baton")
+            let declared = try await Self.declared(by: service, vhost: "baton")
             for missing in Set(declared.exchanges).subtracting(shipped.exchanges) {
                 Issue.record("definitions.json lacks \(service)'s exchange \(missing)")
             }
@@ -55,36 +52,39 @@ import Testing
     }
 
     @Test func servicesRunOnThePreDeclaredDefinitionsAlone() async throws {
-        let mesh = try Mesh(topology: "broker")
-        defer { _ = mesh.tearDown() }
+        try await Mesh.run(topology: "broker") { mesh in
 
-        // Nothing declared yet: the service refuses to start and names what is missing.
-        let refused = try mesh.cli("orders", "serve")
-        #expect(refused.status != 0)
-        #expect(refused.output.contains("check exchange 'baton.commands'"), "\(refused.output)")
-        #expect(refused.output.contains("404") || refused.output.contains("NOT_FOUND"), "\(refused.output)")
+            // Nothing declared yet: the service refuses to start and names what is missing.
+            let refused = try await mesh.cli("orders", "serve")
+            #expect(refused.status != 0)
+            #expect(refused.output.contains("check exchange 'baton.commands'"), "\(refused.output)")
+            #expect(refused.output.contains("404") || refused.output.contains("NOT_FOUND"), "\(refused.output)")
 
-        // The shipped definitions' topology, moved to the test's virtual host.
-        var topology = try JSONDecoder().decode(BrokerDefinitions.self, from: Data(contentsOf: Self.definitionsFile))
-        for index in topology.exchanges.indices { topology.exchanges[index].vhost = mesh.virtualHost }
-        for index in topology.queues.indices { topology.queues[index].vhost = mesh.virtualHost }
-        for index in topology.bindings.indices { topology.bindings[index].vhost = mesh.virtualHost }
-        let file = mesh.dataDirectory.appendingPathComponent("definitions.json")
-        try JSONEncoder().encode(topology).write(to: file)
-        try TestBroker.ctl("import_definitions", file.path)
-        let imported = try await eventually {
-            let queues = try TestBroker.ctl("list_queues", "-p", mesh.virtualHost, "name", "--quiet")
-            return topology.queues.allSatisfy { queues.contains($0.name) }
+            // The shipped definitions' topology, moved to the test's virtual host.
+            var topology = try JSONDecoder().decode(
+                BrokerDefinitions.self,
+                from: Data(contentsOf: Self.definitionsFile)
+            )
+            for index in topology.exchanges.indices { topology.exchanges[index].vhost = mesh.virtualHost }
+            for index in topology.queues.indices { topology.queues[index].vhost = mesh.virtualHost }
+            for index in topology.bindings.indices { topology.bindings[index].vhost = mesh.virtualHost }
+            let file = mesh.dataDirectory.appendingPathComponent("definitions.json")
+            try JSONEncoder().encode(topology).write(to: file)
+            try await TestBroker.ctl("import_definitions", file.path)
+            let imported = try await eventually {
+                let queues = try await TestBroker.ctl("list_queues", "-p", mesh.virtualHost, "name", "--quiet")
+                return topology.queues.allSatisfy { queues.contains($0.name) }
+            }
+            try #require(imported, "the broker imported the definitions")
+
+            // Declaring nothing themselves, the services work: everything they need came from the definitions.
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 10)
+            try await mesh.checkout("chk-predeclared", lines: [("book-0001", 2)])
+            try await mesh.checkout("chk-predeclared-blank", address: "", lines: [("book-0001", 1)])
+            let (snapshot, problems) = try await mesh.settle(orders: 2)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(Set(snapshot.orders.map(\.status)) == ["COMPLETED", "CANCELLED"])
         }
-        try #require(imported, "the broker imported the definitions")
-
-        // Declaring nothing themselves, the services work: everything they need came from the definitions.
-        try await mesh.startAll()
-        try await mesh.stock("book-0001", 10)
-        try await mesh.checkout("chk-predeclared", lines: [("book-0001", 2)])
-        try await mesh.checkout("chk-predeclared-blank", address: "", lines: [("book-0001", 1)])
-        let (snapshot, problems) = try await mesh.settle(orders: 2)
-        #expect(problems.isEmpty, "\(problems)")
-        #expect(Set(snapshot.orders.map(\.status)) == ["COMPLETED", "CANCELLED"])
     }
 }

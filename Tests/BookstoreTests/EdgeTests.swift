@@ -39,82 +39,87 @@ import Testing
             UInt64(ProcessInfo.processInfo.environment["BATON_FUZZ_SEED"] ?? "") ?? UInt64.random(in: 1...1_000_000)
         var random = SeededGenerator(seed: seed)
         let corpus = (0..<Self.corpusSize).map { Self.makeCase($0, using: &random) }
-        let mesh = try Mesh()
-        defer { _ = mesh.tearDown() }
-        try await mesh.startAll()
-        try await mesh.stock("book-0001", 1_000)
+        try await Mesh.run { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 1_000)
 
-        var logger = Logger(label: "fuzzer")
-        logger.logLevel = .critical
-        let connection = try await AMQPConnection.connect(
-            configuration: .init(url: mesh.url, connectionName: "fuzzer"),
-            logger: logger
-        )
-        var realOrders = 0
-        var resentWithoutID = 0  // sent twice, maybe taken twice: without an id nothing can fold the copies
-        for (index, chunk) in stride(from: 0, to: corpus.count, by: 250).map({
-            corpus[$0..<min($0 + 250, corpus.count)]
-        })
-        .enumerated() {
-            var results = await connection.publish(contentsOf: chunk.map(Self.message))
-            // A refused message closes the channel over all in flight: a producer learns which by sending the
-            // ones of unknown outcome again, alone.
-            for (offset, item) in chunk.enumerated() {
-                if case .failure(let error) = results[offset], error.code == .outcomeUnknown {
-                    if item.messageID == nil { resentWithoutID += 1 }
-                    results[offset] = await connection.publish(contentsOf: [Self.message(item)])[0]
+            var logger = Logger(label: "fuzzer")
+            logger.logLevel = .critical
+            let connection = try await AMQPConnection.connect(
+                configuration: .init(url: mesh.url, connectionName: "fuzzer"),
+                logger: logger
+            )
+            var realOrders = 0
+            var resentWithoutID = 0  // sent twice, maybe taken twice: without an id nothing can fold the copies
+            for (index, chunk) in stride(from: 0, to: corpus.count, by: 250).map({
+                corpus[$0..<min($0 + 250, corpus.count)]
+            })
+            .enumerated() {
+                var results = await connection.publish(contentsOf: chunk.map(Self.message))
+                // A refused message closes the channel over all in flight: a producer learns which by sending the
+                // ones of unknown outcome again, alone.
+                for (offset, item) in chunk.enumerated() {
+                    if case .failure(let error) = results[offset], error.code == .outcomeUnknown {
+                        if item.messageID == nil { resentWithoutID += 1 }
+                        results[offset] = await connection.publish(contentsOf: [Self.message(item)])[0]
+                    }
                 }
-            }
-            for (item, result) in zip(chunk, results) {
-                switch (item.fate, result) {
-                case (.refusedByBroker, .failure), (.deadLettered, .success), (.order, .success): break
-                default: Issue.record("seed \(seed): \(item.what): the broker said \(result)")
+                for (item, result) in zip(chunk, results) {
+                    switch (item.fate, result) {
+                    case (.refusedByBroker, .failure), (.deadLettered, .success), (.order, .success): break
+                    default: Issue.record("seed \(seed): \(item.what): the broker said \(result)")
+                    }
                 }
+                try await mesh.checkout("fz-real-\(index)", lines: [("book-0001", 1)])  // real orders keep flowing
+                realOrders += 1
             }
-            try await mesh.checkout("fz-real-\(index)", lines: [("book-0001", 1)])  // real orders keep flowing
-            realOrders += 1
-        }
-        await connection.close()
+            await connection.close()
 
-        let expectedOrders = Set(corpus.compactMap { if case .order(let id) = $0.fate { id } else { nil } })
-        let (snapshot, problems) = try await mesh.settle(
-            orders: realOrders + expectedOrders.count,
-            timeout: .seconds(180)
-        )
-        #expect(problems.isEmpty, "seed \(seed): \(problems)")
-        let store = try SQLiteStore(
-            path: mesh.dataDirectory.appendingPathComponent("orders.sqlite").path,
-            readOnly: true
-        )
-        let letters = try await store.read { try $0.deadLetters(includeReplayed: false, limit: 100_000) }
-        let reasons = Dictionary(letters.map { ($0.messageID, $0.reason) }) { first, _ in first }
-        let expectedLetters = corpus.filter { $0.fate == .deadLettered }
-        var missing: [String] = []
-        for item in expectedLetters {
-            guard let id = item.messageID else { continue }
-            if reasons[id]?.isEmpty != false { missing.append("\(item.what) (\(id))") }
+            let expectedOrders = Set(corpus.compactMap { if case .order(let id) = $0.fate { id } else { nil } })
+            let (snapshot, problems) = try await mesh.settle(
+                orders: realOrders + expectedOrders.count,
+                timeout: .seconds(180)
+            )
+            #expect(problems.isEmpty, "seed \(seed): \(problems)")
+            let store = try SQLiteStore(
+                path: mesh.dataDirectory.appendingPathComponent("orders.sqlite").path,
+                readOnly: true
+            )
+            let letters = try await store.read { try $0.deadLetters(includeReplayed: false, limit: 100_000) }
+            let reasons = Dictionary(letters.map { ($0.messageID, $0.reason) }) { first, _ in first }
+            let expectedLetters = corpus.filter { $0.fate == .deadLettered }
+            var missing: [String] = []
+            for item in expectedLetters {
+                guard let id = item.messageID else { continue }
+                if reasons[id]?.isEmpty != false { missing.append("\(item.what) (\(id))") }
+            }
+            #expect(missing.isEmpty, "seed \(seed): not dead-lettered: \(missing.prefix(10))")
+            let withoutID = expectedLetters.filter { $0.messageID == nil }.count
+            let idless = letters.filter { $0.messageID.isEmpty }
+            #expect(
+                (withoutID...withoutID + resentWithoutID).contains(idless.count),
+                "seed \(seed): a dead letter per id-less message sent: \(Dictionary(grouping: idless.map(\.reason)) { $0 }.mapValues(\.count))"
+            )
+            let ids = Set(expectedLetters.compactMap(\.messageID))
+            #expect(
+                letters.count - idless.count == ids.count,
+                "seed \(seed): one dead letter per message id, repeats and re-sends folded"
+            )
+            let fuzzOrders = Set(snapshot.orders.map(\.checkoutID).filter { !$0.hasPrefix("fz-real-") })
+            #expect(
+                fuzzOrders == expectedOrders,
+                "seed \(seed): only the mutants that are valid checkouts became orders"
+            )
+            #expect(
+                snapshot.orders.filter { $0.checkoutID.hasPrefix("fz-real-") }.allSatisfy { $0.status == "COMPLETED" }
+            )
+            #expect(mesh.processes.values.allSatisfy { $0.isRunning }, "no service crashed")
+            print(
+                "fuzz seed \(seed): \(corpus.count) messages: \(expectedLetters.count) dead-lettered, "
+                    + "\(corpus.filter { $0.fate == .refusedByBroker }.count) refused by the broker, "
+                    + "\(expectedOrders.count) valid mutants; \(realOrders) real orders completed"
+            )
         }
-        #expect(missing.isEmpty, "seed \(seed): not dead-lettered: \(missing.prefix(10))")
-        let withoutID = expectedLetters.filter { $0.messageID == nil }.count
-        let idless = letters.filter { $0.messageID.isEmpty }
-        #expect(
-            (withoutID...withoutID + resentWithoutID).contains(idless.count),
-            "seed \(seed): a dead letter per id-less message sent: \(Dictionary(grouping: idless.map(\.reason)) { $0 }.mapValues(\.count))"
-        )
-        let ids = Set(expectedLetters.compactMap(\.messageID))
-        #expect(
-            letters.count - idless.count == ids.count,
-            "seed \(seed): one dead letter per message id, repeats and re-sends folded"
-        )
-        let fuzzOrders = Set(snapshot.orders.map(\.checkoutID).filter { !$0.hasPrefix("fz-real-") })
-        #expect(fuzzOrders == expectedOrders, "seed \(seed): only the mutants that are valid checkouts became orders")
-        #expect(snapshot.orders.filter { $0.checkoutID.hasPrefix("fz-real-") }.allSatisfy { $0.status == "COMPLETED" })
-        #expect(mesh.processes.values.allSatisfy { $0.isRunning }, "no service crashed")
-        print(
-            "fuzz seed \(seed): \(corpus.count) messages: \(expectedLetters.count) dead-lettered, "
-                + "\(corpus.filter { $0.fate == .refusedByBroker }.count) refused by the broker, "
-                + "\(expectedOrders.count) valid mutants; \(realOrders) real orders completed"
-        )
     }
 
     static func message(_ item: Case) -> AMQPOutgoingMessage {
@@ -279,70 +284,71 @@ import Testing
     // MARK: Command lines
 
     @Test func everyCLIRefusesBadArgumentsClearlyAndWritesNothing() async throws {
-        let mesh = try Mesh()
-        defer { _ = mesh.tearDown() }
-        try await mesh.startAll()
-        try await mesh.stock("book-0001", 10)
-        let before = try await mesh.snapshot()
-        let battery: [(String, [String], String)] = [
-            ("orders", ["place", "--customer", "", "--line", "book-0001:1"], "customer"),
-            ("orders", ["place", "--customer", "Ada", "--line", "book-0001:0"], "quantity"),
-            ("orders", ["place", "--customer", "Ada", "--line", "book-0001:x"], "SKU:QTY"),
-            ("orders", ["place", "--customer", "Ada"], "--line"),
-            ("orders", ["place", "--customer", "Ada", "--line", ":3"], "SKU:QTY"),
-            ("orders", ["cancel"], "REF"),
-            ("orders", ["show"], "REF"),
-            ("orders", ["show", "ord-nope"], "no order"),
-            ("orders", ["list", "--status", "SHIPPED"], "--status must be"),
-            ("orders", ["frobnicate"], "frobnicate"),
-            ("orders", ["list", "--amqp-url", "ftp://x"], "amqp:// or amqps://"),
-            ("orders", ["serve", "--topology", "sideways"], "node or broker"),
-            ("inventory", ["add", "book-0002", "--quantity", "-5"], "quantity"),
-            ("inventory", ["add", "book-0002", "--quantity", "many"], "quantity"),
-            ("inventory", ["add", "--quantity", "5"], "sku"),
-            ("inventory", ["add", String(repeating: "s", count: 65), "--quantity", "5"], "sku"),
-            ("inventory", ["show", "book-9999"], "book-9999"),
-            ("shipping", ["show"], "order"),
-            ("shipping", ["show", "ord-nope"], "ord-nope"),
-            ("fulfillment", ["serve", "--step-timeout", "0"], "--step-timeout"),
-            ("fulfillment", ["show", "ord-nope"], "ord-nope"),
-            ("fulfillment", ["list", "--open", "--closed"], "--closed"),
-            ("orders", ["dlq", "replay"], "ids or --all"),
-            ("orders", ["dlq", "replay", "1", "--all"], "ids or --all"),
-            ("orders", ["dlq", "show", "one"], "one"),
-            ("orders", ["dlq", "show", "424242"], "424242"),
-            ("shipping", ["dlq", "frobnicate"], "frobnicate"),
-        ]
-        for (service, arguments, mention) in battery {
-            let result = try mesh.cli(service, arguments)
-            #expect(result.status != 0, "\(service) \(arguments) exited 0: \(result.output)")
+        try await Mesh.run { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 10)
+            let before = try await mesh.snapshot()
+            let battery: [(String, [String], String)] = [
+                ("orders", ["place", "--customer", "", "--line", "book-0001:1"], "customer"),
+                ("orders", ["place", "--customer", "Ada", "--line", "book-0001:0"], "quantity"),
+                ("orders", ["place", "--customer", "Ada", "--line", "book-0001:x"], "SKU:QTY"),
+                ("orders", ["place", "--customer", "Ada"], "--line"),
+                ("orders", ["place", "--customer", "Ada", "--line", ":3"], "SKU:QTY"),
+                ("orders", ["cancel"], "REF"),
+                ("orders", ["show"], "REF"),
+                ("orders", ["show", "ord-nope"], "no order"),
+                ("orders", ["list", "--status", "SHIPPED"], "--status must be"),
+                ("orders", ["frobnicate"], "frobnicate"),
+                ("orders", ["list", "--amqp-url", "ftp://x"], "amqp:// or amqps://"),
+                ("orders", ["serve", "--topology", "sideways"], "node or broker"),
+                ("inventory", ["add", "book-0002", "--quantity", "-5"], "quantity"),
+                ("inventory", ["add", "book-0002", "--quantity", "many"], "quantity"),
+                ("inventory", ["add", "--quantity", "5"], "sku"),
+                ("inventory", ["add", String(repeating: "s", count: 65), "--quantity", "5"], "sku"),
+                ("inventory", ["show", "book-9999"], "book-9999"),
+                ("shipping", ["show"], "order"),
+                ("shipping", ["show", "ord-nope"], "ord-nope"),
+                ("fulfillment", ["serve", "--step-timeout", "0"], "--step-timeout"),
+                ("fulfillment", ["show", "ord-nope"], "ord-nope"),
+                ("fulfillment", ["list", "--open", "--closed"], "--closed"),
+                ("orders", ["dlq", "replay"], "ids or --all"),
+                ("orders", ["dlq", "replay", "1", "--all"], "ids or --all"),
+                ("orders", ["dlq", "show", "one"], "one"),
+                ("orders", ["dlq", "show", "424242"], "424242"),
+                ("shipping", ["dlq", "frobnicate"], "frobnicate"),
+            ]
+            for (service, arguments, mention) in battery {
+                let result = try await mesh.cli(service, arguments)
+                #expect(result.status != 0, "\(service) \(arguments) exited 0: \(result.output)")
+                #expect(
+                    result.output.lowercased().contains(mention.lowercased()),
+                    "\(service) \(arguments) should mention \(mention): \(result.output)"
+                )
+            }
+            // Each CLI publishes with confirms before it exits: anything one wrongly sent is in a queue by now, and
+            // once every queue is settled it has been handled.
             #expect(
-                result.output.lowercased().contains(mention.lowercased()),
-                "\(service) \(arguments) should mention \(mention): \(result.output)"
+                try await TestBroker.areSettled(
+                    ["orders", "inventory", "shipping", "fulfillment"],
+                    virtualHost: mesh.virtualHost
+                )
             )
-        }
-        // Each CLI publishes with confirms before it exits: anything one wrongly sent is in a queue by now, and
-        // once every queue is settled it has been handled.
-        #expect(
-            try await TestBroker.areSettled(
-                ["orders", "inventory", "shipping", "fulfillment"],
-                virtualHost: mesh.virtualHost
-            )
-        )
-        let after = try await mesh.snapshot()
-        #expect(after.orders == before.orders && after.items == before.items, "nothing was written")
-        #expect(after.deadLetters.values.allSatisfy { $0.isEmpty }, "nothing reached a service as a bad message")
+            let after = try await mesh.snapshot()
+            #expect(after.orders == before.orders && after.items == before.items, "nothing was written")
+            #expect(after.deadLetters.values.allSatisfy { $0.isEmpty }, "nothing reached a service as a bad message")
 
-        // A broker URL with a password: the password appears in no error, whatever goes wrong.
-        for (service, arguments) in [
-            ("orders", ["place", "--customer", "Ada", "--line", "book-0001:1"]), ("inventory", ["health"]),
-            ("orders", ["dlq", "replay", "--all"]),
-        ] {
-            for url in ["amqp://ada:pw-s3cr3t-x@127.0.0.1:1/%2F", "amqp://baton:pw-s3cr3t-x@\(mesh.brokerAddress)/%2F"]
-            {
-                let result = try mesh.cli(service, arguments + ["--amqp-url", url])
-                #expect(result.status != 0)
-                #expect(!result.output.contains("pw-s3cr3t-x"), "\(service) printed the password: \(result.output)")
+            // A broker URL with a password: the password appears in no error, whatever goes wrong.
+            for (service, arguments) in [
+                ("orders", ["place", "--customer", "Ada", "--line", "book-0001:1"]), ("inventory", ["health"]),
+                ("orders", ["dlq", "replay", "--all"]),
+            ] {
+                for url in [
+                    "amqp://ada:pw-s3cr3t-x@127.0.0.1:1/%2F", "amqp://baton:pw-s3cr3t-x@\(mesh.brokerAddress)/%2F",
+                ] {
+                    let result = try await mesh.cli(service, arguments + ["--amqp-url", url])
+                    #expect(result.status != 0)
+                    #expect(!result.output.contains("pw-s3cr3t-x"), "\(service) printed the password: \(result.output)")
+                }
             }
         }
     }

@@ -2,6 +2,7 @@ import BatonAMQP
 import BatonTestSupport
 import BookstoreContracts
 import BookstoreOperations
+import ChildProcesses
 import Foundation
 import Logging
 
@@ -11,20 +12,39 @@ final class Mesh {
     let virtualHost: String
     let url: String
     let dataDirectory: URL
-    private(set) var processes: [String: Process] = [:]
+    private(set) var processes: [String: ChildProcess] = [:]
     private(set) var stocked: [String: Int] = [:]
     let stepTimeout: Double
     /// `BATON_TOPOLOGY` for the services: `node` declares, `broker` only checks pre-declared definitions.
     let topology: String
 
-    init(stepTimeout: Double = 30, topology: String = "node") throws {
+    private init(stepTimeout: Double, topology: String) async throws {
         virtualHost = TestBroker.unique("mesh")
-        try TestBroker.makeVirtualHost(virtualHost)
+        try await TestBroker.makeVirtualHost(virtualHost)
         url = TestBroker.url(virtualHost: virtualHost)
         dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(virtualHost)
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
         self.stepTimeout = stepTimeout
         self.topology = topology
+    }
+
+    /// Runs `body` with a mesh of its own, then stops every service and removes the virtual host and the
+    /// data, whether `body` returned or threw.
+    /// - Returns: How each service ended (a graceful stop is exit code 0).
+    @discardableResult
+    static func run(
+        stepTimeout: Double = 30,
+        topology: String = "node",
+        _ body: (Mesh) async throws -> Void
+    ) async throws -> [String: Termination] {
+        let mesh = try await Mesh(stepTimeout: stepTimeout, topology: topology)
+        do {
+            try await body(mesh)
+        } catch {
+            _ = await mesh.tearDown()
+            throw error
+        }
+        return await mesh.tearDown()
     }
 
     /// The test broker's host and port (`127.0.0.1:5683`).
@@ -50,15 +70,13 @@ final class Mesh {
     /// Starts a service and waits until it consumes its queue.
     func start(_ service: String) async throws {
         precondition(processes[service]?.isRunning != true, "\(service) is running already")
-        let process = Process()
-        process.executableURL = Self.binary(service)
-        process.arguments = service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
-        process.environment = environment
         let log = dataDirectory.appendingPathComponent("\(service).log")
-        let handle = try FileHandle(appendingTo: log)
-        process.standardOutput = handle
-        process.standardError = handle
-        try process.run()
+        let process = try ChildProcess(
+            Self.binary(service).path,
+            service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"],
+            environment: environment,
+            output: .appending(to: log.path)
+        )
         processes[service] = process
         let consuming = try await eventually(timeout: .seconds(30)) { try await self.consumers(of: service) > 0 }
         guard consuming else { throw TestSupportError("\(service) did not start; see \(log.path)") }
@@ -69,56 +87,54 @@ final class Mesh {
         for service in ["orders", "inventory", "shipping", "fulfillment"] { try await start(service) }
     }
 
-    /// Stops a service with SIGTERM (graceful) and returns its exit status.
+    /// Stops a service with SIGTERM (graceful) and returns how it ended.
     @discardableResult
-    func stop(_ service: String) -> Int32 {
-        guard let process = processes[service], process.isRunning else { return 0 }
-        process.terminate()
-        process.waitUntilExit()
-        return process.terminationStatus
+    func stop(_ service: String) async -> Termination? {
+        await processes[service]?.stop()
     }
 
     /// Kills a service with SIGKILL.
-    func kill(_ service: String) {
-        guard let process = processes[service], process.isRunning else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+    func kill(_ service: String) async {
+        await processes[service]?.kill()
     }
 
-    /// Stops everything and removes the virtual host; returns the services' exit statuses.
-    func tearDown() -> [String: Int32] {
-        var statuses: [String: Int32] = [:]
-        for service in processes.keys { statuses[service] = stop(service) }
-        TestBroker.deleteVirtualHost(virtualHost)
+    /// Stops everything and removes the virtual host; returns how each service ended.
+    private func tearDown() async -> [String: Termination] {
+        var terminations: [String: Termination] = [:]
+        for (service, process) in processes { terminations[service] = await process.stop() }
+        await TestBroker.deleteVirtualHost(virtualHost)
         try? FileManager.default.removeItem(at: dataDirectory)
-        return statuses
+        return terminations
     }
 
     /// Runs one of the CLIs with the mesh's settings.
     @discardableResult
-    func cli(_ service: String, _ arguments: String...) throws -> (status: Int32, output: String) {
-        try cli(service, arguments)
+    func cli(_ service: String, _ arguments: String...) async throws -> (status: Int32, output: String) {
+        try await cli(service, arguments)
     }
 
-    /// Runs one of the CLIs with the mesh's settings.
+    /// Runs one of the CLIs with the mesh's settings: its exit code (-1 if a signal ended it) and its output.
     @discardableResult
-    func cli(_ service: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = Self.binary(service)
-        process.arguments = arguments
-        process.environment = environment
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+    func cli(_ service: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
+        let (termination, output) = try await ChildProcess.run(
+            Self.binary(service).path,
+            arguments,
+            environment: environment
+        )
+        return (termination.exitCode ?? -1, output)
     }
 
     /// Adds stock through the inventory CLI and waits until the service has it.
     func stock(_ sku: String, _ quantity: Int) async throws {
-        let result = try cli("inventory", "add", sku, "--quantity", String(quantity), "--title", "Title of \(sku)")
+        let result = try await cli(
+            "inventory",
+            "add",
+            sku,
+            "--quantity",
+            String(quantity),
+            "--title",
+            "Title of \(sku)"
+        )
         guard result.status == 0 else { throw TestSupportError("inventory add failed: \(result.output)") }
         stocked[sku, default: 0] += quantity
         let expected = stocked[sku]!

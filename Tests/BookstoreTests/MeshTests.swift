@@ -10,15 +10,11 @@ import Testing
 /// cancelled order (``MeshSnapshot/problems(stocked:)``), and every service stops gracefully.
 @Suite(.serialized) struct MeshTests {
     private func withMesh(stepTimeout: Double = 30, _ body: (Mesh) async throws -> Void) async throws {
-        let mesh = try Mesh(stepTimeout: stepTimeout)
-        do {
-            try await body(mesh)
-        } catch {
-            _ = mesh.tearDown()
-            throw error
-        }
-        let statuses = mesh.tearDown()
-        #expect(statuses.values.allSatisfy { $0 == 0 }, "SIGTERM stops every service with status 0: \(statuses)")
+        let terminations = try await Mesh.run(stepTimeout: stepTimeout, body)
+        #expect(
+            terminations.values.allSatisfy { $0.isSuccess },
+            "SIGTERM stops every service gracefully: \(terminations)"
+        )
     }
 
     @Test func happyPath() async throws {
@@ -35,12 +31,12 @@ import Testing
             #expect(snapshot.processes.first?.lifecycle == .completed)
 
             // The operator's view: show by checkout id, JSON.
-            let shown = try mesh.cli("orders", "show", "chk-happy", "--json")
+            let shown = try await mesh.cli("orders", "show", "chk-happy", "--json")
             #expect(shown.status == 0 && shown.output.contains(#""status" : "COMPLETED""#), "\(shown.output)")
             #expect(shown.output.contains(#""cancel_reason" : null"#), "every documented key is present")
-            let shipment = try mesh.cli("shipping", "show", order.orderID, "--json")
+            let shipment = try await mesh.cli("shipping", "show", order.orderID, "--json")
             #expect(shipment.output.contains(#""tracking_number" : "TRK-"#), "\(shipment.output)")
-            let timeline = try mesh.cli("fulfillment", "show", order.orderID)
+            let timeline = try await mesh.cli("fulfillment", "show", order.orderID)
             #expect(timeline.output.contains("issued command inventory.ReserveInventory"), "\(timeline.output)")
             #expect(timeline.output.contains("lifecycle:  completed"))
         }
@@ -81,7 +77,7 @@ import Testing
     @Test func aStepTimeoutCompensatesAndTheLateShipmentIsCancelled() async throws {
         try await withMesh(stepTimeout: 2) { mesh in
             try await mesh.startAll()
-            #expect(mesh.stop("shipping") == 0)  // shipping is down; its queue keeps the commands
+            #expect(await mesh.stop("shipping")?.isSuccess == true)  // shipping is down; its queue keeps the commands
             try await mesh.stock("book-0001", 5)
             try await mesh.checkout("chk-slow", lines: [("book-0001", 1)])
             let cancelled = try await eventually { try await mesh.snapshot().orders.first?.status == "CANCELLED" }
@@ -103,13 +99,13 @@ import Testing
     @Test func aCustomerCancelMidFlightUndoesWhatWasDone() async throws {
         try await withMesh { mesh in
             try await mesh.startAll()
-            #expect(mesh.stop("shipping") == 0)  // the shipment step waits
+            #expect(await mesh.stop("shipping")?.isSuccess == true)  // the shipment step waits
             try await mesh.stock("book-0001", 5)
             try await mesh.checkout("chk-change-of-mind", lines: [("book-0001", 2)])
             let reserved = try await eventually { try await mesh.snapshot().items.first?.reserved == 2 }
             #expect(reserved, "inventory was reserved; the shipment step is pending")
 
-            let cancel = try mesh.cli("orders", "cancel", "chk-change-of-mind")
+            let cancel = try await mesh.cli("orders", "cancel", "chk-change-of-mind")
             #expect(cancel.status == 0, "\(cancel.output)")
             try await mesh.start("shipping")
             let (snapshot, problems) = try await mesh.settle(orders: 1)
@@ -150,7 +146,7 @@ import Testing
             #expect(snapshot.orders.first?.status == "COMPLETED")
             let letters = try await eventually { try await mesh.snapshot().deadLetters["orders"]?.count == 2 }
             #expect(letters)
-            let listed = try mesh.cli("orders", "dlq", "list", "--json")
+            let listed = try await mesh.cli("orders", "dlq", "list", "--json")
             #expect(listed.status == 0)
             #expect(listed.output.contains("shipping_address: required field is missing"), "\(listed.output)")
             #expect(listed.output.contains("undecodable"), "\(listed.output)")
@@ -169,8 +165,8 @@ import Testing
                 )
             }
             try await Task.sleep(for: .milliseconds(300))
-            mesh.kill("inventory")  // kill -9, mid-load
-            mesh.kill("shipping")
+            await mesh.kill("inventory")  // kill -9, mid-load
+            await mesh.kill("shipping")
             try await Task.sleep(for: .milliseconds(500))
             try await mesh.start("inventory")
             try await mesh.start("shipping")
@@ -193,13 +189,13 @@ import Testing
             )
             let refused = try await eventually { try await mesh.snapshot().deadLetters["shipping"]?.count == 1 }
             #expect(refused, "a delivery for an unknown shipment is dead-lettered")
-            let listed = try mesh.cli("shipping", "dlq", "list", "--json")
+            let listed = try await mesh.cli("shipping", "dlq", "list", "--json")
             #expect(listed.output.contains("no shipment with tracking number \(tracking)"), "\(listed.output)")
 
             try await mesh.checkout("chk-fast-carrier", lines: [("book-0001", 1)])
             let (_, problems) = try await mesh.settle(orders: 1)
             #expect(problems.isEmpty, "\(problems)")
-            let replay = try mesh.cli("shipping", "dlq", "replay", "--all")
+            let replay = try await mesh.cli("shipping", "dlq", "replay", "--all")
             #expect(replay.status == 0, "\(replay.output)")
             let delivered = try await eventually { try await mesh.snapshot().shipments.first?.status == .delivered }
             #expect(delivered, "the replayed report delivered the shipment")
@@ -222,17 +218,26 @@ import Testing
     @Test func operatorCommandsSayWhatIsWrong() async throws {
         try await withMesh { mesh in
             // No service is running: a write says so at once instead of hanging.
-            let place = try mesh.cli("orders", "place", "--customer", "Ada", "--address", "x", "--line", "book-0001:1")
+            let place = try await mesh.cli(
+                "orders",
+                "place",
+                "--customer",
+                "Ada",
+                "--address",
+                "x",
+                "--line",
+                "book-0001:1"
+            )
             #expect(place.status != 0 && place.output.contains("the orders service is not running"), "\(place.output)")
-            let badLine = try mesh.cli("orders", "place", "--customer", "Ada", "--line", "book-0001")
+            let badLine = try await mesh.cli("orders", "place", "--customer", "Ada", "--line", "book-0001")
             #expect(badLine.status != 0 && badLine.output.contains("is not SKU:QTY"), "\(badLine.output)")
-            let badStatus = try mesh.cli("orders", "list", "--status", "SHIPPED")
+            let badStatus = try await mesh.cli("orders", "list", "--status", "SHIPPED")
             #expect(badStatus.status != 0 && badStatus.output.contains("--status must be"), "\(badStatus.output)")
-            let badTimeout = try mesh.cli("fulfillment", "serve", "--step-timeout", "-1")
+            let badTimeout = try await mesh.cli("fulfillment", "serve", "--step-timeout", "-1")
             #expect(badTimeout.status != 0 && badTimeout.output.contains("--step-timeout"), "\(badTimeout.output)")
-            let noData = try mesh.cli("shipping", "list")
+            let noData = try await mesh.cli("shipping", "list")
             #expect(noData.status != 0 && noData.output.contains("no shipping data"), "\(noData.output)")
-            let badURL = try mesh.cli("inventory", "list", "--amqp-url", "http://nope")
+            let badURL = try await mesh.cli("inventory", "list", "--amqp-url", "http://nope")
             #expect(badURL.status != 0 && badURL.output.contains("amqp:// or amqps://"), "\(badURL.output)")
         }
     }

@@ -1,3 +1,4 @@
+import ChildProcesses
 import Foundation
 
 /// The real broker the README's test command starts (`Deploy/local/test.sh` → `Deploy/local/broker.sh`).
@@ -21,24 +22,15 @@ public enum TestBroker {
 
     /// Runs `rabbitmqctl` against the test node, through the script that started it.
     @discardableResult
-    public static func ctl(_ arguments: String...) throws -> String {
+    public static func ctl(_ arguments: String...) async throws -> String {
         let script = URL(fileURLWithPath: #filePath)
             .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Deploy/local/broker.sh")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = [script.path, "ctl"] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw TestSupportError("rabbitmqctl \(arguments) failed: \(text)")
+        let (termination, output) = try await ChildProcess.run("/bin/bash", [script.path, "ctl"] + arguments)
+        guard termination.isSuccess else {
+            throw TestSupportError("rabbitmqctl \(arguments) failed (\(termination)): \(output)")
         }
-        return text
+        return output
     }
 
     /// Waits (30 s at most) until none of `queues` holds a message, ready or unacknowledged: everything
@@ -46,7 +38,15 @@ public enum TestBroker {
     /// consumers in other processes; asked with `rabbitmqctl`, which counts both kinds.
     public static func areSettled(_ queues: [String], virtualHost: String = "/") async throws -> Bool {
         try await eventually {
-            let listing = try ctl("list_queues", "-p", virtualHost, "-q", "--no-table-headers", "name", "messages")
+            let listing = try await ctl(
+                "list_queues",
+                "-p",
+                virtualHost,
+                "-q",
+                "--no-table-headers",
+                "name",
+                "messages"
+            )
             let counts = Dictionary(
                 listing.split(separator: "\n").map { $0.split(separator: "\t").map(String.init) }.filter {
                     $0.count == 2
@@ -58,15 +58,15 @@ public enum TestBroker {
     }
 
     /// Creates a virtual host the broker's application user may use fully.
-    public static func makeVirtualHost(_ name: String) throws {
-        try ctl("add_vhost", name)
+    public static func makeVirtualHost(_ name: String) async throws {
+        try await ctl("add_vhost", name)
         let user = URLComponents(string: url.replacingOccurrences(of: "amqp://", with: "http://"))?.user ?? "baton"
-        try ctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+        try await ctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
     }
 
     /// Deletes a virtual host and everything in it.
-    public static func deleteVirtualHost(_ name: String) {
-        _ = try? ctl("delete_vhost", name)
+    public static func deleteVirtualHost(_ name: String) async {
+        _ = try? await ctl("delete_vhost", name)
     }
 }
 

@@ -31,7 +31,7 @@ let fulfillment = ProcessManager<Fulfillment>(name: "fulfillment", listensTo: ["
         process.send(ReserveInventory(orderID: event.orderID))
         process.schedule("step-timeout", after: .seconds(30))
     }
-    pm.onTimer("step-timeout", mayClose: true) { process in
+    pm.onTimer("step-timeout") { process in
         process.markAsFailed(reason: "step timed out")
     }
 }
