@@ -176,10 +176,11 @@ let package = Package(
                 "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "BatonTesting",
                 "ChildProcesses",
                 "Shipping",
-                "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
         ),
+        .testTarget(name: "BookstoreContractsTests", dependencies: ["BookstoreContracts", "Baton"]),
+        .testTarget(name: "FulfillmentTests", dependencies: ["Fulfillment", "BookstoreContracts", "BatonTesting"]),
         .testTarget(
             name: "BatonSQLiteTests",
             dependencies: ["BatonSQLite", "BatonNode", "Baton", "BatonTestSupport"]
