@@ -26,6 +26,11 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         case transition(ProcessInstance<State>, ProcessTransition)
         /// Nothing to do, and why (logged by the node; never an error).
         case skipped(SkipReason)
+        /// The event names no instance and its handler says to dead-letter it (``MissingInstance/deadLetter``).
+        case refused(SkipReason)
+        /// The event names no instance and its handler for that case issued these messages
+        /// (``MissingInstance/handle(_:)``); nothing is stored but them.
+        case answered(instanceID: String, issued: [IssuedMessage])
     }
 
     /// Why an event or timer changed nothing.
@@ -78,13 +83,14 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         let handlers = definition.handlers(for: envelope.messageType)
         guard !handlers.isEmpty else { return .skipped(.notHandled(messageType: envelope.messageType)) }
         guard let instanceID else {
-            if case .instance(let id)? = correlationKey(for: message, envelope: envelope) {
-                return .skipped(.unknownInstance(id))
-            }
-            if correlationKey(for: message, envelope: envelope) == nil {
+            switch correlationKey(for: message, envelope: envelope) {
+            case .instance(let id)?:
+                return try missing(id, message, envelope, handlers, now: now)
+            case .association(let name, let value)?:
+                return try missing("\(name)=\(value)", message, envelope, handlers, now: now)
+            case nil:
                 return .skipped(.uncorrelated(messageType: envelope.messageType))
             }
-            return .skipped(.unknownInstance("(mapping found no instance)"))
         }
         let handler: ProcessManager<State>.Handler
         let current: ProcessInstance<State>
@@ -107,7 +113,7 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
             current = instance
         } else {
             guard let start = handlers.first(where: { $0.kind == .start }) else {
-                return .skipped(.unknownInstance(instanceID))
+                return try missing(instanceID, message, envelope, handlers, now: now)
             }
             handler = start
             current = ProcessInstance(id: instanceID)
@@ -115,6 +121,32 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         var context = makeContext(current, trigger: .event(envelope), now: now)
         try handler.handle(message, &context)
         return finish(context, kind: handler.kind)
+    }
+
+    /// An event for an instance that does not exist: what its handler declared for that case.
+    private func missing(
+        _ instanceID: String,
+        _ message: any Message,
+        _ envelope: Envelope,
+        _ handlers: [ProcessManager<State>.Handler],
+        now: Date
+    ) throws -> Decision {
+        let reason = SkipReason.unknownInstance(instanceID)
+        switch handlers.first(where: { $0.kind != .afterClose })?.whenMissing ?? .ignore {
+        case .ignore:
+            return .skipped(reason)
+        case .deadLetter:
+            return .refused(reason)
+        case .handle(let handle):
+            var context = MissingInstanceContext(
+                processManager: definition.name,
+                instanceID: instanceID,
+                trigger: .event(envelope),
+                now: now
+            )
+            try handle(message, &context)
+            return .answered(instanceID: instanceID, issued: context.issued)
+        }
     }
 
     /// Fires a timer of an instance.

@@ -89,6 +89,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         var correlationSummary: String
         var correlate: @Sendable (any Message, Envelope) -> CorrelationKey?
         var associationName: String?
+        var whenMissing: MissingInstanceAction = .ignore
         var handle: @Sendable (any Message, inout ProcessContext<State>) throws -> Void
     }
 
@@ -153,22 +154,25 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         /// - Parameters:
         ///   - type: The event type.
         ///   - correlation: How the event finds its instance.
+        ///   - whenMissing: What to do when no such instance exists.
         ///   - handle: The handler.
         public mutating func on<E: Event>(
             _ type: E.Type,
             correlation: Correlation<E>,
+            whenMissing: MissingInstance<E> = .ignore,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
-            add(type, .ordinary, correlation, handle)
+            add(type, .ordinary, correlation, whenMissing: whenMissing, handle)
         }
 
         /// An end handler: runs, then closes the instance as completed (unless it failed it).
         public mutating func end<E: Event>(
             on type: E.Type,
             correlation: Correlation<E>,
+            whenMissing: MissingInstance<E> = .ignore,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void = { _, _ in }
         ) {
-            add(type, .end, correlation, handle)
+            add(type, .end, correlation, whenMissing: whenMissing, handle)
         }
 
         /// A handler for an event that arrives after the instance closed: a late reply that must be
@@ -195,6 +199,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             _ type: E.Type,
             _ kind: Handler.Kind,
             _ correlation: Correlation<E>,
+            whenMissing: MissingInstance<E> = .ignore,
             _ handle: @escaping @Sendable (E, inout ProcessContext<State>) throws -> Void
         ) {
             let associationName: String?
@@ -217,6 +222,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
                     correlationSummary: correlation.summary,
                     correlate: correlate,
                     associationName: associationName,
+                    whenMissing: whenMissing.action,
                     handle: { message, context in try handle(message as! E, &context) }
                 )
             )

@@ -127,6 +127,20 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
                     "baton.message_id": "\(envelope.messageID)", "reason": "\(reason)", "process_manager": "\(name)",
                 ]
             )
+        case .refused(let reason):
+            throw Rejection("\(name): \(reason)")
+        case .answered(let instanceID, let issued):
+            for message in issued {
+                let destination = Routing.destination(of: message)
+                try work.enqueue(message.envelope, exchange: destination.exchange, routingKey: destination.routingKey)
+            }
+            logger.info(
+                "event for a missing instance answered",
+                metadata: [
+                    "baton.message_id": "\(envelope.messageID)", "baton.process_id": "\(instanceID)",
+                    "process_manager": "\(name)", "issued": "\(issued.count)",
+                ]
+            )
         }
     }
 
@@ -143,6 +157,8 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         case .skipped(let reason):
             try work.deleteTimer(timer)
             logger.info("timer skipped", metadata: ["reason": "\(reason)"])
+        case .refused, .answered:
+            preconditionFailure("a timer of an existing instance is never for a missing one")
         }
     }
 }

@@ -25,17 +25,31 @@ public struct ProcessScenario<State: ProcessState> {
             return nil
         }
 
-        /// Why nothing happened, if nothing did.
+        /// Why nothing happened, if nothing did (the event was skipped, or refused: a node dead-letters it).
         public var skipReason: ProcessEngine<State>.SkipReason? {
-            if case .skipped(let reason) = decision { return reason }
-            return nil
+            switch decision {
+            case .skipped(let reason), .refused(let reason): reason
+            case .transition, .answered: nil
+            }
+        }
+
+        /// Whether a node dead-letters the event (its instance is missing and its handler says so).
+        public var isRefused: Bool {
+            if case .refused = decision { return true }
+            return false
         }
 
         /// The lifecycle after it (`nil` if skipped).
         public var lifecycle: ProcessLifecycle? { transition?.lifecycle }
 
         /// Everything issued, in order.
-        public var issued: [IssuedMessage] { transition?.issued ?? [] }
+        public var issued: [IssuedMessage] {
+            switch decision {
+            case .transition(_, let transition): transition.issued
+            case .answered(_, let issued): issued
+            case .skipped, .refused: []
+            }
+        }
 
         /// The issued commands of one type, decoded, in order.
         public func commands<C: Command>(_ type: C.Type) -> [C] {

@@ -112,7 +112,8 @@ final class NodeHarness: Sendable {
     /// A node of the order process on `store`, by default a SQLite file in the harness's directory.
     func makeNode(
         retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5)),
-        store: (any Store)? = nil
+        store: (any Store)? = nil,
+        process: ProcessManager<OrderProcess>? = nil
     ) throws -> Node {
         var configuration = Node.Configuration(name: "orders-pm")
         configuration.retry = retry
@@ -120,7 +121,7 @@ final class NodeHarness: Sendable {
             configuration: configuration,
             store: try store ?? SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
             transport: transport,
-            handlers: [try ProcessManagerHost(orderProcess(failures: failures))],
+            handlers: [try ProcessManagerHost(process ?? orderProcess(failures: failures))],
             timeSource: clock,
             logger: Logger(label: "node-test")
         )

@@ -13,6 +13,36 @@ import Testing
         messages.map(\.envelope.messageType)
     }
 
+    @Test func eventsForAMissingInstanceFollowTheirHandlersPolicy() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let strict = ProcessManager<OrderProcess>(name: "order-process", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.on(
+                PaymentReceived.self,
+                correlation: .field(\.orderID),
+                whenMissing: .handle { event, context in context.send(VoidOrder(orderID: event.orderID)) }
+            ) { _, _ in }
+            pm.end(on: OrderClosed.self, correlation: .field(\.orderID), whenMissing: .deadLetter)
+        }
+        let node = try harness.makeNode(process: strict)
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(PaymentReceived(orderID: "ghost"), id: "payment-1")
+            try await harness.publish(OrderClosed(orderID: "ghost"), id: "closed-1")
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        #expect(types(harness.observed) == ["orders.VoidOrder.v1", "orders.OrderClosed.v1"])
+        let void = harness.observed[0].envelope
+        #expect(void.correlationID == "ghost" && void.causationID == "payment-1", "answered as the instance would")
+        let letters = try await node.store.read { try $0.deadLetters() }
+        #expect(letters.map(\.messageID) == ["closed-1"])
+        #expect(letters.first?.reason == "order-process: no instance 'ghost' and the event does not start one")
+        #expect(harness.observed[1].exchange == Routing.deadLetterExchange)
+        let instances = try await node.store.read { try $0.instances(of: "order-process") }
+        #expect(instances.isEmpty, "neither policy creates an instance")
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

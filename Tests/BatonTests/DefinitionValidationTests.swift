@@ -53,7 +53,7 @@ import Testing
         }
         #expect(throws: DefinitionError.self) { try ProcessEngine(definition) }
         let found = problems(definition)
-        #expect(found.count == 5, "\(found)")
+        #expect(found.count == 4, "\(found)")
         let text = "\(DefinitionError(processManager: "broken", problems: found))"
         #expect(text.hasPrefix("process manager 'broken' is invalid:"))
     }

@@ -202,6 +202,45 @@ import Testing
         #expect(scenario.instance("waited")?.reason == "gave up")
     }
 
+    @Test func anEventForAMissingInstanceIsIgnoredDeadLetteredOrAnsweredAsItsHandlerSays() throws {
+        let policies = ProcessManager<Fulfillment>(name: "policies", listensTo: ["orders", "shipping"]) { pm in
+            pm.association("tracking")
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.on(ShipmentCreated.self, correlation: .field(\.orderID), whenMissing: .deadLetter) { _, _ in }
+            pm.on(
+                ShipmentFailed.self,
+                correlation: .field(\.orderID),
+                whenMissing: .handle { event, context in
+                    context.send(CancelOrder(orderID: event.orderID, reason: event.reason))
+                }
+            ) { _, _ in }
+            pm.on(
+                ParcelDelivered.self,
+                correlation: .mapped("tracking", by: \.trackingNumber),
+                whenMissing: .deadLetter
+            ) {
+                _,
+                _ in
+            }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        var scenario = try ProcessScenario(policies)
+
+        let ignored = try scenario.when(OrderCompleted(orderID: "ghost"))
+        #expect(ignored.skipReason == .unknownInstance("ghost") && !ignored.isRefused, "ignore is the default")
+
+        let refused = try scenario.when(ShipmentCreated(orderID: "ghost", trackingNumber: "t"))
+        #expect(refused.isRefused && refused.skipReason == .unknownInstance("ghost"))
+        let unmapped = try scenario.when(ParcelDelivered(trackingNumber: "t-9"))
+        #expect(unmapped.isRefused && unmapped.skipReason == .unknownInstance("tracking=t-9"))
+
+        let answered = try scenario.when(ShipmentFailed(orderID: "ghost", reason: "r"), messageID: "failed-1")
+        #expect(answered.commands(CancelOrder.self).map(\.orderID) == ["ghost"])
+        #expect(answered.issued.first?.envelope.causationID == "failed-1")
+        #expect(answered.lifecycle == nil)
+        #expect(scenario.instance("ghost") == nil, "no policy creates an instance")
+    }
+
     @Test func closingAClosedInstanceDoesNothing() throws {
         let late = ProcessManager<Fulfillment>(name: "late", listensTo: ["orders", "shipping"]) { pm in
             pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
