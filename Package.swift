@@ -180,7 +180,10 @@ let package = Package(
             ]
         ),
         .testTarget(name: "BookstoreContractsTests", dependencies: ["BookstoreContracts", "Baton"]),
-        .testTarget(name: "FulfillmentTests", dependencies: ["Fulfillment", "BookstoreContracts", "BatonTesting"]),
+        .testTarget(
+            name: "FulfillmentTests",
+            dependencies: ["Fulfillment", "BookstoreContracts", "BatonTesting", "Baton"]
+        ),
         .testTarget(
             name: "BatonSQLiteTests",
             dependencies: ["BatonSQLite", "BatonNode", "Baton", "BatonTestSupport"]

@@ -130,6 +130,7 @@ public struct ProcessContext<State: ProcessState>: Sendable {
         if case .event(let envelope) = trigger, let traceparent = envelope.headers[traceparentHeader] {
             headers[traceparentHeader] = traceparent
         }
+        if kind == .command { headers[processManagerHeader] = processManager }
         let id = MessageID.derived(from: processManager, instanceID, triggerID, String(issued.count))
         issued.append(
             IssuedMessage(

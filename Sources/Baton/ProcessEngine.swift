@@ -82,6 +82,11 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
     ) throws -> Decision {
         let handlers = definition.handlers(for: envelope.messageType)
         guard !handlers.isEmpty else { return .skipped(.notHandled(messageType: envelope.messageType)) }
+        if let failure = message as? CommandFailed,
+            failure.processManager != definition.name || !definition.failureCommandTypes.contains(failure.commandType)
+        {
+            return .skipped(.notHandled(messageType: "\(envelope.messageType) of \(failure.commandType)"))
+        }
         guard let instanceID else {
             switch correlationKey(for: message, envelope: envelope) {
             case .instance(let id)?:

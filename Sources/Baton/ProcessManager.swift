@@ -100,6 +100,8 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     var handlers: [Handler] = []
     var timerHandlers: [String: TimerHandler] = [:]
     var associations: Set<String> = []
+    /// The command types with an `onFailure(of:)` handler.
+    var failureCommandTypes: Set<String> = []
 
     struct TimerHandler: Sendable {
         var handle: @Sendable (inout ProcessContext<State>) throws -> Void
@@ -119,7 +121,9 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         self.categories = categories
         var builder = Builder()
         define(&builder)
+        builder.addFailureDispatch()
         handlers = builder.handlers
+        failureCommandTypes = Set(builder.failureHandlers.keys)
         timerHandlers = builder.timerHandlers
         associations = builder.associations
     }
@@ -129,6 +133,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         var handlers: [Handler] = []
         var timerHandlers: [String: TimerHandler] = [:]
         var associations: Set<String> = []
+        var failureHandlers: [String: @Sendable (CommandFailed, inout ProcessContext<State>) throws -> Void] = [:]
 
         /// Declares an association name that handlers may use with ``ProcessContext/associate(_:with:)``
         /// and events may correlate by with ``Correlation/mapped(_:by:)``.
@@ -195,6 +200,28 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             timerHandlers[name] = TimerHandler(handle: handle)
         }
 
+        /// The handler of a command the instance issued that its target refused or dead-lettered: a
+        /// ``CommandFailed`` reply, which reaches the instance as an event (closed instances skip it).
+        /// - Parameters:
+        ///   - type: The command type.
+        ///   - handle: The handler, e.g. `process.compensate(reason: failure.reason)`.
+        public mutating func onFailure<C: Command>(
+            of type: C.Type,
+            _ handle: @escaping @Sendable (CommandFailed, inout ProcessContext<State>) throws -> Void
+        ) {
+            precondition(failureHandlers[C.messageType] == nil, "two failure handlers for \(C.messageType)")
+            failureHandlers[C.messageType] = handle
+        }
+
+        /// One handler of ``CommandFailed`` for all the failure handlers, by the failed command's type.
+        fileprivate mutating func addFailureDispatch() {
+            guard !failureHandlers.isEmpty else { return }
+            let table = failureHandlers
+            add(CommandFailed.self, .ordinary, .field(\.instanceID)) { failure, process in
+                try table[failure.commandType]?(failure, &process)
+            }
+        }
+
         private mutating func add<E: Event>(
             _ type: E.Type,
             _ kind: Handler.Kind,
@@ -241,8 +268,14 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// Decodes the events it handles.
     public var registry: MessageRegistry { MessageRegistry(types: handledTypes) }
 
-    /// The names (routing keys) of the events it handles.
-    public var messageNames: Set<String> { Set(handlers.map(\.messageName)) }
+    /// The routing keys of the events it handles: their names, and for failure replies the key of its own.
+    public var messageNames: Set<String> {
+        Set(
+            handlers.map {
+                $0.messageType == CommandFailed.messageType ? CommandFailed.routingKey(for: name) : $0.messageName
+            }
+        )
+    }
 
     /// Checks the definition; a node refuses to start with a broken one.
     /// - Throws: ``DefinitionError`` naming every problem found.
@@ -256,7 +289,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             let slot = "\(handler.messageType)/\(handler.kind == .afterClose ? "closed" : "open")"
             if seen[slot] != nil { problems.append("two handlers for \(handler.messageType)") }
             seen[slot] = handler.kind
-            if !categories.contains(handler.category) {
+            if !categories.contains(handler.category), handler.messageType != CommandFailed.messageType {
                 problems.append(
                     "\(handler.messageType) is handled but its category '\(handler.category)' is not listened to"
                 )

@@ -228,7 +228,41 @@ extension Node {
             routingKey: configuration.name,
             key: "dead-letter:\(configuration.name):\(id)"
         )
+        try replyFailure(of: letter, id: id, correlationID: correlationID, work)
         return id
+    }
+
+    /// For a dead-lettered command a process issued (it names its process manager): queues the
+    /// ``CommandFailed`` reply that tells the issuing instance, in the dead letter's transaction.
+    private func replyFailure(of letter: DeadLetter, id: Int64, correlationID: String?, _ work: any UnitOfWork) throws {
+        guard let processManager = letter.headers[processManagerHeader], let instanceID = correlationID,
+            !letter.messageID.isEmpty
+        else { return }
+        let failure = CommandFailed(
+            commandType: letter.messageType,
+            commandID: letter.messageID,
+            reason: letter.reason,
+            refusedBy: "\(configuration.name)/\(letter.handler)",
+            attempts: letter.attempts,
+            processManager: processManager,
+            instanceID: instanceID,
+            causation: [letter.messageID] + (letter.headers[BatonHeader.causationID].map { [$0] } ?? [])
+        )
+        let envelope = Envelope(
+            // One reply per dead-lettering: a replayed command that fails again is reported again.
+            messageID: MessageID.derived(from: "command-failed", configuration.name, String(id)),
+            messageType: CommandFailed.messageType,
+            correlationID: instanceID,
+            causationID: letter.messageID,
+            timestamp: letter.deadAt,
+            payload: MessageRegistry.encode(failure)
+        )
+        try work.enqueue(
+            envelope,
+            exchange: Routing.eventExchange,
+            routingKey: CommandFailed.routingKey(for: processManager),
+            key: "command-failed:\(configuration.name):\(id)"
+        )
     }
 
     /// Sends a dead letter back to where it was first published, with its original id; the node handles it

@@ -203,7 +203,7 @@ public final class Node: Service {
             for binding in handler.bindings
             where [Routing.commandExchange, Routing.eventExchange].contains(binding.exchange)
                 && !binding.bindingKey.contains("*") && !binding.bindingKey.contains("#")
-                && !registry.contains(messageName: binding.bindingKey)
+                && !registry.contains(messageName: Self.messageName(boundBy: binding.bindingKey))
             {
                 throw NodeError(
                     message:
@@ -211,6 +211,11 @@ public final class Node: Service {
                 )
             }
         }
+    }
+
+    /// The message name a binding key routes: the key itself, but for a process manager's own failure replies.
+    private static func messageName(boundBy key: String) -> String {
+        key.hasPrefix(CommandFailed.messageName + ".") ? CommandFailed.messageName : key
     }
 
     /// Shuts the node down gracefully (what cancelling ``run()`` or its service group's shutdown does); a node

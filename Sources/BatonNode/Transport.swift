@@ -185,6 +185,8 @@ public enum BatonHeader {
     public static let originalRoutingKey = "x-baton-original-routing-key"
     /// On a dead letter: when it was dead-lettered (ISO 8601).
     public static let deadLetteredAt = "x-baton-dead-lettered-at"
+    /// On a command a process issued: its process manager, where a ``CommandFailed`` reply goes.
+    public static let processManager = processManagerHeader
 }
 
 extension Envelope {

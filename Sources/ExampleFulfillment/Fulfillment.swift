@@ -35,6 +35,10 @@ let fulfillment = ProcessManager<Fulfillment>(
     pm.afterClose(ShipmentCreated.self, correlation: .field(\.orderID)) { event, process in
         process.send(CancelShipment(orderID: event.orderID))  // a late reply gets its own compensation
     }
+    pm.onFailure(of: CreateShipment.self) { failure, process in  // shipping refused or dead-lettered it
+        process.compensate(reason: failure.reason)  // at once, not at the step timeout
+        process.send(CancelOrder(orderID: process.state.orderID, reason: failure.reason))
+    }
     pm.onTimer("step-timeout") { process in
         process.compensate(reason: "step timed out")
         process.send(CancelOrder(orderID: process.state.orderID, reason: "step timed out"))

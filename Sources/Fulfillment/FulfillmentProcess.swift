@@ -63,10 +63,7 @@ public enum FulfillmentService: ServiceDefinition {
                 process.schedule(timer, after: stepTimeout)
             }
             pm.on(InventoryReservationFailed.self, correlation: .field(\.orderID)) { event, process in
-                guard process.lifecycle != .compensating else { return }
-                process.state.step = "cancelling"
-                process.compensate(reason: event.reason)
-                process.send(CancelOrder(orderID: event.orderID, reason: event.reason))
+                cancel(&process, reason: event.reason)
             }
             pm.on(ShipmentCreated.self, correlation: .field(\.orderID)) { event, process in
                 process.state.trackingNumber = event.trackingNumber
@@ -86,10 +83,7 @@ public enum FulfillmentService: ServiceDefinition {
                 process.cancelTimer(timer)
             }
             pm.on(ShipmentFailed.self, correlation: .field(\.orderID)) { event, process in
-                guard process.lifecycle != .compensating else { return }
-                process.state.step = "cancelling"
-                process.compensate(reason: "shipment failed: \(event.reason)")
-                process.send(CancelOrder(orderID: event.orderID, reason: "shipment failed: \(event.reason)"))
+                cancel(&process, reason: "shipment failed: \(event.reason)")
             }
             pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
             pm.on(OrderCancelled.self, correlation: .field(\.orderID)) { event, process in
@@ -106,6 +100,13 @@ public enum FulfillmentService: ServiceDefinition {
                 guard process.lifecycle == .failed else { return }
                 process.send(ReleaseInventory(orderID: event.orderID, reason: "reserved after the order was cancelled"))
             }
+            // A step its service refused outright (dead-lettered there): compensate now, not at the timeout.
+            pm.onFailure(of: ReserveInventory.self) { failure, process in
+                cancel(&process, reason: "inventory refused the reservation: \(failure.reason)")
+            }
+            pm.onFailure(of: CreateShipment.self) { failure, process in
+                cancel(&process, reason: "shipping refused the shipment: \(failure.reason)")
+            }
             pm.onTimer(timer) { process in
                 let reason = "step '\(process.state.step)' timed out"
                 process.compensate(reason: reason)
@@ -113,5 +114,13 @@ public enum FulfillmentService: ServiceDefinition {
                 process.send(CancelOrder(orderID: process.state.orderID, reason: reason))
             }
         }
+    }
+
+    /// Undoes what the order did so far and cancels it (once: a second failure while compensating is moot).
+    private static func cancel(_ process: inout ProcessContext<FulfillmentState>, reason: String) {
+        guard process.lifecycle != .compensating else { return }
+        process.state.step = "cancelling"
+        process.compensate(reason: reason)
+        process.send(CancelOrder(orderID: process.state.orderID, reason: reason))
     }
 }

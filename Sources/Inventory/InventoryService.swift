@@ -60,13 +60,21 @@ public enum InventoryService: ServiceDefinition {
         for line in command.lines { wanted[line.sku, default: 0] += line.quantity }
         var items: [StockItem] = []
         var shortages: [String] = []
+        var unknown: [String] = []
         for (sku, quantity) in wanted.sorted(by: { $0.key < $1.key }) {
             let item = try context.work.document(StockItem.self, in: "items", idOrAlias: sku)
+            if item == nil { unknown.append(sku) }
             if let item, item.available >= quantity {
                 items.append(item)
             } else {
                 shortages.append("\(sku) (wanted \(quantity), available \(item?.available ?? 0))")
             }
+        }
+        // A SKU the catalogue never had is a bad reference, not a stock level: the command is refused (and the
+        // process that issued it hears so at once), and nothing is recorded, so a replay after the SKU is added
+        // reserves as usual.
+        guard unknown.isEmpty else {
+            throw Rejection("unknown SKU \(unknown.joined(separator: ", ")): not in the catalogue")
         }
         guard shortages.isEmpty else {
             let reason = "out of stock: " + shortages.joined(separator: ", ")

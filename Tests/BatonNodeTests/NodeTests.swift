@@ -43,6 +43,59 @@ import Testing
         #expect(instances.isEmpty, "neither policy creates an instance")
     }
 
+    @Test func aCommandRefusedAtItsTargetReachesTheIssuingInstanceAtOnce() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let process = ProcessManager<OrderProcess>(name: "order-process", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.send(ChargeCard(orderID: event.orderID))
+                process.schedule("payment-timeout", after: .seconds(60))
+            }
+            pm.onFailure(of: ChargeCard.self) { failure, process in
+                process.send(VoidOrder(orderID: process.state.orderID))
+                process.markAsFailed(reason: "payment refused: \(failure.reason)")
+            }
+            pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+        }
+        let manager = try harness.makeNode(process: process)
+        let payments = Node(
+            configuration: Node.Configuration(name: "payments"),
+            store: try SQLiteStore(path: harness.directory.appendingPathComponent("payments.sqlite").path),
+            transport: harness.transport,
+            handlers: [
+                MessageHandlerHost.command(ChargeCard.self, name: "charge-card") { _, _ in
+                    throw Rejection("card expired")
+                }
+            ],
+            timeSource: harness.clock,
+            logger: Logger(label: "payments")
+        )
+        let placedAt = harness.clock.now()
+        try await withRunningNode(payments, transport: harness.transport) {
+            try await withRunningNode(manager, transport: harness.transport) {
+                try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")
+                let voided = try await eventually { types(harness.observed).contains("orders.VoidOrder.v1") }
+                #expect(voided, "the instance heard of the refusal")
+            }
+        }
+        #expect(harness.clock.now() == placedAt, "no business time passed: the 60 s timeout played no part")
+        let instance = try #require(try await manager.store.read { try $0.instances(of: "order-process") }.first)
+        #expect(instance.lifecycle == .failed)
+        let failures = try await manager.store.read { try $0.transitions(of: "order-process", instance: "o-1") }
+        guard case .event(let reply) = failures.last?.trigger else {
+            Issue.record("the last transition was not the reply")
+            return
+        }
+        let failure = try JSONDecoder.baton.decode(CommandFailed.self, from: reply.payload)
+        #expect(failure.commandType == ChargeCard.messageType && failure.reason == "card expired")
+        #expect(failure.refusedBy == "payments/charge-card" && failure.attempts == 1)
+        #expect(failure.causation.last == "placed-1", "the chain ends at what made the instance issue it")
+        let letters = try await payments.store.read { try $0.deadLetters() }
+        #expect(letters.map(\.messageID) == [failure.commandID], "the command itself is dead-lettered at its target")
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

@@ -138,7 +138,7 @@ import Testing
         #expect(a.issued.map(\.envelope.messageID) == b.issued.map(\.envelope.messageID))
         let envelope = try #require(a.issued.first?.envelope)
         #expect(envelope.causationID == "m-1" && envelope.correlationID == "o-6")
-        #expect(envelope.headers == trace)
+        #expect(envelope.headers == trace.merging([processManagerHeader: "fulfillment"]) { $1 })
         var third = try ProcessScenario(fulfillment)
         let c = try third.when(OrderConfirmed(orderID: "o-6", address: "a"), messageID: "m-2")
         #expect(c.issued.first?.envelope.messageID != envelope.messageID)
@@ -239,6 +239,58 @@ import Testing
         #expect(answered.issued.first?.envelope.causationID == "failed-1")
         #expect(answered.lifecycle == nil)
         #expect(scenario.instance("ghost") == nil, "no policy creates an instance")
+    }
+
+    @Test func aFailureReplyReachesTheIssuingInstanceByTheFailedCommandsType() throws {
+        let failing = ProcessManager<Fulfillment>(name: "fulfillment", listensTo: ["orders", "inventory"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+                process.send(ReserveInventory(orderID: event.orderID))
+                process.schedule("step-timeout", after: .seconds(30))
+            }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { event, process in
+                process.onCompensation(ReleaseInventory(orderID: event.orderID))
+                process.send(CreateShipment(orderID: event.orderID, address: "a"))
+            }
+            pm.onFailure(of: ReserveInventory.self) { failure, process in
+                process.markAsFailed(reason: "inventory refused: \(failure.reason)")
+            }
+            pm.onFailure(of: CreateShipment.self) { failure, process in
+                process.compensate(reason: failure.reason)
+            }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        #expect(failing.messageNames.contains("baton.CommandFailed.fulfillment"), "its own replies only")
+        var scenario = try ProcessScenario(failing)
+        let started = try scenario.when(OrderConfirmed(orderID: "o-1", address: "a"), messageID: "confirmed-1")
+        let reserve = try #require(started.issued.first?.envelope)
+        #expect(reserve.headers[processManagerHeader] == "fulfillment", "a command names where its failure goes")
+
+        func failure(of type: String, id: String, processManager: String = "fulfillment") -> CommandFailed {
+            CommandFailed(
+                commandType: type,
+                commandID: id,
+                reason: "unknown SKU",
+                refusedBy: "inventory/reserve-inventory",
+                attempts: 1,
+                processManager: processManager,
+                instanceID: "o-1",
+                causation: [id, "confirmed-1"]
+            )
+        }
+        let elsewhere = try scenario.when(
+            failure(of: ReserveInventory.messageType, id: reserve.messageID, processManager: "billing")
+        )
+        #expect(elsewhere.skipReason != nil, "another process manager's failure is not this one's")
+        let unhandled = try scenario.when(failure(of: ReleaseInventory.messageType, id: "x"))
+        #expect(unhandled.skipReason != nil, "a failure of a command without a failure handler is skipped")
+        #expect(scenario.instance("o-1")?.lifecycle == .started)
+
+        let refused = try scenario.when(failure(of: ReserveInventory.messageType, id: reserve.messageID))
+        #expect(refused.lifecycle == .failed, "compensated at once, not after the 30 s step timeout")
+        #expect(scenario.instance("o-1")?.reason == "inventory refused: unknown SKU")
+        #expect(scenario.instance("o-1")?.timers.isEmpty == true)
+        let late = try scenario.when(failure(of: CreateShipment.messageType, id: "y"))
+        #expect(late.skipReason == .closed(instanceID: "o-1", lifecycle: .failed))
     }
 
     @Test func closingAClosedInstanceDoesNothing() throws {

@@ -59,6 +59,34 @@ import Testing
         }
     }
 
+    @Test func aReservationInventoryRefusesCancelsTheOrderLongBeforeTheStepTimeout() async throws {
+        let stepTimeout = 30.0
+        try await withMesh(stepTimeout: stepTimeout) { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 5)
+            let placed = ContinuousClock.now
+            try await mesh.checkout("chk-unknown-sku", lines: [("book-0001", 1), ("no-such-book", 1)])
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            let elapsed = ContinuousClock.now - placed
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.orders.first?.status == "CANCELLED")
+            #expect(
+                snapshot.orders.first?.cancelReason
+                    == "inventory refused the reservation: unknown SKU no-such-book: not in the catalogue"
+            )
+            // The refusal reached the process as a failure reply: before it, the order waited out the step timeout.
+            #expect(
+                elapsed < .seconds(stepTimeout / 3),
+                "cancelled \(elapsed) after the checkout; the step timeout it no longer waits for is \(stepTimeout) s"
+            )
+            #expect(
+                snapshot.deadLetters["inventory"]?.map(\.reason) == ["unknown SKU no-such-book: not in the catalogue"]
+            )
+            let timeline = try await mesh.cli("fulfillment", "show", snapshot.orders[0].orderID)
+            #expect(timeline.output.contains("baton.CommandFailed"), "\(timeline.output)")
+        }
+    }
+
     @Test func outOfStockCancelsTheOrder() async throws {
         try await withMesh { mesh in
             try await mesh.startAll()

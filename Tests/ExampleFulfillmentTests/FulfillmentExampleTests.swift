@@ -20,6 +20,8 @@ import Testing
     @Test func theServiceHostsTheProcessManager() throws {
         let hosts = ExampleFulfillmentService.handlers
         #expect(hosts.map(\.name) == ["fulfillment"])
-        #expect(Set(hosts.flatMap(\.messageTypes).map { $0.messageName }) == fulfillment.messageNames)
+        #expect(Set(hosts.flatMap(\.messageTypes).map { $0.messageType }) == fulfillment.messageTypes)
+        #expect(Set(hosts.flatMap(\.bindings).map(\.bindingKey)) == fulfillment.messageNames)
+        #expect(fulfillment.messageNames.contains("baton.CommandFailed.fulfillment"), "its own failure replies only")
     }
 }

@@ -1,3 +1,4 @@
+import Baton
 import BatonTesting
 import BookstoreContracts
 import Fulfillment
@@ -32,5 +33,32 @@ import Testing
         let completed = try scenario.when(OrderCompleted(orderID: "o-2", checkoutID: "c-2"))
         #expect(completed.lifecycle == .completed)
         #expect(completed.issued.isEmpty)
+    }
+
+    @Test func aReservationInventoryRefusedCancelsTheOrderWithoutWaitingForTheTimeout() throws {
+        var scenario = try ProcessScenario(FulfillmentService.processManager(stepTimeout: .seconds(30)))
+        let confirmed = try scenario.when(
+            OrderConfirmed(orderID: "o-3", checkoutID: "c-3", shippingAddress: "12 St James's Sq", lines: lines)
+        )
+        let reserve = try #require(confirmed.issued.first?.envelope)
+        let refused = try scenario.when(
+            CommandFailed(
+                commandType: reserve.messageType,
+                commandID: reserve.messageID,
+                reason: "unknown SKU book-0001: not in the catalogue",
+                refusedBy: "inventory/reserve-inventory",
+                attempts: 1,
+                processManager: "fulfillment",
+                instanceID: "o-3",
+                causation: [reserve.messageID]
+            )
+        )
+        #expect(refused.lifecycle == .compensating)
+        #expect(
+            refused.commands(CancelOrder.self).map(\.reason) == [
+                "inventory refused the reservation: unknown SKU book-0001: not in the catalogue"
+            ]
+        )
+        #expect(refused.commands(ReleaseInventory.self).isEmpty, "nothing was reserved, nothing to release")
     }
 }
