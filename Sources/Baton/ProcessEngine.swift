@@ -154,6 +154,31 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         }
     }
 
+    /// Aborts an instance on an operator's word: issues its compensation (the undo steps registered so far,
+    /// last first), runs the definition's `onAbort` handler, and closes it as failed with `reason`. Later
+    /// replies reach only its after-close handlers.
+    /// - Parameters:
+    ///   - instance: The instance as stored.
+    ///   - reason: Why, recorded as the instance's reason.
+    ///   - envelope: The operator's command, the transition's trigger.
+    ///   - now: The clock reading.
+    /// - Throws: What the abort handler throws.
+    public func abort(
+        _ instance: ProcessInstance<State>,
+        reason: String,
+        envelope: Envelope,
+        now: Date
+    ) throws -> Decision {
+        guard !instance.lifecycle.isClosed else {
+            return .skipped(.closed(instanceID: instance.id, lifecycle: instance.lifecycle))
+        }
+        var context = makeContext(instance, trigger: .event(envelope), now: now)
+        context.compensate(reason: reason)
+        try definition.abortHandler?(reason, &context)
+        context.markAsFailed(reason: reason)
+        return finish(context, kind: .ordinary)
+    }
+
     /// Fires a timer of an instance.
     /// - Parameters:
     ///   - name: The timer's name.

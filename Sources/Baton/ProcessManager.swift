@@ -102,6 +102,8 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     var associations: Set<String> = []
     /// The command types with an `onFailure(of:)` handler.
     var failureCommandTypes: Set<String> = []
+    /// What an operator's abort does beside the compensation, if declared.
+    var abortHandler: (@Sendable (String, inout ProcessContext<State>) throws -> Void)?
 
     struct TimerHandler: Sendable {
         var handle: @Sendable (inout ProcessContext<State>) throws -> Void
@@ -124,6 +126,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         builder.addFailureDispatch()
         handlers = builder.handlers
         failureCommandTypes = Set(builder.failureHandlers.keys)
+        abortHandler = builder.abortHandler
         timerHandlers = builder.timerHandlers
         associations = builder.associations
     }
@@ -134,6 +137,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         var timerHandlers: [String: TimerHandler] = [:]
         var associations: Set<String> = []
         var failureHandlers: [String: @Sendable (CommandFailed, inout ProcessContext<State>) throws -> Void] = [:]
+        var abortHandler: (@Sendable (String, inout ProcessContext<State>) throws -> Void)?
 
         /// Declares an association name that handlers may use with ``ProcessContext/associate(_:with:)``
         /// and events may correlate by with ``Correlation/mapped(_:by:)``.
@@ -211,6 +215,15 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         ) {
             precondition(failureHandlers[C.messageType] == nil, "two failure handlers for \(C.messageType)")
             failureHandlers[C.messageType] = handle
+        }
+
+        /// What an operator's abort does beside issuing the compensation registered so far: e.g. tell the
+        /// process's owner (cancel the order). The instance then closes as failed, with the abort's reason.
+        public mutating func onAbort(
+            _ handle: @escaping @Sendable (_ reason: String, inout ProcessContext<State>) throws -> Void
+        ) {
+            precondition(abortHandler == nil, "two abort handlers")
+            abortHandler = handle
         }
 
         /// One handler of ``CommandFailed`` for all the failure handlers, by the failed command's type.

@@ -48,7 +48,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     public let engine: ProcessEngine<State>
     /// A process manager schedules deadlines.
     public var schedulesTimers: Bool { true }
-    private let cache: InstanceCache<State>
+    let cache: InstanceCache<State>
 
     /// Wraps a definition, validating it.
     /// - Parameters:
@@ -60,11 +60,11 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         cache = InstanceCache(capacity: cacheCapacity)
     }
 
-    public var messageTypes: [any Message.Type] { engine.definition.handledTypes }
+    public var messageTypes: [any Message.Type] { engine.definition.handledTypes + Self.administrationTypes }
 
     /// The stored instance: from the cache if it holds the committed version (one small lookup), else its
     /// stored state. The version check makes a rolled-back transaction harmless: its instance never matches.
-    private func load(_ instanceID: String, _ work: any UnitOfWork) throws -> ProcessInstance<State>? {
+    func load(_ instanceID: String, _ work: any UnitOfWork) throws -> ProcessInstance<State>? {
         if let cached = cache[instanceID] {
             guard let version = try work.instanceVersion(instanceID, processManager: name) else { return nil }
             if cached.version == version { return cached }
@@ -84,6 +84,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public func handles(_ envelope: Envelope) -> Bool {
         engine.definition.messageTypes.contains(envelope.messageType)
+            || Self.administrationTypes.contains { $0.messageType == envelope.messageType }
     }
 
     /// The instance the event correlates to, if it exists or the event names it.
@@ -107,6 +108,9 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         now: Date,
         logger: Logger
     ) throws {
+        if message is AbortProcess || message is PurgeProcesses {
+            return try administer(message, envelope: envelope, in: work, now: now, logger: logger)
+        }
         let instanceID = try instanceID(for: message, envelope: envelope, in: work)
         let instance = try instanceID.flatMap { try load($0, work) }
         switch try engine.handle(message, envelope: envelope, instanceID: instanceID, instance: instance, now: now) {

@@ -107,8 +107,11 @@ public protocol UnitOfWork {
     ) throws
     /// The instance associated with `value` under `name`, if any.
     func instance(associatedWith value: String, as name: String, processManager: String) throws -> String?
-    /// Instances of a process manager, most recently changed first.
-    func instances(of processManager: String, openOnly: Bool, limit: Int) throws -> [InstanceSummary]
+    /// Instances of a process manager that match `filter`, most recently changed first.
+    func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary]
+    /// Deletes closed instances last changed before `time`, with their transitions, state, timers and
+    /// associations (retention); returns their ids.
+    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String]
 
     // MARK: Timers
 
@@ -223,7 +226,7 @@ extension UnitOfWork {
 
     /// Instances of a process manager, most recently changed first.
     public func instances(of processManager: String, limit: Int = 1000) throws -> [InstanceSummary] {
-        try instances(of: processManager, openOnly: false, limit: limit)
+        try instances(of: processManager, matching: InstanceFilter(), limit: limit)
     }
 
     /// The pending timer to try first, if any.

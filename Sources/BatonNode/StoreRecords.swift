@@ -104,6 +104,30 @@ public struct InstanceSummary: Sendable, Hashable, Codable {
     }
 }
 
+/// Which instances a listing returns.
+public struct InstanceFilter: Sendable, Hashable {
+    /// The lifecycles to list; empty for any.
+    public var lifecycles: Set<ProcessLifecycle>
+    /// Only instances whose last transition is before this (stuck or old ones); `nil` for any.
+    public var changedBefore: Date?
+
+    /// Creates a filter; the default lists everything.
+    public init(lifecycles: Set<ProcessLifecycle> = [], changedBefore: Date? = nil) {
+        self.lifecycles = lifecycles
+        self.changedBefore = changedBefore?.roundedToMilliseconds
+    }
+
+    /// Instances not closed yet.
+    public static let open = InstanceFilter(lifecycles: Set(ProcessLifecycle.allCases.filter { !$0.isClosed }))
+    /// Completed and failed instances.
+    public static let closed = InstanceFilter(lifecycles: Set(ProcessLifecycle.allCases.filter(\.isClosed)))
+
+    /// Whether an instance matches.
+    public func matches(_ lifecycle: ProcessLifecycle, updatedAt: Date) -> Bool {
+        (lifecycles.isEmpty || lifecycles.contains(lifecycle)) && changedBefore.map { updatedAt < $0 } != false
+    }
+}
+
 /// A message that could not be handled, kept with the reason.
 public struct DeadLetter: Sendable, Hashable, Codable {
     /// The store's id for it (0 before it is stored).

@@ -150,14 +150,19 @@ extension PostgresUnitOfWork {
         ).first?.decode(String.self)
     }
 
-    func instances(of processManager: String, openOnly: Bool, limit: Int) throws -> [InstanceSummary] {
+    func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary] {
         try query(
             """
             SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
-            WHERE process_manager = $1 AND (NOT $2 OR lifecycle NOT IN ('completed', 'failed'))
-            ORDER BY updated_at DESC, instance_id LIMIT $3
+            WHERE process_manager = $1 AND ($2 = '' OR lifecycle = ANY(string_to_array($2, ',')))
+                AND ($3::bigint IS NULL OR updated_at < $3)
+            ORDER BY updated_at DESC, instance_id LIMIT $4
             """,
-            [.init(string: processManager), .init(bool: openOnly), .init(int: limit)]
+            [
+                .init(string: processManager),
+                .init(string: filter.lifecycles.map(\.rawValue).sorted().joined(separator: ",")),
+                filter.changedBefore.map { .init(int64: $0.millisecondsSince1970) } ?? .null, .init(int: limit),
+            ]
         ).map { row in
             let (id, lifecycle, version, started, updated) = try row.decode((String, String, Int64, Int64, Int64).self)
             return InstanceSummary(
@@ -168,6 +173,20 @@ extension PostgresUnitOfWork {
                 updatedAt: Date(millisecondsSince1970: updated)
             )
         }
+    }
+
+    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
+        let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time)
+        let purged = try instances(of: processManager, matching: filter, limit: limit).map(\.instanceID)
+        for instanceID in purged {
+            for table in ["process_instances", "process_transitions", "process_associations", "timers"] {
+                try query(
+                    "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
+                    key(processManager, instanceID)
+                )
+            }
+        }
+        return purged
     }
 
     // MARK: Timers

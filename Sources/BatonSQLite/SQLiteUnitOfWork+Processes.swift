@@ -177,19 +177,30 @@ extension SQLiteUnitOfWork {
     /// Instances of a process manager, most recently changed first.
     func instances(
         of processManager: String,
-        openOnly: Bool,
+        matching filter: InstanceFilter,
         limit: Int
     ) throws
         -> [InstanceSummary]
     {
-        let filter = openOnly ? "AND lifecycle NOT IN ('completed', 'failed')" : ""
+        var conditions = ["process_manager = ?"]
+        var arguments: [any DatabaseValueConvertible] = [processManager]
+        if !filter.lifecycles.isEmpty {
+            conditions.append(
+                "lifecycle IN (\(Array(repeating: "?", count: filter.lifecycles.count).joined(separator: ", ")))"
+            )
+            arguments += filter.lifecycles.map(\.rawValue).sorted()
+        }
+        if let changedBefore = filter.changedBefore {
+            conditions.append("updated_at < ?")
+            arguments.append(changedBefore.timeIntervalSince1970)
+        }
         return try Row.fetchAll(
             db,
             sql: """
                 SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
-                WHERE process_manager = ? \(filter) ORDER BY updated_at DESC, instance_id LIMIT ?
+                WHERE \(conditions.joined(separator: " AND ")) ORDER BY updated_at DESC, instance_id LIMIT ?
                 """,
-            arguments: [processManager, limit]
+            arguments: StatementArguments(arguments + [limit])
         ).map {
             InstanceSummary(
                 instanceID: $0["instance_id"],
@@ -199,6 +210,22 @@ extension SQLiteUnitOfWork {
                 updatedAt: Date(timeIntervalSince1970: $0["updated_at"])
             )
         }
+    }
+
+    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
+        let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time)
+        let purged = try instances(of: processManager, matching: filter, limit: limit).map(\.instanceID)
+        for instanceID in purged {
+            for table in [
+                "process_instances", "process_transitions", "process_snapshots", "process_associations", "timers",
+            ] {
+                try run(
+                    "DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?",
+                    [processManager, instanceID]
+                )
+            }
+        }
+        return purged
     }
 
     // MARK: Timers

@@ -171,8 +171,9 @@ public struct HealthCommand<Service: ServiceIdentity>: AsyncParsableCommand {
     }
 }
 
-/// The whole command line of a service with no operator commands of its own: `serve`, `topology`, `health`
-/// and `dlq`. A process-manager executable of your own is then one line:
+/// The whole command line of a service with no operator commands of its own: `serve`, `topology`, `health`,
+/// `dlq`, and `processes` when it hosts a process manager. A process-manager executable of your own is then
+/// one line:
 /// `await runCommandLine(ServiceCommand<MyService>.self)`.
 public struct ServiceCommand<Service: ServiceDefinition>: AsyncParsableCommand {
     public static var configuration: CommandConfiguration {
@@ -182,7 +183,7 @@ public struct ServiceCommand<Service: ServiceDefinition>: AsyncParsableCommand {
             subcommands: [
                 ServeCommand<Service>.self, TopologyCommand<Service>.self, HealthCommand<Service>.self,
                 DeadLetterCommands<Service>.self,
-            ]
+            ] + (ProcessCommands<Service>.processManagers.isEmpty ? [] : [ProcessCommands<Service>.self])
         )
     }
 

@@ -112,9 +112,9 @@ extension InMemoryUnitOfWork {
         state.associations[Self.associationKey(processManager, name, value)]
     }
 
-    func instances(of processManager: String, openOnly: Bool, limit: Int) throws -> [InstanceSummary] {
+    func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary] {
         let summaries = state.instances.filter { key, instance in
-            key.processManager == processManager && (!openOnly || !instance.lifecycle.isClosed)
+            key.processManager == processManager && filter.matches(instance.lifecycle, updatedAt: instance.updatedAt)
         }.map { key, instance in
             InstanceSummary(
                 instanceID: key.instanceID,
@@ -127,6 +127,24 @@ extension InMemoryUnitOfWork {
         return Array(
             summaries.sorted { ($0.updatedAt, $1.instanceID) > ($1.updatedAt, $0.instanceID) }.prefix(limit)
         )
+    }
+
+    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
+        let purged = try instances(
+            of: processManager,
+            matching: InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time),
+            limit: limit
+        ).map(\.instanceID)
+        for instanceID in purged {
+            state.instances[StoreState.InstanceKey(processManager: processManager, instanceID: instanceID)] = nil
+            state.timers = state.timers.filter {
+                $0.key.processManager != processManager || $0.key.instanceID != instanceID
+            }
+            state.associations = state.associations.filter { key, value in
+                value != instanceID || !key.hasPrefix(processManager + "\u{1f}")
+            }
+        }
+        return purged
     }
 
     // MARK: Timers

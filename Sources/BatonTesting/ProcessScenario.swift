@@ -1,4 +1,5 @@
 import Baton
+import BatonNode
 import Foundation
 
 /// Tests a process manager without a broker or a database: events in, commands, timers and lifecycle out.
@@ -141,6 +142,30 @@ public struct ProcessScenario<State: ProcessState> {
         return Outcome(decision: decision)
     }
 
+    /// Aborts an instance as an operator would (`processes abort ID --reason TEXT`).
+    /// - Parameters:
+    ///   - instanceID: The instance.
+    ///   - reason: Why.
+    /// - Throws: If there is no such instance, or what the abort handler throws.
+    @discardableResult
+    public mutating func abort(_ instanceID: String, reason: String) throws -> Outcome {
+        guard let instance = instances[instanceID] else {
+            throw ScenarioError("no instance '\(instanceID)' to abort")
+        }
+        sequence += 1
+        let envelope = Envelope(
+            messageID: "scenario-\(sequence)",
+            messageType: AbortProcess.messageType,
+            timestamp: clock.now(),
+            payload: MessageRegistry.encode(
+                AbortProcess(processManager: engine.definition.name, instanceID: instanceID, reason: reason)
+            )
+        )
+        let decision = try engine.abort(instance, reason: reason, envelope: envelope, now: clock.now())
+        apply(decision)
+        return Outcome(decision: decision)
+    }
+
     /// Moves the clock and fires every timer that comes due, earliest first.
     @discardableResult
     public mutating func advance(by interval: Duration) throws -> [Outcome] {
@@ -166,5 +191,15 @@ public struct ProcessScenario<State: ProcessState> {
         instances[instance.id] = instance
         transitions[instance.id, default: []].append(transition)
         for (name, value) in transition.associations { associations["\(name)|\(value)"] = instance.id }
+    }
+}
+
+/// A scenario step that cannot be taken (e.g. aborting an instance that does not exist).
+public struct ScenarioError: Error, CustomStringConvertible {
+    /// What is wrong.
+    public var description: String
+
+    init(_ description: String) {
+        self.description = description
     }
 }

@@ -12,8 +12,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         abstract: "The order-fulfillment process manager of the Baton bookstore.",
         subcommands: [
             Serve.self, TopologyCommand<FulfillmentService>.self, HealthCommand<FulfillmentService>.self, Show.self,
-            List.self,
-            DeadLetterCommands<FulfillmentService>.self,
+            ProcessCommands<FulfillmentService>.self, DeadLetterCommands<FulfillmentService>.self,
         ]
     )
 
@@ -74,25 +73,6 @@ public struct FulfillmentCommand: AsyncParsableCommand {
                 for timer in entry.timers { print("       timer  \(timer)") }
                 if let reason = entry.reason { print("       reason \(reason)") }
             }
-        }
-    }
-
-    struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List fulfillment processes.")
-        @OptionGroup var options: ServiceOptions
-        @Flag(help: "Print JSON.") var json = false
-        @Flag(help: "Only the ones still open (started, running, compensating).") var open = false
-
-        func run() async throws {
-            let open = self.open
-            let instances = try await options.readStore(for: FulfillmentService.name).read {
-                try $0.instances(of: "fulfillment", openOnly: open, limit: 100_000)
-            }
-            if json { return try printJSON(instances) }
-            printTable(
-                ["ORDER", "LIFECYCLE", "VERSION", "UPDATED"],
-                instances.map { [$0.instanceID, $0.lifecycle.rawValue, String($0.version), "\($0.updatedAt)"] }
-            )
         }
     }
 }

@@ -107,6 +107,11 @@ public enum FulfillmentService: ServiceDefinition {
             pm.onFailure(of: CreateShipment.self) { failure, process in
                 cancel(&process, reason: "shipping refused the shipment: \(failure.reason)")
             }
+            // An operator's abort (`fulfillment processes abort`): the compensation runs, and the order is cancelled.
+            pm.onAbort { reason, process in
+                process.state.step = "aborted"
+                process.send(CancelOrder(orderID: process.state.orderID, reason: reason))
+            }
             pm.onTimer(timer) { process in
                 let reason = "step '\(process.state.step)' timed out"
                 process.compensate(reason: reason)

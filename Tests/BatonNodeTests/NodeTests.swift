@@ -96,6 +96,56 @@ import Testing
         #expect(letters.map(\.messageID) == [failure.commandID], "the command itself is dead-lettered at its target")
     }
 
+    @Test func anOperatorAbortsOneInstanceAndPurgesClosedOnesThroughTheRunningNode() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        func administer<C: Command>(_ command: C, id: String) async throws {
+            let envelope = Envelope(
+                messageID: id,
+                messageType: C.messageType,
+                timestamp: harness.clock.now(),
+                payload: MessageRegistry.encode(command)
+            )
+            try await harness.transport.publish([
+                OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
+            ])[0].get()
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        let closedEarly = harness.clock.now()
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")
+            try await harness.publish(OrderPlaced(orderID: "o-2"), id: "placed-2")
+            try await harness.publish(OrderClosed(orderID: "o-2"), id: "closed-2")
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            harness.clock.advance(by: .seconds(10))
+            try await administer(
+                AbortProcess(processManager: "order-process", instanceID: "o-1", reason: "fraud suspected"),
+                id: "abort-1"
+            )
+            try await administer(
+                AbortProcess(processManager: "order-process", instanceID: "o-9", reason: "typo"),
+                id: "abort-9"
+            )
+            harness.clock.advance(by: .seconds(120))  // o-1's payment timeout would have fired by now
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            try await administer(
+                PurgeProcesses(processManager: "order-process", closedBefore: closedEarly.addingTimeInterval(5)),
+                id: "purge-1"
+            )
+        }
+        let instances = try await node.store.read { try $0.instances(of: "order-process") }
+        #expect(instances.map(\.instanceID) == ["o-1"], "o-2 closed before the cut-off and was purged")
+        #expect(instances.first?.lifecycle == .failed)
+        let aborted = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-1") }
+        #expect(aborted.last?.reason == "fraud suspected")
+        #expect(!types(harness.observed).contains("orders.VoidOrder.v1"), "the aborted instance's timer is gone")
+        let letters = try await node.store.read { try $0.deadLetters() }
+        #expect(letters.map(\.messageID) == ["abort-9"], "an abort of an unknown instance is refused, not lost")
+        #expect(letters.first?.reason == "no instance 'o-9' of process manager 'order-process' to abort")
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

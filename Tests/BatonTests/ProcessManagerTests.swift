@@ -293,6 +293,35 @@ import Testing
         #expect(late.skipReason == .closed(instanceID: "o-1", lifecycle: .failed))
     }
 
+    @Test func anAbortIssuesTheCompensationRunsTheAbortHandlerAndClosesTheInstanceAsFailed() throws {
+        let abortable = ProcessManager<Fulfillment>(name: "fulfillment", listensTo: ["orders", "inventory"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.send(ReserveInventory(orderID: event.orderID))
+                process.schedule("step-timeout", after: .seconds(30))
+            }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { event, process in
+                process.onCompensation(ReleaseInventory(orderID: event.orderID))
+            }
+            pm.onAbort { reason, process in
+                process.send(CancelOrder(orderID: process.state.orderID, reason: reason))
+            }
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+        var scenario = try ProcessScenario(abortable)
+        try scenario.given(OrderConfirmed(orderID: "o-1", address: "a"), InventoryReserved(orderID: "o-1"))
+        let aborted = try scenario.abort("o-1", reason: "customer called")
+        #expect(aborted.lifecycle == .failed)
+        #expect(aborted.issuedTypes == ["inventory.ReleaseInventory.v1", "orders.CancelOrder.v1"])
+        #expect(aborted.commands(CancelOrder.self).map(\.reason) == ["customer called"])
+        #expect(scenario.instance("o-1")?.reason == "customer called")
+        #expect(scenario.instance("o-1")?.timers.isEmpty == true, "its deadlines are gone")
+
+        let again = try scenario.abort("o-1", reason: "twice")
+        #expect(again.skipReason == .closed(instanceID: "o-1", lifecycle: .failed), "an abort closes once")
+        #expect(throws: ScenarioError.self) { try scenario.abort("nobody", reason: "r") }
+    }
+
     @Test func closingAClosedInstanceDoesNothing() throws {
         let late = ProcessManager<Fulfillment>(name: "late", listensTo: ["orders", "shipping"]) { pm in
             pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }

@@ -124,6 +124,56 @@ import Testing
         }
     }
 
+    @Test func anOperatorFindsAStuckProcessAbortsItAndLaterPurgesIt() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            #expect(await mesh.stop("shipping")?.isSuccess == true)  // the shipment step is stuck
+            try await mesh.stock("book-0001", 5)
+            try await mesh.checkout("chk-stuck", lines: [("book-0001", 2)])
+            let order = orderID(forCheckout: "chk-stuck")
+            let stuck = try await eventually {
+                let listed = try await mesh.cli(
+                    "fulfillment",
+                    "processes",
+                    "list",
+                    "--lifecycle",
+                    "running",
+                    "--older-than",
+                    "1s"
+                )
+                return listed.output.contains(order)
+            }
+            #expect(stuck, "found by lifecycle and age")
+
+            let abort = try await mesh.cli("fulfillment", "processes", "abort", order, "--reason", "customer called")
+            #expect(abort.status == 0, "\(abort.output)")
+            let cancelled = try await eventually { try await mesh.snapshot().orders.first?.status == "CANCELLED" }
+            #expect(cancelled, "the abort cancelled the order")
+            #expect(try await mesh.snapshot().orders.first?.cancelReason == "customer called")
+            #expect(try await mesh.snapshot().items.first?.reserved == 0, "and released its stock")
+            try await mesh.start("shipping")  // the shipment it was asked for is created late, then cancelled
+            let (snapshot, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.processes.first?.lifecycle == .failed)
+
+            let unknown = try await mesh.cli("fulfillment", "processes", "abort", "ord-nobody", "--reason", "r")
+            #expect(unknown.status != 0 && unknown.output.contains("no instance 'ord-nobody'"), "\(unknown.output)")
+            try await Task.sleep(for: .seconds(1.5))  // closed more than a second ago
+            let dryRun = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "1s", "--dry-run")
+            #expect(
+                dryRun.output.contains("\(order)\tfailed") && dryRun.output.contains("1 closed instance"),
+                "\(dryRun.output)"
+            )
+            #expect(try await mesh.snapshot().processes.count == 1, "a dry run deletes nothing")
+            let purge = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "1s")
+            #expect(purge.status == 0, "\(purge.output)")
+            let purged = try await eventually { try await mesh.snapshot().processes.isEmpty }
+            #expect(purged, "the running service purged it")
+            let bad = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "last tuesday")
+            #expect(bad.status != 0 && bad.output.contains("closed-before"), "\(bad.output)")
+        }
+    }
+
     @Test func aCustomerCancelMidFlightUndoesWhatWasDone() async throws {
         try await withMesh { mesh in
             try await mesh.startAll()

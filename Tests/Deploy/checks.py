@@ -323,7 +323,7 @@ def check_agree(args):
         seen = json.load(file)["outcomes"]
     orders = {o["checkout_id"]: o for o in compose_json(args, "orders", "list")}
     shipments = {s["order_id"]: s for s in compose_json(args, "shipping", "list")}
-    processes = {p["instance_id"]: p for p in compose_json(args, "fulfillment", "list")}
+    processes = {p["instance_id"]: p for p in compose_json(args, "fulfillment", "processes", "list")}
     for checkout_id, outcome in sorted(seen.items()):
         order = orders.get(checkout_id)
         want = "COMPLETED" if outcome["event"] == "orders.OrderCompleted" else "CANCELLED"

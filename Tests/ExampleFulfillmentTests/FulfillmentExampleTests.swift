@@ -20,7 +20,11 @@ import Testing
     @Test func theServiceHostsTheProcessManager() throws {
         let hosts = ExampleFulfillmentService.handlers
         #expect(hosts.map(\.name) == ["fulfillment"])
-        #expect(Set(hosts.flatMap(\.messageTypes).map { $0.messageType }) == fulfillment.messageTypes)
+        #expect(
+            Set(hosts.flatMap(\.messageTypes).map { $0.messageType })
+                == fulfillment.messageTypes.union([AbortProcess.messageType, PurgeProcesses.messageType]),
+            "its events, and the operator's commands"
+        )
         #expect(Set(hosts.flatMap(\.bindings).map(\.bindingKey)) == fulfillment.messageNames)
         #expect(fulfillment.messageNames.contains("baton.CommandFailed.fulfillment"), "its own failure replies only")
     }

@@ -61,4 +61,17 @@ import Testing
         )
         #expect(refused.commands(ReleaseInventory.self).isEmpty, "nothing was reserved, nothing to release")
     }
+
+    @Test func anOperatorsAbortReleasesTheStockCancelsTheShipmentAndTheOrder() throws {
+        var scenario = try ProcessScenario(FulfillmentService.processManager(stepTimeout: .seconds(30)))
+        try scenario.given(
+            OrderConfirmed(orderID: "o-4", checkoutID: "c-4", shippingAddress: "12 St James's Sq", lines: lines),
+            InventoryReserved(orderID: "o-4")
+        )
+        let aborted = try scenario.abort("o-4", reason: "customer called")
+        #expect(aborted.lifecycle == .failed)
+        #expect(aborted.commands(ReleaseInventory.self).map(\.orderID) == ["o-4"])
+        #expect(aborted.commands(CancelOrder.self).map(\.reason) == ["customer called"])
+        #expect(scenario.instance("o-4")?.state.step == "aborted")
+    }
 }

@@ -20,6 +20,7 @@ public struct StoreConformance: Sendable {
         case aWriterHandsOverExactlyWhatItCommitted
         case streamsAppendAtTheirExpectedVersion
         case instancesKeepTheirStateTimelineAndAssociations
+        case instancesAreListedByLifecycleAndAgeAndClosedOnesPurged
         case timersAreScheduledRetriedParkedAndRearmed
         case deadLettersAreReplayedByKind
         case heldMessagesWaitInOrderPerKey
@@ -52,6 +53,8 @@ public struct StoreConformance: Sendable {
         case .streamsAppendAtTheirExpectedVersion: try await streamsAppendAtTheirExpectedVersion(store)
         case .instancesKeepTheirStateTimelineAndAssociations:
             try await instancesKeepTheirStateTimelineAndAssociations(store)
+        case .instancesAreListedByLifecycleAndAgeAndClosedOnesPurged:
+            try await instancesAreListedByLifecycleAndAgeAndClosedOnesPurged(store)
         case .timersAreScheduledRetriedParkedAndRearmed: try await timersAreScheduledRetriedParkedAndRearmed(store)
         case .deadLettersAreReplayedByKind: try await deadLettersAreReplayedByKind(store)
         case .heldMessagesWaitInOrderPerKey: try await heldMessagesWaitInOrderPerKey(store)
@@ -265,11 +268,61 @@ public struct StoreConformance: Sendable {
             #expect(try work.instance(associatedWith: "T-1", as: "tracking", processManager: "pm") == "i-1")
             #expect(try work.instance(associatedWith: "T-2", as: "tracking", processManager: "pm") == nil)
             #expect(try work.outboxMessageIDs() == ["issued-1", "issued-2"], "issued-1 once, for both instances")
-            #expect(try work.instances(of: "pm", openOnly: true, limit: 10).map(\.instanceID) == ["i-1"])
-            let all = try work.instances(of: "pm", openOnly: false, limit: 10)
+            #expect(try work.instances(of: "pm", matching: .open, limit: 10).map(\.instanceID) == ["i-1"])
+            let all = try work.instances(of: "pm")
             #expect(all.map(\.instanceID) == ["i-1", "i-2"] && all.map(\.lifecycle) == [.running, .completed])
             #expect(all.first?.startedAt == Self.epoch.addingTimeInterval(1))
             #expect(all.first?.updatedAt == Self.epoch.addingTimeInterval(2))
+        }
+    }
+
+    func instancesAreListedByLifecycleAndAgeAndClosedOnesPurged(_ store: any Store) async throws {
+        // i-1 running since t=2, i-2 completed at t=1, i-3 failed at t=3, i-4 started at t=1; another manager's
+        // closed instance at t=1.
+        try await store.write { work throws in
+            try Self.record(Self.transition(1, lifecycle: .started), work)
+            try Self.record(Self.transition(2, timers: [.schedule(name: "t", dueAt: Self.epoch)]), work)
+            try Self.record(
+                Self.transition(1, associations: ["tracking": "T-2"], lifecycle: .completed),
+                work,
+                instance: "i-2"
+            )
+            try Self.record(Self.transition(1, lifecycle: .started), work, instance: "i-3")
+            try Self.record(Self.transition(2), work, instance: "i-3")
+            try Self.record(Self.transition(3, lifecycle: .failed), work, instance: "i-3")
+            try Self.record(Self.transition(1, lifecycle: .started), work, instance: "i-4")
+            try work.record(
+                Self.transition(1, lifecycle: .completed),
+                processManager: "other",
+                instanceID: "i-2",
+                lifecycle: .completed,
+                state: Data("{}".utf8),
+                route: Self.route
+            )
+        }
+        let t2 = Self.epoch.addingTimeInterval(2)
+        try await store.read { work throws in
+            func ids(_ filter: InstanceFilter) throws -> [String] {
+                try work.instances(of: "pm", matching: filter, limit: 10).map(\.instanceID)
+            }
+            #expect(try ids(InstanceFilter()) == ["i-3", "i-1", "i-2", "i-4"], "most recently changed first")
+            #expect(try ids(.open) == ["i-1", "i-4"])
+            #expect(try ids(.closed) == ["i-3", "i-2"])
+            #expect(try ids(InstanceFilter(lifecycles: [.started])) == ["i-4"])
+            #expect(try ids(InstanceFilter(changedBefore: t2)) == ["i-2", "i-4"], "last moved before t=2")
+            #expect(try ids(InstanceFilter(lifecycles: InstanceFilter.open.lifecycles, changedBefore: t2)) == ["i-4"])
+            #expect(try work.instances(of: "pm", matching: InstanceFilter(), limit: 2).count == 2)
+        }
+        let purged = try await store.write { try $0.purgeInstances(of: "pm", closedBefore: t2, limit: 100) }
+        #expect(purged == ["i-2"], "closed before t=2: i-3 closed later, the others are open")
+        try await store.read { work throws in
+            #expect(try work.storedInstance("i-2", processManager: "pm") == nil)
+            #expect(try work.instanceVersion("i-2", processManager: "pm") == nil)
+            #expect(try work.transitions(of: "pm", instance: "i-2").isEmpty)
+            #expect(try work.instance(associatedWith: "T-2", as: "tracking", processManager: "pm") == nil)
+            #expect(try work.instances(of: "pm").map(\.instanceID) == ["i-3", "i-1", "i-4"])
+            #expect(try work.storedInstance("i-2", processManager: "other") != nil, "another manager's is kept")
+            #expect(try work.nextTimer()?.instanceID == "i-1", "an open instance keeps its timers")
         }
     }
 
