@@ -9,11 +9,16 @@ public protocol Message: Codable, Sendable {
     static var messageName: String { get }
     /// The schema version of this shape. 1 unless overridden.
     static var messageVersion: Int { get }
+    /// How older versions become this one, one step each (see ``Upcaster``). None unless overridden.
+    static var upcasters: [Upcaster] { get }
 }
 
 extension Message {
     /// Version 1 unless a type says otherwise.
     public static var messageVersion: Int { 1 }
+
+    /// No upcasters unless a type says otherwise.
+    public static var upcasters: [Upcaster] { [] }
 
     /// The type name carried in the envelope: `<context>.<Name>.v<version>`.
     public static var messageType: String { "\(messageName).v\(messageVersion)" }

@@ -13,6 +13,9 @@ public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let oversized = Code(name: "oversized")
         /// Decoded, but the values break the contract's rules.
         public static let invalid = Code(name: "invalid")
+        /// A later version of a registered message than this code knows: a node that knows it must take it
+        /// (during a rolling deploy, a newer one); it is never dead-lettered as unknown.
+        public static let newerVersion = Code(name: "newerVersion")
         public var description: String { name }
     }
 
@@ -34,6 +37,8 @@ public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
 public struct MessageRegistry: Sendable {
     private var decoders: [String: @Sendable (Data) throws -> any Message] = [:]
     private var names: Set<String> = []
+    /// Per message name: the current version and the upcasters that reach it.
+    private var versions: [String: (current: Int, upcasters: [Int: Upcaster])] = [:]
     /// The largest body accepted, in bytes.
     public var maximumPayloadSize: Int
 
@@ -55,6 +60,9 @@ public struct MessageRegistry: Sendable {
     /// Registers a message type under its ``Message/messageType``.
     public mutating func register<M: Message>(_ type: M.Type) {
         names.insert(M.messageName)
+        versions[M.messageName] = (
+            M.messageVersion, Upcaster.chain(M.upcasters, current: M.messageVersion, of: M.messageName)
+        )
         decoders[M.messageType] = { data in
             let message = try JSONDecoder.baton.decode(M.self, from: data)
             if let validated = message as? any ValidatedMessage { try validated.validate() }
@@ -72,7 +80,38 @@ public struct MessageRegistry: Sendable {
         names.contains(messageName)
     }
 
-    /// Decodes an envelope's payload into its registered type.
+    /// Brings an envelope of an older version of a registered message up to the current version: its payload
+    /// through the type's upcasters, its type name to the current one. Any other envelope is returned as it is.
+    /// - Throws: ``MessageError`` `.newerVersion` for a version later than the registered one; `.undecodable`
+    ///   when an upcaster is missing or fails.
+    public func upcast(_ envelope: Envelope) throws(MessageError) -> Envelope {
+        guard decoders[envelope.messageType] == nil, let known = versions[envelope.messageName],
+            let version = version(ofMessageType: envelope.messageType)
+        else { return envelope }
+        guard version < known.current else {
+            throw MessageError(
+                code: .newerVersion,
+                reason:
+                    "'\(envelope.messageType)' is newer than the v\(known.current) this node knows: it waits for a node that knows it"
+            )
+        }
+        var upcast = envelope
+        do {
+            upcast.payload = try Upcaster.upcast(
+                envelope.payload,
+                from: version,
+                to: known.current,
+                using: known.upcasters,
+                what: envelope.messageName
+            )
+        } catch {
+            throw MessageError(code: .undecodable, reason: error.reason)
+        }
+        upcast.messageType = "\(envelope.messageName).v\(known.current)"
+        return upcast
+    }
+
+    /// Decodes an envelope's payload into its registered type (an older version through its upcasters).
     /// - Throws: ``MessageError`` with the precise reason (unknown type, oversized, the JSON path that failed).
     public func decode(_ envelope: Envelope) throws(MessageError) -> any Message {
         guard envelope.payload.count <= maximumPayloadSize else {
@@ -81,6 +120,7 @@ public struct MessageRegistry: Sendable {
                 reason: "body of \(envelope.payload.count) bytes exceeds the limit of \(maximumPayloadSize)"
             )
         }
+        let envelope = try upcast(envelope)
         guard let decoder = decoders[envelope.messageType] else {
             throw MessageError(code: .unknownType, reason: "no message type '\(envelope.messageType)' is registered")
         }

@@ -160,19 +160,19 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
     /// - Parameters:
     ///   - instance: The instance as stored.
     ///   - reason: Why, recorded as the instance's reason.
-    ///   - envelope: The operator's command, the transition's trigger.
+    ///   - messageID: The id of the operator's command (the ids of what the abort issues derive from it).
     ///   - now: The clock reading.
     /// - Throws: What the abort handler throws.
     public func abort(
         _ instance: ProcessInstance<State>,
         reason: String,
-        envelope: Envelope,
+        messageID: String,
         now: Date
     ) throws -> Decision {
         guard !instance.lifecycle.isClosed else {
             return .skipped(.closed(instanceID: instance.id, lifecycle: instance.lifecycle))
         }
-        var context = makeContext(instance, trigger: .event(envelope), now: now)
+        var context = makeContext(instance, trigger: .abort(messageID: messageID, reason: reason), now: now)
         context.compensate(reason: reason)
         try definition.abortHandler?(reason, &context)
         context.markAsFailed(reason: reason)
@@ -214,7 +214,8 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         for transition in transitions {
             let decision: Decision
             switch transition.trigger {
-            case .event(let envelope):
+            case .event(let recorded):
+                let envelope = try registry.upcast(recorded)
                 let message = try registry.decode(envelope)
                 decision = try handle(
                     message,
@@ -228,6 +229,11 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
                     throw ProcessHandlerError(message: "timer before start in '\(instanceID)'")
                 }
                 decision = try fire(timer: name, dueAt: dueAt, instance: current, now: transition.at)
+            case .abort(let messageID, let reason):
+                guard let current = instance else {
+                    throw ProcessHandlerError(message: "abort before start in '\(instanceID)'")
+                }
+                decision = try abort(current, reason: reason, messageID: messageID, now: transition.at)
             }
             guard case .transition(var next, let replayed) = decision, replayed.version == transition.version else {
                 throw ProcessHandlerError(

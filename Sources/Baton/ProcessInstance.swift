@@ -42,6 +42,8 @@ public enum ProcessTrigger: Sendable, Hashable, Codable {
     case event(Envelope)
     /// A timer came due.
     case timer(name: String, dueAt: Date)
+    /// An operator aborted the instance (with the id of their command).
+    case abort(messageID: String, reason: String)
 
     /// The id that de-duplicates this trigger and derives the ids of what it causes.
     public func messageID(processManager: String, instanceID: String) -> String {
@@ -56,6 +58,8 @@ public enum ProcessTrigger: Sendable, Hashable, Codable {
                 name,
                 String(dueAt.millisecondsSince1970)
             )
+        case .abort(let messageID, _):
+            return messageID
         }
     }
 }

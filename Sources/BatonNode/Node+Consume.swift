@@ -9,11 +9,15 @@ extension Node {
     enum Prepared {
         case handle(IncomingMessage, Envelope, any Message, [any NodeHandler])
         case reject(IncomingMessage, reason: String, stage: String)
+        /// A later version of a message than this node knows: kept in the store and tried again later (by
+        /// this node once it is upgraded), never dead-lettered as unknown.
+        case postpone(IncomingMessage, reason: String)
 
         var incoming: IncomingMessage {
             switch self {
             case .handle(let incoming, _, _, _): return incoming
             case .reject(let incoming, _, _): return incoming
+            case .postpone(let incoming, _): return incoming
             }
         }
     }
@@ -82,6 +86,9 @@ extension Node {
                         holdsMessages = holdsMessages || held
                     case .reject(let incoming, let reason, let stage):
                         try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
+                    case .postpone(let incoming, let reason):
+                        try postpone(incoming, reason: reason, work, now)
+                        holdsMessages = true
                     }
                 }
                 configuration.faultInjection?(.beforeCommit)
@@ -198,7 +205,7 @@ extension Node {
         let causationID = headers.removeValue(forKey: BatonHeader.causationID)
         let stream = headers.removeValue(forKey: BatonHeader.stream)
         let position = headers.removeValue(forKey: BatonHeader.position).flatMap { Int64($0) }
-        let envelope = Envelope(
+        let received = Envelope(
             messageID: messageID,
             messageType: messageType,
             correlationID: incoming.correlationID,
@@ -209,6 +216,15 @@ extension Node {
             headers: headers,
             payload: incoming.body
         )
+        // An older version is brought up to date before anything looks at its type; a newer one waits.
+        let envelope: Envelope
+        do {
+            envelope = try registry.upcast(received)
+        } catch where error.code == .newerVersion {
+            return .postpone(incoming, reason: error.reason)
+        } catch {
+            return .reject(incoming, reason: "\(error)", stage: "decode")
+        }
         // A subscriber takes only what arrives on its external exchange: an internal message claiming an
         // external contract's type must not bypass the edge that translates it.
         let takers = handlers.filter { $0.handles(envelope) && (external != nil || $0.exchanges.isEmpty) }

@@ -40,6 +40,25 @@ extension Node {
         return true
     }
 
+    /// Keeps a message this node cannot read yet (a newer version) in the store, to be tried again after the
+    /// longest retry delay, for as long as it takes: an upgraded node on this store handles it then.
+    func postpone(_ incoming: IncomingMessage, reason: String, _ work: any UnitOfWork, _ now: Date) throws {
+        if let messageID = incoming.messageID, try work.isParked(messageID: messageID) { return }
+        try hold(
+            incoming,
+            key: nil,
+            attempts: 0,
+            nextAttemptAt: now.adding(configuration.retry.maximumDelay),
+            error: reason,
+            work,
+            now
+        )
+        logger.warning(
+            "message postponed: newer than this node",
+            metadata: ["baton.message_id": "\(incoming.messageID ?? "")", "reason": "\(reason)"]
+        )
+    }
+
     /// Holds a delivery in the store.
     func hold(
         _ incoming: IncomingMessage,
@@ -91,6 +110,10 @@ extension Node {
                     settle: { _ in }  // acknowledged when it was held
                 )
                 switch prepare(incoming) {
+                case .postpone(let incoming, let reason):
+                    // Still too new: kept afresh (its attempts count failures of a handler, not this wait).
+                    try work.releaseParkedMessage(held, at: now)
+                    try postpone(incoming, reason: reason, work, now)
                 case .reject(_, let reason, let stage):
                     // The code changed since it was held (its type is gone, its schema is stricter).
                     try heldMessageFailed(held, reason: reason, handler: stage, permanent: true, work, now)

@@ -64,7 +64,7 @@ extension ProcessManagerHost: ProcessManagerHosting {
             guard let instance = try load(request.instanceID, work) else {
                 throw Rejection("no instance '\(request.instanceID)' of process manager '\(name)' to abort")
             }
-            switch try engine.abort(instance, reason: request.reason, envelope: envelope, now: now) {
+            switch try engine.abort(instance, reason: request.reason, messageID: envelope.messageID, now: now) {
             case .transition(let next, let transition):
                 try work.record(transition, instance: next, of: engine, route: Routing.destination)
                 cache[next.id] = next

@@ -1,5 +1,4 @@
 import Baton
-import BatonNode
 import Foundation
 
 /// Tests a process manager without a broker or a database: events in, commands, timers and lifecycle out.
@@ -153,15 +152,7 @@ public struct ProcessScenario<State: ProcessState> {
             throw ScenarioError("no instance '\(instanceID)' to abort")
         }
         sequence += 1
-        let envelope = Envelope(
-            messageID: "scenario-\(sequence)",
-            messageType: AbortProcess.messageType,
-            timestamp: clock.now(),
-            payload: MessageRegistry.encode(
-                AbortProcess(processManager: engine.definition.name, instanceID: instanceID, reason: reason)
-            )
-        )
-        let decision = try engine.abort(instance, reason: reason, envelope: envelope, now: clock.now())
+        let decision = try engine.abort(instance, reason: reason, messageID: "scenario-\(sequence)", now: clock.now())
         apply(decision)
         return Outcome(decision: decision)
     }

@@ -107,6 +107,7 @@ struct ProcessView: Encodable {
             switch transition.trigger {
             case .event(let envelope): trigger = "event \(envelope.messageName) (\(envelope.messageID))"
             case .timer(let name, _): trigger = "timer \(name)"
+            case .abort(let messageID, let reason): trigger = "abort \"\(reason)\" (\(messageID))"
             }
             return Entry(
                 version: transition.version,

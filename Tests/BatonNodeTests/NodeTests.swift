@@ -146,6 +146,65 @@ import Testing
         #expect(letters.first?.reason == "no instance 'o-9' of process manager 'order-process' to abort")
     }
 
+    @Test func aNewerVersionWaitsForANodeThatKnowsItAndAnOlderOneIsUpcast() async throws {
+        /// The next release's OrderPlaced: v2 adds the customer.
+        struct OrderPlacedV2: Event {
+            static let messageName = "orders.OrderPlaced"
+            static let messageVersion = 2
+            static let upcasters = [Upcaster(from: 1) { json in json["customer"] = "unknown" }]
+            var orderID: String
+            var customer: String
+        }
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        func publishV2(_ orderID: String, id: String) async throws {
+            let envelope = Envelope(
+                messageID: id,
+                messageType: OrderPlacedV2.messageType,
+                timestamp: harness.clock.now(),
+                payload: MessageRegistry.encode(OrderPlacedV2(orderID: orderID, customer: "Ada"))
+            )
+            try await harness.transport.publish([
+                OutgoingMessage(
+                    exchange: Routing.eventExchange,
+                    routingKey: OrderPlacedV2.messageName,
+                    envelope: envelope
+                )
+            ])[0].get()
+        }
+        // The old release meets a v2 event during a rolling deploy: it keeps it, it does not dead-letter it.
+        let old = try harness.makeNode()
+        try await withRunningNode(old, transport: harness.transport) {
+            try await publishV2("o-new", id: "placed-v2")
+            try await waitUntilIdle(old, transport: harness.transport, clock: harness.clock)
+        }
+        #expect(try await old.store.read { try $0.deadLetters() }.isEmpty)
+        #expect(try await old.store.read { try $0.parkedMessages() }.map(\.messageID) == ["placed-v2"])
+        #expect(harness.observed.isEmpty, "nothing handled it")
+
+        // The new release on the same store handles it once it is due, and reads v1 events through the upcaster.
+        let upgraded = ProcessManager<OrderProcess>(name: "order-process", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlacedV2.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.send(ChargeCard(orderID: "\(event.orderID) for \(event.customer)"))
+            }
+            pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
+        }
+        let new = try harness.makeNode(process: upgraded)
+        try await withRunningNode(new, transport: harness.transport) {
+            harness.clock.advance(by: .seconds(3))  // past the longest retry delay
+            try await harness.publish(OrderPlaced(orderID: "o-old"), id: "placed-v1")
+            let handled = try await eventually { harness.observed.count == 2 }
+            #expect(handled)
+        }
+        let charged = harness.observed.map {
+            try? JSONDecoder.baton.decode(ChargeCard.self, from: $0.envelope.payload).orderID
+        }
+        #expect(Set(charged) == ["o-new for Ada", "o-old for unknown"])
+        #expect(try await new.store.read { try $0.parkedMessages() }.isEmpty)
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

@@ -241,7 +241,7 @@ import Testing
             var item = dead("a command of an unknown type", json(body))
             item.exchange = "baton.commands"
             item.routingKey = "orders.PlaceOrder"
-            item.type = ["orders.PlaceOrder.v9", "orders.Nonexistent.v1", "storefront.CheckoutCompleted.v1"]
+            item.type = ["orders.PlaceOrder.v0", "orders.Nonexistent.v1", "storefront.CheckoutCompleted.v1"]
                 .randomElement(using: &random)!
             return item
         case 13:
