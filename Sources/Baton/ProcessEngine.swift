@@ -121,7 +121,7 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
                 return try missing(instanceID, message, envelope, handlers, now: now)
             }
             handler = start
-            current = ProcessInstance(id: instanceID)
+            current = ProcessInstance(id: instanceID, definitionVersion: definition.version)
         }
         var context = makeContext(current, trigger: .event(envelope), now: now)
         try handler.handle(message, &context)

@@ -121,15 +121,75 @@ public struct ProcessInstance<State: ProcessState>: Sendable, Equatable, Codable
     public var timers: [String: Date]
     /// Why it compensated or failed.
     public var reason: String?
+    /// The version of the definition it started under (1 for instances stored before versions were recorded).
+    public var definitionVersion: Int
+    /// The version of ``state``'s shape (see ``ProcessState/stateVersion``).
+    public var stateVersion: Int
 
     /// A new instance before its start handler.
-    public init(id: String) {
+    /// - Parameters:
+    ///   - id: The instance id.
+    ///   - definitionVersion: The version of the definition it starts under.
+    public init(id: String, definitionVersion: Int = 1) {
         self.id = id
+        self.definitionVersion = definitionVersion
+        self.stateVersion = State.stateVersion
         self.state = State()
         self.lifecycle = .started
         self.version = 0
         self.compensations = []
         self.timers = [:]
         self.reason = nil
+    }
+}
+
+extension ProcessInstance {
+    /// Decodes an instance as a store holds it, written by this release or an earlier one: a state of an older
+    /// version goes through ``ProcessState/stateUpcasters``; versions absent from old records are 1.
+    /// - Throws: ``NewerStateError`` for a state written by a later release (the node leaves it for one that
+    ///   knows it); ``UpcastError`` when an upcaster is missing or fails; a decoding error for a broken record.
+    public static func decodeStored(_ data: Data) throws -> ProcessInstance {
+        guard var record = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            return try JSONDecoder.baton.decode(ProcessInstance.self, from: data)  // reports what is wrong
+        }
+        let stored = record["state_version"] as? Int ?? 1
+        guard stored <= State.stateVersion else {
+            throw NewerStateError(instanceID: record["id"] as? String ?? "", version: stored, known: State.stateVersion)
+        }
+        if stored == State.stateVersion, record["definition_version"] != nil {
+            return try JSONDecoder.baton.decode(ProcessInstance.self, from: data)  // the usual case: as written
+        }
+        record["definition_version"] = record["definition_version"] ?? 1
+        if stored < State.stateVersion {
+            let state = try JSONSerialization.data(withJSONObject: record["state"] ?? [String: Any]())
+            let upcast = try Upcaster.upcast(
+                state,
+                from: stored,
+                to: State.stateVersion,
+                using: Upcaster.chain(State.stateUpcasters, current: State.stateVersion, of: "\(State.self)"),
+                what: "the state \(State.self)"
+            )
+            record["state"] = try JSONSerialization.jsonObject(with: upcast)
+        }
+        record["state_version"] = State.stateVersion
+        return try JSONDecoder.baton.decode(
+            ProcessInstance.self,
+            from: JSONSerialization.data(withJSONObject: record)
+        )
+    }
+}
+
+/// A stored state of a later version than this release knows: written by a newer release during a rolling
+/// deploy. The message that needs it waits (it is kept and tried again), as a newer message version does.
+public struct NewerStateError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// The instance.
+    public var instanceID: String
+    /// The version stored.
+    public var version: Int
+    /// The version this release knows.
+    public var known: Int
+
+    public var description: String {
+        "the state of instance '\(instanceID)' is v\(version), newer than the v\(known) this node knows: it waits for a node that knows it"
     }
 }

@@ -3,6 +3,18 @@ import Foundation
 /// The state a process manager keeps per instance. It starts from `init()` and is stored as JSON.
 public protocol ProcessState: Codable, Sendable, Equatable {
     init()
+    /// The schema version of this shape, stored with every instance. 1 unless overridden.
+    static var stateVersion: Int { get }
+    /// How the stored state of an older version becomes this one, one step each (see ``Upcaster``); applied
+    /// when an instance stored by an earlier release is loaded.
+    static var stateUpcasters: [Upcaster] { get }
+}
+
+extension ProcessState {
+    /// Version 1 unless a type says otherwise.
+    public static var stateVersion: Int { 1 }
+    /// No upcasters unless a type says otherwise.
+    public static var stateUpcasters: [Upcaster] { [] }
 }
 
 /// How an event finds its process instance.
@@ -95,6 +107,9 @@ public struct ProcessManager<State: ProcessState>: Sendable {
 
     /// The name; the instance streams are `<name>-<instance id>`.
     public let name: String
+    /// The definition's version: each instance records the one it started under (see
+    /// ``ProcessInstance/definitionVersion``), so that a deploy can tell old instances from new ones.
+    public let version: Int
     /// The categories (bounded contexts) whose events this manager receives.
     public let categories: [String]
     var handlers: [Handler] = []
@@ -112,14 +127,18 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// Defines a process manager.
     /// - Parameters:
     ///   - name: The process manager's name.
+    ///   - version: The definition's version, 1 unless given; raise it when a deploy changes what the handlers
+    ///     decide, so instances started before can be told apart.
     ///   - categories: The categories it listens to.
     ///   - define: Registers the handlers.
     public init(
         name: String,
+        version: Int = 1,
         listensTo categories: [String],
         _ define: (inout Builder) -> Void
     ) {
         self.name = name
+        self.version = version
         self.categories = categories
         var builder = Builder()
         define(&builder)

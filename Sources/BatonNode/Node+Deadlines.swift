@@ -56,6 +56,12 @@ extension Node {
             "baton.process_id": "\(timer.instanceID)", "timer": "\(timer.name)", "attempts": "\(attempts)",
             "error": "\(error)",
         ]
+        if error is NewerStateError {
+            // Written by a later release: this one leaves the timer for it, without counting an attempt.
+            try work.retryTimer(timer, at: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
+            logger.warning("timer postponed: its instance is newer than this node", metadata: metadata)
+            return
+        }
         if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: attempts) {
             try work.retryTimer(timer, at: now.adding(delay).roundedToMilliseconds)
             metadata["retry_in"] = "\(delay)"

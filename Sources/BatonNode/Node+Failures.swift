@@ -20,6 +20,13 @@ extension Node {
         _ now: Date
     ) throws -> Bool {
         let reason = "\(error)"
+        if error is NewerStateError {
+            // Its instance was stored by a later release: kept, in its place, until a node that knows it runs.
+            let retry = now.adding(configuration.retry.maximumDelay)
+            try hold(incoming, key: key, attempts: 0, nextAttemptAt: retry, error: reason, work, now)
+            logger.warning("message postponed: its instance is newer than this node", metadata: ["error": "\(reason)"])
+            return true
+        }
         if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: 1) {
             try hold(incoming, key: key, attempts: 1, nextAttemptAt: now.adding(delay), error: reason, work, now)
             logger.warning(
@@ -125,6 +132,9 @@ extension Node {
                     do {
                         try handle(message, envelope, handlers, work, now)
                         try work.releaseParkedMessage(held, at: now)
+                    } catch let error as NewerStateError {
+                        let retry = now.adding(configuration.retry.maximumDelay).roundedToMilliseconds
+                        try work.retryParkedMessage(held.sequence, at: retry, error: "\(error)")
                     } catch {
                         try heldMessageFailed(
                             held,

@@ -220,10 +220,8 @@ extension UnitOfWork {
         _ instanceID: String,
         of engine: ProcessEngine<State>
     ) throws -> ProcessInstance<State> {
-        if let state = stored.state { return try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: state) }
-        let snapshot = try stored.earlierState.map {
-            try JSONDecoder.baton.decode(ProcessInstance<State>.self, from: $0)
-        }
+        if let state = stored.state { return try ProcessInstance<State>.decodeStored(state) }
+        let snapshot = try stored.earlierState.map { try ProcessInstance<State>.decodeStored($0) }
         let transitions = try transitions(
             of: engine.definition.name,
             instance: instanceID,

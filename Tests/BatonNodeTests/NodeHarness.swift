@@ -187,6 +187,11 @@ final class NodeHarness: Sendable {
     }
 }
 
+/// The type names of messages, in order.
+func types(_ messages: [OutgoingMessage]) -> [String] {
+    messages.map(\.envelope.messageType)
+}
+
 /// Waits until the node is idle: every message in its queue handled and acknowledged, its outbox relayed, and
 /// no timer or held message due at `clock`'s time. Nothing more happens until a message comes or the clock moves, so what a
 /// test asserts did *not* happen holds from then on, whatever the machine's speed.

@@ -9,10 +9,6 @@ import Testing
 @testable import BatonNode
 
 @Suite struct NodeTests {
-    private func types(_ messages: [OutgoingMessage]) -> [String] {
-        messages.map(\.envelope.messageType)
-    }
-
     @Test func eventsForAMissingInstanceFollowTheirHandlersPolicy() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
