@@ -68,8 +68,14 @@ public struct Upcaster: Sendable {
     static func chain(_ upcasters: [Upcaster], current: Int, of what: String) -> [Int: Upcaster] {
         var chain: [Int: Upcaster] = [:]
         for upcaster in upcasters {
-            precondition(upcaster.from < current, "\(what): an upcaster from v\(upcaster.from) reaches past v\(current)")
-            precondition(chain.updateValue(upcaster, forKey: upcaster.from) == nil, "\(what): two upcasters from v\(upcaster.from)")
+            precondition(
+                upcaster.from < current,
+                "\(what): an upcaster from v\(upcaster.from) reaches past v\(current)"
+            )
+            precondition(
+                chain.updateValue(upcaster, forKey: upcaster.from) == nil,
+                "\(what): two upcasters from v\(upcaster.from)"
+            )
         }
         return chain
     }

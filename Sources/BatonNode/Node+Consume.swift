@@ -220,7 +220,7 @@ extension Node {
         let envelope: Envelope
         do {
             envelope = try registry.upcast(received)
-        } catch where error.code == .newerVersion {
+        } catch  where error.code == .newerVersion {
             return .postpone(incoming, reason: error.reason)
         } catch {
             return .reject(incoming, reason: "\(error)", stage: "decode")
