@@ -212,29 +212,13 @@ public struct ProcessEngine<State: ProcessState>: Sendable {
         let registry = registry ?? definition.registry
         var instance = snapshot
         for transition in transitions {
-            let decision: Decision
-            switch transition.trigger {
-            case .event(let recorded):
-                let envelope = try registry.upcast(recorded)
-                let message = try registry.decode(envelope)
-                decision = try handle(
-                    message,
-                    envelope: envelope,
-                    instanceID: instanceID,
-                    instance: instance,
-                    now: transition.at
-                )
-            case .timer(let name, let dueAt):
-                guard let current = instance else {
-                    throw ProcessHandlerError(message: "timer before start in '\(instanceID)'")
-                }
-                decision = try fire(timer: name, dueAt: dueAt, instance: current, now: transition.at)
-            case .abort(let messageID, let reason):
-                guard let current = instance else {
-                    throw ProcessHandlerError(message: "abort before start in '\(instanceID)'")
-                }
-                decision = try abort(current, reason: reason, messageID: messageID, now: transition.at)
-            }
+            let decision = try redecide(
+                transition.trigger,
+                instanceID: instanceID,
+                instance: instance,
+                at: transition.at,
+                registry
+            )
             guard case .transition(var next, let replayed) = decision, replayed.version == transition.version else {
                 throw ProcessHandlerError(
                     message:

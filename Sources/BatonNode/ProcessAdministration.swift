@@ -41,10 +41,17 @@ public struct PurgeProcesses: Command {
 public protocol ProcessManagerHosting: NodeHandler {
     /// The process manager's name.
     var processManagerName: String { get }
+    /// Replays an instance's stored history with this code and reports where it decides differently
+    /// (``ProcessEngine/verify(_:instanceID:registry:)``); reads only.
+    func verify(_ instanceID: String, in work: any UnitOfWork) throws -> ReplayDifference?
 }
 
 extension ProcessManagerHost: ProcessManagerHosting {
     public var processManagerName: String { name }
+
+    public func verify(_ instanceID: String, in work: any UnitOfWork) throws -> ReplayDifference? {
+        engine.verify(try work.transitions(of: name, instance: instanceID), instanceID: instanceID)
+    }
 
     /// The operator's commands a host takes beside its process manager's events.
     static var administrationTypes: [any Message.Type] { [AbortProcess.self, PurgeProcesses.self] }

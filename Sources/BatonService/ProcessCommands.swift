@@ -11,16 +11,16 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
         CommandConfiguration(
             commandName: "processes",
             abstract: "List, abort and purge the \(Service.name) service's process instances.",
-            subcommands: [List.self, Abort.self, Purge.self]
+            subcommands: [List.self, Verify.self, Abort.self, Purge.self]
         )
     }
 
     public init() {}
 
     /// The process managers the service hosts.
-    static var processManagers: [String] {
-        Service.handlers.compactMap { ($0 as? any ProcessManagerHosting)?.processManagerName }
-    }
+    static var processManagers: [String] { hosts.map(\.processManagerName) }
+
+    static var hosts: [any ProcessManagerHosting] { Service.handlers.compactMap { $0 as? any ProcessManagerHosting } }
 
     /// Which process manager a command is about: `--process-manager`, or the only one.
     struct Target: ParsableArguments {
@@ -106,6 +106,58 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
                     ]
                 }
             )
+        }
+    }
+
+    /// `processes verify --all | ID…`
+    public struct Verify: AsyncParsableCommand {
+        public static var configuration: CommandConfiguration {
+            CommandConfiguration(
+                abstract:
+                    "Replay stored histories with this build's code and report every instance it would decide differently (run it before a deploy)."
+            )
+        }
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var target: Target
+        @Flag(help: "Every instance, open and closed.") var all = false
+        @Argument(help: "Instance ids.") var instanceIDs: [String] = []
+
+        public init() {}
+
+        public func validate() throws {
+            guard all != !instanceIDs.isEmpty else {
+                throw ValidationError("give instance ids or --all, not both and not neither")
+            }
+        }
+
+        public func run() async throws {
+            let processManager = try target.name()
+            guard let host = ProcessCommands.hosts.first(where: { $0.processManagerName == processManager }) else {
+                throw CommandFailure("\(Service.name) hosts no process manager '\(processManager)'")
+            }
+            let (all, requested) = (self.all, instanceIDs)
+            let (checked, differences, missing) = try await options.readStore(for: Service.name).read { work in
+                let ids =
+                    all
+                    ? try work.instances(of: processManager, matching: InstanceFilter(), limit: .max).map(\.instanceID)
+                    : requested
+                var differences: [ReplayDifference] = []
+                var missing: [String] = []
+                for id in ids {
+                    guard try work.instanceVersion(id, processManager: processManager) != nil else {
+                        missing.append(id)
+                        continue
+                    }
+                    if let difference = try host.verify(id, in: work) { differences.append(difference) }
+                }
+                return (ids.count - missing.count, differences, missing)
+            }
+            for difference in differences { print("DIFFERS \(difference)") }
+            for id in missing { print("MISSING \(id): no such instance") }
+            print(
+                "\(checked) instance(s) of \(processManager) replayed: \(differences.count) would be decided differently"
+            )
+            guard differences.isEmpty, missing.isEmpty else { throw ExitCode.failure }
         }
     }
 

@@ -103,12 +103,7 @@ struct ProcessView: Encodable {
         state = instance.state
         pendingTimers = instance.timers
         self.timeline = timeline.map { transition in
-            let trigger: String
-            switch transition.trigger {
-            case .event(let envelope): trigger = "event \(envelope.messageName) (\(envelope.messageID))"
-            case .timer(let name, _): trigger = "timer \(name)"
-            case .abort(let messageID, let reason): trigger = "abort \"\(reason)\" (\(messageID))"
-            }
+            let trigger = transition.trigger.summary
             return Entry(
                 version: transition.version,
                 at: transition.at,

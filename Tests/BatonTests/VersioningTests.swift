@@ -123,3 +123,109 @@ private struct MissingField: Error, CustomStringConvertible {
         #expect(replayed.state.address == "old street" && replayed == started)
     }
 }
+
+@Suite struct ReplayCheckTests {
+    /// A history recorded by the sample fulfillment process: confirmed, reserved, shipped, then the timer gone.
+    func recorded() throws -> [ProcessTransition] {
+        var scenario = try ProcessScenario(fulfillment)
+        try scenario.given(
+            OrderConfirmed(orderID: "o-1", address: "12 St James's Sq"),
+            InventoryReserved(orderID: "o-1")
+        )
+        try scenario.abort("o-1", reason: "operator")
+        return scenario.transitions["o-1"] ?? []
+    }
+
+    /// The sample process with its InventoryReserved handler replaced.
+    func changed(
+        _ handle: @escaping @Sendable (InventoryReserved, inout ProcessContext<Fulfillment>) throws -> Void
+    ) -> ProcessManager<Fulfillment> {
+        ProcessManager<Fulfillment>(name: "fulfillment", listensTo: ["orders", "inventory", "shipping"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.state.address = event.address
+                process.send(ReserveInventory(orderID: event.orderID))
+                process.schedule("step-timeout", after: .seconds(90))  // a longer deadline: configuration
+            }
+            pm.on(InventoryReserved.self, correlation: .field(\.orderID), handle)
+            pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        }
+    }
+
+    @Test func theCodeThatRecordedAHistoryDecidesItTheSameWay() throws {
+        let history = try recorded()
+        #expect(history.count == 3)
+        #expect(try ProcessEngine(fulfillment).verify(history, instanceID: "o-1") == nil)
+        let sameDecisions = changed { event, process in
+            process.onCompensation(ReleaseInventory(orderID: event.orderID))
+            process.send(CreateShipment(orderID: event.orderID, address: process.state.address))
+            process.schedule("step-timeout", after: .seconds(5))
+        }
+        #expect(try ProcessEngine(sameDecisions).verify(history, instanceID: "o-1") == nil, "delays are configuration")
+    }
+
+    @Test func aChangedDecisionIsReportedWhereItHappens() throws {
+        let history = try recorded()
+        let skipsTheShipment = changed { event, process in
+            process.onCompensation(ReleaseInventory(orderID: event.orderID))
+            process.schedule("step-timeout", after: .seconds(30))
+        }
+        let difference = try #require(try ProcessEngine(skipsTheShipment).verify(history, instanceID: "o-1"))
+        #expect(difference.version == 2)
+        #expect(difference.trigger.hasPrefix("event inventory.InventoryReserved"))
+        #expect(
+            difference.difference
+                == "issued [\"shipping.CreateShipment.v1\"] then, now []"
+        )
+
+        let otherAddress = changed { event, process in
+            process.onCompensation(ReleaseInventory(orderID: event.orderID))
+            process.send(CreateShipment(orderID: event.orderID, address: "elsewhere"))
+            process.schedule("step-timeout", after: .seconds(30))
+        }
+        let body = try #require(try ProcessEngine(otherAddress).verify(history, instanceID: "o-1"))
+        #expect(body.difference.hasPrefix("the body of shipping.CreateShipment.v1 was"))
+
+        let forgetsTheUndo = changed { event, process in
+            process.send(CreateShipment(orderID: event.orderID, address: process.state.address))
+            process.schedule("step-timeout", after: .seconds(30))
+        }
+        let abort = try #require(try ProcessEngine(forgetsTheUndo).verify(history, instanceID: "o-1"))
+        #expect(abort.version == 3 && abort.trigger == "abort \"operator\" (scenario-3)", "found at the abort")
+    }
+
+    @Test func aBadHistoryIsAReportNotACrash() throws {
+        var history = try recorded()
+        let throwing = changed { _, _ in throw Rejection("no longer accepted") }
+        let thrown = try #require(try ProcessEngine(throwing).verify(history, instanceID: "o-1"))
+        #expect(thrown.version == 2 && thrown.difference == "cannot be replayed: no longer accepted")
+
+        guard case .event(var envelope) = history[1].trigger else { return }
+        envelope.payload = Data("{".utf8)
+        history[1].trigger = .event(envelope)
+        let broken = try #require(try ProcessEngine(fulfillment).verify(history, instanceID: "o-1"))
+        #expect(broken.version == 2 && broken.difference.hasPrefix("cannot be replayed: undecodable"))
+
+        let timerFirst = try ProcessEngine(fulfillment).verify(
+            [
+                ProcessTransition(
+                    version: 1,
+                    trigger: .timer(name: "t", dueAt: .now),
+                    at: .now,
+                    lifecycle: .started,
+                    issued: [],
+                    timers: [],
+                    associations: [:],
+                    reason: nil
+                )
+            ],
+            instanceID: "o-2"
+        )
+        #expect(timerFirst?.difference == "cannot be replayed: timer before start in 'o-2'")
+    }
+}
+
+private struct Rejection: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -39,6 +39,13 @@ import Testing
             let timeline = try await mesh.cli("fulfillment", "show", order.orderID)
             #expect(timeline.output.contains("issued command inventory.ReserveInventory"), "\(timeline.output)")
             #expect(timeline.output.contains("lifecycle:  completed"))
+
+            // The replay check a deploy pipeline runs: this build decides the stored history as it was decided.
+            let verify = try await mesh.cli("fulfillment", "processes", "verify", "--all")
+            #expect(verify.status == 0, "\(verify.output)")
+            #expect(verify.output.contains("1 instance(s) of fulfillment replayed: 0 would be decided differently"))
+            let unknown = try await mesh.cli("fulfillment", "processes", "verify", "ord-nobody")
+            #expect(unknown.status != 0 && unknown.output.contains("MISSING ord-nobody"), "\(unknown.output)")
         }
     }
 
