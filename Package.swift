@@ -182,7 +182,11 @@ let package = Package(
         .testTarget(name: "BookstoreContractsTests", dependencies: ["BookstoreContracts", "Baton"]),
         .testTarget(
             name: "FulfillmentTests",
-            dependencies: ["Fulfillment", "BookstoreContracts", "BatonTesting", "Baton"]
+            dependencies: [
+                "Fulfillment", "BookstoreContracts", "BatonTesting", "Baton", "BatonNode", "BatonSQLite",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "BatonSQLiteTests",

@@ -26,6 +26,7 @@ public struct HandlerContext {
     /// The transaction, for queries of the service's own tables.
     public let work: any UnitOfWork
     var issued: [IssuedMessage] = []
+    var dispatched: [Envelope] = []
 
     /// Loads an aggregate by replaying its stream.
     public func load<A: Aggregate>(_ type: A.Type, id: String) throws -> Loaded<A> {
@@ -71,6 +72,16 @@ public struct HandlerContext {
     public mutating func send<C: Command>(_ command: C) {
         issued.append(
             IssuedMessage(kind: .command, envelope: makeEnvelope(C.messageType, MessageRegistry.encode(command)))
+        )
+    }
+
+    /// Dispatches an internal command: a subscriber's translation of an external message. A command a handler
+    /// of this node takes is handled in this same transaction (its effects commit with this message's, or
+    /// none do); any other goes to its service through the broker. Its id derives from this message's id, so
+    /// a repeated external message has no second effect.
+    public mutating func dispatch<C: Command>(_ command: C) {
+        dispatched.append(
+            makeEnvelope(C.messageType, MessageRegistry.encode(command), index: issued.count + dispatched.count)
         )
     }
 
@@ -166,11 +177,25 @@ public struct MessageHandlerHost<M: Message>: NodeHandler {
         now: Date,
         logger: Logger
     ) throws {
+        try handle(message, envelope: envelope, in: work, now: now, logger: logger) { command in
+            try work.enqueue(command, exchange: Routing.commandExchange, routingKey: command.messageName)
+        }
+    }
+
+    public func handle(
+        _ message: any Message,
+        envelope: Envelope,
+        in work: any UnitOfWork,
+        now: Date,
+        logger: Logger,
+        dispatch: CommandDispatch
+    ) throws {
         var context = HandlerContext(handler: name, envelope: envelope, now: now, work: work)
         try body(message as! M, &context)
         for issued in context.issued {
             let destination = Routing.destination(of: issued)
             try work.enqueue(issued.envelope, exchange: destination.exchange, routingKey: destination.routingKey)
         }
+        for command in context.dispatched { try dispatch(command) }
     }
 }

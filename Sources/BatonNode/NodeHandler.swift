@@ -16,6 +16,17 @@ public protocol NodeHandler: Sendable {
     func handles(_ envelope: Envelope) -> Bool
     /// Handles the message; everything it writes commits with the inbox record, or not at all.
     func handle(_ message: any Message, envelope: Envelope, in work: any UnitOfWork, now: Date, logger: Logger) throws
+    /// Handles the message, handing the internal commands its handlers dispatch to `dispatch` (the node runs
+    /// one in the same transaction when a handler of its own takes it, else sends it through the broker). By
+    /// default, ``handle(_:envelope:in:now:logger:)``.
+    func handle(
+        _ message: any Message,
+        envelope: Envelope,
+        in work: any UnitOfWork,
+        now: Date,
+        logger: Logger,
+        dispatch: CommandDispatch
+    ) throws
     /// Fires one of its timers, if it has timers.
     func fire(_ timer: DueTimer, in work: any UnitOfWork, now: Date, logger: Logger) throws
     /// Whether handling a message may schedule a timer: the node wakes its timer scheduler after a batch only
@@ -31,7 +42,21 @@ public protocol NodeHandler: Sendable {
     func orderingKey(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String?
 }
 
+/// Where a handler's dispatched command goes: its envelope, ready to handle or to send.
+public typealias CommandDispatch = (Envelope) throws -> Void
+
 extension NodeHandler {
+    public func handle(
+        _ message: any Message,
+        envelope: Envelope,
+        in work: any UnitOfWork,
+        now: Date,
+        logger: Logger,
+        dispatch: CommandDispatch
+    ) throws {
+        try handle(message, envelope: envelope, in: work, now: now, logger: logger)
+    }
+
     public func fire(_ timer: DueTimer, in work: any UnitOfWork, now: Date, logger: Logger) throws {}
     public var schedulesTimers: Bool { false }
     public var exchanges: [Topology.Exchange] { [] }

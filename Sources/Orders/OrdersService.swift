@@ -18,12 +18,14 @@ public enum OrdersService: ServiceDefinition {
                 exchange: CheckoutCompleted.exchange,
                 routingKey: CheckoutCompleted.routingKey
             ) { checkout, context in
-                try place(
-                    checkoutID: checkout.checkoutID,
-                    customer: checkout.customer,
-                    address: checkout.shippingAddress,
-                    lines: checkout.lines,
-                    &context
+                // The edge translates; the order itself is placed by the command handler, in this transaction.
+                context.dispatch(
+                    PlaceOrder(
+                        checkoutID: checkout.checkoutID,
+                        customer: checkout.customer,
+                        shippingAddress: checkout.shippingAddress,
+                        lines: checkout.lines
+                    )
                 )
             },
             MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in

@@ -54,16 +54,20 @@ public enum ShippingService: ServiceDefinition {
                 exchange: ParcelDelivered.exchange,
                 routingKey: ParcelDelivered.routingKey
             ) { parcel, context in
+                // The edge translates; the delivery is recorded by the command handler, in this transaction.
+                context.dispatch(RecordDelivery(trackingNumber: parcel.trackingNumber, deliveredAt: parcel.deliveredAt))
+            },
+            MessageHandlerHost.command(RecordDelivery.self, name: "record-delivery") { command, context in
                 guard
                     var shipment = try context.work.document(
                         Shipment.self,
                         in: "shipments",
-                        idOrAlias: parcel.trackingNumber
+                        idOrAlias: command.trackingNumber
                     )
-                else { throw Rejection("no shipment with tracking number \(parcel.trackingNumber)") }
+                else { throw Rejection("no shipment with tracking number \(command.trackingNumber)") }
                 guard shipment.status == .created else {
                     throw Rejection(
-                        "shipment \(parcel.trackingNumber) is \(shipment.status.rawValue), it cannot be delivered"
+                        "shipment \(command.trackingNumber) is \(shipment.status.rawValue), it cannot be delivered"
                     )
                 }
                 shipment.status = .delivered
@@ -71,8 +75,8 @@ public enum ShippingService: ServiceDefinition {
                 context.publish(
                     ShipmentDelivered(
                         orderID: shipment.orderID,
-                        trackingNumber: parcel.trackingNumber,
-                        deliveredAt: parcel.deliveredAt
+                        trackingNumber: command.trackingNumber,
+                        deliveredAt: command.deliveredAt
                     )
                 )
             },
@@ -117,5 +121,21 @@ public struct Shipment: Codable, Sendable, Hashable {
         try container.encode(status, forKey: .status)
         try container.encode(trackingNumber, forKey: .trackingNumber)
         try container.encode(reason, forKey: .reason)
+    }
+}
+
+/// The shipping service's own command for a delivery the carrier reported: what its carrier subscriber
+/// dispatches. Internal to the service (not part of the published contract).
+public struct RecordDelivery: Command {
+    public static let messageName = "shipping.RecordDelivery"
+    /// The shipment's tracking number.
+    public var trackingNumber: String
+    /// When it was delivered (ISO 8601).
+    public var deliveredAt: String
+
+    /// Creates the command.
+    public init(trackingNumber: String, deliveredAt: String) {
+        self.trackingNumber = trackingNumber
+        self.deliveredAt = deliveredAt
     }
 }

@@ -130,6 +130,61 @@ struct Order: Aggregate {
         )
     }
 
+    @Test func aSubscriberDispatchesInternalCommandsHandledInItsOwnTransactionOrSentOn() async throws {
+        struct NotifyCustomer: Command {
+            static let messageName = "mail.NotifyCustomer"
+            var customer: String
+        }
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = Node(
+            configuration: Node.Configuration(name: "orders"),
+            store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
+            transport: harness.transport,
+            handlers: [
+                MessageHandlerHost.subscriber(
+                    CheckoutCompleted.self,
+                    name: "checkout-subscriber",
+                    exchange: "storefront",
+                    routingKey: "checkout.completed"
+                ) { checkout, context in
+                    context.dispatch(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
+                    context.dispatch(NotifyCustomer(customer: checkout.customer))  // another service's
+                },
+                MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
+                    var order = try context.load(Order.self, id: command.orderID)
+                    guard !order.state.isPlaced else { return }
+                    guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
+                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
+                },
+            ],
+            timeSource: harness.clock,
+            logger: Logger(label: "dispatch-test")
+        )
+        try await withRunningNode(node, transport: harness.transport) {
+            let ada = #"{"checkout_id":"chk-1","customer":"Ada","lines":[{"sku":"b","quantity":1}]}"#
+            try await publishCheckout(harness, ada, id: "m-1")
+            try await publishCheckout(harness, ada, id: "m-1")  // the same message again
+            let mallory = #"{"checkout_id":"chk-2","customer":"Mallory","lines":[{"sku":"b","quantity":1}]}"#
+            try await publishCheckout(harness, mallory, id: "m-2")
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        #expect(try await node.store.read { try $0.streamVersion("order-order-chk-1") } == 1, "placed once")
+        #expect(
+            types(harness.observed.filter { $0.exchange == Routing.commandExchange }) == ["mail.NotifyCustomer.v1"],
+            "the local command never reached the broker; the other service's did, once"
+        )
+        let placed = try await node.store.read { try $0.readStream("order-order-chk-1") }
+        #expect(placed.map(\.messageType) == ["orders.OrderPlaced.v1"])
+        // The local command failed: the checkout, its whole transaction, is dead-lettered, and nothing of it stays.
+        let letters = try await node.store.read { try $0.deadLetters() }
+        #expect(letters.map(\.messageID) == ["m-2"] && letters.map(\.reason) == ["customer blocked"])
+        #expect(letters.first?.handler == "checkout-subscriber")
+        #expect(try await node.store.read { try $0.streamVersion("order-order-chk-2") } == 0)
+        #expect(harness.observed.filter { $0.exchange == Routing.commandExchange }.count == 1, "no mail for Mallory")
+    }
+
     @Test func aSubscriberTakesItsContractOnlyFromItsOwnExchange() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
