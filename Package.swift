@@ -180,6 +180,15 @@ let package = Package(
             ]
         ),
         .testTarget(name: "BookstoreContractsTests", dependencies: ["BookstoreContracts", "Baton"]),
+        .testTarget(name: "OrdersTests", dependencies: ["Orders", "BookstoreContracts", "BatonTesting", "BatonNode"]),
+        .testTarget(
+            name: "InventoryTests",
+            dependencies: ["Inventory", "BookstoreContracts", "BatonTesting", "BatonNode"]
+        ),
+        .testTarget(
+            name: "ShippingTests",
+            dependencies: ["Shipping", "BookstoreContracts", "BatonTesting", "BatonNode"]
+        ),
         .testTarget(
             name: "FulfillmentTests",
             dependencies: [
@@ -212,6 +221,10 @@ let package = Package(
             dependencies: ["ExampleFulfillment", "BatonNode", "BatonTesting"]
         ),
         .testTarget(name: "ChildProcessesTests", dependencies: ["ChildProcesses"]),
+        .testTarget(
+            name: "BatonServiceTests",
+            dependencies: ["BatonService", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(
             name: "BatonAMQPTests",
             dependencies: ["BatonAMQP"]

@@ -158,38 +158,8 @@ extension Node {
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
-        try work.inSavepoint {
-            for handler in handlers {
-                try handler.handle(message, envelope: envelope, in: work, now: now, logger: logger) { command in
-                    try dispatch(command, work, now, depth: 1)
-                }
-            }
-            try work.markHandled(envelope.messageID, consumer: configuration.name, at: now)
-        }
-    }
-
-    /// A command a handler dispatched: handled here, in the same transaction, when a handler of this node takes
-    /// it (recorded in the inbox like a delivered one), else queued for the broker.
-    private func dispatch(_ command: Envelope, _ work: any UnitOfWork, _ now: Date, depth: Int) throws {
-        let takers = handlers.filter { $0.handles(command) && $0.exchanges.isEmpty }
-        guard !takers.isEmpty else {
-            try work.enqueue(command, exchange: Routing.commandExchange, routingKey: command.messageName)
-            return
-        }
-        guard depth <= 8 else {
-            throw NodeError(
-                message:
-                    "\(command.messageType) was dispatched 8 commands deep: do two handlers dispatch to each other?"
-            )
-        }
-        if try work.hasHandled(command.messageID, consumer: configuration.name) { return }
-        let message = try registry.decode(command)
-        for handler in takers {
-            try handler.handle(message, envelope: command, in: work, now: now, logger: logger) { next in
-                try dispatch(next, work, now, depth: depth + 1)
-            }
-        }
-        try work.markHandled(command.messageID, consumer: configuration.name, at: now)
+        let delivery = Delivery(handlers: self.handlers, registry: registry, consumer: configuration.name)
+        try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger)
     }
 
     /// The instance (or aggregate) a message belongs to, as the first handler that knows it says.

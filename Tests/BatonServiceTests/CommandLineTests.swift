@@ -1,0 +1,38 @@
+import ArgumentParser
+import Foundation
+import Testing
+
+@testable import BatonService
+
+/// The service shell's own parsing, without a broker: the options every executable shares and the values of
+/// the operator commands. (Whole command lines run against real services in BookstoreTests.)
+@Suite struct CommandLineTests {
+    @Test func anAgeIsACountAndAUnit() {
+        #expect(Age(argument: "90s")?.seconds == 90)
+        #expect(Age(argument: "30m")?.seconds == 1800)
+        #expect(Age(argument: "2h")?.seconds == 7200)
+        #expect(Age(argument: "7d")?.seconds == 604_800)
+        #expect(Age(argument: "1.5h")?.seconds == 5400)
+        for bad in ["soon", "", "d", "-1d", "0m", "10", "10w", "infd", "nand"] {
+            #expect(Age(argument: bad) == nil, "'\(bad)'")
+        }
+    }
+
+    @Test func aCutOffIsADateATimeOrAnAge() throws {
+        #expect(Cutoff(argument: "2026-11-01")?.date == Date(timeIntervalSince1970: 1_793_491_200))
+        #expect(Cutoff(argument: "2026-11-01T12:00:00Z")?.date == Date(timeIntervalSince1970: 1_793_534_400))
+        let before = Date().addingTimeInterval(-86_400)
+        let age = try #require(Cutoff(argument: "1d")?.date)
+        #expect(abs(age.timeIntervalSince(before)) < 5)
+        #expect(Cutoff(argument: "last tuesday") == nil)
+        #expect(Cutoff(argument: "2026-13-01") == nil)
+    }
+
+    @Test func theSharedOptionsRefuseWhatCannotWork() throws {
+        #expect(throws: (any Error).self) { try ServiceOptions.parse(["--amqp-url", "ftp://x"]) }
+        #expect(throws: (any Error).self) { try ServiceOptions.parse(["--topology", "sideways"]) }
+        let options = try ServiceOptions.parse(["--data-dir", "/srv/data", "--topology", "broker"])
+        #expect(options.storePath(for: "orders") == "/srv/data/orders.sqlite")
+        #expect(try options.topologyOwnership == .broker)
+    }
+}
