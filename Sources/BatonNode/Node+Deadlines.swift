@@ -62,7 +62,7 @@ extension Node {
             logger.warning("timer postponed: its instance is newer than this node", metadata: metadata)
             return
         }
-        if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: attempts) {
+        if let delay = retryDelay(after: error, attempt: attempts) {
             try work.retryTimer(timer, at: now.adding(delay).roundedToMilliseconds)
             metadata["retry_in"] = "\(delay)"
             logger.warning("timer handler failed; retrying", metadata: metadata)

@@ -27,7 +27,7 @@ extension Node {
             logger.warning("message postponed: its instance is newer than this node", metadata: ["error": "\(reason)"])
             return true
         }
-        if !(error is any PermanentFailure), let delay = configuration.retry.delay(afterAttempt: 1) {
+        if let delay = retryDelay(after: error, attempt: 1) {
             try hold(incoming, key: key, attempts: 1, nextAttemptAt: now.adding(delay), error: reason, work, now)
             logger.warning(
                 "handler failed; retrying",
@@ -123,7 +123,7 @@ extension Node {
                     try postpone(incoming, reason: reason, work, now)
                 case .reject(_, let reason, let stage):
                     // The code changed since it was held (its type is gone, its schema is stricter).
-                    try heldMessageFailed(held, reason: reason, handler: stage, permanent: true, work, now)
+                    try heldMessageFailed(held, error: Rejection(reason), handler: stage, work, now)
                 case .handle(_, let envelope, let message, let handlers):
                     if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
                         try work.releaseParkedMessage(held, at: now)
@@ -138,9 +138,8 @@ extension Node {
                     } catch {
                         try heldMessageFailed(
                             held,
-                            reason: "\(error)",
+                            error: error,
                             handler: handlers.map(\.name).joined(separator: ","),
-                            permanent: error is any PermanentFailure,
                             work,
                             now
                         )
@@ -150,16 +149,22 @@ extension Node {
         }
     }
 
+    /// When a failed handler is tried again, or `nil` when it is not (a permanent failure, or its last attempt):
+    /// the one rule for first attempts, held messages and timers.
+    func retryDelay(after error: any Error, attempt: Int) -> Duration? {
+        error is any PermanentFailure ? nil : configuration.retry.delay(afterAttempt: attempt)
+    }
+
     private func heldMessageFailed(
         _ held: ParkedMessage,
-        reason: String,
+        error: any Error,
         handler: String,
-        permanent: Bool,
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
+        let reason = "\(error)"
         let attempts = held.attempts + 1
-        if !permanent, let delay = configuration.retry.delay(afterAttempt: attempts) {
+        if let delay = retryDelay(after: error, attempt: attempts) {
             try work.retryParkedMessage(held.sequence, at: now.adding(delay).roundedToMilliseconds, error: reason)
             logger.warning(
                 "handler failed; retrying",
