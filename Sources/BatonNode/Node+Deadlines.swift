@@ -99,7 +99,7 @@ extension Node {
 }
 
 /// The body of a timer's dead letter: which timer it is.
-private struct TimerDeadLetter: Codable {
+struct TimerDeadLetter: Codable {
     var processManager: String
     var instanceID: String
     var name: String

@@ -100,6 +100,11 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public var name: String { engine.definition.name }
 
+    /// The ordering key of an instance's messages: while one of them is held, the later ones wait behind it.
+    static func orderingKey(processManager: String, instanceID: String) -> String {
+        "\(processManager)/\(instanceID)"
+    }
+
     /// Exactly the events it handles: other events of its categories never reach its queue.
     public var bindings: [Topology.Binding] {
         engine.definition.messageNames.sorted().map {
@@ -123,7 +128,9 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     }
 
     public func orderingKey(for message: any Message, envelope: Envelope, in work: any UnitOfWork) throws -> String? {
-        try instanceID(for: message, envelope: envelope, in: work).map { "\(name)/\($0)" }
+        try instanceID(for: message, envelope: envelope, in: work).map {
+            Self.orderingKey(processManager: name, instanceID: $0)
+        }
     }
 
     public func handle(
@@ -133,7 +140,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         now: Date,
         logger: Logger
     ) throws {
-        if message is AbortProcess || message is PurgeProcesses {
+        if Self.administrationTypes.contains(where: { $0 == type(of: message) }) {
             return try administer(message, envelope: envelope, in: work, now: now, logger: logger)
         }
         let instanceID = try instanceID(for: message, envelope: envelope, in: work)

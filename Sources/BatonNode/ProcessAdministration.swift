@@ -37,6 +37,38 @@ public struct PurgeProcesses: Command {
     }
 }
 
+/// Asks a running node to try an instance's failed step again: the message or timer whose dead letter holds
+/// the instance is re-armed with fresh attempts, ahead of what waits behind it (`processes retry ID`).
+public struct RetryProcess: Command {
+    public static let messageName = "baton.RetryProcess"
+    /// The process manager.
+    public var processManager: String
+    /// The instance.
+    public var instanceID: String
+
+    /// Creates the command.
+    public init(processManager: String, instanceID: String) {
+        self.processManager = processManager
+        self.instanceID = instanceID
+    }
+}
+
+/// Asks a running node to let an instance held by a dead-lettered message go on without it: the messages
+/// waiting behind it are handled, in order; the dead letter stays, to be replayed or not (`processes resume ID`).
+public struct ResumeProcess: Command {
+    public static let messageName = "baton.ResumeProcess"
+    /// The process manager.
+    public var processManager: String
+    /// The instance.
+    public var instanceID: String
+
+    /// Creates the command.
+    public init(processManager: String, instanceID: String) {
+        self.processManager = processManager
+        self.instanceID = instanceID
+    }
+}
+
 /// A node handler that hosts a process manager, for operator commands that address it by name.
 public protocol ProcessManagerHosting: NodeHandler {
     /// The process manager's name.
@@ -54,7 +86,9 @@ extension ProcessManagerHost: ProcessManagerHosting {
     }
 
     /// The operator's commands a host takes beside its process manager's events.
-    static var administrationTypes: [any Message.Type] { [AbortProcess.self, PurgeProcesses.self] }
+    static var administrationTypes: [any Message.Type] {
+        [AbortProcess.self, PurgeProcesses.self, RetryProcess.self, ResumeProcess.self]
+    }
 
     /// Runs an operator's command addressed to this process manager (others are left to their own host).
     func administer(
@@ -90,8 +124,42 @@ extension ProcessManagerHost: ProcessManagerHosting {
                 "closed processes purged",
                 metadata: ["count": "\(purged.count)", "closed_before": "\(request.closedBefore)"]
             )
+        case let request as RetryProcess where request.processManager == name:
+            let letters = try failedSteps(of: request.instanceID, in: work)
+            guard !letters.isEmpty else {
+                throw Rejection("instance '\(request.instanceID)' of '\(name)' has no failed step to retry")
+            }
+            for id in letters {
+                // Re-armed in the store; were it gone, it goes back where it was first published.
+                try work.replayDeadLetter(id: id, at: now) { ($0.exchange, $0.routingKey, $0.headers) }
+            }
+            logger.notice("failed steps retried", metadata: ["baton.process_id": "\(request.instanceID)"])
+        case let request as ResumeProcess where request.processManager == name:
+            let key = Self.orderingKey(processManager: name, instanceID: request.instanceID)
+            let blocking = try work.parkedMessages().filter { $0.orderingKey == key && $0.deadLetterID != nil }
+            guard !blocking.isEmpty else {
+                throw Rejection("instance '\(request.instanceID)' of '\(name)' is not held by a dead letter")
+            }
+            for held in blocking { try work.releaseParkedMessage(held, at: now) }
+            logger.notice(
+                "instance resumed past its dead letter",
+                metadata: ["baton.process_id": "\(request.instanceID)"]
+            )
         default:
             return
         }
+    }
+
+    /// The open dead letters that hold an instance: a message of it, or one of its timers.
+    private func failedSteps(of instanceID: String, in work: any UnitOfWork) throws -> [Int64] {
+        let key = Self.orderingKey(processManager: name, instanceID: instanceID)
+        let messages = try work.parkedMessages().filter { $0.orderingKey == key }.compactMap(\.deadLetterID)
+        let timers = try work.deadLetters().filter { letter in
+            guard letter.messageType == DueTimer.deadLetterType,
+                let timer = try? JSONDecoder.baton.decode(TimerDeadLetter.self, from: letter.body)
+            else { return false }
+            return timer.processManager == name && timer.instanceID == instanceID
+        }.map(\.id)
+        return messages + timers
     }
 }

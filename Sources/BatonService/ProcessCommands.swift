@@ -11,7 +11,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
         CommandConfiguration(
             commandName: "processes",
             abstract: "List, abort and purge the \(Service.name) service's process instances.",
-            subcommands: [List.self, Verify.self, Abort.self, Purge.self]
+            subcommands: [List.self, Verify.self, Abort.self, Retry.self, Resume.self, Purge.self]
         )
     }
 
@@ -184,21 +184,72 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
 
         public func run() async throws {
             let processManager = try target.name()
-            let instanceID = self.instanceID
-            let stored = try await options.readStore(for: Service.name).read {
-                try $0.instanceVersion(instanceID, processManager: processManager)
+            try await ProcessCommands.askAbout(instanceID, options: options, processManager: processManager) {
+                AbortProcess(processManager: processManager, instanceID: instanceID, reason: reason)
             }
-            guard stored != nil else {
-                throw CommandFailure("no instance '\(instanceID)' of process manager '\(processManager)'")
-            }
-            try await ServiceClient.send(
-                AbortProcess(processManager: processManager, instanceID: instanceID, reason: reason),
-                to: Service.name,
-                options: options,
-                directly: true
-            )
             print("asked \(Service.name) to abort \(processManager) instance \(instanceID)")
         }
+    }
+
+    /// `processes retry ID`
+    public struct Retry: AsyncParsableCommand {
+        public static var configuration: CommandConfiguration {
+            CommandConfiguration(
+                abstract: "Try an instance's failed step again: the dead-lettered message or timer that holds it."
+            )
+        }
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var target: Target
+        @Argument(help: "The instance id.") var instanceID: String
+
+        public init() {}
+
+        public func run() async throws {
+            let processManager = try target.name()
+            try await ProcessCommands.askAbout(instanceID, options: options, processManager: processManager) {
+                RetryProcess(processManager: processManager, instanceID: instanceID)
+            }
+            print("asked \(Service.name) to retry the failed step of \(processManager) instance \(instanceID)")
+        }
+    }
+
+    /// `processes resume ID`
+    public struct Resume: AsyncParsableCommand {
+        public static var configuration: CommandConfiguration {
+            CommandConfiguration(
+                abstract:
+                    "Let an instance held by a dead-lettered message go on without it (the dead letter stays, to replay or not)."
+            )
+        }
+        @OptionGroup var options: ServiceOptions
+        @OptionGroup var target: Target
+        @Argument(help: "The instance id.") var instanceID: String
+
+        public init() {}
+
+        public func run() async throws {
+            let processManager = try target.name()
+            try await ProcessCommands.askAbout(instanceID, options: options, processManager: processManager) {
+                ResumeProcess(processManager: processManager, instanceID: instanceID)
+            }
+            print("asked \(Service.name) to resume \(processManager) instance \(instanceID)")
+        }
+    }
+
+    /// Sends the running service a command about one instance, after checking that the instance exists.
+    static func askAbout<C: Command>(
+        _ instanceID: String,
+        options: ServiceOptions,
+        processManager: String,
+        _ command: () -> C
+    ) async throws {
+        let stored = try await options.readStore(for: Service.name).read {
+            try $0.instanceVersion(instanceID, processManager: processManager)
+        }
+        guard stored != nil else {
+            throw CommandFailure("no instance '\(instanceID)' of process manager '\(processManager)'")
+        }
+        try await ServiceClient.send(command(), to: Service.name, options: options, directly: true)
     }
 
     /// `processes purge --closed-before DATE [--dry-run]`

@@ -201,6 +201,52 @@ import Testing
         #expect(try await new.store.read { try $0.parkedMessages() }.isEmpty)
     }
 
+    @Test func anOperatorRetriesTheFailedStepOfOneInstanceAndResumesAnotherPastIt() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()  // three attempts, then the dead letter
+        func administer<C: Command>(_ command: C, id: String) async throws {
+            let envelope = Envelope(
+                messageID: id,
+                messageType: C.messageType,
+                timestamp: harness.clock.now(),
+                payload: MessageRegistry.encode(command)
+            )
+            try await harness.transport.publish([
+                OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
+            ])[0].get()
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        try await withRunningNode(node, transport: harness.transport) {
+            for id in ["o-1", "o-2"] {
+                try await harness.publish(OrderPlaced(orderID: id), id: "placed-\(id)")
+                try await harness.publish(PaymentReceived(orderID: id, fails: 3), id: "paid-\(id)")  // dead-lettered
+                try await harness.publish(OrderClosed(orderID: id), id: "closed-\(id)")  // waits behind it
+            }
+            let dead = try await harness.eventuallyAdvancingClock {
+                try await node.store.read { try $0.deadLetters().count } == 2
+            }
+            #expect(dead, "both payments are dead-lettered and hold their instances")
+            try await administer(RetryProcess(processManager: "order-process", instanceID: "o-1"), id: "retry-1")
+            try await administer(ResumeProcess(processManager: "order-process", instanceID: "o-2"), id: "resume-2")
+            try await administer(ResumeProcess(processManager: "order-process", instanceID: "o-2"), id: "resume-again")
+        }
+        let instances = try await node.store.read { try $0.instances(of: "order-process") }
+        let byID = Dictionary(uniqueKeysWithValues: instances.map { ($0.instanceID, $0) })
+        #expect(byID["o-1"]?.lifecycle == .completed && byID["o-1"]?.version == 3, "retried: paid, then closed")
+        #expect(
+            byID["o-2"]?.lifecycle == .completed && byID["o-2"]?.version == 2,
+            "resumed: closed without the payment"
+        )
+        let open = try await node.store.read { try $0.deadLetters() }
+        #expect(
+            open.map(\.messageID).sorted() == ["paid-o-2", "resume-again"],
+            "o-2's dead letter stays for the record"
+        )
+        #expect(open.first { $0.messageID == "resume-again" }?.reason.contains("is not held") == true)
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
