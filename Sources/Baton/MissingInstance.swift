@@ -3,7 +3,7 @@ import Foundation
 /// What a process manager does with an event for an instance that does not exist (and that does not start
 /// one): a reply to a process that was purged, an event whose start was lost upstream, a typo in a
 /// correlation key. Declared per handler with `pm.on(_:correlation:whenMissing:_:)`.
-public enum MissingInstance<E: Event>: Sendable {
+public enum MissingInstance<E: Message>: Sendable {
     /// Acknowledge it and log the skip (the default).
     case ignore
     /// Dead-letter it at once, with the reason in its headers, for an operator to look at and replay.

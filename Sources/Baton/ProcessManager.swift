@@ -17,8 +17,8 @@ extension ProcessState {
     public static var stateUpcasters: [Upcaster] { [] }
 }
 
-/// How an event finds its process instance.
-public struct Correlation<E: Event>: Sendable {
+/// How an event (or a command addressed to an instance) finds its process instance.
+public struct Correlation<E: Message>: Sendable {
     enum Rule: Sendable {
         /// The instance id is computed from the event (a field, or several joined).
         case key(@Sendable (E, Envelope) -> String?)
@@ -98,6 +98,8 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         var messageName: String
         var category: String
         var kind: Kind
+        /// A command addressed to the instance (on `baton.commands`), not an event.
+        var isCommand: Bool
         var correlationSummary: String
         var correlate: @Sendable (any Message, Envelope) -> CorrelationKey?
         var associationName: String?
@@ -245,6 +247,23 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             abortHandler = handle
         }
 
+        /// A command addressed to a running instance — e.g. a customer service's `ExpediteOrder` — sent to
+        /// `baton.commands` under its name and handled like an event of the instance. By default, a command
+        /// for an instance that does not exist is dead-lettered; one for a closed instance is skipped.
+        /// - Parameters:
+        ///   - type: The command type.
+        ///   - correlation: How the command names its instance.
+        ///   - whenMissing: What to do when no such instance exists.
+        ///   - handle: The handler.
+        public mutating func handle<C: Command>(
+            _ type: C.Type,
+            correlation: Correlation<C>,
+            whenMissing: MissingInstance<C> = .deadLetter,
+            _ handle: @escaping @Sendable (C, inout ProcessContext<State>) throws -> Void
+        ) {
+            add(type, .ordinary, correlation, whenMissing: whenMissing, handle)
+        }
+
         /// One handler of ``CommandFailed`` for all the failure handlers, by the failed command's type.
         fileprivate mutating func addFailureDispatch() {
             guard !failureHandlers.isEmpty else { return }
@@ -254,7 +273,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             }
         }
 
-        private mutating func add<E: Event>(
+        private mutating func add<E: Message>(
             _ type: E.Type,
             _ kind: Handler.Kind,
             _ correlation: Correlation<E>,
@@ -278,6 +297,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
                     messageName: E.messageName,
                     category: E.category,
                     kind: kind,
+                    isCommand: E.self is any Command.Type,
                     correlationSummary: correlation.summary,
                     correlate: correlate,
                     associationName: associationName,
@@ -303,11 +323,14 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// The routing keys of the events it handles: their names, and for failure replies the key of its own.
     public var messageNames: Set<String> {
         Set(
-            handlers.map {
+            handlers.filter { !$0.isCommand }.map {
                 $0.messageType == CommandFailed.messageType ? CommandFailed.routingKey(for: name) : $0.messageName
             }
         )
     }
+
+    /// The names (routing keys on `baton.commands`) of the commands addressed to its instances.
+    public var commandNames: Set<String> { Set(handlers.filter(\.isCommand).map(\.messageName)) }
 
     /// Checks the definition; a node refuses to start with a broken one.
     /// - Throws: ``DefinitionError`` naming every problem found.
@@ -321,7 +344,9 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             let slot = "\(handler.messageType)/\(handler.kind == .afterClose ? "closed" : "open")"
             if seen[slot] != nil { problems.append("two handlers for \(handler.messageType)") }
             seen[slot] = handler.kind
-            if !categories.contains(handler.category), handler.messageType != CommandFailed.messageType {
+            if !categories.contains(handler.category), handler.messageType != CommandFailed.messageType,
+                !handler.isCommand
+            {
                 problems.append(
                     "\(handler.messageType) is handled but its category '\(handler.category)' is not listened to"
                 )

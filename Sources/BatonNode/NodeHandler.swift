@@ -105,11 +105,14 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         "\(processManager)/\(instanceID)"
     }
 
-    /// Exactly the events it handles: other events of its categories never reach its queue.
+    /// Exactly the events (and commands) it handles: other messages of its categories never reach its queue.
     public var bindings: [Topology.Binding] {
         engine.definition.messageNames.sorted().map {
             Topology.Binding(queue: "", exchange: Routing.eventExchange, bindingKey: $0)
         }
+            + engine.definition.commandNames.sorted().map {
+                Topology.Binding(queue: "", exchange: Routing.commandExchange, bindingKey: $0)
+            }
     }
 
     public func handles(_ envelope: Envelope) -> Bool {
@@ -259,6 +262,9 @@ extension UnitOfWork {
             instance: instanceID,
             after: snapshot?.version ?? 0
         )
-        return try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID)
+        var rebuilt = try engine.replay(from: snapshot, transitions: transitions, instanceID: instanceID)
+        // Stores that kept no state with each transition predate definition versions: it started under v1.
+        rebuilt.definitionVersion = snapshot?.definitionVersion ?? 1
+        return rebuilt
     }
 }

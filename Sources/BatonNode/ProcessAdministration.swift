@@ -85,8 +85,8 @@ extension ProcessManagerHost: ProcessManagerHosting {
         engine.verify(try work.transitions(of: name, instance: instanceID), instanceID: instanceID)
     }
 
-    /// The operator's commands a host takes beside its process manager's events.
-    static var administrationTypes: [any Message.Type] {
+    /// The operator's commands a host takes beside its process manager's events (abort, purge, retry, resume).
+    public static var administrationTypes: [any Message.Type] {
         [AbortProcess.self, PurgeProcesses.self, RetryProcess.self, ResumeProcess.self]
     }
 

@@ -109,8 +109,8 @@ public struct ProcessScenario<State: ProcessState> {
     ///   - messageID: The envelope's message id (unique by default).
     ///   - headers: Extra headers (e.g. `traceparent`).
     @discardableResult
-    public mutating func when<E: Event>(
-        _ event: E,
+    public mutating func when<M: Message>(
+        _ event: M,
         correlationID: String? = nil,
         messageID: String? = nil,
         headers: [String: String] = [:]
@@ -118,7 +118,7 @@ public struct ProcessScenario<State: ProcessState> {
         sequence += 1
         let envelope = Envelope(
             messageID: messageID ?? "scenario-\(sequence)",
-            messageType: E.messageType,
+            messageType: M.messageType,
             correlationID: correlationID,
             timestamp: clock.now(),
             headers: headers,

@@ -3,6 +3,7 @@ import Baton
 import BatonNode
 import BatonSQLite
 import BatonService
+import BookstoreContracts
 import Foundation
 
 /// The `fulfillment` executable.
@@ -12,6 +13,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         abstract: "The order-fulfillment process manager of the Baton bookstore.",
         subcommands: [
             Serve.self, TopologyCommand<FulfillmentService>.self, HealthCommand<FulfillmentService>.self, Show.self,
+            Expedite.self,
             ProcessCommands<FulfillmentService>.self, DeadLetterCommands<FulfillmentService>.self,
         ]
     )
@@ -39,6 +41,35 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         }
     }
 
+    struct Expedite: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Ask an order's running fulfillment process to hurry (customer service's ExpediteOrder)."
+        )
+        @OptionGroup var options: ServiceOptions
+        @Argument(help: "The order id.") var orderID: String
+        @Option(help: "Who asks.") var by: String
+
+        func validate() throws {
+            guard !by.trimmingCharacters(in: .whitespaces).isEmpty else {
+                throw ValidationError("--by must name who asks")
+            }
+        }
+
+        func run() async throws {
+            let orderID = self.orderID
+            let exists = try await options.readStore(for: FulfillmentService.name).read {
+                try $0.instanceVersion(orderID, processManager: FulfillmentService.name) != nil
+            }
+            guard exists else { throw CommandFailure("no fulfillment process for order '\(orderID)'") }
+            try await ServiceClient.send(
+                ExpediteOrder(orderID: orderID, requestedBy: by),
+                to: FulfillmentService.name,
+                options: options
+            )
+            print("asked fulfillment to expedite \(orderID)")
+        }
+    }
+
     struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show an order's process: state and timeline.")
         @OptionGroup var options: ServiceOptions
@@ -63,6 +94,8 @@ public struct FulfillmentCommand: AsyncParsableCommand {
             print("lifecycle:  \(instance.lifecycle.rawValue)\(instance.reason.map { " (\($0))" } ?? "")")
             print("step:       \(instance.state.step)")
             print("tracking:   \(instance.state.trackingNumber ?? "-")")
+            print("expedited:  \(instance.state.expeditedBy.map { "yes, by \($0)" } ?? "no")")
+            print("definition: v\(instance.definitionVersion)")
             print(
                 "timers:     \(instance.timers.isEmpty ? "none" : instance.timers.map { "\($0.key) at \($0.value)" }.joined(separator: ", "))"
             )

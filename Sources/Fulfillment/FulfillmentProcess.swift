@@ -6,6 +6,10 @@ import Foundation
 
 /// What the fulfillment process remembers per order (it never reads another service's store).
 public struct FulfillmentState: ProcessState {
+    /// v2 added ``expedited``; instances stored before are not expedited.
+    public static let stateVersion = 2
+    public static let stateUpcasters = [Upcaster(from: 1) { json in json["expedited"] = false }]
+
     public var orderID = ""
     public var checkoutID = ""
     public var address = ""
@@ -13,6 +17,9 @@ public struct FulfillmentState: ProcessState {
     public var trackingNumber: String?
     /// The step under way: `reserving`, `shipping`, `completing`, `cancelling`.
     public var step = ""
+    /// Whether customer service asked to hurry it (``ExpediteOrder``), and who.
+    public var expedited = false
+    public var expeditedBy: String?
     public init() {}
 }
 
@@ -38,7 +45,7 @@ public enum FulfillmentService: ServiceDefinition {
 
     /// The process manager, with the time a step may take before the order is compensated.
     public static func processManager(stepTimeout: Duration) -> ProcessManager<FulfillmentState> {
-        ProcessManager(name: "fulfillment", listensTo: ["orders", "inventory", "shipping"]) { pm in
+        ProcessManager(name: "fulfillment", version: 2, listensTo: ["orders", "inventory", "shipping"]) { pm in
             pm.association("tracking")
             pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { event, process in
                 process.state.orderID = event.orderID
@@ -106,6 +113,11 @@ public enum FulfillmentService: ServiceDefinition {
             }
             pm.onFailure(of: CreateShipment.self) { failure, process in
                 cancel(&process, reason: "shipping refused the shipment: \(failure.reason)")
+            }
+            // Customer service's command to the order's process.
+            pm.handle(ExpediteOrder.self, correlation: .field(\.orderID)) { command, process in
+                process.state.expedited = true
+                process.state.expeditedBy = command.requestedBy
             }
             // An operator's abort (`fulfillment processes abort`): the compensation runs, and the order is cancelled.
             pm.onAbort { reason, process in

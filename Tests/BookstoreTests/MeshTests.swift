@@ -152,6 +152,14 @@ import Testing
             }
             #expect(stuck, "found by lifecycle and age")
 
+            // Customer service's command goes to the order's running process.
+            let expedite = try await mesh.cli("fulfillment", "expedite", order, "--by", "agent-7")
+            #expect(expedite.status == 0, "\(expedite.output)")
+            let expedited = try await eventually {
+                try await mesh.cli("fulfillment", "show", order).output.contains("expedited:  yes, by agent-7")
+            }
+            #expect(expedited, "the process took the command")
+
             let abort = try await mesh.cli("fulfillment", "processes", "abort", order, "--reason", "customer called")
             #expect(abort.status == 0, "\(abort.output)")
             let cancelled = try await eventually { try await mesh.snapshot().orders.first?.status == "CANCELLED" }

@@ -22,7 +22,9 @@ import Testing
         #expect(hosts.map(\.name) == ["fulfillment"])
         #expect(
             Set(hosts.flatMap(\.messageTypes).map { $0.messageType })
-                == fulfillment.messageTypes.union([AbortProcess.messageType, PurgeProcesses.messageType]),
+                == fulfillment.messageTypes.union(
+                    ProcessManagerHost<Fulfillment>.administrationTypes.map { $0.messageType }
+                ),
             "its events, and the operator's commands"
         )
         #expect(Set(hosts.flatMap(\.bindings).map(\.bindingKey)) == fulfillment.messageNames)

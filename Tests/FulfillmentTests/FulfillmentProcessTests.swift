@@ -1,6 +1,7 @@
 import Baton
 import BatonTesting
 import BookstoreContracts
+import Foundation
 import Fulfillment
 import Testing
 
@@ -73,5 +74,28 @@ import Testing
         #expect(aborted.commands(ReleaseInventory.self).map(\.orderID) == ["o-4"])
         #expect(aborted.commands(CancelOrder.self).map(\.reason) == ["customer called"])
         #expect(scenario.instance("o-4")?.state.step == "aborted")
+    }
+
+    @Test func customerServiceExpeditesARunningOrderAndACommandForNoOrderIsDeadLettered() throws {
+        var scenario = try ProcessScenario(FulfillmentService.processManager(stepTimeout: .seconds(30)))
+        try scenario.given(
+            OrderConfirmed(orderID: "o-5", checkoutID: "c-5", shippingAddress: "12 St James's Sq", lines: lines)
+        )
+        let expedited = try scenario.when(ExpediteOrder(orderID: "o-5", requestedBy: "agent-7"))
+        #expect(expedited.lifecycle == .running)
+        #expect(scenario.instance("o-5")?.state.expeditedBy == "agent-7")
+        #expect(scenario.instance("o-5")?.definitionVersion == 2)
+        let nobody = try scenario.when(ExpediteOrder(orderID: "o-nobody", requestedBy: "agent-7"))
+        #expect(nobody.isRefused, "a command for an order with no process is dead-lettered")
+    }
+
+    @Test func aStateStoredBeforeExpeditingExistedLoadsAsNotExpedited() throws {
+        let stored = Data(
+            #"{"compensations":[],"id":"o-6","lifecycle":"running","state":{"address":"a","checkout_id":"c","lines":[],"order_id":"o-6","step":"shipping"},"timers":{},"version":2}"#
+                .utf8
+        )
+        let instance = try ProcessInstance<FulfillmentState>.decodeStored(stored)
+        #expect(instance.state.step == "shipping" && instance.state.expedited == false)
+        #expect(instance.stateVersion == 2 && instance.definitionVersion == 1)
     }
 }
