@@ -7,6 +7,10 @@
 //   in the instance's state and issues a command. Handled twice, it moves the instance twice.
 // - `counter.BumpCounter` is handled by a command handler that appends to a counter aggregate's stream.
 //   Handled twice, the counter counts two.
+// - `probe.ProbeAdvanced` is at v2 and the tests publish v1: every advance goes through its upcaster.
+// - `probe.RefusedStep` is a command the probe refuses: it is dead-lettered, and its failure reply, written in the
+//   same transaction, reaches the probe process, whose failure handler issues a command. Refused twice, two
+//   dead letters and two replies; the reply handled twice, two commands.
 //
 //   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]
 //
@@ -28,6 +32,13 @@ struct ProbeStarted: Event {
 }
 struct ProbeAdvanced: Event {
     static let messageName = "probe.ProbeAdvanced"
+    static let messageVersion = 2
+    static let upcasters = [Upcaster(from: 1) { json in json["by"] = "v1" }]
+    var probeID: String
+    var by: String
+}
+struct RefusedStep: Command {
+    static let messageName = "probe.RefusedStep"
     var probeID: String
 }
 struct ProbeFinished: Event {
@@ -50,6 +61,7 @@ struct StepTaken: Command {
 struct ProbeState: ProcessState {
     var probeID = ""
     var advances = 0
+    var refusals = 0
 }
 
 struct BumpCounter: Command {
@@ -80,7 +92,15 @@ let probeProcess = ProcessManager<ProbeState>(name: "probe-process", listensTo: 
         process.state.advances += 1
         process.send(StepTaken(probeID: event.probeID, advance: process.state.advances))
     }
+    pm.onFailure(of: RefusedStep.self) { _, process in
+        process.state.refusals += 1
+        process.send(StepTaken(probeID: process.state.probeID, advance: -process.state.refusals))
+    }
     pm.end(on: ProbeFinished.self, correlation: .field(\.probeID))
+}
+
+let refuseStep = MessageHandlerHost.command(RefusedStep.self, name: "refuse-step") { _, _ in
+    throw Rejection("the probe refuses every step")
 }
 
 let bumpCounter = MessageHandlerHost.command(BumpCounter.self, name: "bump-counter") { command, context in
@@ -123,7 +143,7 @@ let node = Node(
     configuration: configuration,
     store: try SQLiteStore(path: arguments[2] + "/probe.sqlite"),
     transport: AMQPTransport(connection: connection),
-    handlers: [try ProcessManagerHost(probeProcess), bumpCounter],
+    handlers: [try ProcessManagerHost(probeProcess), bumpCounter, refuseStep],
     logger: logger
 )
 let group = ServiceGroup(

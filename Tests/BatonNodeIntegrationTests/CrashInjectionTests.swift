@@ -28,10 +28,14 @@ import Testing
 @Suite(.serialized) struct CrashInjectionTests {
     /// The message a crash run delivers to the probe armed with a fault.
     enum Target: String, CaseIterable, Sendable {
-        /// `probe.ProbeAdvanced`: a non-start process-manager handler that issues a command.
+        /// `probe.ProbeAdvanced` at v1 (the probe knows v2: it upcasts): a non-start process-manager handler that
+        /// issues a command.
         case advance
         /// `counter.BumpCounter`: a command handler that appends to a counter aggregate.
         case bump
+        /// `probe.RefusedStep`, as the probe process issued it: refused, dead-lettered, and its failure reply
+        /// handled by the process, which issues a command.
+        case refuse
     }
 
     @Test(arguments: Node.FaultPoint.allCases, Target.allCases)
@@ -44,6 +48,7 @@ import Testing
             switch target {
             case .advance: try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(run.probeID)")
             case .bump: try await run.publishCommand("counter.BumpCounter", id: "bump-\(run.probeID)")
+            case .refuse: try await run.publishIssuedStep(id: "refused-\(run.probeID)")
             }
             let end = try await armed.end(within: .seconds(30))
             #expect(end?.signal == SIGKILL, "the probe must kill itself at \(point), not \(String(describing: end))")
@@ -52,6 +57,7 @@ import Testing
             let restarted = try await run.probe(fault: "none")
             switch target {
             case .advance: #expect(try await run.eventually { try await run.commandCount() >= 3 })
+            case .refuse: #expect(try await run.eventually { try await run.commandCount() >= 4 })
             case .bump: #expect(try await run.eventually { try await run.eventCount() >= 1 })
             }
             #expect(try await run.isSettled(), "the probe took every message, the redelivered one included")
@@ -60,25 +66,32 @@ import Testing
             // Every probe has exited: what they published is in the observer queues, nothing more can come.
             let commands = try await run.drainCommands()
             let events = try await run.drainEvents()
-            let expectedCommands = target == .advance ? 3 : 2
-            #expect(commands.count == expectedCommands, "every command was published: \(commands)")
+            // The two start commands, the one an advance or the failure reply makes the process issue, and the
+            // refused step the test itself published.
+            let expectedCommands = target == .bump ? 2 : 3
+            let published = expectedCommands + (target == .refuse ? 1 : 0)
+            #expect(commands.count == published, "every command was published: \(commands)")
             #expect(commands.values.allSatisfy { $0 == 1 }, "each command id was published once: \(commands)")
             #expect(events.count == (target == .bump ? 1 : 0), "the counter's event was published: \(events)")
             #expect(events.values.allSatisfy { $0 == 1 }, "each event id was published once: \(events)")
 
             let store = try run.store()
-            let (transitions, outbox, pending, counter) = try await store.read { work in
+            let (transitions, outbox, pending, counter, letters) = try await store.read { work in
                 (
                     try work.transitions(of: "probe-process", instance: run.probeID),
                     try work.outboxMessageIDs(),
                     try work.pendingOutboxCount(),
-                    try work.readStream("counter-\(run.probeID)")
+                    try work.readStream("counter-\(run.probeID)"),
+                    try work.deadLetters()
                 )
             }
-            let advances = target == .advance ? 1 : 0
-            #expect(transitions.count == 1 + advances, "the start and each advance moved the instance once")
+            let moves = target == .bump ? 0 : 1
+            #expect(transitions.count == 1 + moves, "the start and each advance or reply moved the instance once")
             #expect(counter.count == (target == .bump ? 1 : 0), "the counter was bumped once")
-            #expect(outbox.count == expectedCommands + counter.count, "the outbox holds each message once")
+            #expect(letters.count == (target == .refuse ? 1 : 0), "the refused step was dead-lettered once")
+            // The outbox: the commands, the counter's event, and for the refused step its dead letter and reply.
+            let replies = target == .refuse ? 2 : 0
+            #expect(outbox.count == expectedCommands + counter.count + replies, "the outbox holds each message once")
             #expect(Set(outbox).count == outbox.count, "no message id twice in the outbox")
             #expect(pending == 0, "everything was relayed")
         }
@@ -185,13 +198,38 @@ private struct ProbeRun {
         try await publish(exchange: Routing.commandExchange, name, id: id, body: #"{"counter_id":"\#(probeID)"}"#)
     }
 
-    private func publish(exchange: String, _ name: String, id: String, body: String) async throws {
+    /// A `probe.RefusedStep` as the probe process would issue it: naming the process and its instance.
+    func publishIssuedStep(id: String) async throws {
+        try await publish(
+            exchange: Routing.commandExchange,
+            "probe.RefusedStep",
+            id: id,
+            body: #"{"probe_id":"\#(probeID)"}"#,
+            correlationID: probeID,
+            headers: [BatonHeader.processManager: .string("probe-process")]
+        )
+    }
+
+    private func publish(
+        exchange: String,
+        _ name: String,
+        id: String,
+        body: String,
+        correlationID: String? = nil,
+        headers: [String: AMQPFieldValue] = [:]
+    ) async throws {
         try await connection.publish(
             AMQPOutgoingMessage(
                 exchange: exchange,
                 routingKey: name,
                 body: Array(body.utf8),
-                properties: .init(contentType: "application/json", messageID: id, type: "\(name).v1")
+                properties: .init(
+                    contentType: "application/json",
+                    headers: headers,
+                    correlationID: correlationID,
+                    messageID: id,
+                    type: "\(name).v1"
+                )
             )
         )
     }
