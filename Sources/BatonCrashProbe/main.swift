@@ -11,6 +11,9 @@
 // - `probe.RefusedStep` is a command the probe refuses: it is dead-lettered, and its failure reply, written in the
 //   same transaction, reaches the probe process, whose failure handler issues a command. Refused twice, two
 //   dead letters and two replies; the reply handled twice, two commands.
+// - `probe.ProbeWobbled` fails on its first attempt (a marker file in DATA_DIR remembers it, as a flaky
+//   dependency would): it is held in the store and retried off the consume path, then moves the instance and
+//   issues a command. Held twice, or retried after it succeeded, the command goes out twice.
 //
 //   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]
 //
@@ -36,6 +39,10 @@ struct ProbeAdvanced: Event {
     static let upcasters = [Upcaster(from: 1) { json in json["by"] = "v1" }]
     var probeID: String
     var by: String
+}
+struct ProbeWobbled: Event {
+    static let messageName = "probe.ProbeWobbled"
+    var probeID: String
 }
 struct RefusedStep: Command {
     static let messageName = "probe.RefusedStep"
@@ -92,11 +99,24 @@ let probeProcess = ProcessManager<ProbeState>(name: "probe-process", listensTo: 
         process.state.advances += 1
         process.send(StepTaken(probeID: event.probeID, advance: process.state.advances))
     }
+    pm.on(ProbeWobbled.self, correlation: .field(\.probeID)) { event, process in
+        let marker = CommandLine.arguments[2] + "/wobbled-" + event.probeID
+        if !FileManager.default.fileExists(atPath: marker) {
+            _ = FileManager.default.createFile(atPath: marker, contents: nil)
+            throw Flake()
+        }
+        process.state.advances += 1
+        process.send(StepTaken(probeID: event.probeID, advance: process.state.advances))
+    }
     pm.onFailure(of: RefusedStep.self) { _, process in
         process.state.refusals += 1
         process.send(StepTaken(probeID: process.state.probeID, advance: -process.state.refusals))
     }
     pm.end(on: ProbeFinished.self, correlation: .field(\.probeID))
+}
+
+struct Flake: Error, CustomStringConvertible {
+    var description: String { "the first attempt wobbles" }
 }
 
 let refuseStep = MessageHandlerHost.command(RefusedStep.self, name: "refuse-step") { _, _ in

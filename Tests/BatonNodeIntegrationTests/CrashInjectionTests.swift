@@ -36,6 +36,9 @@ import Testing
         /// `probe.RefusedStep`, as the probe process issued it: refused, dead-lettered, and its failure reply
         /// handled by the process, which issues a command.
         case refuse
+        /// `probe.ProbeWobbled`: fails its first attempt, is held in the store and retried, then moves the
+        /// instance and issues a command.
+        case wobble
     }
 
     @Test(arguments: Node.FaultPoint.allCases, Target.allCases)
@@ -49,6 +52,7 @@ import Testing
             case .advance: try await run.publishEvent("probe.ProbeAdvanced", id: "advance-\(run.probeID)")
             case .bump: try await run.publishCommand("counter.BumpCounter", id: "bump-\(run.probeID)")
             case .refuse: try await run.publishIssuedStep(id: "refused-\(run.probeID)")
+            case .wobble: try await run.publishEvent("probe.ProbeWobbled", id: "wobble-\(run.probeID)")
             }
             let end = try await armed.end(within: .seconds(30))
             #expect(end?.signal == SIGKILL, "the probe must kill itself at \(point), not \(String(describing: end))")
@@ -56,7 +60,7 @@ import Testing
             // … and a new one on the same store and queue finishes the work.
             let restarted = try await run.probe(fault: "none")
             switch target {
-            case .advance: #expect(try await run.eventually { try await run.commandCount() >= 3 })
+            case .advance, .wobble: #expect(try await run.eventually { try await run.commandCount() >= 3 })
             case .refuse: #expect(try await run.eventually { try await run.commandCount() >= 4 })
             case .bump: #expect(try await run.eventually { try await run.eventCount() >= 1 })
             }
@@ -76,15 +80,17 @@ import Testing
             #expect(events.values.allSatisfy { $0 == 1 }, "each event id was published once: \(events)")
 
             let store = try run.store()
-            let (transitions, outbox, pending, counter, letters) = try await store.read { work in
+            let (transitions, outbox, pending, counter, letters, held) = try await store.read { work in
                 (
                     try work.transitions(of: "probe-process", instance: run.probeID),
                     try work.outboxMessageIDs(),
                     try work.pendingOutboxCount(),
                     try work.readStream("counter-\(run.probeID)"),
-                    try work.deadLetters()
+                    try work.deadLetters(),
+                    try work.parkedMessages()
                 )
             }
+            #expect(held.isEmpty, "nothing is left held")
             let moves = target == .bump ? 0 : 1
             #expect(transitions.count == 1 + moves, "the start and each advance or reply moved the instance once")
             #expect(counter.count == (target == .bump ? 1 : 0), "the counter was bumped once")
