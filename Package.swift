@@ -223,7 +223,9 @@ let package = Package(
         .testTarget(name: "ChildProcessesTests", dependencies: ["ChildProcesses"]),
         .testTarget(
             name: "BatonServiceTests",
-            dependencies: ["BatonService", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: [
+                "BatonService", "BatonNode", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
         ),
         .testTarget(
             name: "BatonAMQPTests",

@@ -1,15 +1,16 @@
 import ArgumentParser
+import Baton
 import BatonNode
 import BatonSQLite
 import Foundation
 
-/// `dlq list`, `dlq show ID`, `dlq replay ID|--all` for a service.
+/// `dlq list`, `dlq show ID`, `dlq replay ID|--all`, `dlq held` for a service.
 public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand {
     public static var configuration: CommandConfiguration {
         CommandConfiguration(
             commandName: "dlq",
             abstract: "List, show and replay the \(Service.name) service's dead letters.",
-            subcommands: [List.self, Show.self, Replay.self]
+            subcommands: [List.self, Show.self, Replay.self, Held.self]
         )
     }
 
@@ -34,6 +35,35 @@ public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand
             printTable(
                 ["ID", "MESSAGE ID", "ROUTING KEY", "ATTEMPTS", "REASON"],
                 letters.map { [String($0.id), $0.messageID, $0.routingKey, String($0.attempts), $0.reason] }
+            )
+        }
+    }
+
+    /// `dlq held`
+    public struct Held: AsyncParsableCommand {
+        public static var configuration: CommandConfiguration {
+            CommandConfiguration(
+                abstract:
+                    "List the messages the service holds instead of the queue: failed ones awaiting their next attempt, later ones of an instance waiting behind a failed one, and messages newer than it knows."
+            )
+        }
+        @OptionGroup var options: ServiceOptions
+        @Flag(help: "Print JSON.") var json = false
+        public init() {}
+
+        public func run() async throws {
+            let held = try await options.readStore(for: Service.name).read { try $0.parkedMessages() }.map(
+                HeldSummary.init
+            )
+            if json { return try printJSON(held) }
+            printTable(
+                ["MESSAGE ID", "TYPE", "INSTANCE", "ATTEMPTS", "WAITING FOR", "LAST ERROR"],
+                held.map {
+                    [
+                        $0.messageID, $0.messageType ?? "-", $0.orderingKey ?? "-", String($0.attempts), $0.waitingFor,
+                        $0.lastError ?? "-",
+                    ]
+                }
             )
         }
     }
@@ -102,6 +132,32 @@ public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand
                     ? "asked \(Service.name) to replay every open dead letter"
                     : "asked \(Service.name) to replay \(ids.map(String.init).joined(separator: ", "))"
             )
+        }
+    }
+}
+
+/// A held message as `dlq held` prints it.
+struct HeldSummary: Codable {
+    var messageID: String
+    var messageType: String?
+    var orderingKey: String?
+    var attempts: Int
+    /// `dead letter N` (its replay releases it), `retry at TIME`, or `the message before it`.
+    var waitingFor: String
+    var lastError: String?
+
+    init(_ message: ParkedMessage) {
+        messageID = message.messageID
+        messageType = message.messageType
+        orderingKey = message.orderingKey
+        attempts = message.attempts
+        lastError = message.lastError
+        if let id = message.deadLetterID {
+            waitingFor = "dead letter \(id)"
+        } else if let next = message.nextAttemptAt {
+            waitingFor = "retry at \(ISO8601Milliseconds.format(next))"
+        } else {
+            waitingFor = "the message before it"
         }
     }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonNode
 import Foundation
 import Testing
 
@@ -34,5 +35,35 @@ import Testing
         let options = try ServiceOptions.parse(["--data-dir", "/srv/data", "--topology", "broker"])
         #expect(options.storePath(for: "orders") == "/srv/data/orders.sqlite")
         #expect(try options.topologyOwnership == .broker)
+    }
+}
+
+@Suite struct HeldMessageListingTests {
+    func held(nextAttemptAt: Date? = nil, deadLetter: Int64? = nil) -> ParkedMessage {
+        ParkedMessage(
+            orderingKey: "fulfillment/o-1",
+            messageID: "m-1",
+            exchange: "baton.events",
+            routingKey: "orders.OrderCompleted",
+            messageType: "orders.OrderCompleted.v1",
+            contentType: "application/json",
+            correlationID: nil,
+            timestamp: nil,
+            headers: [:],
+            body: Data("{}".utf8),
+            attempts: 2,
+            nextAttemptAt: nextAttemptAt,
+            deadLetterID: deadLetter,
+            lastError: "boom"
+        )
+    }
+
+    @Test func eachHeldMessageSaysWhatItWaitsFor() {
+        #expect(HeldSummary(held(deadLetter: 7)).waitingFor == "dead letter 7")
+        #expect(
+            HeldSummary(held(nextAttemptAt: Date(timeIntervalSince1970: 1_793_491_200))).waitingFor
+                == "retry at 2026-11-01T00:00:00.000Z"
+        )
+        #expect(HeldSummary(held()).waitingFor == "the message before it")
     }
 }

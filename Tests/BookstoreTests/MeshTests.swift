@@ -44,6 +44,9 @@ import Testing
             let verify = try await mesh.cli("fulfillment", "processes", "verify", "--all")
             #expect(verify.status == 0, "\(verify.output)")
             #expect(verify.output.contains("1 instance(s) of fulfillment replayed: 0 would be decided differently"))
+            let held = try await mesh.cli("fulfillment", "dlq", "held", "--json")
+            let nothingHeld = (try? JSONSerialization.jsonObject(with: Data(held.output.utf8)) as? [Any])?.isEmpty
+            #expect(held.status == 0 && nothingHeld == true, "\(held.output)")
             let unknown = try await mesh.cli("fulfillment", "processes", "verify", "ord-nobody")
             #expect(unknown.status != 0 && unknown.output.contains("MISSING ord-nobody"), "\(unknown.output)")
         }
