@@ -149,15 +149,25 @@ extension ProcessInstance {
     /// - Throws: ``NewerStateError`` for a state written by a later release (the node leaves it for one that
     ///   knows it); ``UpcastError`` when an upcaster is missing or fails; a decoding error for a broken record.
     public static func decodeStored(_ data: Data) throws -> ProcessInstance {
+        // The usual case, one parse: written by this release, in the current shape.
+        if let instance = try? JSONDecoder.baton.decode(ProcessInstance.self, from: data),
+            instance.stateVersion >= State.stateVersion
+        {
+            guard instance.stateVersion == State.stateVersion else {
+                throw NewerStateError(
+                    instanceID: instance.id,
+                    version: instance.stateVersion,
+                    known: State.stateVersion
+                )
+            }
+            return instance
+        }
         guard var record = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             return try JSONDecoder.baton.decode(ProcessInstance.self, from: data)  // reports what is wrong
         }
         let stored = record["state_version"] as? Int ?? 1
         guard stored <= State.stateVersion else {
             throw NewerStateError(instanceID: record["id"] as? String ?? "", version: stored, known: State.stateVersion)
-        }
-        if stored == State.stateVersion, record["definition_version"] != nil {
-            return try JSONDecoder.baton.decode(ProcessInstance.self, from: data)  // the usual case: as written
         }
         record["definition_version"] = record["definition_version"] ?? 1
         if stored < State.stateVersion {
