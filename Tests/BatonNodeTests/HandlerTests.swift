@@ -48,12 +48,12 @@ struct Order: Aggregate {
 }
 
 @Suite struct HandlerTests {
-    private func makeNode(_ harness: NodeHarness, transport: (any Transport)? = nil) throws -> Node {
+    private func makeNode(_ harness: NodeHarness, handlers: [any NodeHandler]? = nil) throws -> Node {
         Node(
             configuration: Node.Configuration(name: "orders"),
             store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
-            transport: transport ?? harness.transport,
-            handlers: [
+            transport: harness.transport,
+            handlers: handlers ?? [
                 MessageHandlerHost.subscriber(
                     CheckoutCompleted.self,
                     name: "checkout-subscriber",
@@ -138,10 +138,8 @@ struct Order: Aggregate {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
         try await harness.declareObserver()
-        let node = Node(
-            configuration: Node.Configuration(name: "orders"),
-            store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
-            transport: harness.transport,
+        let node = try makeNode(
+            harness,
             handlers: [
                 MessageHandlerHost.subscriber(
                     CheckoutCompleted.self,
@@ -158,9 +156,7 @@ struct Order: Aggregate {
                     guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
                     try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
                 },
-            ],
-            timeSource: harness.clock,
-            logger: Logger(label: "dispatch-test")
+            ]
         )
         try await withRunningNode(node, transport: harness.transport) {
             let ada = #"{"checkout_id":"chk-1","customer":"Ada","lines":[{"sku":"b","quantity":1}]}"#

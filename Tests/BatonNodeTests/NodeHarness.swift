@@ -153,6 +153,21 @@ final class NodeHarness: Sendable {
         ])[0].get()
     }
 
+    /// Sends an operator's command to a running node directly (on its node exchange), then waits until the node
+    /// is idle.
+    func administer<C: Command>(_ node: Node, _ command: C, id: String) async throws {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: C.messageType,
+            timestamp: clock.now(),
+            payload: MessageRegistry.encode(command)
+        )
+        try await transport.publish([
+            OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
+        ])[0].get()
+        try await waitUntilIdle(node, transport: transport, clock: clock)
+    }
+
     /// Publishes raw bytes with arbitrary properties (hostile input), on a route the node consumes.
     func publishRaw(body: String, id: String?, type: String?, contentType: String = "application/json") async throws {
         let envelope = Envelope(

@@ -98,16 +98,7 @@ import Testing
         try await harness.declareObserver()
         let node = try harness.makeNode()
         func administer<C: Command>(_ command: C, id: String) async throws {
-            let envelope = Envelope(
-                messageID: id,
-                messageType: C.messageType,
-                timestamp: harness.clock.now(),
-                payload: MessageRegistry.encode(command)
-            )
-            try await harness.transport.publish([
-                OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
-            ])[0].get()
-            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            try await harness.administer(node, command, id: id)
         }
         let closedEarly = harness.clock.now()
         try await withRunningNode(node, transport: harness.transport) {
@@ -207,16 +198,7 @@ import Testing
         try await harness.declareObserver()
         let node = try harness.makeNode()  // three attempts, then the dead letter
         func administer<C: Command>(_ command: C, id: String) async throws {
-            let envelope = Envelope(
-                messageID: id,
-                messageType: C.messageType,
-                timestamp: harness.clock.now(),
-                payload: MessageRegistry.encode(command)
-            )
-            try await harness.transport.publish([
-                OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
-            ])[0].get()
-            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            try await harness.administer(node, command, id: id)
         }
         try await withRunningNode(node, transport: harness.transport) {
             for id in ["o-1", "o-2"] {

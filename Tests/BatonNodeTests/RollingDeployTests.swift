@@ -30,6 +30,22 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
 /// field renamed, a step split in two. Each new state shape declares its version and an upcaster; the stored
 /// instances of the old release load through it, and nothing stalls.
 @Suite struct RollingDeployTests {
+    /// A node of `definition` on the SQLite file at `path`: each release in turn runs on the same file.
+    static func node<S: ProcessState>(
+        _ definition: ProcessManager<S>,
+        _ harness: NodeHarness,
+        path: String
+    ) throws -> Node {
+        Node(
+            configuration: Node.Configuration(name: "payment"),
+            store: try SQLiteStore(path: path),
+            transport: harness.transport,
+            handlers: [try ProcessManagerHost(definition)],
+            timeSource: harness.clock,
+            logger: Logger(label: "deploy")
+        )
+    }
+
     /// Starts `o-1` under release one, then runs `next` on the same store and sends it a payment for `o-1`
     /// and a new order `o-2`.
     private func deploy<State: ProcessState>(
@@ -40,14 +56,7 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
         try await harness.declareObserver()
         let path = harness.directory.appendingPathComponent("payment.sqlite").path
         func node<S: ProcessState>(_ definition: ProcessManager<S>) throws -> Node {
-            Node(
-                configuration: Node.Configuration(name: "payment"),
-                store: try SQLiteStore(path: path),
-                transport: harness.transport,
-                handlers: [try ProcessManagerHost(definition)],
-                timeSource: harness.clock,
-                logger: Logger(label: "deploy")
-            )
+            try Self.node(definition, harness, path: path)
         }
         let before = try node(releaseOne)
         try await withRunningNode(before, transport: harness.transport) {
@@ -185,14 +194,7 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
         }
         let path = harness.directory.appendingPathComponent("payment.sqlite").path
         func node<S: ProcessState>(_ definition: ProcessManager<S>) throws -> Node {
-            Node(
-                configuration: Node.Configuration(name: "payment"),
-                store: try SQLiteStore(path: path),
-                transport: harness.transport,
-                handlers: [try ProcessManagerHost(definition)],
-                timeSource: harness.clock,
-                logger: Logger(label: "deploy")
-            )
+            try Self.node(definition, harness, path: path)
         }
         // The new release starts o-1; an old replica (release one) then gets its payment.
         let new = try node(releaseTwo)
