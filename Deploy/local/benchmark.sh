@@ -2,7 +2,7 @@
 # The benchmark, in one run on a private RabbitMQ node: the broker's ceiling (bare C relays through the
 # same hops and durability as a workflow), the four services at maximum and at 25/50/75% of it, the
 # embedded mode, and the process-manager node from 10k to 1M stored instances. Prints the table; the JSON
-# goes to .build-bench/benchmark.json. Takes about 15 minutes on 2 cores. BENCHMARKS.md has the last figures.
+# goes to .build-bench/benchmark.json. Takes about 15 minutes on 2 cores. Deploy/BENCHMARKS.md has the last figures.
 #
 #   Deploy/local/benchmark.sh                      the full run (release build)
 #   Deploy/local/benchmark.sh --smoke              seconds: tiny sizes, the debug build (CI runs it)
