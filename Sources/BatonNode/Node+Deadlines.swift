@@ -39,6 +39,12 @@ extension Node {
     func fire(_ timers: [DueTimer], now: Date) async throws {
         try await commit { [self] work in
             for timer in timers {
+                let key = instanceOrderingKey(processManager: timer.processManager, instanceID: timer.instanceID)
+                if try work.isBlocked(orderingKey: key) {
+                    // A message of its instance is held (retrying, or dead-lettered): the timer waits behind it.
+                    try work.deferTimer(timer, to: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
+                    continue
+                }
                 do {
                     try work.inSavepoint {
                         for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
@@ -58,7 +64,7 @@ extension Node {
         ]
         if error is NewerStateError {
             // Written by a later release: this one leaves the timer for it, without counting an attempt.
-            try work.retryTimer(timer, at: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
+            try work.deferTimer(timer, to: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
             logger.warning("timer postponed: its instance is newer than this node", metadata: metadata)
             return
         }

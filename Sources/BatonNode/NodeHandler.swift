@@ -102,7 +102,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     /// The ordering key of an instance's messages: while one of them is held, the later ones wait behind it.
     static func orderingKey(processManager: String, instanceID: String) -> String {
-        "\(processManager)/\(instanceID)"
+        instanceOrderingKey(processManager: processManager, instanceID: instanceID)
     }
 
     /// Exactly the events (and commands) it handles: other messages of its categories never reach its queue.
@@ -200,6 +200,11 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
             preconditionFailure("a timer of an existing instance is never for a missing one")
         }
     }
+}
+
+/// The ordering key of a process instance's messages (and, behind them, its timers).
+func instanceOrderingKey(processManager: String, instanceID: String) -> String {
+    "\(processManager)/\(instanceID)"
 }
 
 /// Recently used process instances, bounded; evicts the oldest insertion first.

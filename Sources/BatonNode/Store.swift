@@ -121,6 +121,8 @@ public protocol UnitOfWork {
     func deleteTimer(_ timer: DueTimer) throws
     /// Records a failed firing: the timer is tried again at `time`, on its own.
     func retryTimer(_ timer: DueTimer, at time: Date) throws
+    /// Puts a firing off until `time` without counting an attempt (the instance is busy, or newer than the node).
+    func deferTimer(_ timer: DueTimer, to time: Date) throws
     /// Parks a timer that failed its last attempt under its dead letter.
     func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws
     /// The timers parked under dead letters.

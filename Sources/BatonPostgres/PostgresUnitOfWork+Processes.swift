@@ -241,6 +241,16 @@ extension PostgresUnitOfWork {
         )
     }
 
+    func deferTimer(_ timer: DueTimer, to time: Date) throws {
+        try query(
+            """
+            UPDATE timers SET fire_at = $5
+            WHERE process_manager = $1 AND instance_id = $2 AND name = $3 AND due_at = $4
+            """,
+            key(of: timer) + [.init(int64: time.millisecondsSince1970)]
+        )
+    }
+
     func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws {
         try query(
             """

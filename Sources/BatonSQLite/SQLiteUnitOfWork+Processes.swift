@@ -268,6 +268,19 @@ extension SQLiteUnitOfWork {
         )
     }
 
+    func deferTimer(_ timer: DueTimer, to time: Date) throws {
+        try run(
+            """
+            UPDATE timers SET fire_at = ?
+            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            """,
+            [
+                time.millisecondsSince1970, timer.processManager, timer.instanceID, timer.name,
+                timer.dueAt.millisecondsSince1970,
+            ]
+        )
+    }
+
     /// Parks a timer that failed its last attempt under its dead letter: it fires again when that is replayed
     /// (``replayDeadLetter(id:at:route:)``), or never if its instance reschedules or cancels it first.
     func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws {

@@ -191,6 +191,11 @@ extension InMemoryUnitOfWork {
         }
     }
 
+    func deferTimer(_ timer: DueTimer, to time: Date) throws {
+        guard let key = key(of: timer) else { return }
+        try mutate { state in state.timers[key]?.fireAt = time }
+    }
+
     func parkTimer(_ timer: DueTimer, deadLetter id: Int64) throws {
         guard let key = key(of: timer) else { return }
         try mutate { state in

@@ -229,6 +229,36 @@ import Testing
         #expect(open.first { $0.messageID == "resume-again" }?.reason.contains("is not held") == true)
     }
 
+    @Test func anInstancesTimerWaitsBehindItsHeldMessage() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()  // three attempts, then the dead letter
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed")  // payment timeout in 60 s
+            try await harness.publish(PaymentReceived(orderID: "o-1", fails: 3), id: "paid")  // dead-lettered: holds o-1
+            let dead = try await harness.eventuallyAdvancingClock {
+                try await node.store.read { try $0.deadLetters().count } == 1
+            }
+            #expect(dead)
+            harness.clock.advance(by: .seconds(61))  // the timeout is due, behind the held payment
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+            #expect(!types(harness.observed).contains("orders.VoidOrder.v1"), "it did not fire past the payment")
+            // The payment goes through on retry, and it cancels the timeout it was waiting behind.
+            try await harness.administer(
+                node,
+                RetryProcess(processManager: "order-process", instanceID: "o-1"),
+                id: "r"
+            )
+            harness.clock.advance(by: .seconds(3))
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        let commands = harness.observed.filter { $0.exchange == Routing.commandExchange }
+        #expect(types(commands) == ["payments.ChargeCard.v1", "shipping.ShipOrder.v1"])
+        let instance = try #require(try await node.store.read { try $0.instances(of: "order-process") }.first)
+        #expect(instance.lifecycle == .running, "paid, not timed out")
+    }
+
     @Test func aProcessRunsThroughTheNodeAndIssuesItsCommands() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }

@@ -364,6 +364,11 @@ public struct StoreConformance: Sendable {
         }
         let left = try await store.read { try $0.dueTimers(before: retryAt, limit: 10) }
         #expect(left.map(\.name) == ["early"] && left.first?.attempts == 1)
+        let deferredTo = Self.epoch.addingTimeInterval(40)
+        try await store.write { try $0.deferTimer(left[0], to: deferredTo) }
+        #expect(try await store.read { try $0.dueTimers(before: retryAt, limit: 10) }.isEmpty, "put off")
+        let deferred = try await store.read { try $0.dueTimers(before: deferredTo, limit: 10) }
+        #expect(deferred.first?.nextAttemptAt == deferredTo && deferred.first?.attempts == 1, "no attempt counted")
     }
 
     func deadLettersAreReplayedByKind(_ store: any Store) async throws {
