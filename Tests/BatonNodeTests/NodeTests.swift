@@ -236,7 +236,8 @@ import Testing
         let node = try harness.makeNode()  // three attempts, then the dead letter
         try await withRunningNode(node, transport: harness.transport) {
             try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed")  // payment timeout in 60 s
-            try await harness.publish(PaymentReceived(orderID: "o-1", fails: 3), id: "paid")  // dead-lettered: holds o-1
+            // The payment fails all three attempts: dead-lettered, it holds o-1.
+            try await harness.publish(PaymentReceived(orderID: "o-1", fails: 3), id: "paid")
             let dead = try await harness.eventuallyAdvancingClock {
                 try await node.store.read { try $0.deadLetters().count } == 1
             }
