@@ -1,5 +1,3 @@
-import Foundation
-
 /// How an event (or a command addressed to an instance) finds its process instance.
 public struct Correlation<E: Message>: Sendable {
     enum Rule: Sendable {
