@@ -127,26 +127,23 @@ extension Node {
             logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
             return false
         }
-        var key: String??
-        if checkingHeld {
-            if try work.isParked(messageID: envelope.messageID) { return true }  // redelivered before its ack
-            let orderingKey = try self.orderingKey(message, envelope, handlers, work)
-            key = .some(orderingKey)
-            if let orderingKey, try work.isBlocked(orderingKey: orderingKey) {
-                try hold(incoming, key: orderingKey, attempts: 0, nextAttemptAt: nil, error: nil, work, now)
-                logger.info(
-                    "message waits behind an earlier one of its instance",
-                    metadata: ["baton.message_id": "\(envelope.messageID)", "ordering_key": "\(orderingKey)"]
-                )
-                return true
-            }
+        // Only while something is held does the ordering key matter before handling: look it up then, once.
+        if checkingHeld, try work.isParked(messageID: envelope.messageID) { return true }  // redelivered before its ack
+        let heldKey = checkingHeld ? try orderingKey(message, envelope, handlers, work) : nil
+        if let heldKey, try work.isBlocked(orderingKey: heldKey) {
+            try hold(incoming, key: heldKey, attempts: 0, nextAttemptAt: nil, error: nil, work, now)
+            logger.info(
+                "message waits behind an earlier one of its instance",
+                metadata: ["baton.message_id": "\(envelope.messageID)", "ordering_key": "\(heldKey)"]
+            )
+            return true
         }
         do {
             try handle(message, envelope, handlers, work, now)
             return false
         } catch {
-            let orderingKey = try key ?? self.orderingKey(message, envelope, handlers, work)
-            return try firstAttemptFailed(incoming, envelope, handlers, key: orderingKey, error: error, work, now)
+            let key = checkingHeld ? heldKey : try orderingKey(message, envelope, handlers, work)
+            return try firstAttemptFailed(incoming, envelope, handlers, key: key, error: error, work, now)
         }
     }
 

@@ -46,6 +46,22 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
         )
     }
 
+    /// Runs `definition` on the store at `path` until it has handled `events` and is idle; returns its node.
+    @discardableResult
+    static func run<S: ProcessState>(
+        _ definition: ProcessManager<S>,
+        _ harness: NodeHarness,
+        path: String,
+        _ events: [(any Event, id: String)]
+    ) async throws -> Node {
+        let node = try node(definition, harness, path: path)
+        try await withRunningNode(node, transport: harness.transport) {
+            for (event, id) in events { try await harness.publish(event, id: id) }
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        return node
+    }
+
     /// Starts `o-1` under release one, then runs `next` on the same store and sends it a payment for `o-1`
     /// and a new order `o-2`.
     private func deploy<State: ProcessState>(
@@ -55,20 +71,13 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
         defer { harness.removeFiles() }
         try await harness.declareObserver()
         let path = harness.directory.appendingPathComponent("payment.sqlite").path
-        func node<S: ProcessState>(_ definition: ProcessManager<S>) throws -> Node {
-            try Self.node(definition, harness, path: path)
-        }
-        let before = try node(releaseOne)
-        try await withRunningNode(before, transport: harness.transport) {
-            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")
-            try await waitUntilIdle(before, transport: harness.transport, clock: harness.clock)
-        }
-        let after = try node(next)
-        try await withRunningNode(after, transport: harness.transport) {
-            try await harness.publish(PaymentReceived(orderID: "o-1"), id: "paid-1")
-            try await harness.publish(OrderPlaced(orderID: "o-2"), id: "placed-2")
-            try await waitUntilIdle(after, transport: harness.transport, clock: harness.clock)
-        }
+        try await Self.run(releaseOne, harness, path: path, [(OrderPlaced(orderID: "o-1"), "placed-1")])
+        let after = try await Self.run(
+            next,
+            harness,
+            path: path,
+            [(PaymentReceived(orderID: "o-1"), "paid-1"), (OrderPlaced(orderID: "o-2"), "placed-2")]
+        )
         let engine = try ProcessEngine(next)
         let (old, new) = try await after.store.read { work in
             (try work.loadInstance("o-1", of: engine), try work.loadInstance("o-2", of: engine))
@@ -193,23 +202,12 @@ private let releaseOne = ProcessManager<PaymentV1>(name: "payment", listensTo: [
             pm.end(on: OrderClosed.self, correlation: .field(\.orderID))
         }
         let path = harness.directory.appendingPathComponent("payment.sqlite").path
-        func node<S: ProcessState>(_ definition: ProcessManager<S>) throws -> Node {
-            try Self.node(definition, harness, path: path)
-        }
         // The new release starts o-1; an old replica (release one) then gets its payment.
-        let new = try node(releaseTwo)
-        try await withRunningNode(new, transport: harness.transport) {
-            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")
-            try await waitUntilIdle(new, transport: harness.transport, clock: harness.clock)
-        }
-        let old = try node(releaseOne)
-        try await withRunningNode(old, transport: harness.transport) {
-            try await harness.publish(PaymentReceived(orderID: "o-1"), id: "paid-1")
-            try await waitUntilIdle(old, transport: harness.transport, clock: harness.clock)
-        }
+        try await Self.run(releaseTwo, harness, path: path, [(OrderPlaced(orderID: "o-1"), "placed-1")])
+        let old = try await Self.run(releaseOne, harness, path: path, [(PaymentReceived(orderID: "o-1"), "paid-1")])
         #expect(try await old.store.read { try $0.deadLetters() }.isEmpty, "not dead-lettered")
         #expect(try await old.store.read { try $0.parkedMessages() }.map(\.messageID) == ["paid-1"], "kept")
-        let again = try node(releaseTwo)
+        let again = try Self.node(releaseTwo, harness, path: path)
         try await withRunningNode(again, transport: harness.transport) {
             harness.clock.advance(by: .seconds(3))
             let shipped = try await eventually { types(harness.observed).contains("shipping.ShipOrder.v1") }
