@@ -155,7 +155,6 @@ extension Node {
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
-        let delivery = Delivery(handlers: self.handlers, registry: registry, consumer: configuration.name)
         try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger)
     }
 

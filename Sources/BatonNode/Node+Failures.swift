@@ -22,9 +22,7 @@ extension Node {
         let reason = "\(error)"
         if error is NewerStateError {
             // Its instance was stored by a later release: kept, in its place, until a node that knows it runs.
-            let retry = now.adding(configuration.retry.maximumDelay)
-            try hold(incoming, key: key, attempts: 0, nextAttemptAt: retry, error: reason, work, now)
-            logger.warning("message postponed: its instance is newer than this node", metadata: ["error": "\(reason)"])
+            try postpone(incoming, key: key, reason: reason, work, now)
             return true
         }
         if let delay = retryDelay(after: error, attempt: 1) {
@@ -47,13 +45,20 @@ extension Node {
         return true
     }
 
-    /// Keeps a message this node cannot read yet (a newer version) in the store, to be tried again after the
-    /// longest retry delay, for as long as it takes: an upgraded node on this store handles it then.
-    func postpone(_ incoming: IncomingMessage, reason: String, _ work: any UnitOfWork, _ now: Date) throws {
+    /// Keeps a message this node cannot handle yet (a newer version of it, or of its instance's state) in the
+    /// store, to be tried again after the longest retry delay, for as long as it takes: an upgraded node on this
+    /// store handles it then. No attempt is counted.
+    func postpone(
+        _ incoming: IncomingMessage,
+        key: String? = nil,
+        reason: String,
+        _ work: any UnitOfWork,
+        _ now: Date
+    ) throws {
         if let messageID = incoming.messageID, try work.isParked(messageID: messageID) { return }
         try hold(
             incoming,
-            key: nil,
+            key: key,
             attempts: 0,
             nextAttemptAt: now.adding(configuration.retry.maximumDelay),
             error: reason,

@@ -77,6 +77,8 @@ public final class Node: Service {
     let transport: any Transport
     let registry: MessageRegistry
     let handlers: [any NodeHandler]
+    /// How a message goes through the handlers (and the commands they dispatch).
+    let delivery: Delivery
     let timeSource: any TimeSource
     let logger: Logger
     let handover = Mutex(Handover())
@@ -114,6 +116,7 @@ public final class Node: Service {
             maximumPayloadSize: configuration.maximumPayloadSize
         )
         self.handlers = handlers
+        self.delivery = Delivery(handlers: handlers, registry: registry, consumer: configuration.name)
         self.schedulesTimers = handlers.contains { $0.schedulesTimers }
         self.timeSource = timeSource
         var logger = logger

@@ -117,7 +117,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
 
     public func handles(_ envelope: Envelope) -> Bool {
         engine.definition.messageTypes.contains(envelope.messageType)
-            || Self.administrationTypes.contains { $0.messageType == envelope.messageType }
+            || Self.isAdministration(envelope)
     }
 
     /// The instance the event correlates to, if it exists or the event names it.
@@ -143,7 +143,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
         now: Date,
         logger: Logger
     ) throws {
-        if Self.administrationTypes.contains(where: { $0 == type(of: message) }) {
+        if Self.isAdministration(envelope) {
             return try administer(message, envelope: envelope, in: work, now: now, logger: logger)
         }
         let instanceID = try instanceID(for: message, envelope: envelope, in: work)

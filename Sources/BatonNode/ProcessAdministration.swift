@@ -69,6 +69,11 @@ public struct ResumeProcess: Command {
     }
 }
 
+private let processAdministrationTypes: [any Message.Type] = [
+    AbortProcess.self, PurgeProcesses.self, RetryProcess.self, ResumeProcess.self,
+]
+private let processAdministrationTypeNames = Set(processAdministrationTypes.map { $0.messageType })
+
 /// A node handler that hosts a process manager, for operator commands that address it by name.
 public protocol ProcessManagerHosting: NodeHandler {
     /// The process manager's name.
@@ -86,8 +91,11 @@ extension ProcessManagerHost: ProcessManagerHosting {
     }
 
     /// The operator's commands a host takes beside its process manager's events (abort, purge, retry, resume).
-    public static var administrationTypes: [any Message.Type] {
-        [AbortProcess.self, PurgeProcesses.self, RetryProcess.self, ResumeProcess.self]
+    public static var administrationTypes: [any Message.Type] { processAdministrationTypes }
+
+    /// Whether an envelope is one of the operator's commands.
+    static func isAdministration(_ envelope: Envelope) -> Bool {
+        processAdministrationTypeNames.contains(envelope.messageType)
     }
 
     /// Runs an operator's command addressed to this process manager (others are left to their own host).

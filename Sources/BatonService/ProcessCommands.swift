@@ -236,11 +236,14 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
         }
     }
 
-    /// Sends the running service a command about one instance, after checking that the instance exists.
-    static func askAbout<C: Command>(
+    /// Sends the running service a command about one instance, after checking that the instance exists: an
+    /// operator's command directly to the service (on `baton.nodes`), or, with `directly: false`, a command
+    /// of the contract routed by its name (as any other sender's).
+    public static func askAbout<C: Command>(
         _ instanceID: String,
         options: ServiceOptions,
         processManager: String,
+        directly: Bool = true,
         _ command: () -> C
     ) async throws {
         let stored = try await options.readStore(for: Service.name).read {
@@ -249,7 +252,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
         guard stored != nil else {
             throw CommandFailure("no instance '\(instanceID)' of process manager '\(processManager)'")
         }
-        try await ServiceClient.send(command(), to: Service.name, options: options, directly: true)
+        try await ServiceClient.send(command(), to: Service.name, options: options, directly: directly)
     }
 
     /// `processes purge --closed-before DATE [--dry-run]`

@@ -56,16 +56,12 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            let orderID = self.orderID
-            let exists = try await options.readStore(for: FulfillmentService.name).read {
-                try $0.instanceVersion(orderID, processManager: FulfillmentService.name) != nil
-            }
-            guard exists else { throw CommandFailure("no fulfillment process for order '\(orderID)'") }
-            try await ServiceClient.send(
-                ExpediteOrder(orderID: orderID, requestedBy: by),
-                to: FulfillmentService.name,
-                options: options
-            )
+            try await ProcessCommands<FulfillmentService>.askAbout(
+                orderID,
+                options: options,
+                processManager: FulfillmentService.name,
+                directly: false
+            ) { ExpediteOrder(orderID: orderID, requestedBy: by) }
             print("asked fulfillment to expedite \(orderID)")
         }
     }
