@@ -207,30 +207,53 @@ func instanceOrderingKey(processManager: String, instanceID: String) -> String {
     "\(processManager)/\(instanceID)"
 }
 
-/// Recently used process instances, bounded; evicts the oldest insertion first.
+/// Recently used process instances, bounded: the least recently used one is evicted first.
+///
+/// Each use appends the id with a fresh tick to a queue of uses; eviction pops uses from its front and evicts an
+/// instance only when the popped use is its latest one. The queue is rebuilt from the live entries when it
+/// holds twice the capacity, so a hot instance cannot make it grow without bound.
 final class InstanceCache<State: ProcessState>: Sendable {
     private struct Entries {
-        var instances: [String: ProcessInstance<State>] = [:]
-        var order: Deque<String> = []
+        let capacity: Int
+        var instances: [String: (instance: ProcessInstance<State>, tick: UInt64)] = [:]
+        var uses: Deque<(id: String, tick: UInt64)> = []
+        var tick: UInt64 = 0
+
+        mutating func use(_ id: String, _ instance: ProcessInstance<State>) {
+            tick += 1
+            instances[id] = (instance, tick)
+            uses.append((id, tick))
+            while instances.count > capacity, let oldest = uses.popFirst() {
+                if instances[oldest.id]?.tick == oldest.tick { instances[oldest.id] = nil }
+            }
+            if uses.count > 2 * capacity {
+                uses = Deque(instances.map { (id: $0.key, tick: $0.value.tick) }.sorted { $0.tick < $1.tick })
+            }
+        }
     }
 
-    private let capacity: Int
-    private let entries = Mutex(Entries())
+    private let entries: Mutex<Entries>
 
     init(capacity: Int) {
-        self.capacity = capacity
+        entries = Mutex(Entries(capacity: capacity))
     }
 
+    /// How many instances it holds.
+    var count: Int { entries.withLock { $0.instances.count } }
+    /// How many uses it remembers (at most twice its capacity).
+    var recordedUses: Int { entries.withLock { $0.uses.count } }
+
     subscript(id: String) -> ProcessInstance<State>? {
-        get { entries.withLock { $0.instances[id] } }
-        set {
-            guard capacity > 0, let newValue else { return }
+        get {
             entries.withLock { entries in
-                if entries.instances.updateValue(newValue, forKey: id) == nil { entries.order.append(id) }
-                while entries.order.count > capacity, let oldest = entries.order.popFirst() {
-                    entries.instances[oldest] = nil
-                }
+                guard let instance = entries.instances[id]?.instance else { return nil }
+                entries.use(id, instance)
+                return instance
             }
+        }
+        set {
+            guard let newValue else { return }
+            entries.withLock { $0.use(id, newValue) }
         }
     }
 }

@@ -247,7 +247,7 @@ final class PostgresUnitOfWork: UnitOfWork {
             """,
             [
                 .init(string: key ?? envelope.messageID), .init(string: exchange), .init(string: routingKey),
-                .init(bytes: [UInt8](try JSONEncoder.baton.encode(envelope))),
+                .init(bytes: [UInt8](envelope.storedRecord)),
                 .init(int64: envelope.timestamp.millisecondsSince1970),
             ]
         )
@@ -280,7 +280,7 @@ final class PostgresUnitOfWork: UnitOfWork {
                 sequence: sequence,
                 exchange: exchange,
                 routingKey: routingKey,
-                envelope: try JSONDecoder.baton.decode(Envelope.self, from: envelope),
+                envelope: try Envelope(storedRecord: envelope),
                 wasRefused: refused
             )
         }

@@ -76,7 +76,7 @@ extension PostgresUnitOfWork {
             WHERE process_manager = $1 AND instance_id = $2 AND version > $3 ORDER BY version
             """,
             key(processManager, instanceID) + [.init(int64: version)]
-        ).map { try JSONDecoder.baton.decode(ProcessTransition.self, from: try $0.decode(Data.self)) }
+        ).map { try ProcessTransition(storedRecord: try $0.decode(Data.self)) }
     }
 
     func record(
@@ -92,7 +92,7 @@ extension PostgresUnitOfWork {
         try query(
             "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES ($1, $2, $3, $4)",
             key(processManager, instanceID) + [
-                .init(int64: transition.version), .init(bytes: [UInt8](try JSONEncoder.baton.encode(transition))),
+                .init(int64: transition.version), .init(bytes: [UInt8](transition.storedRecord)),
             ]
         )
         try query(

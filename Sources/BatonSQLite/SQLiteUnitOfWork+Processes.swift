@@ -95,7 +95,7 @@ extension SQLiteUnitOfWork {
                 """
             ),
             arguments: [processManager, instanceID, version]
-        ).map { try JSONDecoder.baton.decode(ProcessTransition.self, from: $0) }
+        ).map { try ProcessTransition(storedRecord: $0) }
     }
 
     /// Stores a transition: appends it to the instance's stream, stores the instance's state after it (what
@@ -112,7 +112,7 @@ extension SQLiteUnitOfWork {
         let time = transition.at.timeIntervalSince1970
         try run(
             "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES (?, ?, ?, ?)",
-            [name, instanceID, transition.version, try JSONEncoder.baton.encode(transition)]
+            [name, instanceID, transition.version, transition.storedRecord]
         )
         try run(
             """

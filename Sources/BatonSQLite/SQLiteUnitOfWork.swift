@@ -77,7 +77,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
             VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
             """,
             [
-                key ?? envelope.messageID, exchange, routingKey, try JSONEncoder.baton.encode(envelope),
+                key ?? envelope.messageID, exchange, routingKey, envelope.storedRecord,
                 envelope.timestamp.timeIntervalSince1970,
             ]
         )
@@ -114,7 +114,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 sequence: row["sequence"],
                 exchange: row["exchange"],
                 routingKey: row["routing_key"],
-                envelope: try JSONDecoder.baton.decode(Envelope.self, from: row["envelope"]),
+                envelope: try Envelope(storedRecord: row["envelope"]),
                 wasRefused: row["refused"]
             )
         }

@@ -24,10 +24,15 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run the fulfillment process manager.")
         @OptionGroup var options: ServiceOptions
         @Option(help: "Seconds a step may take before the order is compensated.") var stepTimeout: Double = 30
+        @Option(help: "Process instances kept in memory between events, least recently used evicted (0: none).")
+        var instanceCache = FulfillmentService.defaultInstanceCache
 
         func validate() throws {
             guard stepTimeout > 0, stepTimeout <= 86_400 else {
                 throw ValidationError("--step-timeout must be between 0 and 86400 seconds, not \(stepTimeout)")
+            }
+            guard instanceCache >= 0 else {
+                throw ValidationError("--instance-cache must be 0 or more, not \(instanceCache)")
             }
         }
 
@@ -36,7 +41,10 @@ public struct FulfillmentCommand: AsyncParsableCommand {
             try await ServiceRunner.serve(
                 FulfillmentService.name,
                 options: options,
-                handlers: FulfillmentService.handlers(stepTimeout: .milliseconds(Int64(stepTimeout * 1000)))
+                handlers: FulfillmentService.handlers(
+                    stepTimeout: .milliseconds(Int64(stepTimeout * 1000)),
+                    instanceCache: instanceCache
+                )
             )
         }
     }

@@ -31,10 +31,19 @@ public enum FulfillmentService: ServiceDefinition {
     /// The time a step may take by default (`serve --step-timeout`).
     public static let defaultStepTimeout = Duration.seconds(30)
 
+    /// Process instances kept in memory by default (`serve --instance-cache`).
+    public static let defaultInstanceCache = 10_000
+
     /// What its node hosts: the process manager with a step timeout.
+    /// - Parameters:
+    ///   - stepTimeout: The time a step may take.
+    ///   - instanceCache: Instances kept in memory between events.
     /// - Throws: ``DefinitionError`` if the definition is broken (it is checked by the tests).
-    public static func handlers(stepTimeout: Duration) throws -> [any NodeHandler] {
-        [try ProcessManagerHost(processManager(stepTimeout: stepTimeout))]
+    public static func handlers(
+        stepTimeout: Duration,
+        instanceCache: Int = defaultInstanceCache
+    ) throws -> [any NodeHandler] {
+        [try ProcessManagerHost(processManager(stepTimeout: stepTimeout), cacheCapacity: instanceCache)]
     }
 
     /// What its node hosts with the default step timeout.

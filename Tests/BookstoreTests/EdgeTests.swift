@@ -309,6 +309,7 @@ import Testing
                 ("shipping", ["show"], "order"),
                 ("shipping", ["show", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["serve", "--step-timeout", "0"], "--step-timeout"),
+                ("fulfillment", ["serve", "--instance-cache", "-1"], "--instance-cache"),
                 ("fulfillment", ["show", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["processes", "list", "--open", "--closed"], "--closed"),
                 ("fulfillment", ["processes", "list", "--lifecycle", "stuck"], "lifecycle"),

@@ -1,0 +1,338 @@
+import Foundation
+
+/// Baton's compact binary form of its own records: the envelopes of outbox rows and the transition records of
+/// process instances, as stores keep them.
+///
+/// These records are written for every handled message and read back rarely (a relay after a restart, an
+/// operator's `show`, a replay check), so they are encoded once, without key conversion or a date closure, and
+/// a payload's bytes are kept as they are (not base64 inside JSON). The first byte tells the format apart from
+/// the JSON that earlier versions stored (which starts with `{`): both are read.
+///
+/// Layout: lengths and counts are unsigned LEB128 varints; a string is its UTF-8 length and bytes; bytes are
+/// their length and themselves; a date is the bit pattern of its `timeIntervalSince1970` (8 bytes, little
+/// endian); an optional is a presence byte (0 or 1) and the value; a dictionary is its count and its pairs in
+/// key order.
+public enum StoredRecord {
+    /// The first byte of a record in this format.
+    static let marker: UInt8 = 0xB1
+    /// The record kinds, the second byte.
+    enum Kind: UInt8 {
+        case envelope = 1
+        case transition = 2
+    }
+
+    /// A record that is neither this format nor the earlier JSON.
+    public struct FormatError: Error, CustomStringConvertible {
+        /// What is wrong.
+        public var description: String
+    }
+
+    /// Whether `data` is an earlier version's JSON record.
+    static func isJSON(_ data: Data) -> Bool {
+        data.first == UInt8(ascii: "{")
+    }
+}
+
+extension Envelope {
+    /// The envelope as a store keeps it (``StoredRecord``).
+    public var storedRecord: Data {
+        var writer = RecordWriter(.envelope, capacity: 96 + payload.count + messageID.utf8.count)
+        writer.write(self)
+        return writer.data
+    }
+
+    /// Reads an envelope a store kept, in this format or the earlier JSON.
+    /// - Throws: ``StoredRecord/FormatError`` (or a decoding error for broken JSON).
+    public init(storedRecord data: Data) throws {
+        if StoredRecord.isJSON(data) {
+            self = try JSONDecoder.baton.decode(Envelope.self, from: data)
+            return
+        }
+        var reader = try RecordReader(data, .envelope)
+        self = try reader.readEnvelope()
+        try reader.finish()
+    }
+}
+
+extension ProcessTransition {
+    /// The transition record as a store keeps it (``StoredRecord``).
+    public var storedRecord: Data {
+        var capacity = 64
+        if case .event(let envelope) = trigger { capacity += 96 + envelope.payload.count }
+        for message in issued { capacity += 96 + message.envelope.payload.count }
+        var writer = RecordWriter(.transition, capacity: capacity)
+        writer.write(version)
+        switch trigger {
+        case .event(let envelope):
+            writer.write(byte: 0)
+            writer.write(envelope)
+        case .timer(let name, let dueAt):
+            writer.write(byte: 1)
+            writer.write(name)
+            writer.write(dueAt)
+        case .abort(let messageID, let reason):
+            writer.write(byte: 2)
+            writer.write(messageID)
+            writer.write(reason)
+        }
+        writer.write(at)
+        writer.write(lifecycle.rawValue)
+        writer.write(count: issued.count)
+        for message in issued {
+            writer.write(byte: message.kind == .command ? 0 : 1)
+            writer.write(message.envelope)
+        }
+        writer.write(count: timers.count)
+        for operation in timers {
+            switch operation {
+            case .schedule(let name, let dueAt):
+                writer.write(byte: 0)
+                writer.write(name)
+                writer.write(dueAt)
+            case .cancel(let name):
+                writer.write(byte: 1)
+                writer.write(name)
+            }
+        }
+        writer.write(associations)
+        writer.write(reason)
+        return writer.data
+    }
+
+    /// Reads a transition record a store kept, in this format or the earlier JSON.
+    /// - Throws: ``StoredRecord/FormatError`` (or a decoding error for broken JSON).
+    public init(storedRecord data: Data) throws {
+        if StoredRecord.isJSON(data) {
+            self = try JSONDecoder.baton.decode(ProcessTransition.self, from: data)
+            return
+        }
+        var reader = try RecordReader(data, .transition)
+        let version = try reader.readInt64()
+        let trigger: ProcessTrigger
+        switch try reader.readByte() {
+        case 0: trigger = .event(try reader.readEnvelope())
+        case 1: trigger = .timer(name: try reader.readString(), dueAt: try reader.readDate())
+        case 2: trigger = .abort(messageID: try reader.readString(), reason: try reader.readString())
+        case let tag: throw StoredRecord.FormatError(description: "unknown trigger tag \(tag)")
+        }
+        let at = try reader.readDate()
+        let lifecycleName = try reader.readString()
+        guard let lifecycle = ProcessLifecycle(rawValue: lifecycleName) else {
+            throw StoredRecord.FormatError(description: "unknown lifecycle '\(lifecycleName)'")
+        }
+        var issued: [IssuedMessage] = []
+        for _ in 0..<(try reader.readCount()) {
+            let kind: IssuedMessage.Kind = try reader.readByte() == 0 ? .command : .event
+            issued.append(IssuedMessage(kind: kind, envelope: try reader.readEnvelope()))
+        }
+        var timers: [TimerOperation] = []
+        for _ in 0..<(try reader.readCount()) {
+            switch try reader.readByte() {
+            case 0: timers.append(.schedule(name: try reader.readString(), dueAt: try reader.readDate()))
+            case 1: timers.append(.cancel(name: try reader.readString()))
+            case let tag: throw StoredRecord.FormatError(description: "unknown timer operation tag \(tag)")
+            }
+        }
+        let associations = try reader.readDictionary()
+        let reason = try reader.readOptionalString()
+        try reader.finish()
+        self.init(
+            version: version,
+            trigger: trigger,
+            at: at,
+            lifecycle: lifecycle,
+            issued: issued,
+            timers: timers,
+            associations: associations,
+            reason: reason
+        )
+    }
+}
+
+/// Appends the fields of a ``StoredRecord``.
+struct RecordWriter {
+    private(set) var bytes: [UInt8] = []
+
+    init(_ kind: StoredRecord.Kind, capacity: Int) {
+        bytes.reserveCapacity(capacity)
+        bytes.append(StoredRecord.marker)
+        bytes.append(kind.rawValue)
+    }
+
+    var data: Data { Data(bytes) }
+
+    mutating func write(byte: UInt8) {
+        bytes.append(byte)
+    }
+
+    mutating func write(count: Int) {
+        var value = UInt64(count)
+        while value >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: value) | 0x80)
+            value >>= 7
+        }
+        bytes.append(UInt8(value))
+    }
+
+    mutating func write(_ value: Int64) {
+        withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func write(_ date: Date) {
+        withUnsafeBytes(of: date.timeIntervalSince1970.bitPattern.littleEndian) { bytes.append(contentsOf: $0) }
+    }
+
+    mutating func write(_ string: String) {
+        var string = string
+        string.withUTF8 { utf8 in
+            write(count: utf8.count)
+            bytes.append(contentsOf: utf8)
+        }
+    }
+
+    mutating func write(_ string: String?) {
+        guard let string else { return write(byte: 0) }
+        write(byte: 1)
+        write(string)
+    }
+
+    mutating func write(_ data: Data) {
+        write(count: data.count)
+        bytes.append(contentsOf: data)
+    }
+
+    mutating func write(_ dictionary: [String: String]) {
+        write(count: dictionary.count)
+        for key in dictionary.keys.sorted() {
+            write(key)
+            write(dictionary[key]!)
+        }
+    }
+
+    mutating func write(_ envelope: Envelope) {
+        write(envelope.messageID)
+        write(envelope.messageType)
+        write(envelope.correlationID)
+        write(envelope.causationID)
+        write(envelope.stream)
+        if let position = envelope.position {
+            write(byte: 1)
+            write(position)
+        } else {
+            write(byte: 0)
+        }
+        write(envelope.timestamp)
+        write(envelope.headers)
+        write(envelope.payload)
+    }
+}
+
+/// Reads the fields of a ``StoredRecord`` in the order ``RecordWriter`` wrote them.
+struct RecordReader {
+    private let bytes: [UInt8]
+    private var index = 2
+
+    init(_ data: Data, _ kind: StoredRecord.Kind) throws {
+        bytes = [UInt8](data)
+        guard bytes.count >= 2, bytes[0] == StoredRecord.marker else {
+            throw StoredRecord.FormatError(description: "not a stored record (first byte \(bytes.first ?? 0))")
+        }
+        guard bytes[1] == kind.rawValue else {
+            throw StoredRecord.FormatError(description: "a record of kind \(bytes[1]), expected \(kind)")
+        }
+    }
+
+    /// Throws unless every byte was read.
+    func finish() throws {
+        guard index == bytes.count else {
+            throw StoredRecord.FormatError(description: "\(bytes.count - index) bytes after the record")
+        }
+    }
+
+    private mutating func take(_ count: Int) throws -> ArraySlice<UInt8> {
+        guard count >= 0, count <= bytes.count - index else {
+            throw StoredRecord.FormatError(description: "the record ends early (at byte \(index) of \(bytes.count))")
+        }
+        defer { index += count }
+        return bytes[index..<index + count]
+    }
+
+    mutating func readByte() throws -> UInt8 {
+        try take(1).first!
+    }
+
+    mutating func readCount() throws -> Int {
+        var value: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            let byte = try readByte()
+            guard shift < 63 else { throw StoredRecord.FormatError(description: "a length over 63 bits") }
+            value |= UInt64(byte & 0x7F) << shift
+            if byte < 0x80 { break }
+            shift += 7
+        }
+        guard value <= UInt64(bytes.count) else {
+            throw StoredRecord.FormatError(description: "a length of \(value) in a record of \(bytes.count) bytes")
+        }
+        return Int(value)
+    }
+
+    private mutating func readUInt64() throws -> UInt64 {
+        try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    mutating func readInt64() throws -> Int64 {
+        Int64(bitPattern: try readUInt64())
+    }
+
+    mutating func readDate() throws -> Date {
+        Date(timeIntervalSince1970: Double(bitPattern: try readUInt64()))
+    }
+
+    mutating func readString() throws -> String {
+        let utf8 = try take(try readCount())
+        guard let string = String(validating: utf8, as: UTF8.self) else {
+            throw StoredRecord.FormatError(description: "a string that is not UTF-8")
+        }
+        return string
+    }
+
+    mutating func readOptionalString() throws -> String? {
+        try readPresence() ? try readString() : nil
+    }
+
+    private mutating func readPresence() throws -> Bool {
+        switch try readByte() {
+        case 0: return false
+        case 1: return true
+        case let byte: throw StoredRecord.FormatError(description: "a presence byte of \(byte)")
+        }
+    }
+
+    mutating func readData() throws -> Data {
+        Data(try take(try readCount()))
+    }
+
+    mutating func readDictionary() throws -> [String: String] {
+        var dictionary: [String: String] = [:]
+        for _ in 0..<(try readCount()) {
+            let key = try readString()
+            dictionary[key] = try readString()
+        }
+        return dictionary
+    }
+
+    mutating func readEnvelope() throws -> Envelope {
+        Envelope(
+            messageID: try readString(),
+            messageType: try readString(),
+            correlationID: try readOptionalString(),
+            causationID: try readOptionalString(),
+            stream: try readOptionalString(),
+            position: try readPresence() ? try readInt64() : nil,
+            timestamp: try readDate(),
+            headers: try readDictionary(),
+            payload: try readData()
+        )
+    }
+}

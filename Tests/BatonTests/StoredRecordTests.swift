@@ -1,0 +1,122 @@
+import Baton
+import Foundation
+import Testing
+
+@Suite struct StoredRecordTests {
+    /// Every optional set, headers, and a payload that is not UTF-8 (the bytes are kept as they are).
+    let fullEnvelope = Envelope(
+        messageID: "msg-1",
+        messageType: "orders.OrderPlaced.v2",
+        correlationID: "ord-1",
+        causationID: "chk-1",
+        stream: "order-ord-1",
+        position: 7,
+        timestamp: Date(timeIntervalSince1970: 1_790_000_000.123_456),
+        headers: ["traceparent": "00-abc-def-01", "x-ünïcode": "✓"],
+        payload: Data([0x7B, 0x00, 0xFF, 0xC3, 0x28, 0x7D])
+    )
+    let bareEnvelope = Envelope(
+        messageID: "m",
+        messageType: "t",
+        timestamp: Date(timeIntervalSince1970: 0),
+        payload: Data()
+    )
+
+    var transitions: [ProcessTransition] {
+        [
+            ProcessTransition(
+                version: 1,
+                trigger: .event(fullEnvelope),
+                at: Date(timeIntervalSince1970: 1_790_000_001.5),
+                lifecycle: .started,
+                issued: [
+                    IssuedMessage(kind: .command, envelope: bareEnvelope),
+                    IssuedMessage(kind: .event, envelope: fullEnvelope),
+                ],
+                timers: [
+                    .schedule(name: "step-timeout", dueAt: Date(timeIntervalSince1970: 1_790_000_031.5)),
+                    .cancel(name: "payment"),
+                ],
+                associations: ["tracking": "TRK-1", "payment": "PAY-9"],
+                reason: nil
+            ),
+            ProcessTransition(
+                version: Int64.max,
+                trigger: .timer(name: "step-timeout", dueAt: Date(timeIntervalSince1970: -1)),
+                at: Date(timeIntervalSince1970: 2),
+                lifecycle: .compensating,
+                issued: [],
+                timers: [],
+                associations: [:],
+                reason: "the step timed out"
+            ),
+            ProcessTransition(
+                version: 3,
+                trigger: .abort(messageID: "abort-1", reason: "customer called"),
+                at: Date(timeIntervalSince1970: 3),
+                lifecycle: .failed,
+                issued: [],
+                timers: [.cancel(name: "step-timeout")],
+                associations: [:],
+                reason: ""
+            ),
+        ]
+    }
+
+    @Test func envelopesReadBackAsTheyWereWritten() throws {
+        for envelope in [fullEnvelope, bareEnvelope] {
+            #expect(try Envelope(storedRecord: envelope.storedRecord) == envelope)
+        }
+    }
+
+    @Test func transitionsReadBackAsTheyWereWritten() throws {
+        for transition in transitions {
+            #expect(try ProcessTransition(storedRecord: transition.storedRecord) == transition)
+        }
+    }
+
+    @Test func thePayloadIsStoredOnceAsItsOwnBytes() {
+        let payload = Data(#"{"order_id":"ord-1","lines":[{"sku":"book-0001","quantity":2}]}"#.utf8)
+        var envelope = fullEnvelope
+        envelope.payload = payload
+        let record = envelope.storedRecord
+        #expect(record.firstRange(of: payload) != nil)
+        #expect(record.count < (try! JSONEncoder.baton.encode(envelope)).count / 2 + payload.count)
+    }
+
+    @Test func recordsEarlierVersionsStoredAsJSONStillRead() throws {
+        // A date JSON keeps exactly (it keeps milliseconds).
+        var envelope = fullEnvelope
+        envelope.timestamp = Date(timeIntervalSince1970: 1_790_000_000.5)
+        envelope.payload = Data(#"{"order_id":"ord-1"}"#.utf8)
+        var transition = transitions[0]
+        transition.trigger = .event(envelope)
+        transition.issued = [IssuedMessage(kind: .event, envelope: envelope)]
+        #expect(try Envelope(storedRecord: try JSONEncoder.baton.encode(envelope)) == envelope)
+        #expect(try ProcessTransition(storedRecord: try JSONEncoder.baton.encode(transition)) == transition)
+    }
+
+    @Test func aTruncatedRecordIsRefusedAtEveryLength() throws {
+        let record = transitions[0].storedRecord
+        for length in 0..<record.count {
+            #expect(throws: (any Error).self, "\(length) of \(record.count) bytes") {
+                try ProcessTransition(storedRecord: record.prefix(length))
+            }
+        }
+        let envelope = fullEnvelope.storedRecord
+        for length in 0..<envelope.count {
+            #expect(throws: (any Error).self) { try Envelope(storedRecord: envelope.prefix(length)) }
+        }
+    }
+
+    @Test func extraBytesAKindMismatchAndAnUnknownTagAreRefused() {
+        #expect(throws: StoredRecord.FormatError.self) { try Envelope(storedRecord: bareEnvelope.storedRecord + [0]) }
+        #expect(throws: StoredRecord.FormatError.self) {
+            try ProcessTransition(storedRecord: bareEnvelope.storedRecord)
+        }
+        var record = transitions[1].storedRecord
+        record[10] = 9  // the trigger's tag, after the marker, the kind and the 8-byte version
+        #expect(throws: StoredRecord.FormatError.self) { try ProcessTransition(storedRecord: record) }
+        #expect(throws: StoredRecord.FormatError.self) { try Envelope(storedRecord: Data([0x00, 0x01])) }
+    }
+}
