@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Why a message could not be turned into a registered Swift value.
 public struct MessageError: Error, Sendable, Hashable, CustomStringConvertible {
@@ -232,16 +233,33 @@ private struct SwiftKey: CodingKey {
     init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
 
+    /// Conversions made before, by key (every message of a type has the same keys); bounded, since the keys
+    /// come from the wire.
+    private static let converted = Mutex<[String: String]>([:])
+    private static let convertedCapacity = 4_096
+
     init(camelCaseFromSnakeCase key: String) {
-        let parts = key.split(separator: "_", omittingEmptySubsequences: true)
-        guard parts.count > 1, !key.hasPrefix("_") else {
-            self.stringValue = key
+        guard key.utf8.contains(UInt8(ascii: "_")) else {
+            stringValue = key
             return
         }
-        stringValue =
-            String(parts[0])
+        if let known = Self.converted.withLock({ $0[key] }) {
+            stringValue = known
+            return
+        }
+        let converted = Self.camelCase(fromSnakeCase: key)
+        Self.converted.withLock { known in
+            if known.count < Self.convertedCapacity { known[key] = converted }
+        }
+        stringValue = converted
+    }
+
+    private static func camelCase(fromSnakeCase key: String) -> String {
+        let parts = key.split(separator: "_", omittingEmptySubsequences: true)
+        guard parts.count > 1, !key.hasPrefix("_") else { return key }
+        return String(parts[0])
             + parts.dropFirst().map { part in
-                Self.acronyms.contains(part.lowercased())
+                acronyms.contains(part.lowercased())
                     ? part.uppercased() : part.prefix(1).uppercased() + part.dropFirst()
             }.joined()
     }
