@@ -66,6 +66,9 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// The categories (bounded contexts) whose events this manager receives.
     public let categories: [String]
     var handlers: [Handler] = []
+    /// The message types this manager handles (events only; timers are internal), computed once: a node asks
+    /// for every message whether it is one of them.
+    public let messageTypes: Set<String>
     var timerHandlers: [String: TimerHandler] = [:]
     var associations: Set<String> = []
     /// The command types with an `onFailure(of:)` handler.
@@ -97,6 +100,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         define(&builder)
         builder.addFailureDispatch()
         handlers = builder.handlers
+        messageTypes = Set(builder.handlers.map(\.messageType))
         failureCommandTypes = Set(builder.failureHandlers.keys)
         abortHandler = builder.abortHandler
         timerHandlers = builder.timerHandlers
@@ -258,9 +262,6 @@ public struct ProcessManager<State: ProcessState>: Sendable {
             )
         }
     }
-
-    /// The message types this manager handles (events only; timers are internal).
-    public var messageTypes: Set<String> { Set(handlers.map(\.messageType)) }
 
     /// The Swift types of the events it handles, once each.
     public var handledTypes: [any Message.Type] {

@@ -74,8 +74,6 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     /// A process manager schedules deadlines.
     public var schedulesTimers: Bool { true }
     let cache: InstanceCache<State>
-    /// The type names its handlers take, computed once (asked for every message).
-    let handledTypeNames: Set<String>
 
     /// Wraps a definition, validating it.
     /// - Parameters:
@@ -85,7 +83,6 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     public init(_ definition: ProcessManager<State>, cacheCapacity: Int = 10_000) throws(DefinitionError) {
         engine = try ProcessEngine(definition)
         cache = InstanceCache(capacity: cacheCapacity)
-        handledTypeNames = engine.definition.messageTypes
     }
 
     public var messageTypes: [any Message.Type] { engine.definition.handledTypes + Self.administrationTypes }
@@ -119,7 +116,7 @@ public struct ProcessManagerHost<State: ProcessState>: NodeHandler {
     }
 
     public func handles(_ envelope: Envelope) -> Bool {
-        handledTypeNames.contains(envelope.messageType)
+        engine.definition.messageTypes.contains(envelope.messageType)
             || Self.isAdministration(envelope)
     }
 
