@@ -27,9 +27,18 @@ public enum StoredRecord {
         public var description: String
     }
 
-    /// Whether `data` is an earlier version's JSON record.
-    static func isJSON(_ data: Data) -> Bool {
-        data.first == UInt8(ascii: "{")
+    /// Reads a record of `kind` with `body`, or, for a record an earlier version stored as JSON (it starts
+    /// with `{`), decodes that.
+    static func read<Record: Decodable>(
+        _ data: Data,
+        _ kind: Kind,
+        _ body: (inout RecordReader) throws -> Record
+    ) throws -> Record {
+        if data.first == UInt8(ascii: "{") { return try JSONDecoder.baton.decode(Record.self, from: data) }
+        var reader = try RecordReader(data, kind)
+        let record = try body(&reader)
+        try reader.finish()
+        return record
     }
 }
 
@@ -44,13 +53,7 @@ extension Envelope {
     /// Reads an envelope a store kept, in this format or the earlier JSON.
     /// - Throws: ``StoredRecord/FormatError`` (or a decoding error for broken JSON).
     public init(storedRecord data: Data) throws {
-        if StoredRecord.isJSON(data) {
-            self = try JSONDecoder.baton.decode(Envelope.self, from: data)
-            return
-        }
-        var reader = try RecordReader(data, .envelope)
-        self = try reader.readEnvelope()
-        try reader.finish()
+        self = try StoredRecord.read(data, .envelope) { try $0.readEnvelope() }
     }
 }
 
@@ -102,11 +105,10 @@ extension ProcessTransition {
     /// Reads a transition record a store kept, in this format or the earlier JSON.
     /// - Throws: ``StoredRecord/FormatError`` (or a decoding error for broken JSON).
     public init(storedRecord data: Data) throws {
-        if StoredRecord.isJSON(data) {
-            self = try JSONDecoder.baton.decode(ProcessTransition.self, from: data)
-            return
-        }
-        var reader = try RecordReader(data, .transition)
+        self = try StoredRecord.read(data, .transition) { reader in try Self(reading: &reader) }
+    }
+
+    private init(reading reader: inout RecordReader) throws {
         let version = try reader.readInt64()
         let trigger: ProcessTrigger
         switch try reader.readByte() {
@@ -133,9 +135,6 @@ extension ProcessTransition {
             case let tag: throw StoredRecord.FormatError(description: "unknown timer operation tag \(tag)")
             }
         }
-        let associations = try reader.readDictionary()
-        let reason = try reader.readOptionalString()
-        try reader.finish()
         self.init(
             version: version,
             trigger: trigger,
@@ -143,8 +142,8 @@ extension ProcessTransition {
             lifecycle: lifecycle,
             issued: issued,
             timers: timers,
-            associations: associations,
-            reason: reason
+            associations: try reader.readDictionary(),
+            reason: try reader.readOptionalString()
         )
     }
 }
