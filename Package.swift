@@ -67,7 +67,7 @@ let package = Package(
         .target(
             name: "BatonService",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonSQLite",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonPostgres",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -156,7 +156,7 @@ let package = Package(
         // Test support (not shipped): the test broker node the README's test command starts.
         .target(
             name: "BatonTestSupport",
-            dependencies: ["Baton", "BatonNode", "ChildProcesses"],
+            dependencies: ["Baton", "BatonNode", "ChildProcesses", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Support"
         ),
         .testTarget(
@@ -173,8 +173,8 @@ let package = Package(
         .testTarget(
             name: "BookstoreTests",
             dependencies: [
-                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonTestSupport", "BatonTesting",
-                "ChildProcesses",
+                "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonService", "BatonTestSupport",
+                "BatonTesting", "ChildProcesses",
                 "Shipping",
                 "orders", "inventory", "shipping", "fulfillment",
             ]

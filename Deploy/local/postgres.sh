@@ -5,6 +5,10 @@
 #   Deploy/local/postgres.sh start   create the cluster if needed, start it, wait until it accepts connections
 #   Deploy/local/postgres.sh stop    stop it
 #   Deploy/local/postgres.sh url     print the URL of its superuser `baton` (database `postgres`)
+#   Deploy/local/postgres.sh psql …  run psql as `baton` over the server's socket (arguments passed on)
+#
+# Connections over TCP need the password (scram-sha-256, like a real deployment, so that a wrong one is
+# refused); psql over the socket is trusted.
 #
 # Settings (environment): BATON_POSTGRES_DIR (default /tmp/baton-postgres-PORT), BATON_POSTGRES_PORT (5691).
 # As root, the server runs as the `postgres` user (PostgreSQL refuses to run as root).
@@ -13,6 +17,7 @@ set -euo pipefail
 port=${BATON_POSTGRES_PORT:-5691}
 dir=${BATON_POSTGRES_DIR:-/tmp/baton-postgres-$port}
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+password=baton-local-secret
 
 as_owner() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -24,7 +29,11 @@ start)
     mkdir -p "$dir"
     [ "$(id -u)" -ne 0 ] || chown postgres "$dir"
     if [ ! -f "$dir/data/PG_VERSION" ]; then
-        as_owner "$bin/initdb" -D "$dir/data" -U baton --auth=trust > "$dir/initdb.log"
+        printf '%s\n' "$password" > "$dir/password"
+        [ "$(id -u)" -ne 0 ] || chown postgres "$dir/password"
+        as_owner "$bin/initdb" -D "$dir/data" -U baton --auth-local=trust --auth-host=scram-sha-256 \
+            --pwfile="$dir/password" > "$dir/initdb.log"
+        rm -f "$dir/password"
     fi
     as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on" start > /dev/null
@@ -34,10 +43,14 @@ stop)
     [ -f "$dir/data/postmaster.pid" ] && as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop > /dev/null || true
     ;;
 url)
-    echo "postgres://baton@127.0.0.1:$port/postgres"
+    echo "postgres://baton:$password@127.0.0.1:$port/postgres"
+    ;;
+psql)
+    shift
+    as_owner "$bin/psql" -h "$dir" -p "$port" -U baton -d postgres -v ON_ERROR_STOP=1 -X -q "$@"
     ;;
 *)
-    echo "usage: postgres.sh start|stop|url" >&2
+    echo "usage: postgres.sh start|stop|url|psql" >&2
     exit 2
     ;;
 esac

@@ -64,41 +64,33 @@ extension Node {
 
     /// Handles a batch in one transaction, then acknowledges all of it: each message was handled, dropped as a
     /// duplicate, dead-lettered, or is held in the store (retried later, or waiting behind its instance).
+    ///
+    /// When the transaction cannot commit (the store is unreachable, its disk full, a replica committed the
+    /// same instance first), the batch stays unacknowledged and is handled again after a backoff — one log
+    /// line per attempt, not a requeue storm — until it commits, or the node stops and gives it back.
     private func process(_ batch: [IncomingMessage]) async {
         let prepared = batch.map(prepare)
-        let now = businessNow()
-        let parked: Bool
-        do {
-            parked = try await commit(wakeRelay: false) { [self] work in
-                var holdsMessages = try work.hasParkedMessages()
-                for item in prepared {
-                    switch item {
-                    case .handle(let incoming, let envelope, let message, let handlers):
-                        let held = try handleOrHold(
-                            incoming,
-                            envelope,
-                            message,
-                            handlers,
-                            checkingHeld: holdsMessages,
-                            work,
-                            now
-                        )
-                        holdsMessages = holdsMessages || held
-                    case .reject(let incoming, let reason, let stage):
-                        try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
-                    case .postpone(let incoming, let reason):
-                        try postpone(incoming, reason: reason, work, now)
-                        holdsMessages = true
-                    }
+        var parked = false
+        var failures = 0
+        while true {
+            do {
+                parked = try await commitBatch(prepared, now: businessNow())
+                break
+            } catch {
+                failures += 1
+                var metadata: Logger.Metadata = [
+                    "error": "\(error)", "size": "\(batch.count)", "attempts": "\(failures)",
+                ]
+                if consumption.isStopping {
+                    logger.error("batch not committed; requeued as the node stops", metadata: metadata)
+                    for incoming in batch { incoming.requeue() }
+                    return
                 }
-                configuration.faultInjection?(.beforeCommit)
-                return holdsMessages
+                let delay = Self.commitRetryDelay(afterFailures: failures)
+                metadata["retry_in"] = "\(delay)"
+                logger.error("batch not committed; kept unacknowledged and tried again", metadata: metadata)
+                await waitFor(consumption.signal, orUntil: { try? await Task.sleep(for: delay) })
             }
-        } catch {
-            // Nothing committed: give the batch back; it comes again.
-            logger.error("batch not committed; requeued", metadata: ["error": "\(error)", "size": "\(batch.count)"])
-            for incoming in batch { incoming.requeue() }
-            return
         }
         configuration.faultInjection?(.afterCommitBeforePublish)
         relay.wake()
@@ -108,6 +100,40 @@ extension Node {
             fault(.afterPublishBeforeAck)
         }
         for item in prepared { item.incoming.acknowledge() }
+    }
+
+    /// The wait before handling an uncommitted batch again: 100 ms, doubling, at most 10 s.
+    static func commitRetryDelay(afterFailures failures: Int) -> Duration {
+        min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
+    }
+
+    /// Handles a batch in one transaction; returns whether the store holds messages afterwards.
+    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> Bool {
+        try await commit(wakeRelay: false) { [self] work in
+            var holdsMessages = try work.hasParkedMessages()
+            for item in prepared {
+                switch item {
+                case .handle(let incoming, let envelope, let message, let handlers):
+                    let held = try handleOrHold(
+                        incoming,
+                        envelope,
+                        message,
+                        handlers,
+                        checkingHeld: holdsMessages,
+                        work,
+                        now
+                    )
+                    holdsMessages = holdsMessages || held
+                case .reject(let incoming, let reason, let stage):
+                    try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
+                case .postpone(let incoming, let reason):
+                    try postpone(incoming, reason: reason, work, now)
+                    holdsMessages = true
+                }
+            }
+            configuration.faultInjection?(.beforeCommit)
+            return holdsMessages
+        }
     }
 
     /// Handles one message in its own savepoint, unless it was handled before or must wait behind an earlier

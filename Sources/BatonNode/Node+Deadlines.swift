@@ -10,18 +10,25 @@ extension Node {
         while !deadlines.isStopping {
             let now = businessNow()
             do {
-                let (timers, messages, next) = try await store.read { work in
-                    let timers = try work.dueTimers(before: now, limit: 100)
-                    let messages = try work.dueParkedMessages(before: now, limit: 100)
-                    guard timers.isEmpty && messages.isEmpty else { return (timers, messages, Date?.none) }
+                let (due, next) = try await store.read { work in
+                    let due =
+                        try !work.dueTimers(before: now, limit: 1).isEmpty
+                        || !work.dueParkedMessages(before: now, limit: 1).isEmpty
+                    guard !due else { return (true, Date?.none) }
                     let deadlines = [try work.nextTimer()?.nextAttemptAt, try work.nextParkedAttempt()]
-                    return (timers, messages, deadlines.compactMap { $0 }.min())
+                    return (false, deadlines.compactMap { $0 }.min())
                 }
-                if !timers.isEmpty { try await fire(timers, now: now) }
-                if !messages.isEmpty { try await retryHeld(messages, now: now) }
-                if !timers.isEmpty || !messages.isEmpty { continue }
+                // Claimed again in the transaction that acts on them: a replica sharing the store may have
+                // taken some meanwhile.
+                if due {
+                    let fired = try await fireDueTimers(now: now)
+                    let retried = try await retryDueHeldMessages(now: now)
+                    if fired + retried > 0 { continue }
+                }
                 var untilDue: (@Sendable () async -> Void)?
-                if let next {
+                if due {
+                    untilDue = { try? await Task.sleep(for: .milliseconds(100)) }  // a replica holds them
+                } else if let next {
                     let timeSource = self.timeSource
                     untilDue = { try? await timeSource.sleep(until: next) }
                 }
@@ -33,11 +40,13 @@ extension Node {
         }
     }
 
-    /// Fires due timers in one transaction, each in its own savepoint. A timer whose handler throws is retried
-    /// on its own with the node's retry policy (its next attempt stored with it, in business time), then
-    /// dead-lettered and parked: it never holds up the other timers.
-    func fire(_ timers: [DueTimer], now: Date) async throws {
+    /// Fires the timers due at `now` (100 at most) in one transaction, each in its own savepoint. A timer whose
+    /// handler throws is retried on its own with the node's retry policy (its next attempt stored with it, in
+    /// business time), then dead-lettered and parked: it never holds up the other timers.
+    /// - Returns: How many it claimed.
+    func fireDueTimers(now: Date) async throws -> Int {
         try await commit { [self] work in
+            let timers = try work.claimDueTimers(before: now, limit: 100)
             for timer in timers {
                 let key = instanceOrderingKey(processManager: timer.processManager, instanceID: timer.instanceID)
                 if try work.isBlocked(orderingKey: key) {
@@ -53,6 +62,7 @@ extension Node {
                     try timerFailed(timer, error: error, work, now)
                 }
             }
+            return timers.count
         }
     }
 

@@ -103,10 +103,12 @@ extension Node {
         )
     }
 
-    /// Tries held messages that are due, in one transaction, each in its own savepoint: a success lets the next
-    /// message of its instance go; a failure waits out its next delay, or is dead-lettered.
-    func retryHeld(_ messages: [ParkedMessage], now: Date) async throws {
+    /// Tries the held messages due at `now` (100 at most), in one transaction, each in its own savepoint: a
+    /// success lets the next message of its instance go; a failure waits out its next delay, or is dead-lettered.
+    /// - Returns: How many it claimed.
+    func retryDueHeldMessages(now: Date) async throws -> Int {
         try await commit { [self] work in
+            let messages = try work.claimDueParkedMessages(before: now, limit: 100)
             for held in messages {
                 let incoming = IncomingMessage(
                     exchange: held.exchange,
@@ -151,6 +153,7 @@ extension Node {
                     }
                 }
             }
+            return messages.count
         }
     }
 

@@ -19,9 +19,7 @@ extension Node {
             if action == .readTable {
                 do {
                     let limit = schedule.limit
-                    let (rows, nextAttempt) = try await store.read {
-                        (try $0.pendingOutbox(limit: limit, readyAt: Date()), try $0.nextOutboxAttempt())
-                    }
+                    let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
                     action = schedule.tableRead(
                         rows,
                         nextAttempt: nextAttempt,

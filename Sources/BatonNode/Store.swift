@@ -28,6 +28,18 @@ public protocol Store: Sendable {
     ) async throws -> T
     /// Runs `body` on a consistent snapshot, concurrently with writes. It must not write.
     func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T
+    /// The relay's table read: the oldest pending rows ready at `now` (as ``UnitOfWork/pendingOutbox(limit:readyAt:)``)
+    /// and when the earliest row waiting out a retry may go. A store that processes share (replicas of one
+    /// service) leases the rows to this process, so another's relay skips them until they are marked or the
+    /// lease ends (its holder died); rows this process queued are leased to it from the start. A store that
+    /// one process owns just reads them (the default).
+    func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?)
+}
+
+extension Store {
+    public func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?) {
+        try await read { (try $0.pendingOutbox(limit: limit, readyAt: now), try $0.nextOutboxAttempt()) }
+    }
 }
 
 /// One transaction's view of a ``Store``; valid only inside the closure it was handed to.
@@ -117,6 +129,10 @@ public protocol UnitOfWork {
 
     /// Timers whose next attempt is at or before `time`, earliest first; parked timers are not among them.
     func dueTimers(before time: Date, limit: Int) throws -> [DueTimer]
+    /// Like ``dueTimers(before:limit:)``, in a write transaction that will act on them: in a store that
+    /// processes share, each is locked until the transaction ends and a concurrent one skips it, so a timer
+    /// fires in one replica only. A store whose writers are serialised just lists them (the default).
+    func claimDueTimers(before time: Date, limit: Int) throws -> [DueTimer]
     /// Removes a timer that no longer matches its instance (a stale firing).
     func deleteTimer(_ timer: DueTimer) throws
     /// Records a failed firing: the timer is tried again at `time`, on its own.
@@ -156,6 +172,8 @@ public protocol UnitOfWork {
     func isBlocked(orderingKey: String) throws -> Bool
     /// Held messages due for an attempt at `time`, oldest first.
     func dueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage]
+    /// Like ``dueParkedMessages(before:limit:)``, locked as ``claimDueTimers(before:limit:)`` locks timers.
+    func claimDueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage]
     /// When the next held message is due, if any.
     func nextParkedAttempt() throws -> Date?
     /// Records a failed attempt of a held message: it is tried again at `time`.
@@ -182,7 +200,9 @@ public protocol UnitOfWork {
         at time: Date
     )
         throws
-    /// The JSON of the document with this id or, if none has it, of the one with this alias.
+    /// The JSON of the document with this id or, if none has it, of the one with this alias. In a write
+    /// transaction of a store that processes share, the document is locked until the transaction ends, so
+    /// that two replicas changing it one after the other both count (a handler reads a document to change it).
     func documentBody(in collection: String, idOrAlias key: String) throws -> Data?
     /// The JSON of the documents of a collection, optionally with one status, ordered by id.
     func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data]
@@ -229,6 +249,14 @@ extension UnitOfWork {
     /// Instances of a process manager, most recently changed first.
     public func instances(of processManager: String, limit: Int = 1000) throws -> [InstanceSummary] {
         try instances(of: processManager, matching: InstanceFilter(), limit: limit)
+    }
+
+    public func claimDueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
+        try dueTimers(before: time, limit: limit)
+    }
+
+    public func claimDueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage] {
+        try dueParkedMessages(before: time, limit: limit)
     }
 
     /// The pending timer to try first, if any.

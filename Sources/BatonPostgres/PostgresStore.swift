@@ -11,71 +11,183 @@ import Synchronization
 /// The store port over PostgreSQL, through postgres-nio. Each transaction's synchronous body runs on a thread
 /// of its own (a lane: one connection and one serial dispatch queue), never on the cooperative pool, and waits
 /// there for each statement. Transactions on different lanes run concurrently; the database's keys refuse the
-/// losers of a race (a stream position, an instance version, an inbox id). Not yet for replicas: the relay and
-/// the deadline loop claim no rows (`FOR UPDATE SKIP LOCKED` comes with the scale-out work).
+/// losers of a race (a stream position, an instance version, an inbox id).
+///
+/// Replicas of a service share one store: the relay leases the outbox rows it publishes (rows a transaction
+/// queues are leased to its own process from the start), and due timers and held messages are claimed with
+/// `FOR UPDATE SKIP LOCKED` by the transaction that acts on them, so a timer fires in one replica and the rows
+/// a dead replica leased are relayed by another once the lease ends. A lane whose connection broke connects
+/// again before its next transaction.
 public final class PostgresStore: Store {
-    /// A connection with the thread its transactions run on.
-    private struct Lane: Sendable {
-        let connection: PostgresConnection
+    /// What a store is opened for.
+    public enum Access: Sendable {
+        /// Serving: the schema and its tables are created or brought up to date at connect.
+        case readWrite
+        /// Reading (operator commands): nothing is created; the connection's transactions are read-only, and
+        /// a schema without the store's tables is an error.
+        case readOnly
+    }
+
+    /// A connection with the thread its transactions run on; the connection is replaced only on that thread.
+    private final class Lane: @unchecked Sendable {
+        let id: Int
         let queue: DispatchQueue
+        var connection: PostgresConnection?
+
+        init(id: Int) {
+            self.id = id
+            queue = DispatchQueue(label: "baton.postgres.\(id)")
+        }
     }
 
     private let lanes: [Lane]
     private let nextLane = Atomic<Int>(0)
+    private let configuration: PostgresConnection.Configuration
+    private let schema: String?
+    private let access: Access
+    private let location: String
+    private let logger: Logger
+    /// Who holds an outbox lease: this store object (one per process).
+    let owner = UUID().uuidString.lowercased()
+    /// How long the relay's lease on an outbox row lasts.
+    let outboxLease: Duration
+    /// How long a lane waits for the answer to one statement (lock waits included) before it gives up on its
+    /// connection.
+    let answerTimeout: Duration = .seconds(30)
 
-    private init(lanes: [Lane]) {
-        self.lanes = lanes
+    private init(
+        configuration: PostgresConnection.Configuration,
+        schema: String?,
+        access: Access,
+        connections: Int,
+        outboxLease: Duration,
+        location: String,
+        logger: Logger
+    ) {
+        self.configuration = configuration
+        self.schema = schema
+        self.access = access
+        self.outboxLease = outboxLease
+        self.location = location
+        self.logger = logger
+        lanes = (0..<connections).map(Lane.init(id:))
     }
 
-    /// Connects `connections` lanes and creates the tables the store needs (if the database user may).
+    /// Connects to the database a URL names (see ``connect(configuration:schema:access:connections:outboxLease:logger:)``).
+    public static func connect(
+        url: PostgresDatabaseURL,
+        schema: String? = nil,
+        access: Access = .readWrite,
+        connections: Int = 2,
+        outboxLease: Duration = .seconds(15),
+        logger: Logger
+    ) async throws(PostgresStoreError) -> PostgresStore {
+        try await connect(
+            configuration: url.configuration(),
+            schema: schema,
+            access: access,
+            connections: connections,
+            outboxLease: outboxLease,
+            location: url.description,
+            logger: logger
+        )
+    }
+
+    /// Connects `connections` lanes and, to serve, creates the tables the store needs (if the database user may).
     /// - Parameters:
     ///   - configuration: Where the database is and who connects.
-    ///   - schema: The schema the service's tables live in (created if missing); the user's default if `nil`.
+    ///   - schema: The schema the service's tables live in (created to serve if missing); the user's default
+    ///     if `nil`.
+    ///   - access: Serving, or reading only.
     ///   - connections: How many transactions may run at once.
+    ///   - outboxLease: How long another process sharing the store leaves an outbox row this one leased.
+    ///   - location: How errors name the database (never with a password).
     ///   - logger: Where postgres-nio logs.
-    /// - Throws: The connection's or the migration's error.
+    /// - Throws: ``PostgresStoreError``: the server unreachable or refusing, the schema missing for a read,
+    ///   the migration failing.
     public static func connect(
         configuration: PostgresConnection.Configuration,
         schema: String? = nil,
+        access: Access = .readWrite,
         connections: Int = 2,
+        outboxLease: Duration = .seconds(15),
+        location: String? = nil,
         logger: Logger
-    ) async throws -> PostgresStore {
+    ) async throws(PostgresStoreError) -> PostgresStore {
         precondition(connections >= 1, "a store needs a connection")
         precondition(
             schema?.allSatisfy { $0.isLetter || $0.isNumber || $0 == "_" } ?? true,
             "a schema name is letters, digits and underscores"
         )
-        var lanes: [Lane] = []
+        let store = PostgresStore(
+            configuration: configuration,
+            schema: schema,
+            access: access,
+            connections: connections,
+            outboxLease: outboxLease,
+            location: location
+                ?? "postgres://\(configuration.username)@\(configuration.host ?? "?")/\(configuration.database ?? "")",
+            logger: logger
+        )
         do {
-            for index in 0..<connections {
-                let connection = try await PostgresConnection.connect(
-                    configuration: configuration,
-                    id: index,
-                    logger: logger
-                )
-                lanes.append(Lane(connection: connection, queue: DispatchQueue(label: "baton.postgres.\(index)")))
-                if let schema {
-                    try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: schema)", logger: logger)
-                    try await connection.query("SET search_path TO \(unescaped: schema)", logger: logger)
-                }
+            switch access {
+            case .readWrite: try await store.migrate()
+            case .readOnly: try await store.checkSchema()
             }
-            let store = PostgresStore(lanes: lanes)
-            try await store.migrate()
             return store
         } catch {
-            for lane in lanes { try? await lane.connection.close() }
-            throw error
+            await store.close()
+            throw PostgresStoreError.explaining(error, "PostgreSQL at \(store.location)")
         }
     }
 
     /// Closes every connection.
     public func close() async {
-        for lane in lanes { try? await lane.connection.close() }
+        for lane in lanes {
+            let connection = await withCheckedContinuation { continuation in
+                lane.queue.async {
+                    continuation.resume(returning: lane.connection)
+                    lane.connection = nil
+                }
+            }
+            try? await connection?.close()
+        }
     }
 
+    /// Creates the schema and its tables, or adds what an earlier release lacked; replicas starting together
+    /// take turns (an advisory lock: `CREATE … IF NOT EXISTS` alone races).
     private func migrate() async throws {
+        let lock = "baton.migrate.\(schema ?? "")"
+        _ = try await transaction { work in
+            let work = work as! PostgresUnitOfWork
+            try work.query("SELECT pg_advisory_xact_lock(hashtext($1))", [.init(string: lock)])
+            if let schema = self.schema {
+                try work.execute("CREATE SCHEMA IF NOT EXISTS \(schema)")
+                try work.execute("SET LOCAL search_path TO \(schema)")
+            }
+            try work.execute(Self.schema)
+        }
+    }
+
+    /// Checks that the service's tables are there, for a read.
+    private func checkSchema() async throws {
+        let table = schema.map { "\($0).outbox" } ?? "outbox"
+        let found = try await read { work in
+            try (work as! PostgresUnitOfWork).query("SELECT to_regclass($1)::TEXT", [.init(string: table)])
+                .first?.decode(String?.self) ?? nil
+        }
+        guard found != nil else {
+            throw PostgresStoreError(
+                .missingSchema,
+                "PostgreSQL at \(location) has no \(schema.map { "schema '\($0)'" } ?? "Baton tables")"
+            )
+        }
+    }
+
+    public func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?) {
         try await write { work in
-            try (work as! PostgresUnitOfWork).execute(Self.schema)
+            let work = work as! PostgresUnitOfWork
+            return (try work.claimOutbox(limit: limit, readyAt: now), try work.nextOutboxAttempt())
         }
     }
 
@@ -87,6 +199,8 @@ public final class PostgresStore: Store {
             sequence BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, exchange TEXT NOT NULL,
             routing_key TEXT NOT NULL, envelope BYTEA NOT NULL, created_at BIGINT NOT NULL, sent_at BIGINT,
             attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT, refused BOOLEAN NOT NULL DEFAULT FALSE);
+        ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_by TEXT;
+        ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
         CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sequence) WHERE sent_at IS NULL;
         CREATE TABLE IF NOT EXISTS documents (
             collection TEXT NOT NULL, id TEXT NOT NULL, alias TEXT, status TEXT, body BYTEA NOT NULL,
@@ -147,54 +261,120 @@ public final class PostgresStore: Store {
     }
 
     public func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
-        try await transaction(body, begin: "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").0
+        try await transaction(
+            body,
+            begin: "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            readOnly: true
+        ).0
     }
 
-    /// Runs `body` in a transaction on the next lane's thread.
+    /// Runs `body` in a transaction on the next lane's thread, connecting the lane first if it has no
+    /// connection (the first use, or the last one broke).
     private func transaction<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T,
-        begin: String = "BEGIN"
+        begin: String = "BEGIN",
+        readOnly: Bool = false
     ) async throws -> (T, [OutboxMessage]) {
         let lane = lanes[nextLane.add(1, ordering: .relaxed).oldValue % lanes.count]
         return try await withCheckedThrowingContinuation { continuation in
-            lane.queue.async {
-                let work = PostgresUnitOfWork(connection: lane.connection)
+            lane.queue.async { [self] in
+                let connection: PostgresConnection
+                do {
+                    connection = try self.connection(of: lane)
+                } catch {
+                    continuation.resume(throwing: error)
+                    return
+                }
+                let work = PostgresUnitOfWork(connection: connection, store: self, locksReads: !readOnly)
                 do {
                     try work.execute(begin)
                     let value = try body(work)
                     try work.execute("COMMIT")
                     continuation.resume(returning: (value, work.queued))
                 } catch {
-                    try? work.execute("ROLLBACK")
+                    if connection.isClosed || (error as? PostgresStoreError)?.kind == .unreachable {
+                        lane.connection = nil  // the server rolls back what the broken connection began
+                        connection.close().whenComplete { _ in }
+                    } else {
+                        try? work.execute("ROLLBACK")
+                    }
                     continuation.resume(throwing: error)
                 }
             }
         }
     }
-}
 
-/// Why the PostgreSQL store could not do something.
-public struct PostgresStoreError: Error, Sendable, Hashable, CustomStringConvertible {
-    /// What went wrong.
-    public var message: String
-
-    public var description: String { message }
+    /// The lane's open connection: the one it has, or a new one with the session set up (on the lane's thread).
+    private func connection(of lane: Lane) throws -> PostgresConnection {
+        if let connection = lane.connection, !connection.isClosed { return connection }
+        lane.connection = nil
+        let connection: PostgresConnection
+        do {
+            connection = try PostgresConnection.connect(
+                on: PostgresConnection.defaultEventLoopGroup.any(),
+                configuration: configuration,
+                id: lane.id,
+                logger: logger
+            ).wait()
+        } catch {
+            throw PostgresStoreError.explaining(error, "cannot reach PostgreSQL at \(location)")
+        }
+        do {
+            if let schema { _ = try connection.query("SET search_path TO \(schema)", []).wait() }
+            if access == .readOnly { _ = try connection.query("SET default_transaction_read_only = on", []).wait() }
+        } catch {
+            let closing: EventLoopFuture<Void> = connection.close()
+            closing.whenComplete { _ in }
+            throw PostgresStoreError.explaining(error, "PostgreSQL at \(location)")
+        }
+        lane.connection = connection
+        return connection
+    }
 }
 
 /// One transaction of a ``PostgresStore``, on its lane's thread: each statement is sent and waited for there.
 final class PostgresUnitOfWork: UnitOfWork {
     let connection: PostgresConnection
+    let store: PostgresStore
+    /// A write transaction: what it reads to change is locked until it ends.
+    let locksReads: Bool
     private(set) var queued: [OutboxMessage] = []
     private var savepoints = 0
 
-    init(connection: PostgresConnection) {
+    init(connection: PostgresConnection, store: PostgresStore, locksReads: Bool) {
         self.connection = connection
+        self.store = store
+        self.locksReads = locksReads
     }
 
     /// Runs a statement and waits for its rows (on the lane's thread, never on an event loop).
+    /// - Throws: ``PostgresStoreError`` with the server's message.
+    ///
+    /// The wait is bounded (``PostgresStore/answerTimeout``): postgres-nio drops a statement written while its
+    /// connection is closing without ever completing it, and a lane must not hang on that. A statement left
+    /// unanswered closes its connection; the lane connects again for its next transaction.
     @discardableResult
     func query(_ sql: String, _ binds: [PostgresData] = []) throws -> [PostgresRow] {
-        try connection.query(sql, binds).wait().rows
+        let answered = DispatchSemaphore(value: 0)
+        let answer = Mutex<Result<PostgresQueryResult, any Error>?>(nil)
+        connection.query(sql, binds).whenComplete { result in
+            answer.withLock { $0 = result }
+            answered.signal()
+        }
+        let timeout = store.answerTimeout.components
+        let deadline = DispatchTime.now() + .seconds(Int(timeout.seconds))
+        guard answered.wait(timeout: deadline) == .success, let result = answer.withLock({ $0 }) else {
+            connection.close().whenComplete { _ in }
+            throw PostgresStoreError(
+                .unreachable,
+                "PostgreSQL did not answer within \(store.answerTimeout); the connection is closed and opened again"
+            )
+        }
+        do {
+            return try result.get().rows
+        } catch {
+            throw PostgresStoreError.explaining(error, "PostgreSQL")
+        }
     }
 
     /// Runs statements without parameters, one after the other (separated by semicolons; none of Baton's
@@ -242,13 +422,15 @@ final class PostgresUnitOfWork: UnitOfWork {
     func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws {
         let rows = try query(
             """
-            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at) VALUES ($1, $2, $3, $4, $5)
+            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, claimed_by, claimed_until)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
             ON CONFLICT (message_id) DO NOTHING RETURNING sequence
             """,
             [
                 .init(string: key ?? envelope.messageID), .init(string: exchange), .init(string: routingKey),
                 .init(bytes: [UInt8](envelope.storedRecord)),
-                .init(int64: envelope.timestamp.millisecondsSince1970),
+                .init(int64: envelope.timestamp.millisecondsSince1970), .init(string: store.owner),
+                .init(int64: leaseEnd(from: Date())),
             ]
         )
         if let sequence = try rows.first?.decode(Int64.self) {
@@ -272,25 +454,56 @@ final class PostgresUnitOfWork: UnitOfWork {
             ORDER BY sequence LIMIT $2
             """,
             [.init(int64: now.millisecondsSince1970), .init(int: limit)]
-        ).map { row in
-            let (sequence, exchange, routingKey, envelope, refused) = try row.decode(
-                (Int64, String, String, Data, Bool).self
-            )
-            return OutboxMessage(
-                sequence: sequence,
-                exchange: exchange,
-                routingKey: routingKey,
-                envelope: try Envelope(storedRecord: envelope),
-                wasRefused: refused
-            )
-        }
+        ).map(outboxMessage)
     }
 
+    /// The oldest pending rows ready at `now` that no other store object holds a live lease on, leased to this
+    /// one; rows another transaction is claiming right now are skipped, not waited for.
+    func claimOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
+        let now = now.millisecondsSince1970
+        return try query(
+            """
+            UPDATE outbox SET claimed_by = $1, claimed_until = $2
+            WHERE sequence IN (
+                SELECT sequence FROM outbox
+                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $3)
+                    AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $1)
+                ORDER BY sequence LIMIT $4 FOR UPDATE SKIP LOCKED)
+            RETURNING sequence, exchange, routing_key, envelope, refused
+            """,
+            [.init(string: store.owner), .init(int64: leaseEnd(from: now)), .init(int64: now), .init(int: limit)]
+        ).map(outboxMessage).sorted { $0.sequence < $1.sequence }
+    }
+
+    /// When a lease taken at `time` ends, in milliseconds since 1970 (wall-clock time).
+    private func leaseEnd(from time: Date) -> Int64 {
+        leaseEnd(from: time.millisecondsSince1970)
+    }
+
+    private func leaseEnd(from milliseconds: Int64) -> Int64 {
+        let lease = store.outboxLease.components
+        return milliseconds + lease.seconds * 1000 + lease.attoseconds / 1_000_000_000_000_000
+    }
+
+    private func outboxMessage(_ row: PostgresRow) throws -> OutboxMessage {
+        let (sequence, exchange, routingKey, envelope, refused) = try row.decode(
+            (Int64, String, String, Data, Bool).self
+        )
+        return OutboxMessage(
+            sequence: sequence,
+            exchange: exchange,
+            routingKey: routingKey,
+            envelope: try Envelope(storedRecord: envelope),
+            wasRefused: refused
+        )
+    }
+
+    /// Failed rows lose their lease: after their retry delay, any replica's relay may take them.
     func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws {
         guard !sequences.isEmpty else { return }
         try query(
             """
-            UPDATE outbox SET attempts = attempts + 1,
+            UPDATE outbox SET attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL,
                 next_attempt_at = $1 + LEAST(30000, 100 << LEAST(attempts, 9)), refused = refused OR $2
             WHERE sequence = ANY($3)
             """,
@@ -353,16 +566,18 @@ final class PostgresUnitOfWork: UnitOfWork {
         )
     }
 
+    /// In a write transaction the document is locked until it ends (`FOR UPDATE`): a replica that read it to
+    /// change it waits for this one's commit, then reads what it committed — no lost update.
     func documentBody(in collection: String, idOrAlias key: String) throws -> Data? {
-        let rows = try query(
-            """
-            SELECT body FROM documents WHERE collection = $1 AND id = $2
-            UNION ALL (SELECT body FROM documents WHERE collection = $1 AND alias = $2 ORDER BY id LIMIT 1)
-            LIMIT 1
-            """,
-            [.init(string: collection), .init(string: key)]
-        )
-        return try rows.first?.decode(Data.self)
+        let lock = locksReads ? " FOR UPDATE" : ""
+        let binds: [PostgresData] = [.init(string: collection), .init(string: key)]
+        if let body = try query("SELECT body FROM documents WHERE collection = $1 AND id = $2\(lock)", binds).first {
+            return try body.decode(Data.self)
+        }
+        return try query(
+            "SELECT body FROM documents WHERE collection = $1 AND alias = $2 ORDER BY id LIMIT 1\(lock)",
+            binds
+        ).first?.decode(Data.self)
     }
 
     func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data] {

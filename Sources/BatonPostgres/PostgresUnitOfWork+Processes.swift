@@ -224,6 +224,13 @@ extension PostgresUnitOfWork {
         )
     }
 
+    func claimDueTimers(before time: Date, limit: Int) throws -> [DueTimer] {
+        try timers(
+            where: "fire_at <= $1 AND dead_letter_id IS NULL ORDER BY fire_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            [.init(int64: time.millisecondsSince1970), .init(int: limit)]
+        )
+    }
+
     func deleteTimer(_ timer: DueTimer) throws {
         try query(
             "DELETE FROM timers WHERE process_manager = $1 AND instance_id = $2 AND name = $3 AND due_at = $4",

@@ -171,6 +171,16 @@ extension PostgresUnitOfWork {
         )
     }
 
+    func claimDueParkedMessages(before time: Date, limit: Int) throws -> [ParkedMessage] {
+        try parked(
+            where: """
+                next_attempt_at <= $1 AND dead_letter_id IS NULL ORDER BY next_attempt_at, sequence LIMIT $2
+                FOR UPDATE SKIP LOCKED
+                """,
+            [.init(int64: time.millisecondsSince1970), .init(int: limit)]
+        )
+    }
+
     func nextParkedAttempt() throws -> Date? {
         try query(
             """

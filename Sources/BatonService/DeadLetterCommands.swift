@@ -28,7 +28,7 @@ public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand
 
         public func run() async throws {
             let all = self.all
-            let letters = try await options.readStore(for: Service.name).read {
+            let letters = try await options.read(from: Service.name) {
                 try $0.deadLetters(includeReplayed: all)
             }
             if json { return try printJSON(letters.map(DeadLetterSummary.init)) }
@@ -52,7 +52,7 @@ public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand
         public init() {}
 
         public func run() async throws {
-            let held = try await options.readStore(for: Service.name).read { try $0.parkedMessages() }.map(
+            let held = try await options.read(from: Service.name) { try $0.parkedMessages() }.map(
                 HeldSummary.init
             )
             if json { return try printJSON(held) }
@@ -80,7 +80,7 @@ public struct DeadLetterCommands<Service: ServiceIdentity>: AsyncParsableCommand
 
         public func run() async throws {
             let id = self.id
-            guard let letter = try await options.readStore(for: Service.name).read({ try $0.deadLetter(id: id) }) else {
+            guard let letter = try await options.read(from: Service.name, { try $0.deadLetter(id: id) }) else {
                 throw CommandFailure("no dead letter \(id) in the \(Service.name) service")
             }
             let summary = DeadLetterSummary(letter)

@@ -85,7 +85,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
             )
             let association = self.association?.split(separator: "=", maxSplits: 1).map(String.init)
             let limit = self.limit
-            let instances = try await options.readStore(for: Service.name).read { work in
+            let instances = try await options.read(from: Service.name) { work in
                 let all = try work.instances(of: processManager, matching: filter, limit: limit)
                 guard let association else { return all }
                 let id = try work.instance(
@@ -136,7 +136,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
                 throw CommandFailure("\(Service.name) hosts no process manager '\(processManager)'")
             }
             let (all, requested) = (self.all, instanceIDs)
-            let (checked, differences, missing) = try await options.readStore(for: Service.name).read { work in
+            let (checked, differences, missing) = try await options.read(from: Service.name) { work in
                 let ids =
                     all
                     ? try work.instances(of: processManager, matching: InstanceFilter(), limit: .max).map(\.instanceID)
@@ -246,7 +246,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
         directly: Bool = true,
         _ command: () -> C
     ) async throws {
-        let stored = try await options.readStore(for: Service.name).read {
+        let stored = try await options.read(from: Service.name) {
             try $0.instanceVersion(instanceID, processManager: processManager)
         }
         guard stored != nil else {
@@ -274,7 +274,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
             let processManager = try target.name()
             let cutoff = closedBefore.date
             let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: cutoff)
-            let doomed = try await options.readStore(for: Service.name).read {
+            let doomed = try await options.read(from: Service.name) {
                 try $0.instances(of: processManager, matching: filter, limit: 100_000)
             }
             let when = ISO8601Milliseconds.format(cutoff)

@@ -1,8 +1,10 @@
 import ArgumentParser
 import BatonAMQP
 import BatonNode
+import BatonPostgres
 import BatonSQLite
 import Foundation
+import Logging
 
 /// Names one service: its queue, its store file, its CLI.
 public protocol ServiceIdentity {
@@ -23,6 +25,15 @@ public struct ServiceOptions: ParsableArguments {
         help: "Directory of the service's SQLite store (default: $BATON_DATA_DIR, else ./data)."
     )
     var dataDirectoryFlag: String?
+
+    @Option(
+        name: .customLong("database-url"),
+        help: ArgumentHelp(
+            "PostgreSQL database of the service, shared by its replicas; its tables live in a schema named after the service (default: $BATON_DATABASE_URL, else the SQLite file in the data directory).",
+            valueName: "postgres://user:password@host:port/database"
+        )
+    )
+    var databaseURLFlag: String?
 
     @Option(
         name: .customLong("topology"),
@@ -53,6 +64,19 @@ public struct ServiceOptions: ParsableArguments {
         dataDirectoryFlag ?? environment["BATON_DATA_DIR"] ?? "data"
     }
 
+    /// The PostgreSQL database in effect, or `nil` for the SQLite file in ``dataDirectory``.
+    /// - Throws: ``ValidationError`` naming the flag or variable whose URL is malformed.
+    public var databaseURL: PostgresDatabaseURL? {
+        get throws {
+            guard let text = databaseURLFlag ?? environment["BATON_DATABASE_URL"] else { return nil }
+            do {
+                return try PostgresDatabaseURL(text)
+            } catch {
+                throw ValidationError("\(databaseURLFlag == nil ? "BATON_DATABASE_URL" : "--database-url"): \(error)")
+            }
+        }
+    }
+
     /// Who declares the broker topology, in effect.
     public var topologyOwnership: TopologyOwnership {
         get throws {
@@ -67,6 +91,7 @@ public struct ServiceOptions: ParsableArguments {
 
     public func validate() throws {
         _ = try topologyOwnership
+        _ = try databaseURL
         do {
             _ = try connectionConfiguration(name: "validate")
         } catch let error as AMQPError {
@@ -89,17 +114,82 @@ public struct ServiceOptions: ParsableArguments {
         URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path
     }
 
-    /// Opens a service's store for reading, as operator commands do (the running service owns writes).
-    /// - Throws: ``CommandFailure`` if there is no store there.
-    public func readStore(for service: String) throws -> SQLiteStore {
+    /// Where a service's store is, in words for logs and errors (never with a password).
+    public func storeLocation(for service: String) throws -> String {
+        try databaseURL.map { "schema \(service) of \($0)" } ?? storePath(for: service)
+    }
+
+    /// Opens a service's store to serve it: its SQLite file (the directory created if missing), or its schema
+    /// in the PostgreSQL database (created or brought up to date). Close it with ``ServiceStore/close()``.
+    /// - Throws: ``CommandFailure`` saying why the database cannot be used.
+    public func openStore(for service: String, logger: Logger) async throws -> ServiceStore {
+        if let url = try databaseURL {
+            do {
+                let store = try await PostgresStore.connect(url: url, schema: service, logger: logger)
+                return ServiceStore(store: store, close: store.close)
+            } catch {
+                throw CommandFailure(error.description)
+            }
+        }
+        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        return ServiceStore(store: try SQLiteStore(path: storePath(for: service)), close: {})
+    }
+
+    /// Reads a service's store, as operator commands do (the running service owns writes): opened read-only,
+    /// read in one transaction, closed.
+    /// - Throws: ``CommandFailure`` if there is no store there (the service never ran against it:
+    ///   ``CommandFailure/isMissingStore``) or the database cannot be used; what `body` throws.
+    public func read<T: Sendable>(
+        from service: String,
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> T {
+        let never = "start `\(service) serve` with this"
+        if let url = try databaseURL {
+            var logger = Logger(label: "\(service)-cli")
+            logger.logLevel = .critical
+            let store: PostgresStore
+            do {
+                store = try await PostgresStore.connect(
+                    url: url,
+                    schema: service,
+                    access: .readOnly,
+                    connections: 1,
+                    logger: logger
+                )
+            } catch let error where error.kind == .missingSchema {
+                throw CommandFailure(
+                    "no \(service) data in \(url): \(never) --database-url (or BATON_DATABASE_URL) first",
+                    isMissingStore: true
+                )
+            } catch {
+                throw CommandFailure(error.description)
+            }
+            do {
+                let value = try await store.read(body)
+                await store.close()
+                return value
+            } catch {
+                await store.close()
+                throw error
+            }
+        }
         let path = storePath(for: service)
         guard FileManager.default.fileExists(atPath: path) else {
             throw CommandFailure(
-                "no \(service) data in \(dataDirectory): start `\(service) serve` with this --data-dir (or BATON_DATA_DIR) first"
+                "no \(service) data in \(dataDirectory): \(never) --data-dir (or BATON_DATA_DIR) first",
+                isMissingStore: true
             )
         }
-        return try SQLiteStore(path: path, readOnly: true)
+        return try await SQLiteStore(path: path, readOnly: true).read(body)
     }
+}
+
+/// A service's open store and how to close it.
+public struct ServiceStore: Sendable {
+    /// The store.
+    public var store: any Store
+    /// Closes it (its connections; nothing for a SQLite file).
+    public var close: @Sendable () async -> Void
 }
 
 extension ServiceOptions {
@@ -112,7 +202,7 @@ extension ServiceOptions {
         key: String,
         missing: String
     ) async throws -> D {
-        let found = try await readStore(for: service).read { try $0.document(D.self, in: collection, idOrAlias: key) }
+        let found = try await read(from: service) { try $0.document(D.self, in: collection, idOrAlias: key) }
         guard let found else { throw CommandFailure(missing) }
         return found
     }
@@ -122,10 +212,13 @@ extension ServiceOptions {
 public struct CommandFailure: Error, CustomStringConvertible {
     /// What went wrong, in words for the operator.
     public var description: String
+    /// The service has no store where the options point: it never ran against that directory or database.
+    public var isMissingStore: Bool
 
     /// Creates a failure.
-    public init(_ description: String) {
+    public init(_ description: String, isMissingStore: Bool = false) {
         self.description = description
+        self.isMissingStore = isMissingStore
     }
 }
 

@@ -3,7 +3,6 @@ import Baton
 import BatonAMQP
 import BatonAMQPTransport
 import BatonNode
-import BatonSQLite
 import Foundation
 import Logging
 import ServiceLifecycle
@@ -26,7 +25,7 @@ public enum ServiceRunner {
     /// Serves a node: opens the store, connects, runs.
     /// - Parameters:
     ///   - service: The service's name (node, queue and store name).
-    ///   - options: Broker and data directory.
+    ///   - options: Broker, and the data directory or the database.
     ///   - handlers: What it hosts; the dead-letter administration is added.
     /// - Throws: What connecting or declaring throws; a broken process-manager definition throws before.
     public static func serve(
@@ -36,18 +35,25 @@ public enum ServiceRunner {
         configure: (inout Node.Configuration) -> Void = { _ in }
     ) async throws {
         let logger = Logger(label: service)
-        try FileManager.default.createDirectory(atPath: options.dataDirectory, withIntermediateDirectories: true)
-        let store = try SQLiteStore(path: options.storePath(for: service))
-        let connection = try await AMQPConnection.connect(
-            configuration: options.connectionConfiguration(name: service),
-            logger: logger
-        )
+        let location = try options.storeLocation(for: service)
+        let opened = try await options.openStore(for: service, logger: logger)
+        let connection: AMQPConnection
+        do {
+            connection = try await AMQPConnection.connect(
+                configuration: options.connectionConfiguration(name: service),
+                logger: logger
+            )
+        } catch {
+            await opened.close()
+            throw error
+        }
+        logger.info("store opened", metadata: ["store": "\(location)"])
         var configuration = Node.Configuration(name: service)
         configuration.topologyOwnership = try options.topologyOwnership
         configure(&configuration)
         let node = Node(
             configuration: configuration,
-            store: store,
+            store: opened.store,
             transport: AMQPTransport(connection: connection),
             handlers: handlers + [DeadLetterAdministration(service: service)],
             logger: logger
@@ -63,9 +69,11 @@ public enum ServiceRunner {
             try await group.run()
         } catch {
             await connection.close()
+            await opened.close()
             throw error
         }
         await connection.close()
+        await opened.close()
     }
 }
 

@@ -110,17 +110,17 @@ struct BookstoreChaos: AsyncParsableCommand {
         say("schedule done after \(Int((ContinuousClock.now - started).seconds)) s; waiting for the orders to settle")
 
         let deadline = ContinuousClock.now + .seconds(settleTimeout)
-        var snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        var snapshot = try await MeshSnapshot.read(options)
         while !(snapshot.orders.count >= workflows && snapshot.isSettled), ContinuousClock.now < deadline {
             try await Task.sleep(for: .seconds(1))
-            snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+            snapshot = try await MeshSnapshot.read(options)
         }
         let settled = ContinuousClock.now - started
         try await Task.sleep(for: .seconds(2))  // late compensations still on the wire
         supervising.cancel()
         await supervising.value  // no restart may slip in after the stop
         let terminations = await supervisor.stopAll()
-        snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        snapshot = try await MeshSnapshot.read(options)
         let conflicts = await audit.stop()
         await connection.close()
 
@@ -153,7 +153,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         checks.append(
             (
                 "each process timeline consistent",
-                try await TimelineAudit.problems(dataDirectory: options.dataDirectory, orders: snapshot.orders)
+                try await TimelineAudit.problems(options, orders: snapshot.orders)
             )
         )
         checks.append(

@@ -73,7 +73,7 @@ struct BookstoreDemo: AsyncParsableCommand {
         await connection.close()
 
         let deadline = ContinuousClock.now + .seconds(timeout)
-        var snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+        var snapshot = try await MeshSnapshot.read(options)
         while !(snapshot.orders.count >= checkouts && snapshot.isSettled) {
             let settled = snapshot.orders.filter { $0.status == "COMPLETED" || $0.status == "CANCELLED" }.count
             progress(settled, of: checkouts)
@@ -82,7 +82,7 @@ struct BookstoreDemo: AsyncParsableCommand {
                 throw CommandFailure("orders did not settle within \(Int(timeout)) s (\(settled) of \(checkouts))")
             }
             try await Task.sleep(for: .milliseconds(250))
-            snapshot = try await MeshSnapshot.read(dataDirectory: options.dataDirectory)
+            snapshot = try await MeshSnapshot.read(options)
         }
         progress(checkouts, of: checkouts)
         print("\n")

@@ -1,6 +1,5 @@
 import Baton
 import BatonNode
-import BatonSQLite
 import BatonService
 import BookstoreContracts
 import Foundation
@@ -19,26 +18,23 @@ public struct MeshSnapshot: Sendable {
     /// Open dead letters per service.
     public var deadLetters: [String: [DeadLetter]]
 
-    /// Reads the four stores under `dataDirectory` (read-only; the services may be running). A service that
-    /// never ran has no store yet and contributes nothing.
-    public static func read(dataDirectory: String) async throws -> MeshSnapshot {
-        func read<T: Sendable>(
-            _ service: String,
-            _ query: @escaping @Sendable (UnitOfWork) throws -> [T]
-        ) async throws -> [T] {
-            let path = URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path
-            guard FileManager.default.fileExists(atPath: path) else { return [] }
-            return try await SQLiteStore(path: path, readOnly: true).read(query)
-        }
+    /// Reads the four stores where `options` point — SQLite files in a data directory, or schemas in a
+    /// PostgreSQL database (read-only; the services may be running). A service that never ran has no store
+    /// yet and contributes nothing.
+    public static func read(_ options: ServiceOptions) async throws -> MeshSnapshot {
         var deadLetters: [String: [DeadLetter]] = [:]
         for service in ["orders", "inventory", "shipping", "fulfillment"] {
-            deadLetters[service] = try await read(service) { try $0.deadLetters() }
+            deadLetters[service] = try await options.readIfPresent(service) { try $0.deadLetters() }
         }
         return MeshSnapshot(
-            orders: try await read("orders") { try $0.documents(OrderView.self, in: "orders") },
-            items: try await read("inventory") { try $0.documents(StockItem.self, in: "items") },
-            shipments: try await read("shipping") { try $0.documents(Shipment.self, in: "shipments") },
-            processes: try await read("fulfillment") { try $0.instances(of: "fulfillment", limit: 1_000_000) },
+            orders: try await options.readIfPresent("orders") { try $0.documents(OrderView.self, in: "orders") },
+            items: try await options.readIfPresent("inventory") { try $0.documents(StockItem.self, in: "items") },
+            shipments: try await options.readIfPresent("shipping") {
+                try $0.documents(Shipment.self, in: "shipments")
+            },
+            processes: try await options.readIfPresent("fulfillment") {
+                try $0.instances(of: "fulfillment", limit: 1_000_000)
+            },
             deadLetters: deadLetters
         )
     }
@@ -96,5 +92,19 @@ public struct MeshSnapshot: Sendable {
             }
         }
         return problems
+    }
+}
+
+extension ServiceOptions {
+    /// What `body` reads from a service's store, or nothing if the service has no store yet.
+    func readIfPresent<T: Sendable>(
+        _ service: String,
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> [T]
+    ) async throws -> [T] {
+        do {
+            return try await read(from: service, body)
+        } catch let failure as CommandFailure where failure.isMissingStore {
+            return []
+        }
     }
 }

@@ -1,6 +1,6 @@
 import Baton
 import BatonNode
-import BatonSQLite
+import BatonService
 import BookstoreContracts
 import Foundation
 import Orders
@@ -10,13 +10,10 @@ import Orders
 public enum TimelineAudit {
     /// The broken rules, one sentence each (empty when every timeline is consistent).
     /// - Parameters:
-    ///   - dataDirectory: Where the fulfillment store is.
+    ///   - options: Where the fulfillment store is.
     ///   - orders: The orders service's view of the same orders.
-    public static func problems(dataDirectory: String, orders: [OrderView]) async throws -> [String] {
-        let path = URL(fileURLWithPath: dataDirectory).appendingPathComponent("fulfillment.sqlite").path
-        guard FileManager.default.fileExists(atPath: path) else { return [] }
-        let store = try SQLiteStore(path: path, readOnly: true)
-        let timelines = try await store.read { work in
+    public static func problems(_ options: ServiceOptions, orders: [OrderView]) async throws -> [String] {
+        let timelines = try await options.readIfPresent("fulfillment") { work in
             try work.instances(of: "fulfillment", limit: 10_000_000).map { summary in
                 (summary, try work.transitions(of: "fulfillment", instance: summary.instanceID))
             }

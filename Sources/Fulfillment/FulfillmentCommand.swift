@@ -85,7 +85,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
             let engine = try ProcessEngine(
                 FulfillmentService.processManager(stepTimeout: FulfillmentService.defaultStepTimeout)
             )
-            let (instance, timeline) = try await options.readStore(for: FulfillmentService.name).read { work in
+            let (instance, timeline) = try await options.read(from: FulfillmentService.name) { work in
                 (
                     try work.loadInstance(orderID, of: engine),
                     try work.transitions(of: "fulfillment", instance: orderID)

@@ -69,7 +69,7 @@ public struct InventoryCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            let items = try await options.readStore(for: InventoryService.name).read {
+            let items = try await options.read(from: InventoryService.name) {
                 try $0.documents(StockItem.self, in: "items")
             }
             if json { return try printJSON(items) }

@@ -73,7 +73,7 @@ public struct OrdersCommand: AsyncParsableCommand {
 
         func run() async throws {
             let reference = self.reference
-            let order = try? await options.readStore(for: OrdersService.name).read {
+            let order = try? await options.read(from: OrdersService.name) {
                 try $0.document(OrderView.self, in: "orders", idOrAlias: reference)
             }
             // Without a local store (another machine), a checkout id maps to its order id all the same.
@@ -126,7 +126,7 @@ public struct OrdersCommand: AsyncParsableCommand {
 
         func run() async throws {
             let status = self.status
-            let orders = try await options.readStore(for: OrdersService.name).read {
+            let orders = try await options.read(from: OrdersService.name) {
                 try $0.documents(OrderView.self, in: "orders", status: status)
             }
             if json { return try printJSON(orders) }

@@ -39,7 +39,7 @@ public struct ShippingCommand: AsyncParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            let shipments = try await options.readStore(for: ShippingService.name).read {
+            let shipments = try await options.read(from: ShippingService.name) {
                 try $0.documents(Shipment.self, in: "shipments")
             }
             if json { return try printJSON(shipments) }

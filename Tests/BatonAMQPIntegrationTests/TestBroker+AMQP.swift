@@ -1,7 +1,6 @@
 import BatonTestSupport
 import Foundation
 import Logging
-import Synchronization
 
 @testable import BatonAMQP
 
@@ -34,38 +33,5 @@ extension TestBroker {
 extension AMQPURL {
     static func password(of url: String) throws -> String {
         try AMQPURL(parsing: url).password
-    }
-}
-
-/// A log handler that keeps every rendered line, to check what the transport writes.
-final class CapturedLogs: Sendable {
-    private let lines = Mutex<[String]>([])
-
-    var all: [String] { lines.withLock { $0 } }
-
-    func makeLogger() -> Logger {
-        var logger = Logger(label: "captured") { _ in Handler(sink: self) }
-        logger.logLevel = .trace
-        return logger
-    }
-
-    fileprivate func append(_ line: String) {
-        lines.withLock { $0.append(line) }
-    }
-
-    private struct Handler: LogHandler {
-        let sink: CapturedLogs
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-
-        func log(event: LogEvent) {
-            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
-            sink.append("\(event.level) \(event.message) \(merged)")
-        }
     }
 }

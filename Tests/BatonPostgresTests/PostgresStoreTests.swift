@@ -14,28 +14,17 @@ import Testing
 /// each case in a schema of its own.
 @Suite struct PostgresStoreTests {
     static var configuration: PostgresConnection.Configuration {
-        get throws {
-            let url =
-                ProcessInfo.processInfo.environment["BATON_TEST_DATABASE_URL"]
-                ?? "postgres://baton@127.0.0.1:5691/postgres"
-            guard let components = URLComponents(string: url), let host = components.host else {
-                throw TestSupportError("BATON_TEST_DATABASE_URL is not a URL: \(url)")
-            }
-            return PostgresConnection.Configuration(
-                host: host,
-                port: components.port ?? 5432,
-                username: components.user ?? "baton",
-                password: components.password,
-                database: String(components.path.dropFirst()),
-                tls: .disable
-            )
-        }
+        get throws { try PostgresDatabaseURL(TestDatabase.url).configuration() }
     }
 
-    static func makeStore() async throws -> PostgresStore {
+    static func makeStore(
+        schema: String = "conformance_\(UInt32.random(in: 0...UInt32.max))",
+        outboxLease: Duration = .seconds(15)
+    ) async throws -> PostgresStore {
         try await PostgresStore.connect(
             configuration: try configuration,
-            schema: "conformance_\(UInt32.random(in: 0...UInt32.max))",
+            schema: schema,
+            outboxLease: outboxLease,
             logger: Logger(label: "postgres-test")
         )
     }
@@ -66,22 +55,40 @@ import Testing
         var id = ""
     }
 
-    @Test func aProcessRunsOnPostgreSQL() async throws {
-        let definition = ProcessManager<Tracked>(name: "tracked", listensTo: ["pgtest"]) { pm in
-            pm.start(on: Opened.self, correlation: .field(\.id)) { event, process in
-                process.state.id = event.id
-                process.send(Notify(id: event.id))
-            }
-            pm.end(on: Closed.self, correlation: .field(\.id))
+    static let definition = ProcessManager<Tracked>(name: "tracked", listensTo: ["pgtest"]) { pm in
+        pm.start(on: Opened.self, correlation: .field(\.id)) { event, process in
+            process.state.id = event.id
+            process.send(Notify(id: event.id))
         }
-        let store = try await PostgresStoreTests.makeStore()
-        let transport = InProcessTransport()
+        pm.end(on: Closed.self, correlation: .field(\.id))
+    }
+
+    static func publish<E: Event>(_ event: E, id: String, to transport: InProcessTransport) async {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: E.messageType,
+            timestamp: .now,
+            payload: MessageRegistry.encode(event)
+        )
+        _ = await transport.publish([
+            OutgoingMessage(exchange: Routing.eventExchange, routingKey: E.messageName, envelope: envelope)
+        ])
+    }
+
+    /// A node hosting ``definition`` on `store`, its topology declared on `transport` with a queue that
+    /// takes the commands it issues.
+    static func node(
+        _ name: String,
+        on store: PostgresStore,
+        _ transport: InProcessTransport,
+        logger: Logger
+    ) async throws -> Node {
         let node = Node(
-            configuration: .init(name: "tracked"),
+            configuration: .init(name: name),
             store: store,
             transport: transport,
             handlers: [try ProcessManagerHost(definition)],
-            logger: Logger(label: "postgres-node-test")
+            logger: logger
         )
         try await transport.declare(
             Topology(
@@ -91,21 +98,17 @@ import Testing
             )
         )
         try await transport.declare(node.topology)
+        return node
+    }
+
+    @Test func aProcessRunsOnPostgreSQL() async throws {
+        let store = try await PostgresStoreTests.makeStore()
+        let transport = InProcessTransport()
+        let node = try await Self.node("tracked", on: store, transport, logger: Logger(label: "postgres-node-test"))
         let running = Task { try await node.run() }
-        func publish<E: Event>(_ event: E, id: String) async {
-            let envelope = Envelope(
-                messageID: id,
-                messageType: E.messageType,
-                timestamp: .now,
-                payload: MessageRegistry.encode(event)
-            )
-            _ = await transport.publish([
-                OutgoingMessage(exchange: Routing.eventExchange, routingKey: E.messageName, envelope: envelope)
-            ])
-        }
-        await publish(Opened(id: "p-1"), id: "e-1")
-        await publish(Opened(id: "p-1"), id: "e-1")  // a redelivery
-        await publish(Closed(id: "p-1"), id: "e-2")
+        await Self.publish(Opened(id: "p-1"), id: "e-1", to: transport)
+        await Self.publish(Opened(id: "p-1"), id: "e-1", to: transport)  // a redelivery
+        await Self.publish(Closed(id: "p-1"), id: "e-2", to: transport)
         #expect(
             try await eventually {
                 try await store.read { try $0.instances(of: "tracked") }.first?.lifecycle == .completed

@@ -301,6 +301,8 @@ import Testing
                 ("orders", ["frobnicate"], "frobnicate"),
                 ("orders", ["list", "--amqp-url", "ftp://x"], "amqp:// or amqps://"),
                 ("orders", ["serve", "--topology", "sideways"], "node or broker"),
+                ("orders", ["list", "--database-url", "mysql://baton@db/baton"], "not postgres://"),
+                ("orders", ["serve", "--database-url", "postgres://baton:pw@127.0.0.1:1/baton"], "cannot reach"),
                 ("inventory", ["add", "book-0002", "--quantity", "-5"], "quantity"),
                 ("inventory", ["add", "book-0002", "--quantity", "many"], "quantity"),
                 ("inventory", ["add", "--quantity", "5"], "sku"),

@@ -1,4 +1,5 @@
 import BatonAMQP
+import BatonService
 import BatonTestSupport
 import BookstoreContracts
 import BookstoreOperations
@@ -7,7 +8,8 @@ import Foundation
 import Logging
 
 /// The four bookstore services as separate processes, in a virtual host and data directory of their own,
-/// against the test broker.
+/// against the test broker; on SQLite files, or on a PostgreSQL database of their own (where a service may
+/// run as several replicas).
 final class Mesh {
     let virtualHost: String
     let url: String
@@ -17,8 +19,11 @@ final class Mesh {
     let stepTimeout: Double
     /// `BATON_TOPOLOGY` for the services: `node` declares, `broker` only checks pre-declared definitions.
     let topology: String
+    /// The PostgreSQL database the services share, if they use one (else each its SQLite file).
+    let database: String?
 
-    private init(stepTimeout: Double, topology: String) async throws {
+    private init(stepTimeout: Double, topology: String, onPostgreSQL: Bool) async throws {
+        database = onPostgreSQL ? try await TestDatabase.create() : nil
         virtualHost = TestBroker.unique("mesh")
         try await TestBroker.makeVirtualHost(virtualHost)
         url = TestBroker.url(virtualHost: virtualHost)
@@ -35,9 +40,10 @@ final class Mesh {
     static func run(
         stepTimeout: Double = 30,
         topology: String = "node",
+        onPostgreSQL: Bool = false,
         _ body: (Mesh) async throws -> Void
     ) async throws -> [String: Termination] {
-        let mesh = try await Mesh(stepTimeout: stepTimeout, topology: topology)
+        let mesh = try await Mesh(stepTimeout: stepTimeout, topology: topology, onPostgreSQL: onPostgreSQL)
         do {
             try await body(mesh)
         } catch {
@@ -64,22 +70,30 @@ final class Mesh {
         environment["BATON_DATA_DIR"] = dataDirectory.path
         environment["BATON_LOG_LEVEL"] = "warning"
         environment["BATON_TOPOLOGY"] = topology
+        environment["BATON_DATABASE_URL"] = databaseURL
         return environment
     }
 
-    /// Starts a service and waits until it consumes its queue.
-    func start(_ service: String) async throws {
-        precondition(processes[service]?.isRunning != true, "\(service) is running already")
-        let log = dataDirectory.appendingPathComponent("\(service).log")
+    /// The URL of the services' PostgreSQL database, if they share one.
+    var databaseURL: String? { database.map(TestDatabase.url(database:)) }
+
+    /// Starts a service (or another replica of it, named `orders-2` and so on) and waits until it consumes
+    /// its queue.
+    func start(_ service: String, replica: Int = 1) async throws {
+        let name = replica == 1 ? service : "\(service)-\(replica)"
+        precondition(processes[name]?.isRunning != true, "\(name) is running already")
+        let log = dataDirectory.appendingPathComponent("\(name).log")
         let process = try ChildProcess(
             Self.binary(service).path,
             service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"],
             environment: environment,
             output: .appending(to: log.path)
         )
-        processes[service] = process
-        let consuming = try await eventually(timeout: .seconds(30)) { try await self.consumers(of: service) > 0 }
-        guard consuming else { throw TestSupportError("\(service) did not start; see \(log.path)") }
+        processes[name] = process
+        let consuming = try await eventually(timeout: .seconds(30)) {
+            try await self.consumers(of: service) >= replica
+        }
+        guard consuming else { throw TestSupportError("\(name) did not start; see \(log.path)") }
     }
 
     /// Starts all four.
@@ -104,6 +118,7 @@ final class Mesh {
         for (service, process) in processes { terminations[service] = await process.stop() }
         await TestBroker.deleteVirtualHost(virtualHost)
         try? FileManager.default.removeItem(at: dataDirectory)
+        if let database { await TestDatabase.drop(database) }
         return terminations
     }
 
@@ -193,7 +208,16 @@ final class Mesh {
     }
 
     func snapshot() async throws -> MeshSnapshot {
-        try await MeshSnapshot.read(dataDirectory: dataDirectory.path)
+        try await MeshSnapshot.read(readOptions)
+    }
+
+    /// Where the operator tools read the services' stores.
+    var readOptions: ServiceOptions {
+        get throws {
+            try ServiceOptions.parse(
+                ["--data-dir", dataDirectory.path] + (databaseURL.map { ["--database-url", $0] } ?? [])
+            )
+        }
     }
 
     /// Waits until `count` orders exist, all settled, and every invariant holds; returns the last snapshot

@@ -67,9 +67,9 @@ public struct StoreConformance: Sendable {
         }
     }
 
-    static let epoch = Date(millisecondsSince1970: 1_767_225_600_000)
+    public static let epoch = Date(millisecondsSince1970: 1_767_225_600_000)
 
-    static func envelope(_ id: String, type: String = "test.Happened.v1") -> Envelope {
+    public static func envelope(_ id: String, type: String = "test.Happened.v1") -> Envelope {
         Envelope(messageID: id, messageType: type, timestamp: epoch, payload: Data(#"{"id":"\#(id)"}"#.utf8))
     }
 
@@ -78,7 +78,7 @@ public struct StoreConformance: Sendable {
     }
 
     /// A transition of `instance` to `version`, issuing one command and changing timers.
-    static func transition(
+    public static func transition(
         _ version: Int64,
         timers: [TimerOperation] = [],
         associations: [String: String] = [:],
@@ -97,7 +97,8 @@ public struct StoreConformance: Sendable {
     }
 
     /// Records `transition` for instance `i-1` of `pm` with a state naming its version.
-    static func record(_ transition: ProcessTransition, _ work: any UnitOfWork, instance: String = "i-1") throws {
+    public static func record(_ transition: ProcessTransition, _ work: any UnitOfWork, instance: String = "i-1") throws
+    {
         try work.record(
             transition,
             processManager: "pm",

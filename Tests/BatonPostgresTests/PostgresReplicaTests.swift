@@ -1,0 +1,301 @@
+import Baton
+import BatonNode
+import BatonTestSupport
+import BatonTesting
+import Dispatch
+import Foundation
+import Logging
+import Testing
+
+@testable import BatonPostgres
+
+/// Replicas of one service share a PostgreSQL store: two store objects on one schema stand for two processes.
+/// What one claims the other skips — due timers and held messages while the claiming transaction runs, outbox
+/// rows for the lease — and a dead holder's lease runs out.
+@Suite struct PostgresReplicaTests {
+    typealias Conformance = StoreConformance
+
+    /// Two stores on one new schema, as two replicas of a service would open it.
+    static func replicas(outboxLease: Duration = .seconds(15)) async throws -> (PostgresStore, PostgresStore) {
+        let schema = "replicas_\(UInt32.random(in: 0...UInt32.max))"
+        let first = try await PostgresStoreTests.makeStore(schema: schema, outboxLease: outboxLease)
+        let second = try await PostgresStoreTests.makeStore(schema: schema, outboxLease: outboxLease)
+        return (first, second)
+    }
+
+    /// Runs `holding` in a transaction of `first` and, while it still runs (between its claim and its commit),
+    /// `meanwhile` in a transaction of `second`.
+    static func whileHolding<Held: Sendable, Seen: Sendable>(
+        _ first: PostgresStore,
+        _ holding: @escaping @Sendable (any UnitOfWork) throws -> Held,
+        _ second: PostgresStore,
+        _ meanwhile: @escaping @Sendable (any UnitOfWork) throws -> Seen
+    ) async throws -> (Held, Seen) {
+        let claimed = DispatchSemaphore(value: 0)
+        let looked = DispatchSemaphore(value: 0)
+        async let held = first.write { work in
+            let value = try holding(work)
+            claimed.signal()
+            looked.wait()  // on the store's own lane thread, never on the cooperative pool
+            return value
+        }
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async {
+                claimed.wait()
+                continuation.resume()
+            }
+        }
+        let seen: Seen
+        do {
+            seen = try await second.write(meanwhile)
+        } catch {
+            looked.signal()
+            _ = try? await held
+            throw error
+        }
+        looked.signal()
+        return (try await held, seen)
+    }
+
+    @Test func aDueTimerIsClaimedByOneReplicaWhileTheOtherSkipsIt() async throws {
+        let (first, second) = try await Self.replicas()
+        let due = Conformance.epoch.addingTimeInterval(5)
+        try await first.write { work in
+            try Conformance.record(Conformance.transition(1, timers: [.schedule(name: "t", dueAt: due)]), work)
+            try Conformance.record(
+                Conformance.transition(1, timers: [.schedule(name: "u", dueAt: due)]),
+                work,
+                instance: "i-2"
+            )
+        }
+        let (held, seen) = try await Self.whileHolding(
+            first,
+            { work in try work.claimDueTimers(before: due, limit: 1) },
+            second,
+            { work in try work.claimDueTimers(before: due, limit: 10) }
+        )
+        #expect(held.count == 1)
+        #expect(seen.count == 1, "the other replica takes the timer not held")
+        #expect(Set((held + seen).map(\.instanceID)) == ["i-1", "i-2"], "each timer went to one replica")
+        #expect(
+            try await second.read { try $0.dueTimers(before: due, limit: 10) }.count == 2,
+            "a claim changes nothing"
+        )
+        await first.close()
+        await second.close()
+    }
+
+    @Test func aHeldMessageIsRetriedByOneReplica() async throws {
+        let (first, second) = try await Self.replicas()
+        let now = Conformance.epoch.addingTimeInterval(60)
+        try await first.write { work in
+            try work.park(
+                ParkedMessage(
+                    orderingKey: "pm/i-1",
+                    messageID: "m-1",
+                    exchange: "x",
+                    routingKey: "k",
+                    messageType: "test.Happened.v1",
+                    contentType: "application/json",
+                    correlationID: nil,
+                    timestamp: Conformance.epoch,
+                    headers: [:],
+                    body: Data("{}".utf8),
+                    attempts: 1,
+                    nextAttemptAt: Conformance.epoch,
+                    lastError: "failed once"
+                ),
+                at: Conformance.epoch
+            )
+        }
+        let (held, seen) = try await Self.whileHolding(
+            first,
+            { work in try work.claimDueParkedMessages(before: now, limit: 10).map(\.messageID) },
+            second,
+            { work in try work.claimDueParkedMessages(before: now, limit: 10).map(\.messageID) }
+        )
+        #expect(held == ["m-1"])
+        #expect(seen.isEmpty, "held by the first replica's transaction")
+        await first.close()
+        await second.close()
+    }
+
+    @Test func replicasChangingOneDocumentLoseNoUpdate() async throws {
+        let (first, second) = try await Self.replicas()
+        try await first.write { try $0.save(["count": 0], in: "counters", id: "c", at: Date()) }
+        let committed = await withTaskGroup(of: Bool.self) { group in
+            for index in 0..<40 {
+                group.addTask {
+                    let store = index.isMultiple(of: 2) ? first : second
+                    let increment: @Sendable (any UnitOfWork) throws -> Void = { work in
+                        var counter = try work.document([String: Int].self, in: "counters", idOrAlias: "c") ?? [:]
+                        counter["count", default: 0] += 1  // read to change: four transactions at once
+                        try work.save(counter, in: "counters", id: "c", at: Date())
+                    }
+                    return (try? await store.write(increment)) != nil
+                }
+            }
+            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        let count = try await first.read { try $0.document([String: Int].self, in: "counters", idOrAlias: "c") }
+        #expect(count?["count"] == committed, "every committed change counted")
+        #expect(committed == 40)
+        await first.close()
+        await second.close()
+    }
+
+    @Test func outboxRowsAreLeasedToTheReplicaThatQueuedThemUntilTheLeaseEnds() async throws {
+        let (first, second) = try await Self.replicas(outboxLease: .seconds(4))
+        let (_, queued) = try await first.writeHandingOverOutbox { work in
+            for index in 0..<3 { try work.enqueue(Conformance.envelope("m-\(index)"), exchange: "x", routingKey: "k") }
+        }
+        #expect(queued.count == 3)
+        #expect(try await second.claimOutbox(limit: 10, readyAt: Date()).rows.isEmpty, "leased to the first")
+        let own = try await first.claimOutbox(limit: 10, readyAt: Date()).rows
+        #expect(own.map(\.envelope.messageID) == ["m-0", "m-1", "m-2"], "its own rows, in order")
+        // The first replica publishes one and dies before marking the others.
+        try await first.write { try $0.markSent([own[0].sequence], at: Date()) }
+        #expect(try await second.claimOutbox(limit: 10, readyAt: Date()).rows.isEmpty, "the lease still runs")
+        try await Task.sleep(for: .seconds(4.5))
+        let taken = try await second.claimOutbox(limit: 10, readyAt: Date()).rows
+        #expect(taken.map(\.envelope.messageID) == ["m-1", "m-2"], "what the dead replica left behind")
+        #expect(try await first.claimOutbox(limit: 10, readyAt: Date()).rows.isEmpty, "now leased to the second")
+        // A failed publish gives the lease up: after its retry delay, any replica may try.
+        try await second.write { try $0.markFailed([taken[0].sequence], at: Date()) }
+        try await Task.sleep(for: .milliseconds(150))
+        let retried = try await first.claimOutbox(limit: 10, readyAt: Date()).rows
+        #expect(retried.map(\.envelope.messageID) == ["m-1"])
+        await first.close()
+        await second.close()
+    }
+
+    @Test func readersCreateNothingAndCannotWrite() async throws {
+        let schema = "absent_\(UInt32.random(in: 0...UInt32.max))"
+        let configuration = try PostgresStoreTests.configuration
+        let logger = Logger(label: "postgres-test")
+        await #expect {
+            _ = try await PostgresStore.connect(
+                configuration: configuration,
+                schema: schema,
+                access: .readOnly,
+                logger: logger
+            )
+        } throws: { ($0 as? PostgresStoreError)?.kind == .missingSchema }
+        let created = try await TestDatabase.psql(
+            "SELECT count(*) FROM information_schema.schemata WHERE schema_name = '\(schema)'"
+        )
+        #expect(created == "0", "a read creates no schema")
+        let writer = try await PostgresStoreTests.makeStore(schema: schema)
+        let reader = try await PostgresStore.connect(
+            configuration: configuration,
+            schema: schema,
+            access: .readOnly,
+            logger: logger
+        )
+        #expect(try await reader.read { try $0.pendingOutboxCount() } == 0)
+        await #expect(throws: PostgresStoreError.self) {
+            try await reader.write { try $0.markHandled("m-1", consumer: "c", at: Date()) }
+        }
+        #expect(try await writer.read { try $0.hasHandled("m-1", consumer: "c") } == false)
+        await reader.close()
+        await writer.close()
+    }
+
+    @Test func aWrongPasswordOrAnUnreachableServerIsOneClearLine() async throws {
+        let logger = Logger(label: "postgres-test")
+        let wrong = try PostgresDatabaseURL(TestDatabase.url(user: "baton", password: "not-the-password"))
+        do {
+            _ = try await PostgresStore.connect(url: wrong, logger: logger)
+            Issue.record("a wrong password connected")
+        } catch {
+            #expect(error.kind == .refused)
+            #expect(error.message.contains("password authentication failed"), "\(error.message)")
+            #expect(!error.message.contains("not-the-password"))
+            #expect(!error.message.contains("\n"))
+        }
+        var closed = wrong
+        closed.port = 1  // nothing listens there
+        let started = ContinuousClock.now
+        do {
+            _ = try await PostgresStore.connect(url: closed, logger: logger)
+            Issue.record("connected to a closed port")
+        } catch {
+            #expect(error.kind == .unreachable)
+            #expect(error.message.contains("cannot reach PostgreSQL at postgres://baton:***@"), "\(error.message)")
+            #expect(!error.message.contains("\n"))
+        }
+        #expect(ContinuousClock.now - started < .seconds(15), "never a hang")
+    }
+
+    @Test func aStoreConnectsAgainAfterItsConnectionsWereClosed() async throws {
+        let database = try await TestDatabase.create()
+        let store = try await PostgresStore.connect(
+            configuration: try PostgresDatabaseURL(TestDatabase.url(database: database)).configuration(),
+            schema: "reconnected",
+            logger: Logger(label: "postgres-test")
+        )
+        try await store.write { try $0.markHandled("before", consumer: "c", at: Date()) }
+        let terminated = try await TestDatabase.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '\(database)'"
+        )
+        #expect(terminated == "2", "both of the store's connections")
+        var failures = 0
+        var written = false
+        for attempt in 0..<4 where !written {
+            do {
+                try await store.write { try $0.markHandled("after-\(attempt)", consumer: "c", at: Date()) }
+                written = true
+            } catch {
+                failures += 1
+            }
+        }
+        #expect(written, "the store connected again")
+        #expect(failures <= 2, "at most one failed transaction per broken connection")
+        for _ in 0..<2 {  // both lanes, each set up as at the start: the same schema
+            #expect(try await store.read { try $0.hasHandled("before", consumer: "c") })
+        }
+        await store.close()
+        await TestDatabase.drop(database)
+    }
+}
+
+/// The database goes away under a running node and comes back: the node keeps its deliveries unacknowledged,
+/// tries again with a backoff (a few log lines, not a storm) and carries on by itself.
+@Suite struct PostgresOutageTests {
+    typealias Fixture = PostgresNodeTests
+
+    @Test func aNodeRidesOutItsDatabaseGoingAway() async throws {
+        let server = TestDatabase.PrivateServer()
+        try await server.start()
+        defer { Task { await server.remove() } }
+        let logs = CapturedLogs()
+        let store = try await PostgresStore.connect(
+            url: try PostgresDatabaseURL(server.url),
+            schema: "outage",
+            logger: Logger(label: "postgres-test")
+        )
+        let transport = InProcessTransport()
+        let node = try await Fixture.node("outage", on: store, transport, logger: logs.makeLogger())
+        let running = Task { try await node.run() }
+        func instances() async throws -> Int { try await store.read { try $0.instances(of: "tracked") }.count }
+
+        await Fixture.publish(Fixture.Opened(id: "p-0"), id: "e-0", to: transport)
+        #expect(try await eventually { try await instances() == 1 })
+        try await server.stop()
+        for index in 1...3 { await Fixture.publish(Fixture.Opened(id: "p-\(index)"), id: "e-\(index)", to: transport) }
+        try await Task.sleep(for: .seconds(3))
+        #expect(transport.unsettledCount("outage") == 3, "kept, unacknowledged, while the database is away")
+        let attempts = logs.all.filter { $0.contains("batch not committed") }
+        #expect((1...8).contains(attempts.count), "one line per backoff step, not a storm: \(attempts.count)")
+        #expect(attempts.allSatisfy { $0.contains("cannot reach PostgreSQL at postgres://baton:***@") })
+
+        try await server.start()
+        // Within a statement's answer timeout (30 s) even if a lane wrote into a closing connection.
+        #expect(try await eventually(timeout: .seconds(60)) { try await instances() == 4 }, "it carried on")
+        #expect(try await eventually { transport.unsettledCount("outage") == 0 })
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
+        running.cancel()
+        try await running.value
+        await store.close()
+    }
+}
