@@ -4,13 +4,15 @@
 #
 #   Deploy/local/broker.sh start      boot the node and wait until it serves AMQP
 #   Deploy/local/broker.sh stop       stop it
+#   Deploy/local/broker.sh kill       kill -9 it (its data kept; `start` boots it again)
 #   Deploy/local/broker.sh ctl ARGS   rabbitmqctl against it (e.g. close_all_connections test)
 #   Deploy/local/broker.sh url        print the AMQP URL of its application user
 #
 # Settings (environment): BATON_BROKER_DIR (default .build-broker), BATON_BROKER_PORT (5673),
 # BATON_BROKER_NODE (baton-local@localhost), BATON_BROKER_USER / BATON_BROKER_PASSWORD, and
 # BATON_BROKER_TLS_DIR: a folder with ca.pem, server.pem and server.key adds an amqps listener on PORT+1,
-# BATON_BROKER_EXTRA_ADDRESS: one more address to listen on (the chaos run's network namespace link).
+# BATON_BROKER_EXTRA_ADDRESS: one more address to listen on (the chaos run's network namespace link),
+# BATON_BROKER_COOKIE: the Erlang cookie (nodes of one cluster share it; Deploy/local/cluster.sh sets it).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -47,6 +49,11 @@ start() {
         return 0
     fi
     echo "[]." > "$dir/enabled_plugins"
+    if [ -n "${BATON_BROKER_COOKIE:-}" ]; then
+        rm -f "$dir/home/.erlang.cookie"
+        printf '%s' "$BATON_BROKER_COOKIE" > "$dir/home/.erlang.cookie"
+        chmod 400 "$dir/home/.erlang.cookie"
+    fi
     cat > "$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
 loopback_users = none
@@ -92,10 +99,16 @@ stop() {
     rm -f "$dir/rabbit.pid"
 }
 
+kill_node() {
+    if [ -f "$dir/rabbit.pid" ]; then kill -9 "$(cat "$dir/rabbit.pid")" 2>/dev/null || true; fi
+    rm -f "$dir/rabbit.pid"
+}
+
 case "${1:-}" in
     start) start ;;
     stop) stop ;;
+    kill) kill_node ;;
     ctl) shift; ctl "$@" ;;
     url) echo "amqp://$user:$password@127.0.0.1:$port/%2F" ;;
-    *) echo "usage: $0 start|stop|ctl ARGS|url" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|kill|ctl ARGS|url" >&2; exit 2 ;;
 esac

@@ -22,7 +22,12 @@ rm -rf "$BATON_BROKER_DIR"
 # A private PostgreSQL server too (the PostgreSQL store's tests).
 export BATON_POSTGRES_PORT=${BATON_TEST_POSTGRES_PORT:-5691}
 export BATON_POSTGRES_DIR="/tmp/baton-postgres-test-$$"
-trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"; "$here/postgres.sh" stop; rm -rf "$BATON_POSTGRES_DIR"' EXIT
+# A private three-node RabbitMQ cluster too, started by the cluster tests themselves (Deploy/local/cluster.sh).
+export BATON_CLUSTER_DIR="$repo/.build-cluster-test"
+export BATON_CLUSTER_PORT=${BATON_TEST_CLUSTER_PORT:-5710}
+export BATON_CLUSTER_NAME="baton-cluster-test-$$"
+rm -rf "$BATON_CLUSTER_DIR"
+trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"; "$here/postgres.sh" stop; rm -rf "$BATON_POSTGRES_DIR"; "$here/cluster.sh" stop; rm -rf "$BATON_CLUSTER_DIR"' EXIT
 
 # Certificates for the amqps tests: a CA that signed the broker's certificate for "localhost", and an
 # unrelated CA that must be refused.
@@ -57,9 +62,12 @@ if [ $# -gt 0 ]; then
     swift test --skip-build "$@"
     exit 0
 fi
-# Everything in parallel, then the suite that closes, freezes and restarts the broker, alone.
-swift test --skip-build --skip BrokerDisruptionTests
-swift test --skip-build --filter BrokerDisruptionTests
+# Everything in parallel, then the suites that close, freeze, restart and kill brokers: the one test node's
+# and the three-node cluster's (which they start), then the scaled-out mesh on that cluster, which kills a
+# node of it too.
+swift test --skip-build --skip 'BrokerDisruptionTests|ClusterFailoverTests|ScaleOutTests'
+swift test --skip-build --filter 'BrokerDisruptionTests|ClusterFailoverTests'
+swift test --skip-build --filter ScaleOutTests
 "$here/broker.sh" stop
 
 # The benchmark, small: ceiling, mesh at max and 50%, embedded, scale — so that it keeps working.

@@ -50,10 +50,34 @@ extension AMQPConnection {
             }
         }
 
+        /// A node of the broker: where to connect.
+        public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+            /// The node's host name or address.
+            public var host: String
+            /// The node's port.
+            public var port: Int
+
+            /// Creates an endpoint.
+            public init(host: String, port: Int) {
+                self.host = host
+                self.port = port
+            }
+
+            /// `host:port`.
+            public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+        }
+
         /// The broker's host name or address.
         public var host: String
         /// The broker's port (5672 for amqp, 5671 for amqps by default).
         public var port: Int
+        /// Further nodes of the same cluster (same users, virtual host and TLS settings). A connection attempt
+        /// tries the nodes in turn until one answers; after a lost connection it starts with the node after the
+        /// one it lost.
+        public var otherNodes: [Endpoint] = []
+
+        /// Every node to try: `host`:`port` first, then ``otherNodes``.
+        public var endpoints: [Endpoint] { [Endpoint(host: host, port: port)] + otherNodes }
         /// The user name.
         public var user: String
         /// The password. Never printed.
@@ -138,10 +162,38 @@ extension AMQPConnection {
             )
         }
 
-        /// The settings with the password left out, e.g. `amqp://baton@127.0.0.1:5672/%2F`.
+        /// Creates a configuration from the URLs of a cluster's nodes (see ``init(url:tls:connectionName:)``): the
+        /// first is tried first, the others are ``otherNodes``.
+        /// - Throws: ``AMQPError/Code-swift.struct/invalidConfiguration`` if there is no URL, one is malformed,
+        ///   or they differ in anything but host and port (scheme, user, password, virtual host).
+        public init(urls: [String], tls: TLS? = nil, connectionName: String = "baton") throws {
+            guard let first = urls.first else {
+                throw AMQPError(code: .invalidConfiguration, message: "no broker URL")
+            }
+            try self.init(url: first, tls: tls, connectionName: connectionName)
+            let reference = try AMQPURL(parsing: first)
+            for (index, url) in urls.enumerated().dropFirst() {
+                let node = try AMQPURL(parsing: url)
+                guard
+                    node.isSecure == reference.isSecure && node.user == reference.user
+                        && node.password == reference.password && node.virtualHost == reference.virtualHost
+                else {
+                    throw AMQPError(
+                        code: .invalidConfiguration,
+                        message:
+                            "broker URL \(index + 1) differs from the first in more than host and port: the nodes of one cluster share scheme, user, password and virtual host"
+                    )
+                }
+                otherNodes.append(Endpoint(host: node.host, port: node.port))
+            }
+        }
+
+        /// The settings with the password left out, e.g. `amqp://baton@127.0.0.1:5672/%2F`, or with every node
+        /// of a cluster: `amqp://baton@10.0.0.1:5672,10.0.0.2:5672/%2F`.
         public var description: String {
             let scheme = tls == nil ? "amqp" : "amqps"
-            return "\(scheme)://\(user)@\(host):\(port)/\(AMQPURL.percentEncode(virtualHost))"
+            let nodes = endpoints.map(\.description).joined(separator: ",")
+            return "\(scheme)://\(user)@\(nodes)/\(AMQPURL.percentEncode(virtualHost))"
         }
     }
 }

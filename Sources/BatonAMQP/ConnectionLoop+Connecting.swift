@@ -6,14 +6,42 @@ import Logging
 /// Connecting, logging in, opening channels, restoring topology and consumers after a reconnect, and
 /// failing what was in flight when the connection is lost or closed.
 extension ConnectionLoop {
+    /// Connects to the first node that answers, trying each once, from ``nextEndpoint`` on.
+    /// - Throws: The last node's error when none answers (each node's is logged).
     func establish() throws {
-        let context = "connect to \(configuration.host):\(configuration.port)"
+        let endpoints = configuration.endpoints
+        var lastError: (any Error)?
+        for offset in 0..<endpoints.count {
+            let index = (nextEndpoint + offset) % endpoints.count
+            do {
+                try establish(endpoints[index])
+                connectedEndpoint = index
+                nextEndpoint = index
+                return
+            } catch {
+                lastError = error
+                if endpoints.count > 1 {
+                    logger.warning(
+                        "AMQP node unreachable; trying the next",
+                        metadata: [
+                            "baton.amqp.connection": "\(configuration.connectionName)",
+                            "baton.amqp.node": "\(endpoints[index])", "error": "\(error)",
+                        ]
+                    )
+                }
+            }
+        }
+        throw lastError!
+    }
+
+    private func establish(_ endpoint: AMQPConnection.Configuration.Endpoint) throws {
+        let context = "connect to \(endpoint)"
         guard let connection = amqp_new_connection() else {
             throw AMQPError(code: .protocolError, message: "\(context): out of memory")
         }
         defer { arena.reset() }
         do {
-            try open(connection, context: context)
+            try open(connection, to: endpoint, context: context)
         } catch {
             amqp_destroy_connection(connection)
             throw error
@@ -24,11 +52,16 @@ extension ConnectionLoop {
             "AMQP connected",
             metadata: [
                 "baton.amqp.connection": "\(configuration.connectionName)", "baton.amqp.broker": "\(configuration)",
+                "baton.amqp.node": "\(endpoint)",
             ]
         )
     }
 
-    func open(_ connection: amqp_connection_state_t, context: String) throws {
+    func open(
+        _ connection: amqp_connection_state_t,
+        to endpoint: AMQPConnection.Configuration.Endpoint,
+        context: String
+    ) throws {
         var connectTimeout = timeval(configuration.connectTimeout)
         var operationTimeout = timeval(configuration.operationTimeout)
         amqp_set_handshake_timeout(connection, &connectTimeout)
@@ -62,7 +95,7 @@ extension ConnectionLoop {
         }
         guard let socket else { throw AMQPError(code: .protocolError, message: "\(context): cannot create a socket") }
 
-        let opened = amqp_socket_open_noblock(socket, configuration.host, Int32(configuration.port), &connectTimeout)
+        let opened = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &connectTimeout)
         guard opened == AMQP_STATUS_OK.rawValue else {
             throw AMQPError(status: opened, context: context, connecting: true)
         }
@@ -183,6 +216,8 @@ extension ConnectionLoop {
         )
         amqp_destroy_connection(connection)
         self.connection = nil
+        nextEndpoint = (connectedEndpoint + 1) % configuration.endpoints.count  // its node may be down
+        publishChannelIsStale = false  // the next connection opens its channels afresh
         lifecycle.didLoseConnection(now: .now, using: &random)
         status.didDisconnect()
         let lost = AMQPError(code: .connectionLost, replyCode: error.replyCode, message: error.message)

@@ -33,6 +33,9 @@ extension ConnectionLoop {
             for pending in confirms.settle(deliveryTag: nack.delivery_tag, multiple: nack.multiple != 0) {
                 pending.sink.complete(index: pending.index, with: .failure(error))
             }
+            // RabbitMQ 3.10 keeps nacking a channel's publishes to a quorum queue whose leader was on a node that
+            // died, even after a new leader is elected; a new channel finds the new leader.
+            publishChannelIsStale = true
         case AMQPMethod.basicReturn:
             let returned = method.decoded.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
             let error = AMQPError(
@@ -119,6 +122,32 @@ extension ConnectionLoop {
         return confirms.reset()
     }
 
+    /// Closes the publish channel and opens a new one, with nothing in flight on it (after a nack).
+    func replacePublishChannel(_ connection: amqp_connection_state_t) {
+        publishChannelIsStale = false
+        logger.info("AMQP publish channel replaced after the broker nacked a publish")
+        let closed = amqp_channel_close(connection, Self.publishChannel, AMQP_REPLY_SUCCESS)
+        guard closed.reply_type == AMQP_RESPONSE_NORMAL else {
+            let (error, scope) = AMQPError.translate(closed, context: "close the publish channel")
+            recover(from: scope, channel: Self.publishChannel, error: error)
+            return
+        }
+        _ = resetConfirms()
+        openPublishChannel(connection)
+    }
+
+    /// Opens the publish channel in confirm mode; a failure drops the connection (it reconnects).
+    private func openPublishChannel(_ connection: amqp_connection_state_t) {
+        do {
+            try openChannel(Self.publishChannel, connection)
+            guard amqp_confirm_select(connection, Self.publishChannel) != nil else {
+                throw AMQPError.translate(amqp_get_rpc_reply(connection), context: "enable publisher confirms").0
+            }
+        } catch {
+            connectionLost(error as? AMQPError ?? AMQPError(code: .protocolError, message: "\(error)"))
+        }
+    }
+
     func channelClosed(
         _ channel: UInt16,
         replyCode: UInt16,
@@ -141,14 +170,7 @@ extension ConnectionLoop {
             for pending in unconfirmed {
                 pending.sink.complete(index: pending.index, with: .failure(unconfirmed.count == 1 ? error : unknown))
             }
-            do {
-                try openChannel(channel, connection)
-                guard amqp_confirm_select(connection, channel) != nil else {
-                    throw AMQPError.translate(amqp_get_rpc_reply(connection), context: "enable publisher confirms").0
-                }
-            } catch {
-                connectionLost(error as? AMQPError ?? AMQPError(code: .protocolError, message: "\(error)"))
-            }
+            openPublishChannel(connection)
         } else if let registration = consumers.removeValue(forKey: channel) {
             let error = AMQPError(
                 closeReplyCode: replyCode,

@@ -33,6 +33,12 @@ final class ConnectionLoop {
     /// Deliveries read in the current burst, handed to their consumers together at its end.
     var arrivedDeliveries: [UInt16: [AMQPDelivery]] = [:]
     var random = SystemRandomNumberGenerator()
+    /// The node (an index into the configuration's endpoints) the next connection attempt starts with.
+    var nextEndpoint = 0
+    /// The node of the current (or last) connection.
+    var connectedEndpoint = 0
+    /// The broker nacked a publish: the publish channel is replaced once nothing is in flight on it.
+    var publishChannelIsStale = false
     /// Whoever asked to close, resumed once the connection is closed.
     var closeWaiter: CheckedContinuation<Void, Never>?
 
@@ -98,6 +104,7 @@ final class ConnectionLoop {
     /// One turn: run queued commands, read what arrived, then sleep in `poll(2)` until the socket or the
     /// mailbox wakes us or a heartbeat is due.
     func serviceConnection() {
+        if publishChannelIsStale, confirms.outstanding == 0, let connection { replacePublishChannel(connection) }
         var settlements: [Settlement] = []
         for command in mailbox.takeAll() {
             if case .settle(let settlement) = command { settlements.append(settlement) } else { execute(command) }

@@ -16,9 +16,12 @@ public protocol ServiceIdentity {
 public struct ServiceOptions: ParsableArguments {
     @Option(
         name: .customLong("amqp-url"),
-        help: "Broker URL, amqp:// or amqps:// (default: $BATON_AMQP_URL, else amqp://guest:guest@127.0.0.1:5672/%2F)."
+        help: ArgumentHelp(
+            "Broker URL, amqp:// or amqps://; repeat it for each node of a cluster, tried in turn (default: $BATON_AMQP_URL, comma-separated for a cluster, else amqp://guest:guest@127.0.0.1:5672/%2F).",
+            valueName: "url"
+        )
     )
-    var amqpURLFlag: String?
+    var amqpURLFlags: [String] = []
 
     @Option(
         name: .customLong("data-dir"),
@@ -54,9 +57,13 @@ public struct ServiceOptions: ParsableArguments {
 
     private var environment: [String: String] { ProcessInfo.processInfo.environment }
 
-    /// The broker URL in effect.
-    public var amqpURL: String {
-        amqpURLFlag ?? environment["BATON_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/%2F"
+    /// The broker URLs in effect: one, or one per node of a cluster.
+    public var amqpURLs: [String] {
+        if !amqpURLFlags.isEmpty { return amqpURLFlags }
+        if let urls = environment["BATON_AMQP_URL"] {
+            return urls.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        return ["amqp://guest:guest@127.0.0.1:5672/%2F"]
     }
 
     /// The data directory in effect.
@@ -103,7 +110,7 @@ public struct ServiceOptions: ParsableArguments {
     public func connectionConfiguration(name: String) throws -> AMQPConnection.Configuration {
         let ca = tlsCAFlag ?? environment["BATON_TLS_CA"]
         return try AMQPConnection.Configuration(
-            url: amqpURL,
+            urls: amqpURLs,
             tls: ca.map { AMQPConnection.Configuration.TLS(caCertificatePath: $0) },
             connectionName: name
         )

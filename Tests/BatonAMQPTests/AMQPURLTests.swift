@@ -50,4 +50,22 @@ import Testing
             !"\(error)".contains("s3cr3t-pw")
         }
     }
+
+    @Test func theNodesOfAClusterDifferOnlyInHostAndPort() throws {
+        let configuration = try AMQPConnection.Configuration(
+            urls: ["amqp://app:s3cr3t-pw@rabbit-1:5672/baton", "amqp://app:s3cr3t-pw@rabbit-2/baton"]
+        )
+        #expect(configuration.endpoints.map(\.description) == ["rabbit-1:5672", "rabbit-2:5672"])
+        #expect("\(configuration)" == "amqp://app@rabbit-1:5672,rabbit-2:5672/baton")
+        for other in [
+            "amqp://other:s3cr3t-pw@rabbit-2/baton", "amqp://app:else@rabbit-2/baton", "amqp://app:s3cr3t-pw@rabbit-2/",
+        ] {
+            #expect {
+                try AMQPConnection.Configuration(urls: ["amqp://app:s3cr3t-pw@rabbit-1/baton", other])
+            } throws: { error in
+                "\(error)".contains("differs from the first") && !"\(error)".contains("s3cr3t-pw")
+            }
+        }
+        #expect(throws: AMQPError.self) { try AMQPConnection.Configuration(urls: []) }
+    }
 }

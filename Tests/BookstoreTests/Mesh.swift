@@ -8,11 +8,14 @@ import Foundation
 import Logging
 
 /// The four bookstore services as separate processes, in a virtual host and data directory of their own,
-/// against the test broker; on SQLite files, or on a PostgreSQL database of their own (where a service may
-/// run as several replicas).
+/// against the test broker or the three-node test cluster; on SQLite files, or on a PostgreSQL database of
+/// their own (where a service may run as several replicas).
 final class Mesh {
     let virtualHost: String
+    /// The broker URL, or on the cluster every node's, comma-separated (as `BATON_AMQP_URL` takes them).
     let url: String
+    /// The services run against the three-node cluster (`TestCluster`), not the test broker node.
+    let onCluster: Bool
     let dataDirectory: URL
     private(set) var processes: [String: ChildProcess] = [:]
     private(set) var stocked: [String: Int] = [:]
@@ -22,11 +25,21 @@ final class Mesh {
     /// The PostgreSQL database the services share, if they use one (else each its SQLite file).
     let database: String?
 
-    private init(stepTimeout: Double, topology: String, onPostgreSQL: Bool) async throws {
+    private init(stepTimeout: Double, topology: String, onPostgreSQL: Bool, onCluster: Bool) async throws {
         database = onPostgreSQL ? try await TestDatabase.create() : nil
-        virtualHost = TestBroker.unique("mesh")
-        try await TestBroker.makeVirtualHost(virtualHost)
-        url = TestBroker.url(virtualHost: virtualHost)
+        let virtualHost = TestBroker.unique("mesh")
+        self.virtualHost = virtualHost
+        self.onCluster = onCluster
+        if onCluster {
+            try await TestCluster.start()
+            try await TestCluster.ctl(node: 1, "add_vhost", virtualHost)
+            try await TestCluster.ctl(node: 1, "set_permissions", "-p", virtualHost, "baton", ".*", ".*", ".*")
+            url = try await TestCluster.urls.map { $0.replacingOccurrences(of: "/%2F", with: "/\(virtualHost)") }
+                .joined(separator: ",")
+        } else {
+            try await TestBroker.makeVirtualHost(virtualHost)
+            url = TestBroker.url(virtualHost: virtualHost)
+        }
         dataDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(virtualHost)
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
         self.stepTimeout = stepTimeout
@@ -41,9 +54,15 @@ final class Mesh {
         stepTimeout: Double = 30,
         topology: String = "node",
         onPostgreSQL: Bool = false,
+        onCluster: Bool = false,
         _ body: (Mesh) async throws -> Void
     ) async throws -> [String: Termination] {
-        let mesh = try await Mesh(stepTimeout: stepTimeout, topology: topology, onPostgreSQL: onPostgreSQL)
+        let mesh = try await Mesh(
+            stepTimeout: stepTimeout,
+            topology: topology,
+            onPostgreSQL: onPostgreSQL,
+            onCluster: onCluster
+        )
         do {
             try await body(mesh)
         } catch {
@@ -116,7 +135,11 @@ final class Mesh {
     private func tearDown() async -> [String: Termination] {
         var terminations: [String: Termination] = [:]
         for (service, process) in processes { terminations[service] = await process.stop() }
-        await TestBroker.deleteVirtualHost(virtualHost)
+        if onCluster {
+            _ = try? await TestCluster.ctl(node: 1, "delete_vhost", virtualHost)
+        } else {
+            await TestBroker.deleteVirtualHost(virtualHost)
+        }
         try? FileManager.default.removeItem(at: dataDirectory)
         if let database { await TestDatabase.drop(database) }
         return terminations
@@ -170,7 +193,7 @@ final class Mesh {
         var logger = Logger(label: "storefront")
         logger.logLevel = .critical
         try await AMQPConnection.withConnection(
-            configuration: .init(url: url, connectionName: "test-storefront"),
+            configuration: .init(urls: url.components(separatedBy: ","), connectionName: "test-storefront"),
             logger: logger
         ) { connection in
             try await connection.publish(
@@ -196,7 +219,7 @@ final class Mesh {
         var logger = Logger(label: "probe")
         logger.logLevel = .critical
         return try await AMQPConnection.withConnection(
-            configuration: .init(url: url, connectionName: "test-probe"),
+            configuration: .init(urls: url.components(separatedBy: ","), connectionName: "test-probe"),
             logger: logger
         ) { connection in
             do {
