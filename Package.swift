@@ -199,7 +199,9 @@ let package = Package(
         ),
         .testTarget(
             name: "BatonSQLiteTests",
-            dependencies: ["BatonSQLite", "BatonNode", "Baton", "BatonTestSupport"]
+            dependencies: [
+                "BatonSQLite", "BatonNode", "Baton", "BatonTestSupport", .product(name: "GRDB", package: "GRDB.swift"),
+            ]
         ),
         .testTarget(
             name: "BatonPostgresTests",

@@ -162,7 +162,11 @@ public final class PostgresStore: Store {
             let work = work as! PostgresUnitOfWork
             try work.query("SELECT pg_advisory_xact_lock(hashtext($1))", [.init(string: lock)])
             if let schema = self.schema {
-                try work.execute("CREATE SCHEMA IF NOT EXISTS \(schema)")
+                // Created only if missing: CREATE SCHEMA asks for the database's CREATE privilege even when the
+                // schema exists, and a deployment's service role owns its schema without having it.
+                let exists = try !work.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [.init(string: schema)])
+                    .isEmpty
+                if !exists { try work.execute("CREATE SCHEMA \(schema)") }
                 try work.execute("SET LOCAL search_path TO \(schema)")
             }
             try work.execute(Self.schema)

@@ -12,10 +12,17 @@ public final class SQLiteStore: Store {
     private let pool: DatabasePool
 
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
-    /// - Parameter path: The database file; its directory must exist.
-    /// - Throws: The SQLite error if the file cannot be opened or migrated.
-    /// - Parameter readOnly: Open for reading only (operator tools reading a running service's store).
+    ///
+    /// An existing file is checked first, without changing it: it must be a SQLite database, hold Baton's
+    /// tables or none, and have no migration this release does not know; to serve, it must also pass SQLite's
+    /// `quick_check` (which reads the whole file once).
+    /// - Parameters:
+    ///   - path: The database file; its directory must exist.
+    ///   - readOnly: Open for reading only (operator tools reading a running service's store).
+    /// - Throws: ``SQLiteStoreError`` for a file that is not a Baton store this release can use; the SQLite
+    ///   error if the file cannot be opened or migrated.
     public init(path: String, readOnly: Bool = false) throws {
+        try Self.check(existingFileAt: path, thoroughly: !readOnly)
         var configuration = Configuration()
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(10)
@@ -79,6 +86,51 @@ public final class SQLiteStore: Store {
     /// Runs `body` on a read-only snapshot, concurrently with writes.
     public func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
         try await pool.read { db in try body(SQLiteUnitOfWork(db: db)) }
+    }
+
+    /// Refuses, without writing to it, a file at `path` that is not a Baton store this release can use.
+    private static func check(existingFileAt path: String, thoroughly: Bool) throws {
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        guard size > 0 else { return }  // a new store
+        var configuration = Configuration()
+        configuration.readonly = true
+        do {
+            let file = try DatabaseQueue(path: path, configuration: configuration)
+            defer { try? file.close() }
+            try file.read { db in
+                if thoroughly {
+                    let problems = try String.fetchAll(db, sql: "PRAGMA quick_check(3)")
+                    guard problems == ["ok"] else {
+                        throw SQLiteStoreError(.damaged, "\(path) is damaged: \(problems.joined(separator: "; "))")
+                    }
+                }
+                let tables = try String.fetchAll(
+                    db,
+                    sql:
+                        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                )
+                guard !tables.isEmpty else { return }
+                guard tables.contains("grdb_migrations") else {
+                    throw SQLiteStoreError(
+                        .foreign,
+                        "\(path) is a SQLite database but not a Baton store (its tables: \(tables.prefix(5).joined(separator: ", ")))"
+                    )
+                }
+                let known = Set(migrator.migrations)
+                let unknown = try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations")
+                    .filter { !known.contains($0) }
+                guard unknown.isEmpty else {
+                    throw SQLiteStoreError(
+                        .newer,
+                        "\(path) was written by a newer release of Baton (schema \(unknown.joined(separator: ", ")), which this one does not know): run that release, or a later one"
+                    )
+                }
+            }
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_NOTADB {
+            throw SQLiteStoreError(.notADatabase, "\(path) is not a SQLite database")
+        } catch let error as DatabaseError where error.resultCode == .SQLITE_CORRUPT {
+            throw SQLiteStoreError(.damaged, "\(path) is damaged: \(error.message ?? "\(error.resultCode)")")
+        }
     }
 
     private static var migrator: DatabaseMigrator {
@@ -203,4 +255,32 @@ public final class SQLiteStore: Store {
         }
         return migrator
     }
+}
+
+/// Why a file cannot be used as a SQLite store: one line for an operator.
+public struct SQLiteStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// What is wrong with the file.
+    public enum Kind: Sendable, Hashable {
+        /// Not a SQLite database at all.
+        case notADatabase
+        /// A SQLite database that fails its integrity check (truncated, overwritten).
+        case damaged
+        /// A SQLite database of something else.
+        case foreign
+        /// A Baton store with a schema this release does not know.
+        case newer
+    }
+
+    /// What is wrong with the file.
+    public var kind: Kind
+    /// The line for the operator.
+    public var message: String
+
+    /// Creates an error.
+    public init(_ kind: Kind, _ message: String) {
+        self.kind = kind
+        self.message = message
+    }
+
+    public var description: String { message }
 }

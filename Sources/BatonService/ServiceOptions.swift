@@ -139,7 +139,11 @@ public struct ServiceOptions: ParsableArguments {
             }
         }
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
-        return ServiceStore(store: try SQLiteStore(path: storePath(for: service)), close: {})
+        do {
+            return ServiceStore(store: try SQLiteStore(path: storePath(for: service)), close: {})
+        } catch let error as SQLiteStoreError {
+            throw CommandFailure("cannot serve from this store: \(error)")
+        }
     }
 
     /// Reads a service's store, as operator commands do (the running service owns writes): opened read-only,
@@ -187,7 +191,13 @@ public struct ServiceOptions: ParsableArguments {
                 isMissingStore: true
             )
         }
-        return try await SQLiteStore(path: path, readOnly: true).read(body)
+        let store: SQLiteStore
+        do {
+            store = try SQLiteStore(path: path, readOnly: true)
+        } catch let error as SQLiteStoreError {
+            throw CommandFailure(error.description)
+        }
+        return try await store.read(body)
     }
 }
 

@@ -299,3 +299,32 @@ import Testing
         await store.close()
     }
 }
+
+/// A deployment's service role: it owns a schema of its own and may create nothing else in the database
+/// (`Deploy/postgres/init-roles.sh`); `serve` still creates and migrates its tables there.
+@Suite struct PostgresServiceRoleTests {
+    @Test func aRoleThatOwnsOnlyItsSchemaServesFromIt() async throws {
+        let database = try await TestDatabase.create()
+        let role = "role_\(UInt32.random(in: 0...UInt32.max))"
+        try await TestDatabase.psql(
+            """
+            CREATE ROLE \(role) LOGIN PASSWORD 'role-secret'; REVOKE ALL ON DATABASE \(database) FROM PUBLIC;
+            GRANT CONNECT ON DATABASE \(database) TO \(role); REVOKE ALL ON SCHEMA public FROM PUBLIC;
+            CREATE SCHEMA \(role) AUTHORIZATION \(role);
+            """,
+            database: database
+        )
+        var url = try PostgresDatabaseURL(TestDatabase.url(database: database))
+        url.username = role
+        url.password = "role-secret"
+        let logger = Logger(label: "postgres-test")
+        let store = try await PostgresStore.connect(url: url, schema: role, logger: logger)
+        try await store.write { try $0.markHandled("m-1", consumer: "c", at: Date()) }
+        await store.close()
+        await #expect(throws: PostgresStoreError.self, "no other schema may be created") {
+            try await PostgresStore.connect(url: url, schema: "\(role)_other", logger: logger)
+        }
+        await TestDatabase.drop(database)
+        _ = try? await TestDatabase.psql("DROP ROLE IF EXISTS \(role)")
+    }
+}

@@ -335,6 +335,17 @@ import Testing
             #expect(noData.status != 0 && noData.output.contains("no shipping data"), "\(noData.output)")
             let badURL = try await mesh.cli("inventory", "list", "--amqp-url", "http://nope")
             #expect(badURL.status != 0 && badURL.output.contains("amqp:// or amqps://"), "\(badURL.output)")
+            // A store file that is not a store: serve and reads refuse it in one line and leave it as it was.
+            let file = mesh.dataDirectory.appendingPathComponent("shipping.sqlite")
+            let noise = Data(repeating: 0x5A, count: 4096)
+            try noise.write(to: file)
+            for arguments in [["serve"], ["list"]] {
+                let refused = try await mesh.cli("shipping", arguments)
+                #expect(refused.status == 1, "\(arguments): \(refused.output)")
+                #expect(refused.output.contains("\(file.path) is not a SQLite database"), "\(refused.output)")
+                #expect(refused.output.split(separator: "\n").count == 1, "one line: \(refused.output)")
+            }
+            #expect(try Data(contentsOf: file) == noise)
         }
     }
 }
