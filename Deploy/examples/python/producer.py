@@ -48,6 +48,36 @@ def publish(channel, exchange, routing_key, body, message_id=None):
     )
 
 
+class Publisher:
+    """Publishes until the broker confirms: a nacked message goes again, under the same id, on a new channel.
+    (A broker node that went down can leave a channel nacking every publish to a quorum queue whose leader it
+    held, even once a new leader is elected; a new channel finds that leader.)"""
+
+    def __init__(self, connection, timeout=60.0):
+        self.connection = connection
+        self.timeout = timeout
+        self.channel = self._open()
+
+    def _open(self):
+        channel = self.connection.channel()
+        channel.confirm_delivery()
+        return channel
+
+    def publish(self, exchange, routing_key, body):
+        message_id = str(uuid.uuid4())
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                return publish(self.channel, exchange, routing_key, body, message_id=message_id)
+            except pika.exceptions.NackError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                if self.channel.is_open:
+                    self.channel.close()
+                self.channel = self._open()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="amqp://producer:PASSWORD@HOST:PORT/baton")
@@ -73,10 +103,11 @@ def main():
 
     ids = [f"{args.prefix}-{index:05d}" for index in range(args.checkouts)]
     started = time.monotonic()
+    publisher = Publisher(connection)
     for index, checkout_id in enumerate(ids):
         if args.rate:
             time.sleep(max(0.0, started + index / args.rate - time.monotonic()))
-        publish(channel, "storefront", "checkout.completed", checkout(checkout_id, index, args))
+        publisher.publish("storefront", "checkout.completed", checkout(checkout_id, index, args))
     published = time.monotonic()
 
     outcomes = {}
