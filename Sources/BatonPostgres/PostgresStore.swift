@@ -352,11 +352,11 @@ final class PostgresUnitOfWork: UnitOfWork {
     }
 
     /// Runs a statement and waits for its rows (on the lane's thread, never on an event loop).
-    /// - Throws: ``PostgresStoreError`` with the server's message.
     ///
     /// The wait is bounded (``PostgresStore/answerTimeout``): postgres-nio drops a statement written while its
     /// connection is closing without ever completing it, and a lane must not hang on that. A statement left
     /// unanswered closes its connection; the lane connects again for its next transaction.
+    /// - Throws: ``PostgresStoreError`` with the server's message.
     @discardableResult
     func query(_ sql: String, _ binds: [PostgresData] = []) throws -> [PostgresRow] {
         let answered = DispatchSemaphore(value: 0)

@@ -60,6 +60,12 @@ compose=(docker compose -p baton-compose-test -f Deploy/compose.yaml --env-file 
 compose_line="${compose[*]}"
 scaled=(docker compose -p baton-scaled-test -f Deploy/compose.scaled.yaml --env-file "$work/test.env")
 scaled_line="${scaled[*]}"
+kill_container() {  # kill -9 of a container's main process, from the host (its restart policy applies)
+    local pid
+    pid=$(docker inspect -f '{{.State.Pid}}' "$1")
+    [ "$pid" -gt 0 ] || { echo "container $1 is not running" >&2; exit 1; }
+    kill -9 "$pid"
+}
 
 finish() {
     status=$?
@@ -106,9 +112,8 @@ sleep 2
 echo "restarting inventory (docker compose restart: SIGTERM, graceful stop, start)"
 "${compose[@]}" restart inventory
 sleep 1
-shipping_pid=$(docker inspect -f '{{.State.Pid}}' "$("${compose[@]}" ps -q shipping)")
-echo "kill -9 of shipping (pid $shipping_pid on the host); its restart policy must bring it back"
-kill -9 "$shipping_pid"
+echo "kill -9 of shipping; its restart policy must bring it back"
+kill_container "$("${compose[@]}" ps -q shipping)"
 wait "$producer" || { echo "the producer did not see every outcome:" >&2; head -c 2000 "$work/outcomes.json" >&2; exit 1; }
 "$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%(checkouts)d checkouts: %(completed)d completed, %(cancelled)d cancelled in %(total_seconds)s s" % s)' "$work/outcomes.json"
 restarts=$(docker inspect -f '{{.RestartCount}}' "$("${compose[@]}" ps -q shipping)")
@@ -170,13 +175,12 @@ producer_url="amqp://producer:$BATON_PRODUCER_PASSWORD@127.0.0.1:$BATON_AMQP_POR
     --blank-every 10 --timeout 240 --json > "$work/scaled-outcomes.json" &
 producer=$!
 sleep 2
-host_pid() { docker inspect -f '{{.State.Pid}}' "$1"; }
 echo "kill -9 of broker node rabbit-1"
-kill -9 "$(host_pid "$("${scaled[@]}" ps -q rabbit-1)")"
+kill_container "$("${scaled[@]}" ps -q rabbit-1)"
 for service in orders inventory shipping fulfillment; do
-    replica=$("${scaled[@]}" ps -q "$service" | head -n 1)
+    replicas=($("${scaled[@]}" ps -q "$service"))   # (not `| head`: with pipefail its early exit fails the run)
     echo "kill -9 of one $service replica"
-    kill -9 "$(host_pid "$replica")"
+    kill_container "${replicas[0]}"
 done
 wait "$producer" || { echo "the producer did not see every outcome:" >&2; head -c 2000 "$work/scaled-outcomes.json" >&2; exit 1; }
 "$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%(checkouts)d checkouts: %(completed)d completed, %(cancelled)d cancelled in %(total_seconds)s s" % s)' "$work/scaled-outcomes.json"
