@@ -60,6 +60,20 @@ compose=(docker compose -p baton-compose-test -f Deploy/compose.yaml --env-file 
 compose_line="${compose[*]}"
 scaled=(docker compose -p baton-scaled-test -f Deploy/compose.scaled.yaml --env-file "$work/test.env")
 scaled_line="${scaled[*]}"
+stock() {  # stock COMPOSE-COMMAND...: 1000 of each of three books through the inventory CLI, until it has them
+    local sku attempt stocked=0
+    for sku in book-0001 book-0002 book-0003; do
+        "$@" exec -T inventory inventory add "$sku" --quantity 1000 --title "Book $sku"
+    done
+    for attempt in $(seq 1 60); do
+        stocked=$("$@" exec -T inventory inventory list --json | "$python" -c \
+            'import json,sys; print(sum(1 for i in json.load(sys.stdin) if i["available"] == 1000))')
+        [ "$stocked" -eq 3 ] && return 0
+        sleep 0.5
+    done
+    echo "the stock did not arrive" >&2
+    exit 1
+}
 kill_container() {  # kill -9 of a container's main process, from the host (its restart policy applies)
     local pid
     pid=$(docker inspect -f '{{.State.Pid}}' "$1")
@@ -92,16 +106,7 @@ phase "up --wait"
 "${compose[@]}" up -d --wait --wait-timeout 180
 
 phase "stock (inventory CLI)"
-for sku in book-0001 book-0002 book-0003; do
-    "${compose[@]}" exec -T inventory inventory add "$sku" --quantity 1000 --title "Book $sku"
-done
-for attempt in $(seq 1 60); do
-    stocked=$("${compose[@]}" exec -T inventory inventory list --json | "$python" -c \
-        'import json,sys; print(sum(1 for i in json.load(sys.stdin) if i["available"] == 1000))')
-    [ "$stocked" -eq 3 ] && break
-    sleep 0.5
-done
-[ "$stocked" -eq 3 ] || { echo "the stock did not arrive" >&2; exit 1; }
+stock "${compose[@]}"
 
 phase "load with restarts"
 producer_url="amqp://producer:$BATON_PRODUCER_PASSWORD@127.0.0.1:$amqp_port/baton"
@@ -156,16 +161,7 @@ phase "scaled: up --wait"
 "${scaled[@]}" ps --format '{{.Service}} {{.State}} {{.Health}}' | sort | uniq -c
 
 phase "scaled: stock"
-for sku in book-0001 book-0002 book-0003; do
-    "${scaled[@]}" exec -T inventory inventory add "$sku" --quantity 1000 --title "Book $sku"
-done
-for attempt in $(seq 1 60); do
-    stocked=$("${scaled[@]}" exec -T inventory inventory list --json | "$python" -c \
-        'import json,sys; print(sum(1 for i in json.load(sys.stdin) if i["available"] == 1000))')
-    [ "$stocked" -eq 3 ] && break
-    sleep 0.5
-done
-[ "$stocked" -eq 3 ] || { echo "the stock did not arrive" >&2; exit 1; }
+stock "${scaled[@]}"
 
 phase "scaled: load with kills"
 # The producer uses node 2; every service connects to node 1 first (the first of its URLs).
