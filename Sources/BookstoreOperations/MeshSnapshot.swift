@@ -22,20 +22,26 @@ public struct MeshSnapshot: Sendable {
     /// PostgreSQL database (read-only; the services may be running). A service that never ran has no store
     /// yet and contributes nothing.
     public static func read(_ options: ServiceOptions) async throws -> MeshSnapshot {
-        var deadLetters: [String: [DeadLetter]] = [:]
-        for service in ["orders", "inventory", "shipping", "fulfillment"] {
-            deadLetters[service] = try await options.readIfPresent(service) { try $0.deadLetters() }
+        /// One read of a service's store: its open dead letters and what `body` reads beside them.
+        func read<T: Sendable>(
+            _ service: String,
+            _ body: @escaping @Sendable (any UnitOfWork) throws -> [T]
+        ) async throws -> (letters: [DeadLetter], values: [T]) {
+            try await options.readIfPresent(service) { (try $0.deadLetters(), try body($0)) } ?? ([], [])
         }
+        let orders = try await read("orders") { try $0.documents(OrderView.self, in: "orders") }
+        let items = try await read("inventory") { try $0.documents(StockItem.self, in: "items") }
+        let shipments = try await read("shipping") { try $0.documents(Shipment.self, in: "shipments") }
+        let processes = try await read("fulfillment") { try $0.instances(of: "fulfillment", limit: 1_000_000) }
         return MeshSnapshot(
-            orders: try await options.readIfPresent("orders") { try $0.documents(OrderView.self, in: "orders") },
-            items: try await options.readIfPresent("inventory") { try $0.documents(StockItem.self, in: "items") },
-            shipments: try await options.readIfPresent("shipping") {
-                try $0.documents(Shipment.self, in: "shipments")
-            },
-            processes: try await options.readIfPresent("fulfillment") {
-                try $0.instances(of: "fulfillment", limit: 1_000_000)
-            },
-            deadLetters: deadLetters
+            orders: orders.values,
+            items: items.values,
+            shipments: shipments.values,
+            processes: processes.values,
+            deadLetters: [
+                "orders": orders.letters, "inventory": items.letters, "shipping": shipments.letters,
+                "fulfillment": processes.letters,
+            ]
         )
     }
 
@@ -96,15 +102,15 @@ public struct MeshSnapshot: Sendable {
 }
 
 extension ServiceOptions {
-    /// What `body` reads from a service's store, or nothing if the service has no store yet.
+    /// What `body` reads from a service's store, or `nil` if the service has no store yet.
     func readIfPresent<T: Sendable>(
         _ service: String,
-        _ body: @escaping @Sendable (any UnitOfWork) throws -> [T]
-    ) async throws -> [T] {
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> T? {
         do {
             return try await read(from: service, body)
         } catch let failure as CommandFailure where failure.isMissingStore {
-            return []
+            return nil
         }
     }
 }

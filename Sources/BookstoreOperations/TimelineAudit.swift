@@ -13,11 +13,12 @@ public enum TimelineAudit {
     ///   - options: Where the fulfillment store is.
     ///   - orders: The orders service's view of the same orders.
     public static func problems(_ options: ServiceOptions, orders: [OrderView]) async throws -> [String] {
-        let timelines = try await options.readIfPresent("fulfillment") { work in
-            try work.instances(of: "fulfillment", limit: 10_000_000).map { summary in
-                (summary, try work.transitions(of: "fulfillment", instance: summary.instanceID))
-            }
-        }
+        let timelines =
+            try await options.readIfPresent("fulfillment") { work in
+                try work.instances(of: "fulfillment", limit: 10_000_000).map { summary in
+                    (summary, try work.transitions(of: "fulfillment", instance: summary.instanceID))
+                }
+            } ?? []
         let ordersByID = Dictionary(orders.map { ($0.orderID, $0) }) { first, _ in first }
         var problems: [String] = []
         var issuedBy: [String: String] = [:]

@@ -116,9 +116,14 @@ final class Mesh {
     }
 
     /// Starts all four.
-    func startAll() async throws {
-        for service in ["orders", "inventory", "shipping", "fulfillment"] { try await start(service) }
+    func startAll(replicas: Int = 1) async throws {
+        for service in Self.services {
+            for replica in 1...replicas { try await start(service, replica: replica) }
+        }
     }
+
+    /// The four services.
+    static let services = ["orders", "inventory", "shipping", "fulfillment"]
 
     /// Stops a service with SIGTERM (graceful) and returns how it ended.
     @discardableResult
@@ -213,6 +218,24 @@ final class Mesh {
         try await publishExternal(
             #"{"checkout_id":"\#(id)","customer":"Ada Lovelace","shipping_address":"\#(address)","lines":[\#(lineJSON)]}"#
         )
+    }
+
+    /// Checkout `chk-INDEX` of the tests' mixed load: every 7th with a blank address (cancelled), one or two
+    /// copies of book-0001…3 in turn. Published until the broker confirms it (for a minute at most), as a real
+    /// producer does while a broker node fails over.
+    func mixedCheckout(_ index: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while true {
+            do {
+                return try await checkout(
+                    "chk-\(index)",
+                    address: index % 7 == 0 ? "" : "\(index) Baker St",
+                    lines: [("book-000\(index % 3 + 1)", index % 2 + 1)]
+                )
+            } catch  where ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
     }
 
     func consumers(of queue: String) async throws -> Int {

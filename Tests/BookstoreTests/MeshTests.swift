@@ -253,13 +253,7 @@ import Testing
         try await withMesh { mesh in
             try await mesh.startAll()
             for sku in ["book-0001", "book-0002", "book-0003"] { try await mesh.stock(sku, 100) }
-            for index in 0..<40 {
-                try await mesh.checkout(
-                    "chk-\(index)",
-                    address: index % 7 == 0 ? "" : "\(index) Baker St",
-                    lines: [("book-000\(index % 3 + 1)", index % 2 + 1)]
-                )
-            }
+            for index in 0..<40 { try await mesh.mixedCheckout(index) }
             try await Task.sleep(for: .milliseconds(300))
             await mesh.kill("inventory")  // kill -9, mid-load
             await mesh.kill("shipping")

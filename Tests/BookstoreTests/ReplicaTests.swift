@@ -8,22 +8,14 @@ import Testing
 /// as separate processes over the real broker; and what the operator sees when the database is wrong.
 @Suite(.serialized) struct ReplicaTests {
     @Test func twoReplicasOfEveryServiceFinishEveryOrderThroughKills() async throws {
-        let services = ["orders", "inventory", "shipping", "fulfillment"]
         try await Mesh.run(onPostgreSQL: true) { mesh in
-            for service in services {
-                try await mesh.start(service)
-                try await mesh.start(service, replica: 2)
-            }
+            try await mesh.startAll(replicas: 2)
             for sku in ["book-0001", "book-0002", "book-0003"] { try await mesh.stock(sku, 100) }
             for index in 0..<60 {
-                try await mesh.checkout(
-                    "chk-\(index)",
-                    address: index % 7 == 0 ? "" : "\(index) Baker St",
-                    lines: [("book-000\(index % 3 + 1)", index % 2 + 1)]
-                )
+                try await mesh.mixedCheckout(index)
                 if index == 20 {
                     // kill -9 one replica of every service, mid-load: the others carry on without an operator.
-                    for service in services { await mesh.kill(service) }
+                    for service in Mesh.services { await mesh.kill(service) }
                 }
             }
             let (snapshot, problems) = try await mesh.settle(orders: 60, timeout: .seconds(120))

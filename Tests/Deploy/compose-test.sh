@@ -74,6 +74,15 @@ stock() {  # stock COMPOSE-COMMAND...: 1000 of each of three books through the i
     echo "the stock did not arrive" >&2
     exit 1
 }
+start_producer() {  # start_producer PORT CHECKOUTS FILE: the Python storefront in the background, outcomes to FILE
+    "$python" Deploy/examples/python/producer.py --url "amqp://producer:$BATON_PRODUCER_PASSWORD@127.0.0.1:$1/baton" \
+        --checkouts "$2" --rate 40 --blank-every 10 --timeout 240 --json > "$3" &
+    producer=$!
+}
+await_producer() {  # await_producer FILE: every checkout has its outcome
+    wait "$producer" || { echo "the producer did not see every outcome:" >&2; head -c 2000 "$1" >&2; exit 1; }
+    "$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%(checkouts)d checkouts: %(completed)d completed, %(cancelled)d cancelled in %(total_seconds)s s" % s)' "$1"
+}
 kill_container() {  # kill -9 of a container's main process, from the host (its restart policy applies)
     local pid
     pid=$(docker inspect -f '{{.State.Pid}}' "$1")
@@ -109,18 +118,14 @@ phase "stock (inventory CLI)"
 stock "${compose[@]}"
 
 phase "load with restarts"
-producer_url="amqp://producer:$BATON_PRODUCER_PASSWORD@127.0.0.1:$amqp_port/baton"
-"$python" Deploy/examples/python/producer.py --url "$producer_url" --checkouts "$checkouts" --rate 40 \
-    --blank-every 10 --timeout 240 --json > "$work/outcomes.json" &
-producer=$!
+start_producer "$amqp_port" "$checkouts" "$work/outcomes.json"
 sleep 2
 echo "restarting inventory (docker compose restart: SIGTERM, graceful stop, start)"
 "${compose[@]}" restart inventory
 sleep 1
 echo "kill -9 of shipping; its restart policy must bring it back"
 kill_container "$("${compose[@]}" ps -q shipping)"
-wait "$producer" || { echo "the producer did not see every outcome:" >&2; head -c 2000 "$work/outcomes.json" >&2; exit 1; }
-"$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%(checkouts)d checkouts: %(completed)d completed, %(cancelled)d cancelled in %(total_seconds)s s" % s)' "$work/outcomes.json"
+await_producer "$work/outcomes.json"
 restarts=$(docker inspect -f '{{.RestartCount}}' "$("${compose[@]}" ps -q shipping)")
 [ "$restarts" -ge 1 ] || { echo "shipping was not restarted by its restart policy" >&2; exit 1; }
 echo "shipping restarted by its policy ($restarts)"
@@ -166,10 +171,7 @@ stock "${scaled[@]}"
 phase "scaled: load with kills"
 # The producer uses node 2; every service connects to node 1 first (the first of its URLs).
 scaled_checkouts=${BATON_COMPOSE_TEST_SCALED_CHECKOUTS:-200}
-producer_url="amqp://producer:$BATON_PRODUCER_PASSWORD@127.0.0.1:$BATON_AMQP_PORT_2/baton"
-"$python" Deploy/examples/python/producer.py --url "$producer_url" --checkouts "$scaled_checkouts" --rate 40 \
-    --blank-every 10 --timeout 240 --json > "$work/scaled-outcomes.json" &
-producer=$!
+start_producer "$BATON_AMQP_PORT_2" "$scaled_checkouts" "$work/scaled-outcomes.json"
 sleep 2
 echo "kill -9 of broker node rabbit-1"
 kill_container "$("${scaled[@]}" ps -q rabbit-1)"
@@ -178,8 +180,7 @@ for service in orders inventory shipping fulfillment; do
     echo "kill -9 of one $service replica"
     kill_container "${replicas[0]}"
 done
-wait "$producer" || { echo "the producer did not see every outcome:" >&2; head -c 2000 "$work/scaled-outcomes.json" >&2; exit 1; }
-"$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%(checkouts)d checkouts: %(completed)d completed, %(cancelled)d cancelled in %(total_seconds)s s" % s)' "$work/scaled-outcomes.json"
+await_producer "$work/scaled-outcomes.json"
 "${scaled[@]}" up -d --wait --wait-timeout 180 > /dev/null   # the killed containers are back, all healthy
 
 phase "scaled: CLIs agree"
