@@ -86,9 +86,13 @@ extension Node {
                     for incoming in batch { incoming.requeue() }
                     return
                 }
-                let delay = Self.commitRetryDelay(afterFailures: failures)
+                let delay = Self.commitRetryDelay(after: error, failures: failures)
                 metadata["retry_in"] = "\(delay)"
-                logger.error("batch not committed; kept unacknowledged and tried again", metadata: metadata)
+                if error is any StoreConflict {
+                    logger.warning("batch lost a race with another transaction; tried again", metadata: metadata)
+                } else {
+                    logger.error("batch not committed; kept unacknowledged and tried again", metadata: metadata)
+                }
                 await waitFor(consumption.signal, orUntil: { try? await Task.sleep(for: delay) })
             }
         }
@@ -102,9 +106,11 @@ extension Node {
         for item in prepared { item.incoming.acknowledge() }
     }
 
-    /// The wait before handling an uncommitted batch again: 100 ms, doubling, at most 10 s.
-    static func commitRetryDelay(afterFailures failures: Int) -> Duration {
-        min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
+    /// The wait before handling an uncommitted batch again: 100 ms, doubling, at most 10 s; after a lost race
+    /// (``StoreConflict``) a few random milliseconds, so the two contenders do not meet again in step.
+    static func commitRetryDelay(after error: any Error, failures: Int) -> Duration {
+        if error is any StoreConflict, failures <= 10 { return .milliseconds(Int.random(in: 1...(10 * failures))) }
+        return min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
     }
 
     /// Handles a batch in one transaction; returns whether the store holds messages afterwards.
@@ -167,6 +173,8 @@ extension Node {
         do {
             try handle(message, envelope, handlers, work, now)
             return false
+        } catch let conflict as any StoreConflict {
+            throw conflict  // the batch is run again, no attempt counted
         } catch {
             let key = checkingHeld ? heldKey : try orderingKey(message, envelope, handlers, work)
             return try firstAttemptFailed(incoming, envelope, handlers, key: key, error: error, work, now)

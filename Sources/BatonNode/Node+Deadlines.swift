@@ -33,6 +33,12 @@ extension Node {
                     untilDue = { try? await timeSource.sleep(until: next) }
                 }
                 await waitFor(deadlines.signal, orUntil: untilDue)
+            } catch let conflict as any StoreConflict {
+                logger.warning(
+                    "deadline round lost a race with another transaction; tried again",
+                    metadata: ["error": "\(conflict)"]
+                )
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 1...50)))
             } catch {
                 logger.error("deadline round failed", metadata: ["error": "\(error)"])
                 await waitFor(deadlines.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
@@ -58,6 +64,8 @@ extension Node {
                     try work.inSavepoint {
                         for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
                     }
+                } catch let conflict as any StoreConflict {
+                    throw conflict  // the round is run again, no attempt counted
                 } catch {
                     try timerFailed(timer, error: error, work, now)
                 }

@@ -139,6 +139,8 @@ extension Node {
                     do {
                         try handle(message, envelope, handlers, work, now)
                         try work.releaseParkedMessage(held, at: now)
+                    } catch let conflict as any StoreConflict {
+                        throw conflict  // the round is run again, no attempt counted
                     } catch let error as NewerStateError {
                         let retry = now.adding(configuration.retry.maximumDelay).roundedToMilliseconds
                         try work.retryParkedMessage(held.sequence, at: retry, error: "\(error)")

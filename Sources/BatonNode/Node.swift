@@ -263,6 +263,12 @@ public final class Node: Service {
 /// business rule, …): the message is dead-lettered at once with the error as reason.
 public protocol PermanentFailure: Error {}
 
+/// A store's refusal of a transaction that lost a race with a concurrent one on the same data — a deadlock, a
+/// serialization failure — which it rolled back. Nothing of the transaction is kept, and nothing is wrong with
+/// the messages in it: the node runs the whole transaction again, soon, and counts no failed attempt against any
+/// of them (replicas that update the same rows in different orders would otherwise dead-letter good messages).
+public protocol StoreConflict: Error {}
+
 /// A handler's refusal of a message, dead-lettered at once with ``reason``.
 public struct Rejection: PermanentFailure, CustomStringConvertible {
     /// Why the message was refused.

@@ -377,7 +377,8 @@ final class PostgresUnitOfWork: UnitOfWork {
         do {
             return try result.get().rows
         } catch {
-            throw PostgresStoreError.explaining(error, "PostgreSQL")
+            let explained = PostgresStoreError.explaining(error, "PostgreSQL")
+            throw PostgresConflict(explained) ?? explained
         }
     }
 

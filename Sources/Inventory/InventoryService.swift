@@ -29,11 +29,11 @@ public enum InventoryService: ServiceDefinition {
                     try context.work.document(Reservation.self, in: "reservations", idOrAlias: command.orderID)
                     ?? Reservation(orderID: command.orderID, status: .released, lines: [])
                 if reservation.status == .reserved {
-                    for line in reservation.lines {
-                        guard var item = try context.work.document(StockItem.self, in: "items", idOrAlias: line.sku)
+                    for (sku, quantity) in quantities(of: reservation.lines) {
+                        guard var item = try context.work.document(StockItem.self, in: "items", idOrAlias: sku)
                         else { continue }
-                        item.available += line.quantity
-                        item.reserved -= line.quantity
+                        item.available += quantity
+                        item.reserved -= quantity
                         try save(item, &context)
                     }
                 }
@@ -56,16 +56,15 @@ public enum InventoryService: ServiceDefinition {
         if try context.work.document(Reservation.self, in: "reservations", idOrAlias: command.orderID) != nil {
             return  // reserved, failed or released already: once per order
         }
-        var wanted: [String: Int] = [:]
-        for line in command.lines { wanted[line.sku, default: 0] += line.quantity }
-        var items: [StockItem] = []
+        let wanted = quantities(of: command.lines)
+        var items: [(item: StockItem, quantity: Int)] = []
         var shortages: [String] = []
         var unknown: [String] = []
-        for (sku, quantity) in wanted.sorted(by: { $0.key < $1.key }) {
+        for (sku, quantity) in wanted {
             let item = try context.work.document(StockItem.self, in: "items", idOrAlias: sku)
             if item == nil { unknown.append(sku) }
             if let item, item.available >= quantity {
-                items.append(item)
+                items.append((item, quantity))
             } else {
                 shortages.append("\(sku) (wanted \(quantity), available \(item?.available ?? 0))")
             }
@@ -88,9 +87,9 @@ public enum InventoryService: ServiceDefinition {
             context.publish(InventoryReservationFailed(orderID: command.orderID, reason: reason))
             return
         }
-        for var item in items {
-            item.available -= wanted[item.sku]!
-            item.reserved += wanted[item.sku]!
+        for case (var item, let quantity) in items {
+            item.available -= quantity
+            item.reserved += quantity
             try save(item, &context)
         }
         try context.work.save(
@@ -101,6 +100,14 @@ public enum InventoryService: ServiceDefinition {
             at: context.now
         )
         context.publish(InventoryReserved(orderID: command.orderID))
+    }
+
+    /// The quantity of each SKU in `lines`, in SKU order: every handler locks stock rows in that one order, so
+    /// two replicas on a shared database never wait for each other's rows the other way round within a message.
+    static func quantities(of lines: [OrderLine]) -> [(sku: String, quantity: Int)] {
+        var wanted: [String: Int] = [:]
+        for line in lines { wanted[line.sku, default: 0] += line.quantity }
+        return wanted.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
     }
 
     static func save(_ item: StockItem, _ context: inout HandlerContext) throws {

@@ -328,3 +328,82 @@ import Testing
         _ = try? await TestDatabase.psql("DROP ROLE IF EXISTS \(role)")
     }
 }
+
+/// Replicas that lock the same rows in different orders deadlock; PostgreSQL rolls one transaction back. That is
+/// a lost race, not a failure of the messages in it: the batch runs again and nothing is dead-lettered, even
+/// with a retry policy that dead-letters at the first failed attempt.
+@Suite struct PostgresConflictTests {
+    struct Transfer: Command {
+        static let messageName = "pgtest.Transfer"
+        var from: String
+        var to: String
+    }
+
+    /// Moves one unit between two accounts, locking `from` first, then — once the other replica had time to
+    /// lock its own first row — `to`.
+    static let transfer = MessageHandlerHost.command(Transfer.self, name: "transfer") { command, context in
+        var from = try context.work.document([String: Int].self, in: "accounts", idOrAlias: command.from) ?? [:]
+        Thread.sleep(forTimeInterval: 0.05)  // on the store's lane thread: both replicas hold their first row
+        var to = try context.work.document([String: Int].self, in: "accounts", idOrAlias: command.to) ?? [:]
+        from["balance", default: 0] -= 1
+        to["balance", default: 0] += 1
+        try context.work.save(from, in: "accounts", id: command.from, at: context.now)
+        try context.work.save(to, in: "accounts", id: command.to, at: context.now)
+    }
+
+    @Test func replicasThatDeadlockDeadLetterNothingAndLoseNoTransfer() async throws {
+        let (first, second) = try await PostgresReplicaTests.replicas()
+        try await first.write { work in
+            for account in ["a", "b"] { try work.save(["balance": 0], in: "accounts", id: account, at: Date()) }
+        }
+        let transport = InProcessTransport()
+        let logs = CapturedLogs()
+        var configuration = Node.Configuration(name: "ledger")
+        configuration.retry = RetryPolicy(maxAttempts: 1)  // a counted failure would dead-letter at once
+        configuration.batchSize = 1
+        configuration.prefetch = 1  // one transfer at a time each: the two replicas take turns
+        let nodes = [first, second].map {
+            Node(
+                configuration: configuration,
+                store: $0,
+                transport: transport,
+                handlers: [Self.transfer],
+                logger: logs.makeLogger()
+            )
+        }
+        try await transport.declare(nodes[0].topology)
+        let running = nodes.map { node in Task { try await node.run() } }
+        try await Task.sleep(for: .milliseconds(500))  // both consuming
+        let transfers = 12
+        for index in 0..<transfers {
+            let (from, to) = index.isMultiple(of: 2) ? ("a", "b") : ("b", "a")
+            let envelope = Envelope(
+                messageID: "t-\(index)",
+                messageType: Transfer.messageType,
+                timestamp: .now,
+                payload: MessageRegistry.encode(Transfer(from: from, to: to))
+            )
+            _ = await transport.publish([
+                OutgoingMessage(exchange: Routing.commandExchange, routingKey: Transfer.messageName, envelope: envelope)
+            ])
+        }
+        let handled = { @Sendable in
+            try await first.read { work in
+                try (0..<transfers).filter { try work.hasHandled("t-\($0)", consumer: "ledger") }.count
+            }
+        }
+        #expect(try await eventually(timeout: .seconds(60)) { try await handled() == transfers })
+        #expect(try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }.isEmpty)
+        let balances = try await first.read { work in
+            try ["a", "b"].map { try work.document([String: Int].self, in: "accounts", idOrAlias: $0)?["balance"] }
+        }
+        #expect(balances == [0, 0], "six transfers each way, none lost or doubled")
+        let races = logs.all.filter { $0.contains("lost a race") }
+        #expect(!races.isEmpty, "the replicas did deadlock (otherwise this test shows nothing)")
+        #expect(races.allSatisfy { $0.contains("40P01") })
+        for task in running { task.cancel() }
+        for task in running { try await task.value }
+        await first.close()
+        await second.close()
+    }
+}

@@ -340,13 +340,21 @@ def check_agree(args):
                          f"shipping {shipment and shipment['status']}, fulfillment {process and process['lifecycle']}")
     check(True if not failures else False,
           f"orders, shipping and fulfillment CLIs agree with the producer on {len(seen)} checkouts")
-    # producer.py buys one unit per checkout: a completed order holds one, a cancelled one none.
-    stock = compose_json(args, "inventory", "list")
+    # producer.py buys one unit per checkout: a completed order holds one, a cancelled one none. A cancelled
+    # order's release runs beside its cancellation (the producer may see the cancel first): wait for it.
+    completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
+    stock = []
+
+    def settled():
+        stock[:] = compose_json(args, "inventory", "list")
+        return sum(item["reserved"] for item in stock) == completed
+    wait_for(settled, 60, "inventory settles")
     held = sum(item["reserved"] for item in stock)
     total = sum(item["available"] + item["reserved"] for item in stock)
-    completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
     check(held == completed, f"inventory holds one unit per completed order ({held} reserved, {completed} completed)")
     check(total == args.stocked, f"stock is conserved ({total} of {args.stocked})")
+    letters = compose_json(args, "inventory", "dlq", "list")
+    check(not letters, f"inventory dead-lettered nothing ({[letter['reason'] for letter in letters][:3]})")
 
 
 def main():
