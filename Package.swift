@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "BatonAMQP", targets: ["BatonAMQP"]),
         .library(name: "BatonAMQPTransport", targets: ["BatonAMQPTransport"]),
         .library(name: "BatonService", targets: ["BatonService"]),
+        .library(name: "BatonHTTP", targets: ["BatonHTTP"]),
         .executable(name: "baton-transport-benchmark", targets: ["BatonTransportBenchmark"]),
         .executable(name: "amqp-c-baseline", targets: ["CAMQPBaseline"]),
         .executable(name: "baton-benchmark", targets: ["BatonBenchmark"]),
@@ -30,6 +31,9 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
@@ -61,15 +65,29 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        // The operations endpoint of a service: Prometheus metrics and health checks over HTTP.
+        .target(
+            name: "BatonHTTP",
+            dependencies: [
+                "BatonNode",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The shell every service executable shares: options, serve, operator commands, dead letters.
         .target(
             name: "BatonService",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonPostgres",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonPostgres", "BatonHTTP",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what Baton needs on a Debian machine that already has the Swift toolchain: the RabbitMQ server
-# (for the local broker node), librabbitmq and SQLite headers. Does nothing when all is present.
+# (for the local broker node), librabbitmq and SQLite headers, PostgreSQL, and Prometheus (its promtool checks
+# the example alerting rules). Does nothing when all is present.
 set -euo pipefail
 
-packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 postgresql)
+packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 postgresql prometheus)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -23,6 +23,8 @@ extension Node {
     }
 
     func consumeLoop(_ source: any MessageSource) async {
+        health.withLock { $0.consuming = true }
+        defer { health.withLock { $0.consuming = false } }
         while !consumption.isStopping {
             let batch: [IncomingMessage]?
             do {
@@ -74,10 +76,16 @@ extension Node {
         var failures = 0
         while true {
             do {
-                parked = try await commitBatch(prepared, now: businessNow())
+                let started = ContinuousClock.now
+                let results: [MessageResult]
+                (parked, results) = try await commitBatch(prepared, now: businessNow())
+                metrics.committed(results, duration: ContinuousClock.now - started)
+                health.withLock { $0.commitFailure = nil }
                 break
             } catch {
                 failures += 1
+                metrics.batchRetried(conflict: error is any StoreConflict)
+                if !(error is any StoreConflict) { health.withLock { $0.commitFailure = "\(error)" } }
                 var metadata: Logger.Metadata = [
                     "error": "\(error)", "size": "\(batch.count)", "attempts": "\(failures)",
                 ]
@@ -113,14 +121,17 @@ extension Node {
         return min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
     }
 
-    /// Handles a batch in one transaction; returns whether the store holds messages afterwards.
-    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> Bool {
+    /// Handles a batch in one transaction; returns whether the store holds messages afterwards, and what became
+    /// of each message.
+    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, [MessageResult]) {
         try await commit(wakeRelay: false) { [self] work in
             var holdsMessages = try work.hasParkedMessages()
+            var results: [MessageResult] = []
             for item in prepared {
                 switch item {
                 case .handle(let incoming, let envelope, let message, let handlers):
-                    let held = try handleOrHold(
+                    let started = ContinuousClock.now
+                    let (outcome, held) = try handleOrHold(
                         incoming,
                         envelope,
                         message,
@@ -130,22 +141,39 @@ extension Node {
                         now
                     )
                     holdsMessages = holdsMessages || held
+                    let ran = outcome == .handled || outcome == .retrying || outcome == .deadLettered
+                    results.append(
+                        MessageResult(
+                            type: envelope.messageType,
+                            outcome: outcome,
+                            duration: ran ? ContinuousClock.now - started : nil
+                        )
+                    )
                 case .reject(let incoming, let reason, let stage):
                     try deadLetter(incoming, reason: reason, handler: stage, attempts: 1, work, now)
+                    results.append(MessageResult(type: knownType(incoming), outcome: .deadLettered))
                 case .postpone(let incoming, let reason):
                     try postpone(incoming, reason: reason, work, now)
                     holdsMessages = true
+                    results.append(MessageResult(type: knownType(incoming), outcome: .postponed))
                 }
             }
             configuration.faultInjection?(.beforeCommit)
-            return holdsMessages
+            return (holdsMessages, results)
         }
+    }
+
+    /// A delivery's message type as a metric label: one the node knows, else `unknown` (a label's values must
+    /// stay few whatever a producer sends).
+    private func knownType(_ incoming: IncomingMessage) -> String {
+        guard let type = incoming.messageType, registry.contains(type) else { return "unknown" }
+        return type
     }
 
     /// Handles one message in its own savepoint, unless it was handled before or must wait behind an earlier
     /// message of its instance; a failure holds it for a retry (or dead-letters it).
     /// - Parameter checkingHeld: The store holds messages: check whether this one or its instance is held.
-    /// - Returns: Whether the message is now held in the store.
+    /// - Returns: What became of it, and whether it is now held in the store.
     private func handleOrHold(
         _ incoming: IncomingMessage,
         _ envelope: Envelope,
@@ -154,13 +182,15 @@ extension Node {
         checkingHeld: Bool,
         _ work: any UnitOfWork,
         _ now: Date
-    ) throws -> Bool {
+    ) throws -> (MessageOutcome, held: Bool) {
         if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
             logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
-            return false
+            return (.duplicate, false)
         }
         // Only while something is held does the ordering key matter before handling: look it up then, once.
-        if checkingHeld, try work.isParked(messageID: envelope.messageID) { return true }  // redelivered before its ack
+        if checkingHeld, try work.isParked(messageID: envelope.messageID) {
+            return (.duplicate, true)  // redelivered before its ack
+        }
         let heldKey = checkingHeld ? try orderingKey(message, envelope, handlers, work) : nil
         if let heldKey, try work.isBlocked(orderingKey: heldKey) {
             try hold(incoming, key: heldKey, attempts: 0, nextAttemptAt: nil, error: nil, work, now)
@@ -168,11 +198,11 @@ extension Node {
                 "message waits behind an earlier one of its instance",
                 metadata: ["baton.message_id": "\(envelope.messageID)", "ordering_key": "\(heldKey)"]
             )
-            return true
+            return (.waiting, true)
         }
         do {
             try handle(message, envelope, handlers, work, now)
-            return false
+            return (.handled, false)
         } catch let conflict as any StoreConflict {
             throw conflict  // the batch is run again, no attempt counted
         } catch {

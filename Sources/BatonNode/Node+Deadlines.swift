@@ -20,11 +20,10 @@ extension Node {
                 }
                 // Claimed again in the transaction that acts on them: a replica sharing the store may have
                 // taken some meanwhile.
-                if due {
-                    let fired = try await fireDueTimers(now: now)
-                    let retried = try await retryDueHeldMessages(now: now)
-                    if fired + retried > 0 { continue }
-                }
+                var acted = 0
+                if due { acted = try await fireDueTimers(now: now) + retryDueHeldMessages(now: now) }
+                health.withLock { $0.deadlineFailure = nil }
+                if acted > 0 { continue }
                 var untilDue: (@Sendable () async -> Void)?
                 if due {
                     untilDue = { try? await Task.sleep(for: .milliseconds(100)) }  // a replica holds them
@@ -40,6 +39,7 @@ extension Node {
                 )
                 try? await Task.sleep(for: .milliseconds(Int.random(in: 1...50)))
             } catch {
+                health.withLock { $0.deadlineFailure = "\(error)" }
                 logger.error("deadline round failed", metadata: ["error": "\(error)"])
                 await waitFor(deadlines.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
             }
@@ -51,30 +51,40 @@ extension Node {
     /// business time), then dead-lettered and parked: it never holds up the other timers.
     /// - Returns: How many it claimed.
     func fireDueTimers(now: Date) async throws -> Int {
-        try await commit { [self] work in
-            let timers = try work.claimDueTimers(before: now, limit: 100)
-            for timer in timers {
+        let timers = try await commit { [self] work in
+            var timers: [(outcome: TimerOutcome, lag: TimeInterval)] = []
+            for timer in try work.claimDueTimers(before: now, limit: 100) {
                 let key = instanceOrderingKey(processManager: timer.processManager, instanceID: timer.instanceID)
+                let lag = now.timeIntervalSince(timer.dueAt)
                 if try work.isBlocked(orderingKey: key) {
                     // A message of its instance is held (retrying, or dead-lettered): the timer waits behind it.
                     try work.deferTimer(timer, to: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
+                    timers.append((.waiting, lag))
                     continue
                 }
                 do {
                     try work.inSavepoint {
                         for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
                     }
+                    timers.append((.fired, lag))
                 } catch let conflict as any StoreConflict {
                     throw conflict  // the round is run again, no attempt counted
                 } catch {
-                    try timerFailed(timer, error: error, work, now)
+                    timers.append((try timerFailed(timer, error: error, work, now), lag))
                 }
             }
-            return timers.count
+            return timers
         }
+        metrics.fired(timers)
+        return timers.count
     }
 
-    private func timerFailed(_ timer: DueTimer, error: any Error, _ work: any UnitOfWork, _ now: Date) throws {
+    private func timerFailed(
+        _ timer: DueTimer,
+        error: any Error,
+        _ work: any UnitOfWork,
+        _ now: Date
+    ) throws -> TimerOutcome {
         let attempts = timer.attempts + 1
         var metadata: Logger.Metadata = [
             "baton.process_id": "\(timer.instanceID)", "timer": "\(timer.name)", "attempts": "\(attempts)",
@@ -84,13 +94,13 @@ extension Node {
             // Written by a later release: this one leaves the timer for it, without counting an attempt.
             try work.deferTimer(timer, to: now.adding(configuration.retry.maximumDelay).roundedToMilliseconds)
             logger.warning("timer postponed: its instance is newer than this node", metadata: metadata)
-            return
+            return .postponed
         }
         if let delay = retryDelay(after: error, attempt: attempts) {
             try work.retryTimer(timer, at: now.adding(delay).roundedToMilliseconds)
             metadata["retry_in"] = "\(delay)"
             logger.warning("timer handler failed; retrying", metadata: metadata)
-            return
+            return .retrying
         }
         let trigger = ProcessTrigger.timer(name: timer.name, dueAt: timer.dueAt)
         let body = try JSONEncoder.baton.encode(
@@ -119,6 +129,30 @@ extension Node {
         )
         try work.parkTimer(timer, deadLetter: id)
         logger.error("timer dead-lettered", metadata: metadata)
+        return .deadLettered
+    }
+}
+
+extension Node {
+    /// Samples the store's counts into gauges every ``Configuration/storeSampling`` (when set) until the node
+    /// stops.
+    func samplingLoop() async {
+        guard let interval = configuration.storeSampling else {
+            while !sampling.isStopping { await sampling.signal.wait() }
+            return
+        }
+        var reported: Set<[String]> = []
+        while !sampling.isStopping {
+            let now = Date()
+            let idleSince = now.adding(.zero - configuration.stuckAfter)
+            do {
+                let statistics = try await store.read { try $0.statistics(idleSince: idleSince) }
+                reported = metrics.sampled(statistics, at: now, previously: reported)
+            } catch {
+                logger.warning("store sampling failed", metadata: ["error": "\(error)"])
+            }
+            await waitFor(sampling.signal, orUntil: { try? await Task.sleep(for: interval) })
+        }
     }
 }
 

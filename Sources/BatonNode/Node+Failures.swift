@@ -9,7 +9,7 @@ import Logging
 extension Node {
     /// The first attempt of a delivery failed: holds it for its next attempt, or dead-letters it (a permanent
     /// failure, or no attempt left).
-    /// - Returns: Whether the message is now held in the store.
+    /// - Returns: What became of it, and whether it is now held in the store.
     func firstAttemptFailed(
         _ incoming: IncomingMessage,
         _ envelope: Envelope,
@@ -18,12 +18,12 @@ extension Node {
         error: any Error,
         _ work: any UnitOfWork,
         _ now: Date
-    ) throws -> Bool {
+    ) throws -> (MessageOutcome, held: Bool) {
         let reason = "\(error)"
         if error is NewerStateError {
             // Its instance was stored by a later release: kept, in its place, until a node that knows it runs.
             try postpone(incoming, key: key, reason: reason, work, now)
-            return true
+            return (.postponed, true)
         }
         if let delay = retryDelay(after: error, attempt: 1) {
             try hold(incoming, key: key, attempts: 1, nextAttemptAt: now.adding(delay), error: reason, work, now)
@@ -34,15 +34,15 @@ extension Node {
                     "error": "\(reason)",
                 ]
             )
-            return true
+            return (.retrying, true)
         }
         let names = handlers.map(\.name).joined(separator: ",")
         let id = try deadLetter(incoming, reason: reason, handler: names, attempts: 1, work, now)
         logMessageDeadLettered(envelope.messageID, attempts: 1, reason: reason)
-        guard let key, let id else { return false }
+        guard let key, let id else { return (.deadLettered, false) }
         // Its instance's later messages wait behind it until the dead letter is replayed.
         try hold(incoming, key: key, attempts: 1, nextAttemptAt: nil, deadLetter: id, error: reason, work, now)
-        return true
+        return (.deadLettered, true)
     }
 
     /// Keeps a message this node cannot handle yet (a newer version of it, or of its instance's state) in the

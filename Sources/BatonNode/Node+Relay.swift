@@ -44,7 +44,9 @@ extension Node {
                 continue
             case .publish(let rows): pending = rows
             }
+            let started = ContinuousClock.now
             let outcomes = await publish(pending)
+            metrics.publishConfirmDuration.record(duration: ContinuousClock.now - started)
             var sent: [Int64] = []
             var failed: [Int64] = []
             var refused: [Int64] = []
@@ -61,6 +63,8 @@ extension Node {
                     firstError = firstError ?? reason
                 }
             }
+            metrics.published.increment(by: sent.count)
+            metrics.publishFailures.increment(by: failed.count + refused.count)
             do {
                 let now = businessNow()
                 // Without an fsync: a mark lost to a power failure only re-sends, under the same id.

@@ -45,6 +45,12 @@ public final class Node: Service {
         /// Test hook: called at named points of the consume path (crash-injection tests kill the process
         /// there). `nil` in production.
         public var faultInjection: (@Sendable (FaultPoint) -> Void)?
+        /// How often the store's counts (outbox, dead letters, instances) are sampled into gauges
+        /// (``NodeMetric``); `nil` (the default) samples nothing, for a process that exports no metrics.
+        public var storeSampling: Duration?
+        /// How long an open instance may go without a transition before it counts as stuck
+        /// (``NodeMetric/stuckInstances``).
+        public var stuckAfter: Duration
 
         /// Creates a configuration with defaults for everything but the name.
         public init(name: String, queue: String? = nil) {
@@ -57,6 +63,8 @@ public final class Node: Service {
             self.maximumPayloadSize = 256 * 1024
             self.topologyOwnership = .node
             self.faultInjection = nil
+            self.storeSampling = nil
+            self.stuckAfter = .seconds(600)
         }
     }
 
@@ -88,6 +96,11 @@ public final class Node: Service {
     let consumption = NodeLoop()
     let deadlines = NodeLoop()
     let relay = NodeLoop()
+    let sampling = NodeLoop()
+    /// What the loops last reported, for ``readiness``.
+    let health = Mutex(NodeHealth())
+    /// The node's instruments (swift-metrics).
+    let metrics: NodeMetrics
     /// The running node's services, or a stop asked for before they run.
     private let lifecycle = Mutex<(group: ServiceGroup?, stopRequested: Bool)>((nil, false))
 
@@ -118,11 +131,16 @@ public final class Node: Service {
         self.handlers = handlers
         self.delivery = Delivery(handlers: handlers, registry: registry, consumer: configuration.name)
         self.schedulesTimers = handlers.contains { $0.schedulesTimers }
+        self.metrics = NodeMetrics(node: configuration.name)
         self.timeSource = timeSource
         var logger = logger
         logger[metadataKey: "baton.node"] = "\(configuration.name)"
         self.logger = logger
     }
+
+    /// Whether the node does its work at this moment: it consumes its queue, its last batch committed and its
+    /// last deadline round succeeded. (Whether its broker connection is up is the transport's to say.)
+    public var readiness: NodeReadiness { health.withLock { $0.readiness } }
 
     /// The node's queue, its dead-letter queue, and the bindings its handlers need.
     public var topology: Topology { Self.topology(configuration: configuration, handlers: handlers) }
@@ -169,6 +187,7 @@ public final class Node: Service {
                 services: [
                     .init(service: LoopService("relay", relay) { await self.relayLoop() }),
                     .init(service: LoopService("deadlines", deadlines) { await self.deadlineLoop() }),
+                    .init(service: LoopService("sampling", sampling) { await self.samplingLoop() }),
                     // A consumer that ends (its connection gave up) stops the node gracefully: what it
                     // committed is still relayed.
                     .init(

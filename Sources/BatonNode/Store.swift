@@ -79,6 +79,9 @@ public protocol UnitOfWork {
     func pendingOutboxCount() throws -> Int
     /// Every queued message's key, in the order queued (a crash test checks each is there once).
     func outboxMessageIDs() throws -> [String]
+    /// Counts for metrics: the outbox, open dead letters, instances by lifecycle, and open instances whose
+    /// last transition is older than `idleSince`. Aggregates only; a few index scans.
+    func statistics(idleSince: Date) throws -> StoreStatistics
 
     // MARK: Aggregate streams
 

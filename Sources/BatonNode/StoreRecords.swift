@@ -273,3 +273,32 @@ public struct ParkedMessage: Sendable, Hashable {
         self.lastError = lastError
     }
 }
+
+/// What a store holds, as a node's metrics sample it (``UnitOfWork/statistics(idleSince:)``).
+public struct StoreStatistics: Sendable, Hashable {
+    /// Messages waiting for the relay.
+    public var pendingOutbox: Int
+    /// When the oldest of them was emitted, if any waits.
+    public var oldestPendingOutbox: Date?
+    /// Dead letters not replayed.
+    public var openDeadLetters: Int
+    /// Instances per process manager and lifecycle.
+    public var instances: [String: [ProcessLifecycle: Int]]
+    /// Open instances per process manager with no transition since the cut-off: stuck, or waiting long.
+    public var idleInstances: [String: Int]
+
+    /// Creates statistics.
+    public init(
+        pendingOutbox: Int = 0,
+        oldestPendingOutbox: Date? = nil,
+        openDeadLetters: Int = 0,
+        instances: [String: [ProcessLifecycle: Int]] = [:],
+        idleInstances: [String: Int] = [:]
+    ) {
+        self.pendingOutbox = pendingOutbox
+        self.oldestPendingOutbox = oldestPendingOutbox
+        self.openDeadLetters = openDeadLetters
+        self.instances = instances
+        self.idleInstances = idleInstances
+    }
+}

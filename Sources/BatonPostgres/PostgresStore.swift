@@ -545,6 +545,38 @@ final class PostgresUnitOfWork: UnitOfWork {
         try query("SELECT message_id FROM outbox ORDER BY sequence").map { try $0.decode(String.self) }
     }
 
+    func statistics(idleSince: Date) throws -> StoreStatistics {
+        var statistics = StoreStatistics()
+        if let outbox = try query("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL").first {
+            let (count, oldest) = try outbox.decode((Int64, Int64?).self)
+            statistics.pendingOutbox = Int(count)
+            statistics.oldestPendingOutbox = oldest.map(Date.init(millisecondsSince1970:))
+        }
+        let letters = try query("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL").first
+        statistics.openDeadLetters = Int(try letters?.decode(Int64.self) ?? 0)
+        let counts = try query(
+            "SELECT process_manager, lifecycle, COUNT(*) FROM process_instances GROUP BY process_manager, lifecycle"
+        )
+        for row in counts {
+            let (processManager, lifecycle, count) = try row.decode((String, String, Int64).self)
+            guard let lifecycle = ProcessLifecycle(rawValue: lifecycle) else { continue }
+            statistics.instances[processManager, default: [:]][lifecycle] = Int(count)
+        }
+        let open = ProcessLifecycle.allCases.filter { !$0.isClosed }.map { "'\($0.rawValue)'" }
+        let idle = try query(
+            """
+            SELECT process_manager, COUNT(*) FROM process_instances
+            WHERE lifecycle IN (\(open.joined(separator: ","))) AND updated_at < $1 GROUP BY process_manager
+            """,
+            [.init(int64: idleSince.millisecondsSince1970)]
+        )
+        for row in idle {
+            let (processManager, count) = try row.decode((String, Int64).self)
+            statistics.idleInstances[processManager] = Int(count)
+        }
+        return statistics
+    }
+
     // MARK: Documents
 
     func saveDocument(

@@ -164,6 +164,38 @@ struct SQLiteUnitOfWork: UnitOfWork {
         try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") ?? 0
     }
 
+    func statistics(idleSince: Date) throws -> StoreStatistics {
+        var statistics = StoreStatistics()
+        if let outbox = try Row.fetchOne(db, sql: "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
+        {
+            statistics.pendingOutbox = outbox[0]
+            statistics.oldestPendingOutbox = (outbox[1] as Double?).map(Date.init(timeIntervalSince1970:))
+        }
+        statistics.openDeadLetters =
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL") ?? 0
+        let counts = try Row.fetchAll(
+            db,
+            sql:
+                "SELECT process_manager, lifecycle, COUNT(*) FROM process_instances GROUP BY process_manager, lifecycle"
+        )
+        for row in counts {
+            guard let lifecycle = ProcessLifecycle(rawValue: row[1]) else { continue }
+            statistics.instances[row[0], default: [:]][lifecycle] = row[2]
+        }
+        let open = ProcessLifecycle.allCases.filter { !$0.isClosed }
+        let idle = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT process_manager, COUNT(*) FROM process_instances
+                WHERE lifecycle IN (\(open.map { _ in "?" }.joined(separator: ","))) AND updated_at < ?
+                GROUP BY process_manager
+                """,
+            arguments: StatementArguments(open.map(\.rawValue)) + [idleSince.timeIntervalSince1970]
+        )
+        for row in idle { statistics.idleInstances[row[0]] = row[1] }
+        return statistics
+    }
+
     /// Every queued message id with the number of times it appears (for crash tests: always 1).
     func outboxMessageIDs() throws -> [String] {
         try String.fetchAll(db, sql: "SELECT message_id FROM outbox ORDER BY sequence")

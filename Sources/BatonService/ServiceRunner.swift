@@ -2,10 +2,13 @@ import ArgumentParser
 import Baton
 import BatonAMQP
 import BatonAMQPTransport
+import BatonHTTP
 import BatonNode
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// Runs a service node until SIGTERM or SIGINT, then stops it gracefully (finishes the batch in hand,
@@ -22,18 +25,22 @@ public enum ServiceRunner {
         }
     }
 
-    /// Serves a node: opens the store, connects, runs.
+    /// Serves a node: opens the store, connects, runs — with its operations endpoint when `serving` names one.
     /// - Parameters:
     ///   - service: The service's name (node, queue and store name).
     ///   - options: Broker, and the data directory or the database.
+    ///   - serving: The operations endpoint and the stuck-instance threshold.
     ///   - handlers: What it hosts; the dead-letter administration is added.
     /// - Throws: What connecting or declaring throws; a broken process-manager definition throws before.
     public static func serve(
         _ service: String,
         options: ServiceOptions,
+        serving: ServeOptions = ServeOptions(),
         handlers: [any NodeHandler],
         configure: (inout Node.Configuration) -> Void = { _ in }
     ) async throws {
+        let http = try serving.http
+        let metrics = http.map { _ in OperationsEndpoint.bootstrapMetrics() }
         let logger = Logger(label: service)
         let location = try options.storeLocation(for: service)
         let opened = try await options.openStore(for: service, logger: logger)
@@ -50,6 +57,7 @@ public enum ServiceRunner {
         logger.info("store opened", metadata: ["store": "\(location)"])
         var configuration = Node.Configuration(name: service)
         configuration.topologyOwnership = try options.topologyOwnership
+        try serving.configure(&configuration)
         configure(&configuration)
         let node = Node(
             configuration: configuration,
@@ -58,9 +66,24 @@ public enum ServiceRunner {
             handlers: handlers + [DeadLetterAdministration(service: service)],
             logger: logger
         )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)
+        ]
+        if let http, let metrics {
+            let endpoint = OperationsEndpoint(
+                host: http.host,
+                port: http.port,
+                metrics: metrics,
+                readiness: { readiness(of: node, on: connection) },
+                beforeScrape: ConnectionGauges(connection: connection, node: service).update,
+                logger: logger
+            )
+            // Listed first, so stopped last: while the node stops, ready answers 503 and metrics still scrape.
+            services.insert(.init(service: endpoint, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
+        }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
@@ -74,6 +97,38 @@ public enum ServiceRunner {
         }
         await connection.close()
         await opened.close()
+    }
+}
+
+/// The service's readiness: its node's, and its broker connection up.
+private func readiness(of node: Node, on connection: AMQPConnection) -> NodeReadiness {
+    var readiness = node.readiness
+    if !connection.isConnected { readiness.problems.insert("broker: not connected (reconnecting)", at: 0) }
+    return readiness
+}
+
+/// The broker connection's state as metrics, read at each scrape: `baton_amqp_connected` (1 or 0) and
+/// `baton_amqp_connections_total` (connections made: 1, then one per reconnect).
+private final class ConnectionGauges: Sendable {
+    let connection: AMQPConnection
+    let connected: Gauge
+    let connections: Counter
+    private let counted = Mutex(0)
+
+    init(connection: AMQPConnection, node: String) {
+        self.connection = connection
+        connected = Gauge(label: "baton_amqp_connected", dimensions: [("node", node)])
+        connections = Counter(label: "baton_amqp_connections_total", dimensions: [("node", node)])
+    }
+
+    @Sendable func update() {
+        connected.record(connection.isConnected ? 1 : 0)
+        let count = connection.connectionCount
+        let new = counted.withLock { counted in
+            defer { counted = max(counted, count) }
+            return max(0, count - counted)
+        }
+        connections.increment(by: new)
     }
 }
 
@@ -126,6 +181,7 @@ public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
     }
 
     @OptionGroup var options: ServiceOptions
+    @OptionGroup var serving: ServeOptions
 
     public init() {}
 
@@ -134,6 +190,7 @@ public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
         try await ServiceRunner.serve(
             Service.name,
             options: options,
+            serving: serving,
             handlers: Service.handlers
         )
     }

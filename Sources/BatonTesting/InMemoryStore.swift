@@ -206,4 +206,19 @@ final class InMemoryUnitOfWork: UnitOfWork {
     func outboxMessageIDs() throws -> [String] {
         state.outbox.map(\.key)
     }
+
+    func statistics(idleSince: Date) throws -> StoreStatistics {
+        var statistics = StoreStatistics()
+        let pending = state.outbox.filter { $0.sentAt == nil }
+        statistics.pendingOutbox = pending.count
+        statistics.oldestPendingOutbox = pending.map(\.message.envelope.timestamp).min()
+        statistics.openDeadLetters = state.deadLetters.count { $0.replayedAt == nil }
+        for (key, instance) in state.instances {
+            statistics.instances[key.processManager, default: [:]][instance.lifecycle, default: 0] += 1
+            if !instance.lifecycle.isClosed, instance.updatedAt < idleSince {
+                statistics.idleInstances[key.processManager, default: 0] += 1
+            }
+        }
+        return statistics
+    }
 }

@@ -23,6 +23,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
     struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Run the fulfillment process manager.")
         @OptionGroup var options: ServiceOptions
+        @OptionGroup var serving: ServeOptions
         @Option(help: "Seconds a step may take before the order is compensated.") var stepTimeout: Double = 30
         @Option(help: "Process instances kept in memory between events, least recently used evicted (0: none).")
         var instanceCache = FulfillmentService.defaultInstanceCache
@@ -41,6 +42,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
             try await ServiceRunner.serve(
                 FulfillmentService.name,
                 options: options,
+                serving: serving,
                 handlers: FulfillmentService.handlers(
                     stepTimeout: .milliseconds(Int64(stepTimeout * 1000)),
                     instanceCache: instanceCache

@@ -608,3 +608,17 @@ import Testing
         )
     }
 }
+
+@Suite struct NodeReadinessTests {
+    @Test func aNodeIsReadyOnlyWhileItConsumes() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        let node = try harness.makeNode()
+        #expect(node.readiness.problems == ["not consuming its queue"], "not running yet")
+        let ready = try await withRunningNode(node, transport: harness.transport) {
+            try await eventually { node.readiness.isReady }
+        }
+        #expect(ready, "consuming")
+        #expect(node.readiness.problems == ["not consuming its queue"], "stopped")
+    }
+}

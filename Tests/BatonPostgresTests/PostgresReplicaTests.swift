@@ -281,6 +281,7 @@ import Testing
 
         await Fixture.publish(Fixture.Opened(id: "p-0"), id: "e-0", to: transport)
         #expect(try await eventually { try await instances() == 1 })
+        #expect(node.readiness.isReady)
         try await server.stop()
         for index in 1...3 { await Fixture.publish(Fixture.Opened(id: "p-\(index)"), id: "e-\(index)", to: transport) }
         try await Task.sleep(for: .seconds(3))
@@ -288,11 +289,14 @@ import Testing
         let attempts = logs.all.filter { $0.contains("batch not committed") }
         #expect((1...8).contains(attempts.count), "one line per backoff step, not a storm: \(attempts.count)")
         #expect(attempts.allSatisfy { $0.contains("cannot reach PostgreSQL at postgres://baton:***@") })
+        let problems = node.readiness.problems
+        #expect(problems.count == 1 && problems[0].hasPrefix("store: a batch could not commit"), "\(problems)")
 
         try await server.start()
         // Within a statement's answer timeout (30 s) even if a lane wrote into a closing connection.
         #expect(try await eventually(timeout: .seconds(60)) { try await instances() == 4 }, "it carried on")
         #expect(try await eventually { transport.unsettledCount("outage") == 0 })
+        #expect(node.readiness.isReady, "ready again")
         #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
         running.cancel()
         try await running.value

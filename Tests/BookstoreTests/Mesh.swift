@@ -18,6 +18,8 @@ final class Mesh {
     let onCluster: Bool
     let dataDirectory: URL
     private(set) var processes: [String: ChildProcess] = [:]
+    /// The port of each running service's operations endpoint (`serve --http`), by process name.
+    private(set) var httpPorts: [String: Int] = [:]
     private(set) var stocked: [String: Int] = [:]
     let stepTimeout: Double
     /// `BATON_TOPOLOGY` for the services: `node` declares, `broker` only checks pre-declared definitions.
@@ -102,13 +104,16 @@ final class Mesh {
         let name = replica == 1 ? service : "\(service)-\(replica)"
         precondition(processes[name]?.isRunning != true, "\(name) is running already")
         let log = dataDirectory.appendingPathComponent("\(name).log")
+        let port = try HTTPProbe.freePort()
         let process = try ChildProcess(
             Self.binary(service).path,
-            service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"],
+            ["serve", "--http", "127.0.0.1:\(port)"]
+                + (service == "fulfillment" ? ["--step-timeout", String(stepTimeout)] : []),
             environment: environment,
             output: .appending(to: log.path)
         )
         processes[name] = process
+        httpPorts[name] = port
         let consuming = try await eventually(timeout: .seconds(30)) {
             try await self.consumers(of: service) >= replica
         }

@@ -9,6 +9,8 @@
                                          broken variants dead-lettered by them, with the field in the reason
   checks.py agree --compose CMD --outcomes FILE
                                          the services' CLIs agree with the outcomes a producer saw
+  checks.py prometheus --port P --outcomes FILE --targets N
+                                         Prometheus scrapes every service, its rules load, its numbers agree
 
 Passwords come from the environment (BATON_<USER>_PASSWORD, as in Deploy/.env). Exit status 0 when every
 check holds; each failure is printed.
@@ -21,6 +23,8 @@ import shlex
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
 import jsonschema
@@ -357,6 +361,38 @@ def check_agree(args):
     check(not letters, f"inventory dead-lettered nothing ({[letter['reason'] for letter in letters][:3]})")
 
 
+def check_prometheus(args):
+    """Prometheus scrapes every service, loaded the example rules, and its numbers match the producer's."""
+    with open(args.outcomes) as file:
+        seen = json.load(file)["outcomes"]
+    completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
+
+    def api(path, **query):
+        url = f"http://127.0.0.1:{args.port}/api/v1/{path}?{urllib.parse.urlencode(query)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)["data"]
+
+    def value(expression):
+        result = api("query", query=expression)["result"]
+        return float(result[0]["value"][1]) if result else None
+
+    up = f"sum(up{{job=\"baton\"}}) == {args.targets}"
+    wait_for(lambda: value(up) is not None, 90, f"Prometheus scrapes {args.targets} service endpoints, all up")
+    # Store-sampled gauges: every replica of a service reports the same store, hence max, not sum.
+    instances = 'max(baton_instances{node="fulfillment",lifecycle="completed"})'
+    found = wait_for(lambda: value(instances) == completed, 60, "the completed instances reach Prometheus")
+    check(found, f"Prometheus counts {completed} completed fulfillment instances ({value(instances)})")
+    pending = value('max by (node) (baton_outbox_pending) > 0')
+    check(pending is None, "no service has messages waiting in its outbox")
+    if args.checkouts_handled:
+        handled = value('sum(baton_messages_total{node="orders",type="storefront.CheckoutCompleted.v1",'
+                        'outcome="handled"})')
+        check(handled == len(seen), f"orders handled each checkout once ({handled} for {len(seen)})")
+    rules = [rule for group in api("rules")["groups"] for rule in group["rules"]]
+    check(len(rules) >= 6 and all(rule["health"] == "ok" for rule in rules),
+          f"the example rules are loaded and evaluate ({len(rules)}: {sorted(r['name'] for r in rules)})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -370,9 +406,15 @@ def main():
     agree.add_argument("--compose", required=True)
     agree.add_argument("--outcomes", required=True, help="producer.py --json output")
     agree.add_argument("--stocked", type=int, required=True, help="units stocked in all")
+    prometheus = commands.add_parser("prometheus")
+    prometheus.add_argument("--port", type=int, required=True, help="Prometheus' port on loopback")
+    prometheus.add_argument("--outcomes", required=True, help="producer.py --json output")
+    prometheus.add_argument("--targets", type=int, required=True, help="service endpoints to be scraped")
+    prometheus.add_argument("--checkouts-handled", action="store_true",
+                            help="check orders' counter of handled checkouts (no orders process restarted)")
     args = parser.parse_args()
     {"document": check_document, "permissions": check_permissions, "contract": check_contract,
-     "agree": check_agree}[args.command](args)
+     "agree": check_agree, "prometheus": check_prometheus}[args.command](args)
     print(f"{len(failures)} failed" if failures else "all checks hold")
     return 1 if failures else 0
 

@@ -4,7 +4,8 @@
 #   config → build → up --wait → stock through the inventory CLI → a Python producer pushes checkouts while
 #   inventory is restarted and shipping is kill -9'd (its restart policy brings it back) → every checkout has
 #   its outcome → the CLIs inside the containers agree → the AsyncAPI examples are accepted and their broken
-#   variants dead-lettered by the running services → every broker user is refused outside its permissions,
+#   variants dead-lettered by the running services → Prometheus scrapes all four and its numbers agree with
+#   the producer's, the example rules load → every broker user is refused outside its permissions,
 #   guest too → down -v; then Deploy/compose.scaled.yaml, the scaled-out shape (same images): three broker nodes,
 #   PostgreSQL, two replicas of each service → a producer's checkouts while the broker node every service is
 #   connected to and one replica of each service are kill -9'd → every checkout has its outcome, the CLIs agree,
@@ -53,6 +54,7 @@ amqp_port=$(free_port)
     echo "BATON_AMQP_PORT_3=$(free_port)"
     echo "BATON_ERLANG_COOKIE=$(openssl rand -hex 20)"
     echo "BATON_MANAGEMENT_PORT=$(free_port)"
+    echo "BATON_PROMETHEUS_PORT=$(free_port)"
     echo "BATON_LOG_LEVEL=info"
 } > "$work/test.env"
 set -a; . "$work/test.env"; set +a
@@ -136,6 +138,10 @@ phase "CLIs agree"
 "$python" -c 'import json,sys; s=json.load(open(sys.argv[1])); want=int(sys.argv[2]); assert s["checkouts"] == want and s["cancelled"] == want // 10, s' \
     "$work/outcomes.json" "$checkouts"
 
+phase "Prometheus"
+"$python" Tests/Deploy/checks.py prometheus --port "$BATON_PROMETHEUS_PORT" --outcomes "$work/outcomes.json" \
+    --targets 4 --checkouts-handled
+
 phase "contract against the services"
 "$python" Tests/Deploy/checks.py contract --port "$amqp_port" --compose "$compose_line" > "$work/contract.log" \
     || { cat "$work/contract.log"; exit 1; }
@@ -193,6 +199,10 @@ reasons=collections.Counter(o["reason"] for o in s["outcomes"].values() if o["ev
 assert s["checkouts"] == want and reasons["shipment failed: the shipping address is empty"] == want // 10, reasons
 assert all("timed out" in r for r in reasons if r != "shipment failed: the shipping address is empty"), reasons
 print("cancelled:", dict(reasons))' "$work/scaled-outcomes.json" "$scaled_checkouts"
+
+phase "scaled: Prometheus"
+"$python" Tests/Deploy/checks.py prometheus --port "$BATON_PROMETHEUS_PORT" \
+    --outcomes "$work/scaled-outcomes.json" --targets 8
 
 phase "scaled: replicated queues"
 "${scaled[@]}" exec -T rabbit-2 rabbitmqctl -q list_queues -p baton name type members --formatter json \

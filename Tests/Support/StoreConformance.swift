@@ -30,6 +30,7 @@ public struct StoreConformance: Sendable {
         case concurrentWritersOfOneInboxID
         case concurrentFiringsOfOneDueTimer
         case outboxRowsOfConcurrentTransactions
+        case statisticsCountTheOutboxDeadLettersAndInstances
     }
 
     /// A fresh, empty store.
@@ -64,6 +65,8 @@ public struct StoreConformance: Sendable {
         case .concurrentWritersOfOneInboxID: try await concurrentWritersOfOneInboxID(store)
         case .concurrentFiringsOfOneDueTimer: try await concurrentFiringsOfOneDueTimer(store)
         case .outboxRowsOfConcurrentTransactions: try await outboxRowsOfConcurrentTransactions(store)
+        case .statisticsCountTheOutboxDeadLettersAndInstances:
+            try await statisticsCountTheOutboxDeadLettersAndInstances(store)
         }
     }
 
@@ -370,6 +373,44 @@ public struct StoreConformance: Sendable {
         #expect(try await store.read { try $0.dueTimers(before: retryAt, limit: 10) }.isEmpty, "put off")
         let deferred = try await store.read { try $0.dueTimers(before: deferredTo, limit: 10) }
         #expect(deferred.first?.nextAttemptAt == deferredTo && deferred.first?.attempts == 1, "no attempt counted")
+    }
+
+    func statisticsCountTheOutboxDeadLettersAndInstances(_ store: any Store) async throws {
+        let empty = try await store.read { try $0.statistics(idleSince: Self.epoch) }
+        #expect(empty == StoreStatistics())
+        // i-1 running since t=2 and i-4 started at t=1 (open), i-2 completed; each transition issues one command.
+        let ids = try await store.write { work throws in
+            try Self.record(Self.transition(1, lifecycle: .started), work)
+            try Self.record(Self.transition(2), work)
+            try Self.record(Self.transition(3, lifecycle: .completed), work, instance: "i-2")
+            try Self.record(Self.transition(1, lifecycle: .started), work, instance: "i-4")
+            var letter = DeadLetter(
+                messageID: "d-1",
+                messageType: "test.Happened.v1",
+                exchange: "baton.events",
+                routingKey: "test.Happened",
+                headers: [:],
+                body: Data("{}".utf8),
+                reason: "it broke",
+                handler: "h",
+                attempts: 1,
+                deadAt: Self.epoch
+            )
+            let first = try work.addDeadLetter(letter)
+            letter.messageID = "d-2"
+            try work.addDeadLetter(letter)
+            return (first, try work.pendingOutbox(limit: 10, readyAt: Self.epoch).map(\.sequence))
+        }
+        try await store.write { work throws in
+            try work.markReplayed(deadLetter: ids.0, at: Self.epoch)
+            try work.markSent([ids.1[0]], at: Self.epoch)
+        }
+        let statistics = try await store.read { try $0.statistics(idleSince: Self.epoch.addingTimeInterval(2)) }
+        #expect(statistics.pendingOutbox == 2, "issued-1 was sent; issued-2 and issued-3 wait")
+        #expect(statistics.oldestPendingOutbox == Self.epoch)
+        #expect(statistics.openDeadLetters == 1, "d-1 was replayed")
+        #expect(statistics.instances == ["pm": [.started: 1, .running: 1, .completed: 1]])
+        #expect(statistics.idleInstances == ["pm": 1], "i-4: open, last moved at t=1; i-1 moved at t=2")
     }
 
     func deadLettersAreReplayedByKind(_ store: any Store) async throws {

@@ -1,0 +1,62 @@
+import BatonTestSupport
+import Foundation
+import Testing
+
+/// Each service's operations endpoint (`serve --http`): its metrics count what the mesh did, its health checks
+/// answer, and nothing in them names an order or a password.
+@Suite(.serialized) struct OperationsTests {
+    @Test func theMetricsCountWhatTheServicesDid() async throws {
+        try await Mesh.run { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 50)
+            for index in 1...6 {
+                try await mesh.checkout(
+                    "chk-\(index)",
+                    address: index == 6 ? "" : "\(index) Baker St",
+                    lines: [("book-0001", 1)]
+                )
+            }
+            let (snapshot, problems) = try await mesh.settle(orders: 6)
+            #expect(problems.isEmpty, "\(problems)")
+            let completed = snapshot.orders.count { $0.status == "COMPLETED" }
+            #expect(completed == 5, "the blank address is cancelled")
+
+            func handled(_ service: String, _ type: String) -> String {
+                #"baton_messages_total{node="\#(service)",type="\#(type)",outcome="handled"}"#
+            }
+            var samples: [String: [String: Double]] = [:]
+            let agreed = try await eventually {  // gauges are sampled every 5 s
+                for service in Mesh.services {
+                    let (status, body) = try await HTTPProbe.get(port: mesh.httpPorts[service]!, "metrics")
+                    guard status == 200 else { return false }
+                    samples[service] = HTTPProbe.samples(body)
+                }
+                let fulfillment = samples["fulfillment"]!
+                return Mesh.services.allSatisfy { samples[$0]?[#"baton_outbox_pending{node="\#($0)"}"#] == 0 }
+                    && fulfillment[
+                        #"baton_instances{node="fulfillment",process_manager="fulfillment",lifecycle="completed"}"#
+                    ]
+                        == Double(completed)
+            }
+            #expect(agreed, "outboxes empty and the completed instances counted")
+            #expect(samples["orders"]?[handled("orders", "storefront.CheckoutCompleted.v1")] == 6)
+            #expect(samples["inventory"]?[handled("inventory", "inventory.ReserveInventory.v1")] == 6)
+            #expect(samples["inventory"]?[handled("inventory", "inventory.ReleaseInventory.v1")] == 1)
+            #expect(samples["shipping"]?[handled("shipping", "shipping.CreateShipment.v1")] == 6)
+            let instances = samples["fulfillment"]!.filter { $0.key.hasPrefix("baton_instances{") }.values
+            #expect(instances.reduce(0, +) == 6, "one instance per order: \(instances)")
+            for service in Mesh.services {
+                let metrics = samples[service]!
+                #expect(metrics[#"baton_amqp_connected{node="\#(service)"}"#] == 1)
+                #expect(metrics[#"baton_amqp_connections_total{node="\#(service)"}"#] == 1)
+                #expect(metrics[#"baton_dead_letters_open{node="\#(service)"}"#] == 0)
+                #expect((metrics[#"baton_published_total{node="\#(service)"}"#] ?? 0) > 0)
+                #expect((metrics[#"baton_batch_duration_seconds_count{node="\#(service)"}"#] ?? 0) > 0)
+                let body = try await HTTPProbe.get(port: mesh.httpPorts[service]!, "metrics").body
+                #expect(!body.contains("chk-") && !body.contains("baton-local-secret"), "no id, no password")
+                #expect(try await HTTPProbe.get(port: mesh.httpPorts[service]!, "health/live") == (200, "live\n"))
+                #expect(try await HTTPProbe.get(port: mesh.httpPorts[service]!, "health/ready") == (200, "ready\n"))
+            }
+        }
+    }
+}
