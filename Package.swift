@@ -245,6 +245,7 @@ let package = Package(
             name: "BatonServiceTests",
             dependencies: [
                 "BatonService", "BatonNode", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The chaos run: workflows through the four services (separate processes, a private broker node) while a
 # seeded schedule kill -9's a random service every few seconds (a supervisor restarts it), restarts the broker
-# once, and cuts one service off the network for 20 s; then every invariant is checked and printed. A failure
+# once, kill -9's it twice in a row (the second time while the services reconnect; --broker-kills N for more),
+# and cuts one service off the network for 20 s; then every invariant is checked and printed. A failure
 # prints the seed: `Deploy/local/chaos.sh --seed N` runs the same schedule again.
 #
 #   Deploy/local/chaos.sh                         the short run (300 workflows, CI runs it)

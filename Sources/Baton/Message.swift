@@ -87,6 +87,17 @@ public struct Envelope: Sendable, Hashable, Codable {
 
     /// The bounded context the message belongs to.
     public var category: String { String(messageName.prefix { $0 != "." }) }
+
+    /// The trace id of its W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`: 32 lowercase hex
+    /// digits, not all zero), if it has a valid one.
+    public var traceID: String? {
+        guard let header = headers[traceparentHeader] else { return nil }
+        let parts = header.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count >= 4, parts[1].count == 32,
+            parts[1].allSatisfy({ $0.isHexDigit && !$0.isUppercase }), parts[1].contains(where: { $0 != "0" })
+        else { return nil }
+        return String(parts[1])
+    }
 }
 
 /// The W3C trace context header, passed from each message to the messages it causes.

@@ -219,7 +219,21 @@ extension Node {
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
+        let logger = logger(for: envelope)
         try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger)
+        logger.debug("handlers ran", metadata: ["type": "\(envelope.messageType)"])
+    }
+
+    /// The node's logger with a message's ids as metadata, so that what its handlers log names it: its id, its
+    /// correlation id and its trace id (from `traceparent`).
+    func logger(for envelope: Envelope) -> Logger {
+        var logger = self.logger
+        logger[metadataKey: "baton.message_id"] = "\(envelope.messageID)"
+        if let correlationID = envelope.correlationID {
+            logger[metadataKey: "baton.correlation_id"] = "\(correlationID)"
+        }
+        if let traceID = envelope.traceID { logger[metadataKey: "baton.trace_id"] = "\(traceID)" }
+        return logger
     }
 
     /// The instance (or aggregate) a message belongs to, as the first handler that knows it says.

@@ -14,14 +14,28 @@ import UnixSignals
 /// Runs a service node until SIGTERM or SIGINT, then stops it gracefully (finishes the batch in hand,
 /// flushes the outbox) and returns, so the process exits 0.
 public enum ServiceRunner {
-    /// Sets up logging for an executable: standard error, level from `BATON_LOG_LEVEL` (default `info`).
-    public static func bootstrapLogging() {
-        let level =
-            ProcessInfo.processInfo.environment["BATON_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+    /// Sets up logging for an executable: standard error, level from `BATON_LOG_LEVEL` (default `info`), format
+    /// from `BATON_LOG_FORMAT`: `text` (the default, for people) or `json` (one object per line,
+    /// ``JSONLogHandler``).
+    /// - Throws: ``ValidationError`` if `BATON_LOG_FORMAT` is neither.
+    public static func bootstrapLogging() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let level = environment["BATON_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
+        switch environment["BATON_LOG_FORMAT"] ?? "text" {
+        case "text", "":
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case "json":
+            LoggingSystem.bootstrap { label in
+                var handler = JSONLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+        case let format:
+            throw ValidationError("BATON_LOG_FORMAT must be text or json, not '\(format)'")
         }
     }
 
@@ -186,7 +200,7 @@ public struct ServeCommand<Service: ServiceDefinition>: AsyncParsableCommand {
     public init() {}
 
     public func run() async throws {
-        ServiceRunner.bootstrapLogging()
+        try ServiceRunner.bootstrapLogging()
         try await ServiceRunner.serve(
             Service.name,
             options: options,

@@ -15,7 +15,8 @@ import Synchronization
 struct BookstoreChaos: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bookstore-chaos",
-        abstract: "Run workflows through the bookstore while killing services, restarting the broker and partitioning."
+        abstract:
+            "Run workflows through the bookstore while killing services, restarting and killing the broker and partitioning."
     )
 
     @OptionGroup var options: ServiceOptions
@@ -27,8 +28,15 @@ struct BookstoreChaos: AsyncParsableCommand {
     @Option(help: "Network namespace the partitioned service runs in (empty: no partition).") var namespace = ""
     @Option(help: "Broker URL as seen from inside the namespace.") var namespaceURL = ""
     @Option(help: "The root-side link of the namespace, taken down to partition.") var link = ""
-    @Option(help: "Script that stops and starts the broker (`SCRIPT stop`, `SCRIPT start`); empty: no restart.")
+    @Option(
+        help: "Script that stops, kills and starts the broker (`SCRIPT stop|kill|start`); empty: no broker disruption."
+    )
     var brokerScript = ""
+    @Option(
+        help:
+            "Times the broker is killed with SIGKILL (its durable state kept) and started again, each time twice in a row: the second kill falls while the services reconnect from the first."
+    )
+    var brokerKills = 1
     @Option(help: "Directory of the service executables.") var binaries: String
     @Option(help: "Seconds fulfillment gives a step before compensating.") var stepTimeout: Double = 10
     @Option(help: "Seconds to wait for every order to settle after the schedule.") var settleTimeout: Double = 300
@@ -48,8 +56,10 @@ struct BookstoreChaos: AsyncParsableCommand {
 
     func validate() throws {
         guard workflows >= 10 else { throw ValidationError("--workflows must be at least 10") }
-        guard rate > 0, killInterval > 0, partitionSeconds >= 0 else {
-            throw ValidationError("--rate and --kill-interval must be positive, --partition-seconds not negative")
+        guard rate > 0, killInterval > 0, partitionSeconds >= 0, (0...10).contains(brokerKills) else {
+            throw ValidationError(
+                "--rate and --kill-interval must be positive, --partition-seconds not negative, --broker-kills 0 to 10"
+            )
         }
         guard namespace.isEmpty == namespaceURL.isEmpty, namespace.isEmpty == link.isEmpty else {
             throw ValidationError("--namespace, --namespace-url and --link go together")
@@ -101,6 +111,7 @@ struct BookstoreChaos: AsyncParsableCommand {
             killInterval: killInterval,
             partitionSeconds: victim == nil ? 0 : partitionSeconds,
             brokerRestart: !brokerScript.isEmpty,
+            brokerKills: brokerScript.isEmpty ? 0 : brokerKills,
             using: &random
         )
         let started = ContinuousClock.now
@@ -203,6 +214,7 @@ struct BookstoreChaos: AsyncParsableCommand {
                 ],
                 ["restarts by the supervisor", String(log.count(prefix: "restarted "))],
                 ["broker restarts", String(log.count(prefix: "broker restarted"))],
+                ["broker kill -9s", String(log.count(prefix: "broker killed"))],
                 ["partition", victim.map { "\($0), \(Int(partitionSeconds)) s" } ?? "none"],
                 ["messages audited on the wire", String(await audit.count)],
                 ["settled after", "\(Int(settled.seconds)) s"],
@@ -281,7 +293,7 @@ struct Disruptions: Sendable {
     var victim: String?
 
     /// Runs the schedule, each disruption at its time: kill -9s (the supervisor restarts the service), one
-    /// broker restart, one partition, overlapping as they fall.
+    /// broker restart, broker kill -9s, one partition, overlapping as they fall.
     func run(_ schedule: [Schedule.Event], supervisor: ServiceSupervisor, log: EventLog) async throws {
         let started = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -299,6 +311,18 @@ struct Disruptions: Sendable {
                         try await Task.sleep(for: .seconds(2))
                         try await shell(brokerScript, "start")
                         log.record("broker restarted")
+                    case .killBroker:
+                        for round in 1...2 {
+                            say(
+                                "t=\(Int((ContinuousClock.now - started).seconds)) s: kill -9 of the broker (\(round) of 2)"
+                            )
+                            try await shell(brokerScript, "kill")
+                            log.record("broker killed")
+                            try await Task.sleep(for: .seconds(1))
+                            try await shell(brokerScript, "start")
+                            // The services reconnect with a backoff: the second kill falls in the middle of it.
+                            if round == 1 { try await Task.sleep(for: .milliseconds(1500)) }
+                        }
                     case .partition(let seconds):
                         say("t=\(Int(event.at)) s: cutting \(victim!) off the network for \(Int(seconds)) s")
                         try await shell("ip", "link", "set", link, "down")
@@ -352,6 +376,8 @@ enum Schedule {
         enum Action: Sendable {
             case kill(Int)
             case restartBroker
+            /// kill -9 of the broker, start, and again while the services reconnect.
+            case killBroker
             case partition(Double)
         }
         var at: Double
@@ -363,6 +389,7 @@ enum Schedule {
         killInterval: Double,
         partitionSeconds: Double,
         brokerRestart: Bool,
+        brokerKills: Int,
         using random: inout SeededGenerator
     ) -> [Event] {
         var events: [Event] = []
@@ -373,6 +400,17 @@ enum Schedule {
         }
         if brokerRestart {
             events.append(Event(at: duration * Double.random(in: 0.2...0.35, using: &random), action: .restartBroker))
+        }
+        // After the restart (0.2–0.35 of the run), one per share of the rest, so broker actions never overlap.
+        for kill in 0..<brokerKills {
+            let share = 0.55 / Double(brokerKills)
+            let start = 0.4 + share * Double(kill)
+            events.append(
+                Event(
+                    at: duration * Double.random(in: start...(start + share * 0.3), using: &random),
+                    action: .killBroker
+                )
+            )
         }
         if partitionSeconds > 0 {
             events.append(

@@ -38,7 +38,7 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         }
 
         func run() async throws {
-            ServiceRunner.bootstrapLogging()
+            try ServiceRunner.bootstrapLogging()
             try await ServiceRunner.serve(
                 FulfillmentService.name,
                 options: options,

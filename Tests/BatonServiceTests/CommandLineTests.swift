@@ -1,6 +1,8 @@
 import ArgumentParser
 import BatonNode
 import Foundation
+import Logging
+import Synchronization
 import Testing
 
 @testable import BatonService
@@ -65,5 +67,28 @@ import Testing
                 == "retry at 2026-11-01T00:00:00.000Z"
         )
         #expect(HeldSummary(held()).waitingFor == "the message before it")
+    }
+}
+
+@Suite struct JSONLogHandlerTests {
+    @Test func eachEventIsOneJSONObjectOnOneLine() throws {
+        let lines = Mutex<[String]>([])
+        var handler = JSONLogHandler(label: "orders") { line in lines.withLock { $0.append(line) } }
+        handler[metadataKey: "baton.node"] = "orders"
+        let logger = Logger(label: "orders") { _ in handler }
+        logger.warning(
+            "a \"quoted\"\nline\twith \u{1}",
+            metadata: ["baton.message_id": "m-1", "count": "3", "nested": ["a": "b"]]
+        )
+        let written = lines.withLock { $0 }
+        #expect(written.count == 1 && written[0].hasSuffix("}\n") && written[0].dropLast().contains("\n") == false)
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: Data(written[0].utf8)) as? [String: String]
+        )
+        #expect(object["message"] == "a \"quoted\"\nline\twith \u{1}")
+        #expect(object["level"] == "warning" && object["logger"] == "orders")
+        #expect(object["baton.message_id"] == "m-1" && object["baton.node"] == "orders" && object["count"] == "3")
+        #expect(object["nested"]?.contains("a") == true, "a nested value as its description")
+        #expect(try #require(object["time"]).hasSuffix("Z"))
     }
 }

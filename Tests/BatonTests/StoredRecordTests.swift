@@ -120,3 +120,27 @@ import Testing
         #expect(throws: StoredRecord.FormatError.self) { try Envelope(storedRecord: Data([0x00, 0x01])) }
     }
 }
+
+@Suite struct TraceContextTests {
+    func envelope(_ traceparent: String?) -> Envelope {
+        Envelope(
+            messageID: "m",
+            messageType: "t.T.v1",
+            timestamp: Date(),
+            headers: traceparent.map { [traceparentHeader: $0] } ?? [:],
+            payload: Data()
+        )
+    }
+
+    @Test func theTraceIDIsReadFromAValidTraceparentOnly() {
+        #expect(
+            envelope("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").traceID
+                == "4bf92f3577b34da6a3ce929d0e0e4736"
+        )
+        #expect(envelope(nil).traceID == nil)
+        #expect(envelope("00-00000000000000000000000000000000-00f067aa0ba902b7-01").traceID == nil, "all zero")
+        #expect(envelope("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01").traceID == nil, "uppercase")
+        #expect(envelope("00-4bf92f3577b34da6-00f067aa0ba902b7-01").traceID == nil, "too short")
+        #expect(envelope("garbage").traceID == nil)
+    }
+}

@@ -26,8 +26,17 @@ final class Mesh {
     let topology: String
     /// The PostgreSQL database the services share, if they use one (else each its SQLite file).
     let database: String?
+    /// Variables the services get on top of the mesh's own (`BATON_LOG_FORMAT`, …).
+    let extraEnvironment: [String: String]
 
-    private init(stepTimeout: Double, topology: String, onPostgreSQL: Bool, onCluster: Bool) async throws {
+    private init(
+        stepTimeout: Double,
+        topology: String,
+        onPostgreSQL: Bool,
+        onCluster: Bool,
+        environment: [String: String]
+    ) async throws {
+        extraEnvironment = environment
         database = onPostgreSQL ? try await TestDatabase.create() : nil
         let virtualHost = TestBroker.unique("mesh")
         self.virtualHost = virtualHost
@@ -57,13 +66,15 @@ final class Mesh {
         topology: String = "node",
         onPostgreSQL: Bool = false,
         onCluster: Bool = false,
+        environment: [String: String] = [:],
         _ body: (Mesh) async throws -> Void
     ) async throws -> [String: Termination] {
         let mesh = try await Mesh(
             stepTimeout: stepTimeout,
             topology: topology,
             onPostgreSQL: onPostgreSQL,
-            onCluster: onCluster
+            onCluster: onCluster,
+            environment: environment
         )
         do {
             try await body(mesh)
@@ -92,7 +103,7 @@ final class Mesh {
         environment["BATON_LOG_LEVEL"] = "warning"
         environment["BATON_TOPOLOGY"] = topology
         environment["BATON_DATABASE_URL"] = databaseURL
-        return environment
+        return environment.merging(extraEnvironment) { $1 }
     }
 
     /// The URL of the services' PostgreSQL database, if they share one.
@@ -198,7 +209,8 @@ final class Mesh {
         exchange: String = CheckoutCompleted.exchange,
         routingKey: String = CheckoutCompleted.routingKey,
         messageID: String = UUID().uuidString.lowercased(),
-        contentType: String = "application/json"
+        contentType: String = "application/json",
+        headers: [String: AMQPFieldValue] = [:]
     ) async throws {
         var logger = Logger(label: "storefront")
         logger.logLevel = .critical
@@ -211,7 +223,7 @@ final class Mesh {
                     exchange: exchange,
                     routingKey: routingKey,
                     body: Array(json.utf8),
-                    properties: AMQPProperties(contentType: contentType, messageID: messageID)
+                    properties: AMQPProperties(contentType: contentType, headers: headers, messageID: messageID)
                 )
             )
         }

@@ -60,3 +60,42 @@ import Testing
         }
     }
 }
+
+/// `BATON_LOG_FORMAT=json`: one JSON object per line from every service, and a checkout's trace id (from the
+/// `traceparent` its producer set) on the lines of all four services that handled its messages.
+@Suite struct StructuredLogTests {
+    @Test func everyServiceLogsJSONLinesCarryingTheCheckoutsTrace() async throws {
+        let traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+        try await Mesh.run(environment: ["BATON_LOG_FORMAT": "json", "BATON_LOG_LEVEL": "debug"]) { mesh in
+            try await mesh.startAll()
+            try await mesh.stock("book-0001", 5)
+            try await mesh.publishExternal(
+                #"{"checkout_id":"chk-traced","customer":"Ada","shipping_address":"1 Baker St","lines":[{"sku":"book-0001","quantity":1}]}"#,
+                messageID: "checkout-traced",
+                headers: ["traceparent": .string("00-\(traceID)-00f067aa0ba902b7-01")]
+            )
+            let (_, problems) = try await mesh.settle(orders: 1)
+            #expect(problems.isEmpty, "\(problems)")
+            for service in Mesh.services {
+                let log = try String(
+                    contentsOf: mesh.dataDirectory.appendingPathComponent("\(service).log"),
+                    encoding: .utf8
+                )
+                let lines = log.split(separator: "\n")
+                let objects = lines.compactMap {
+                    try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: String]
+                }
+                #expect(!lines.isEmpty && objects.count == lines.count, "\(service): every line one JSON object")
+                let traced = objects.filter { $0["baton.trace_id"] == traceID && $0["message"] == "handlers ran" }
+                #expect(!traced.isEmpty, "\(service) handled a message of the traced checkout")
+                #expect(traced.allSatisfy { $0["baton.message_id"] != nil && $0["logger"] == service })
+                #expect(objects.allSatisfy { $0["time"] != nil && $0["level"] != nil }, "\(service)")
+            }
+            let orders = try String(
+                contentsOf: mesh.dataDirectory.appendingPathComponent("orders.log"),
+                encoding: .utf8
+            )
+            #expect(orders.contains(#""baton.message_id":"checkout-traced""#), "the storefront's own message id")
+        }
+    }
+}
