@@ -382,8 +382,9 @@ def check_prometheus(args):
     instances = 'max(baton_instances{node="fulfillment",lifecycle="completed"})'
     found = wait_for(lambda: value(instances) == completed, 60, "the completed instances reach Prometheus")
     check(found, f"Prometheus counts {completed} completed fulfillment instances ({value(instances)})")
-    pending = value('max by (node) (baton_outbox_pending) > 0')
-    check(pending is None, "no service has messages waiting in its outbox")
+    # A replica killed between a publish and its mark leaves rows leased to it for 15 s: then re-sent, dropped.
+    drained = wait_for(lambda: value('max by (node) (baton_outbox_pending) > 0') is None, 60, "the outboxes drain")
+    check(drained, "no service has messages waiting in its outbox")
     if args.checkouts_handled:
         handled = value('sum(baton_messages_total{node="orders",type="storefront.CheckoutCompleted.v1",'
                         'outcome="handled"})')
