@@ -126,8 +126,14 @@ struct BookstoreChaos: AsyncParsableCommand {
                 try? await Task.sleep(for: .milliseconds(500))
             }
         }
-        try await pushed
-        try await disrupted
+        do {
+            try await pushed
+            try await disrupted
+        } catch {
+            supervising.cancel()
+            await connection.close()
+            throw error
+        }
         say("schedule done after \(Int((ContinuousClock.now - started).seconds)) s; waiting for the orders to settle")
 
         let deadline = ContinuousClock.now + .seconds(settleTimeout)
@@ -293,11 +299,19 @@ struct Disruptions: Sendable {
     var victim: String?
 
     /// Runs the schedule, each disruption at its time: kill -9s (the supervisor restarts the service), one
-    /// broker restart, broker kill -9s, one partition, overlapping as they fall.
+    /// broker restart, broker kill -9s, one partition, overlapping as they fall — but the broker's own
+    /// disruptions one after the other (a stop or a start under load takes seconds: a kill falling into the
+    /// restart waits for it).
     func run(_ schedule: [Schedule.Event], supervisor: ServiceSupervisor, log: EventLog) async throws {
         let started = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for event in schedule {
+            group.addTask {
+                for event in schedule where event.action.isBrokers {
+                    try await Task.sleep(until: started + .seconds(event.at))
+                    try await disruptBroker(event.action, started: started, log: log)
+                }
+            }
+            for event in schedule where !event.action.isBrokers {
                 group.addTask {
                     try await Task.sleep(until: started + .seconds(event.at))
                     switch event.action {
@@ -305,34 +319,63 @@ struct Disruptions: Sendable {
                         let name = BookstoreChaos.services[index]
                         await supervisor.kill(name)
                         log.record("kill -9 \(name)")
-                    case .restartBroker:
-                        say("t=\(Int(event.at)) s: restarting the broker")
-                        try await shell(brokerScript, "stop")
-                        try await Task.sleep(for: .seconds(2))
-                        try await shell(brokerScript, "start")
-                        log.record("broker restarted")
-                    case .killBroker:
-                        for round in 1...2 {
-                            say(
-                                "t=\(Int((ContinuousClock.now - started).seconds)) s: kill -9 of the broker (\(round) of 2)"
-                            )
-                            try await shell(brokerScript, "kill")
-                            log.record("broker killed")
-                            try await Task.sleep(for: .seconds(1))
-                            try await shell(brokerScript, "start")
-                            // The services reconnect with a backoff: the second kill falls in the middle of it.
-                            if round == 1 { try await Task.sleep(for: .milliseconds(1500)) }
-                        }
                     case .partition(let seconds):
                         say("t=\(Int(event.at)) s: cutting \(victim!) off the network for \(Int(seconds)) s")
                         try await shell("ip", "link", "set", link, "down")
                         try await Task.sleep(for: .seconds(seconds))
                         try await shell("ip", "link", "set", link, "up")
                         log.record("partition healed")
+                    case .restartBroker, .killBroker:
+                        break
                     }
                 }
             }
             try await group.waitForAll()
+        }
+    }
+
+    private func disruptBroker(
+        _ action: Schedule.Event.Action,
+        started: ContinuousClock.Instant,
+        log: EventLog
+    )
+        async throws
+    {
+        let now = { Int((ContinuousClock.now - started).seconds) }
+        switch action {
+        case .restartBroker:
+            say("t=\(now()) s: restarting the broker")
+            try await shell(brokerScript, "stop")
+            try await Task.sleep(for: .seconds(2))
+            try await shell(brokerScript, "start")
+            log.record("broker restarted")
+        case .killBroker:
+            for round in 1...2 {
+                say("t=\(now()) s: kill -9 of the broker (\(round) of 2)")
+                try await shell(brokerScript, "kill")
+                log.record("broker killed")
+                try await Task.sleep(for: .seconds(1))
+                try await startBroker()
+                // The services reconnect with a backoff: the second kill falls in the middle of it.
+                if round == 1 { try await Task.sleep(for: .milliseconds(1500)) }
+            }
+        case .kill, .partition:
+            break
+        }
+    }
+}
+
+extension Disruptions {
+    /// Starts the broker after a kill, as a supervisor would: a node that does not come up (its recovery after
+    /// SIGKILL can fail) is killed and started again, three times at most.
+    func startBroker() async throws {
+        for attempt in 1...3 {
+            do {
+                return try await shell(brokerScript, "start")
+            } catch  where attempt < 3 {
+                say("the broker did not start (attempt \(attempt)); killing it and starting it again: \(error)")
+                try await shell(brokerScript, "kill")
+            }
         }
     }
 }
@@ -379,6 +422,14 @@ enum Schedule {
             /// kill -9 of the broker, start, and again while the services reconnect.
             case killBroker
             case partition(Double)
+
+            /// A disruption of the broker node itself.
+            var isBrokers: Bool {
+                switch self {
+                case .restartBroker, .killBroker: true
+                case .kill, .partition: false
+                }
+            }
         }
         var at: Double
         var action: Action
@@ -401,7 +452,7 @@ enum Schedule {
         if brokerRestart {
             events.append(Event(at: duration * Double.random(in: 0.2...0.35, using: &random), action: .restartBroker))
         }
-        // After the restart (0.2–0.35 of the run), one per share of the rest, so broker actions never overlap.
+        // After the restart (0.2–0.35 of the run), one in each share of the rest.
         for kill in 0..<brokerKills {
             let share = 0.55 / Double(brokerKills)
             let start = 0.4 + share * Double(kill)
