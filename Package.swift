@@ -130,6 +130,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.
@@ -226,6 +228,7 @@ let package = Package(
             dependencies: [
                 "BatonPostgres", "BatonNode", "Baton", "BatonTesting", "BatonTestSupport",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(

@@ -3,6 +3,7 @@ import BatonAMQP
 import ChildProcesses
 import Foundation
 import Logging
+import Prometheus
 
 /// Baton's benchmarks, in one run: the broker's ceiling (bare C relays), the real four-service mesh at
 /// maximum and at fixed rates, the embedded mode, and the process-manager node as its store grows.
@@ -97,10 +98,15 @@ struct All: AsyncParsableCommand {
         report.ceiling = [ceilingMaximum] + (try await ceiling(setup, connection, runs: paced))
         await connection.close()
 
-        note("embedded: the 4-step process manager, in-process transport, SQLite on disk")
+        note("embedded: the 4-step process manager, in-process transport, SQLite on disk; metrics off, then on")
         report.embedded = try await EmbeddedBenchmark(
             workflows: embeddedWorkflows,
             directory: work.appendingPathComponent("embedded")
+        ).run()
+        report.embeddedWithMetrics = try await EmbeddedBenchmark(
+            workflows: embeddedWorkflows,
+            directory: work.appendingPathComponent("embedded-metrics"),
+            metrics: PrometheusMetricsFactory(registry: PrometheusCollectorRegistry())
         ).run()
 
         note("scale: the process-manager node as its store grows (a child process, so memory is its own)")
@@ -240,6 +246,9 @@ struct Embedded: AsyncParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
+    @Flag(help: "Run it again with metrics recorded (Prometheus), and print what they cost per message.")
+    var metrics = false
+
     func validate() throws {
         guard workflows > 0 else { throw ValidationError("--workflows must be positive") }
     }
@@ -249,6 +258,15 @@ struct Embedded: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(at: directory) }
         let result = try await EmbeddedBenchmark(workflows: workflows, directory: directory).run()
         print(BenchmarkReport.embeddedLine(result))
+        if metrics {
+            let measured = try await EmbeddedBenchmark(
+                workflows: workflows,
+                directory: directory.appendingPathComponent("metrics"),
+                metrics: PrometheusMetricsFactory(registry: PrometheusCollectorRegistry())
+            ).run()
+            print(BenchmarkReport.embeddedLine(measured, metrics: true))
+            print(BenchmarkReport.metricsCostLine(off: result, on: measured))
+        }
         try write(result, toJSON: json)
     }
 }

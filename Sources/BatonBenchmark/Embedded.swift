@@ -4,12 +4,15 @@ import BatonSQLite
 import BatonTesting
 import Foundation
 import Logging
+import Metrics
 
 /// The embedded mode: a 4-step process manager and a worker, two nodes in one process over the in-process
 /// transport, each with its SQLite store on disk — the framework's own cost, without a broker.
 struct EmbeddedBenchmark {
     var workflows: Int
     var directory: URL
+    /// Where both nodes' metrics go, sampling the stores as a served node does: `nil` records none.
+    var metrics: (any MetricsFactory)? = nil
 
     func run() async throws -> EmbeddedResult {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -20,15 +23,16 @@ struct EmbeddedBenchmark {
             transport: transport,
             path: directory.appendingPathComponent("coordinator.sqlite").path,
             stepTimeout: .seconds(30),
+            metrics: metrics,
             logger: logger
         )
-        let worker = try Self.worker(transport: transport, directory: directory, logger: logger)
+        let worker = try Self.worker(transport: transport, directory: directory, metrics: metrics, logger: logger)
         try await transport.declare(coordinator.topology)
         try await transport.declare(worker.topology)
         try await transport.declare(Self.sink("completed", for: WorkflowCompleted.self))
         let nodes = [coordinator, worker].map { node in Task { try await node.run() } }
 
-        let progress = ProgressBar("embedded", total: workflows)
+        let progress = ProgressBar(metrics == nil ? "embedded" : "embedded, metrics on", total: workflows)
         let started = ContinuousClock.now
         for first in stride(from: 0, to: workflows, by: 500) {
             _ = await transport.publish((first..<min(workflows, first + 500)).map(Self.start))
@@ -84,12 +88,13 @@ struct EmbeddedBenchmark {
         transport: any Transport,
         path: String,
         stepTimeout: Duration,
+        metrics: (any MetricsFactory)? = nil,
         logger: Logger
     ) throws
         -> Node
     {
         Node(
-            configuration: Node.Configuration(name: "bench-coordinator"),
+            configuration: configuration("bench-coordinator", metrics: metrics),
             store: try SQLiteStore(path: path),
             transport: transport,
             handlers: [try ProcessManagerHost(fourSteps(stepTimeout: stepTimeout))],
@@ -98,9 +103,14 @@ struct EmbeddedBenchmark {
     }
 
     /// The node doing the three steps.
-    static func worker(transport: any Transport, directory: URL, logger: Logger) throws -> Node {
+    static func worker(
+        transport: any Transport,
+        directory: URL,
+        metrics: (any MetricsFactory)? = nil,
+        logger: Logger
+    ) throws -> Node {
         Node(
-            configuration: Node.Configuration(name: "bench-worker"),
+            configuration: configuration("bench-worker", metrics: metrics),
             store: try SQLiteStore(path: directory.appendingPathComponent("worker.sqlite").path),
             transport: transport,
             handlers: [
@@ -116,6 +126,17 @@ struct EmbeddedBenchmark {
             ],
             logger: logger
         )
+    }
+}
+
+extension EmbeddedBenchmark {
+    /// A benchmark node's configuration: with `metrics`, recorded there and the store sampled as `serve --http`
+    /// does; without, no metrics at all.
+    static func configuration(_ name: String, metrics: (any MetricsFactory)?) -> Node.Configuration {
+        var configuration = Node.Configuration(name: name)
+        configuration.metricsFactory = metrics ?? NOOPMetricsHandler.instance
+        if metrics != nil { configuration.storeSampling = .seconds(5) }
+        return configuration
     }
 }
 

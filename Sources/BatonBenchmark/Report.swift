@@ -9,6 +9,8 @@ struct BenchmarkReport: Codable, Sendable {
     var ceiling: [MeshRun] = []
     var mesh: [MeshRun] = []
     var embedded: EmbeddedResult?
+    /// The same with metrics recorded (Prometheus) and the stores sampled, as `serve --http` runs.
+    var embeddedWithMetrics: EmbeddedResult?
     var scale: ScaleResult?
 
     struct Machine: Codable, Sendable {
@@ -74,17 +76,32 @@ struct BenchmarkReport: Codable, Sendable {
         )
         lines.append("  received (HdrHistogram). cpu: CPU seconds (user + system) per 1,000 workflows of each process.")
         if let embedded { lines += ["", Self.embeddedLine(embedded)] }
+        if let embedded, let embeddedWithMetrics {
+            lines += [Self.embeddedLine(embeddedWithMetrics, metrics: true)]
+            lines += [Self.metricsCostLine(off: embedded, on: embeddedWithMetrics)]
+        }
         if let scale { lines += [""] + Self.scaleLines(scale) }
         return lines.joined(separator: "\n")
     }
 
-    static func embeddedLine(_ result: EmbeddedResult) -> String {
+    static func embeddedLine(_ result: EmbeddedResult, metrics: Bool = false) -> String {
         String(
-            format: "embedded: %d workflows in %.2f s — %.0f workflows/s, %.0f messages handled/s (7 per workflow)",
+            format: "embedded%@: %d workflows in %.2f s — %.0f workflows/s, %.0f messages handled/s (7 per workflow)",
+            metrics ? ", metrics on" : "",
             result.workflows,
             result.seconds,
             result.workflowsPerSecond,
             result.messagesPerSecond
+        )
+    }
+
+    /// What recording metrics costs per handled message: the difference of the two runs' time per message.
+    static func metricsCostLine(off: EmbeddedResult, on: EmbeddedResult) -> String {
+        let cost = (1 / on.messagesPerSecond - 1 / off.messagesPerSecond) * 1_000_000
+        return String(
+            format: "metrics cost: %+.1f µs per message handled (%+.1f%% messages/s; one run each, same process)",
+            cost,
+            (on.messagesPerSecond / off.messagesPerSecond - 1) * 100
         )
     }
 

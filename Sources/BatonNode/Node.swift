@@ -1,6 +1,7 @@
 import Baton
 import Foundation
 import Logging
+import Metrics
 import ServiceLifecycle
 import Synchronization
 
@@ -51,6 +52,10 @@ public final class Node: Service {
         /// How long an open instance may go without a transition before it counts as stuck
         /// (``NodeMetric/stuckInstances``).
         public var stuckAfter: Duration
+        /// Where the node's metrics go (``NodeMetric``): `nil` (the default) for the factory the process
+        /// bootstrapped (`MetricsSystem.bootstrap`; none: nothing is recorded); a factory of its own to measure
+        /// one node apart from others in the process.
+        public var metricsFactory: (any MetricsFactory)?
 
         /// Creates a configuration with defaults for everything but the name.
         public init(name: String, queue: String? = nil) {
@@ -65,6 +70,7 @@ public final class Node: Service {
             self.faultInjection = nil
             self.storeSampling = nil
             self.stuckAfter = .seconds(600)
+            self.metricsFactory = nil
         }
     }
 
@@ -131,7 +137,10 @@ public final class Node: Service {
         self.handlers = handlers
         self.delivery = Delivery(handlers: handlers, registry: registry, consumer: configuration.name)
         self.schedulesTimers = handlers.contains { $0.schedulesTimers }
-        self.metrics = NodeMetrics(node: configuration.name)
+        self.metrics = NodeMetrics(
+            node: configuration.name,
+            factory: configuration.metricsFactory ?? MetricsSystem.factory
+        )
         self.timeSource = timeSource
         var logger = logger
         logger[metadataKey: "baton.node"] = "\(configuration.name)"

@@ -72,9 +72,10 @@ public enum TimerOutcome: String, Sendable, CaseIterable {
     case postponed
 }
 
-/// The node's instruments, labelled with its name.
+/// The node's instruments, labelled with its name, made by its factory.
 struct NodeMetrics: Sendable {
     let node: String
+    let factory: any MetricsFactory
     let batchDuration: Metrics.Timer
     let batchSize: Recorder
     let published: Counter
@@ -82,15 +83,20 @@ struct NodeMetrics: Sendable {
     let publishConfirmDuration: Metrics.Timer
     let timerLag: Metrics.Timer
 
-    init(node: String) {
+    init(node: String, factory: any MetricsFactory) {
         self.node = node
+        self.factory = factory
         let dimensions = [("node", node)]
-        batchDuration = Metrics.Timer(label: NodeMetric.batchDuration, dimensions: dimensions)
-        batchSize = Recorder(label: NodeMetric.batchSize, dimensions: dimensions, aggregate: true)
-        published = Counter(label: NodeMetric.published, dimensions: dimensions)
-        publishFailures = Counter(label: NodeMetric.publishFailures, dimensions: dimensions)
-        publishConfirmDuration = Metrics.Timer(label: NodeMetric.publishConfirmDuration, dimensions: dimensions)
-        timerLag = Metrics.Timer(label: NodeMetric.timerLag, dimensions: dimensions)
+        batchDuration = Metrics.Timer(label: NodeMetric.batchDuration, dimensions: dimensions, factory: factory)
+        batchSize = Recorder(label: NodeMetric.batchSize, dimensions: dimensions, aggregate: true, factory: factory)
+        published = Counter(label: NodeMetric.published, dimensions: dimensions, factory: factory)
+        publishFailures = Counter(label: NodeMetric.publishFailures, dimensions: dimensions, factory: factory)
+        publishConfirmDuration = Metrics.Timer(
+            label: NodeMetric.publishConfirmDuration,
+            dimensions: dimensions,
+            factory: factory
+        )
+        timerLag = Metrics.Timer(label: NodeMetric.timerLag, dimensions: dimensions, factory: factory)
     }
 
     /// Counts the messages of a committed batch and their handlers' durations.
@@ -100,11 +106,15 @@ struct NodeMetrics: Sendable {
         for result in results {
             Counter(
                 label: NodeMetric.messages,
-                dimensions: [("node", node), ("type", result.type), ("outcome", result.outcome.rawValue)]
+                dimensions: [("node", node), ("type", result.type), ("outcome", result.outcome.rawValue)],
+                factory: factory
             ).increment()
             if let handled = result.duration {
-                Metrics.Timer(label: NodeMetric.handlerDuration, dimensions: [("node", node), ("type", result.type)])
-                    .record(duration: handled)
+                Metrics.Timer(
+                    label: NodeMetric.handlerDuration,
+                    dimensions: [("node", node), ("type", result.type)],
+                    factory: factory
+                ).record(duration: handled)
             }
         }
     }
@@ -113,7 +123,8 @@ struct NodeMetrics: Sendable {
     func batchRetried(conflict: Bool) {
         Counter(
             label: NodeMetric.batchRetries,
-            dimensions: [("node", node), ("reason", conflict ? "conflict" : "failure")]
+            dimensions: [("node", node), ("reason", conflict ? "conflict" : "failure")],
+            factory: factory
         )
         .increment()
     }
@@ -121,8 +132,11 @@ struct NodeMetrics: Sendable {
     /// Counts the timers of a committed deadline round, and how late each fired.
     func fired(_ timers: [(outcome: TimerOutcome, lag: TimeInterval)]) {
         for timer in timers {
-            Counter(label: NodeMetric.timers, dimensions: [("node", node), ("outcome", timer.outcome.rawValue)])
-                .increment()
+            Counter(
+                label: NodeMetric.timers,
+                dimensions: [("node", node), ("outcome", timer.outcome.rawValue)],
+                factory: factory
+            ).increment()
             timerLag.recordSeconds(max(0, timer.lag))
         }
     }
@@ -131,10 +145,13 @@ struct NodeMetrics: Sendable {
     /// - Returns: The label sets set, to pass back next time.
     func sampled(_ statistics: StoreStatistics, at now: Date, previously: Set<[String]>) -> Set<[String]> {
         let dimensions = [("node", node)]
-        Gauge(label: NodeMetric.outboxPending, dimensions: dimensions).record(statistics.pendingOutbox)
+        Gauge(label: NodeMetric.outboxPending, dimensions: dimensions, factory: factory).record(
+            statistics.pendingOutbox
+        )
         let age = statistics.oldestPendingOutbox.map { max(0, now.timeIntervalSince($0)) } ?? 0
-        Gauge(label: NodeMetric.outboxOldestAge, dimensions: dimensions).record(age)
-        Gauge(label: NodeMetric.deadLettersOpen, dimensions: dimensions).record(statistics.openDeadLetters)
+        Gauge(label: NodeMetric.outboxOldestAge, dimensions: dimensions, factory: factory).record(age)
+        Gauge(label: NodeMetric.deadLettersOpen, dimensions: dimensions, factory: factory)
+            .record(statistics.openDeadLetters)
         var values: [[String]: Int] = [:]
         for (processManager, counts) in statistics.instances {
             for (lifecycle, count) in counts {
@@ -148,7 +165,7 @@ struct NodeMetrics: Sendable {
         for (key, value) in values {
             var labels = [("node", node), ("process_manager", key[1])]
             if key[0] == NodeMetric.instances { labels.append(("lifecycle", key[2])) }
-            Gauge(label: key[0], dimensions: labels).record(value)
+            Gauge(label: key[0], dimensions: labels, factory: factory).record(value)
         }
         return Set(values.keys)
     }

@@ -5,6 +5,7 @@ import BatonTesting
 import Dispatch
 import Foundation
 import Logging
+import MetricsTestKit
 import Testing
 
 @testable import BatonPostgres
@@ -362,7 +363,9 @@ import Testing
         }
         let transport = InProcessTransport()
         let logs = CapturedLogs()
+        let metrics = TestMetrics()
         var configuration = Node.Configuration(name: "ledger")
+        configuration.metricsFactory = metrics
         configuration.retry = RetryPolicy(maxAttempts: 1)  // a counted failure would dead-letter at once
         configuration.batchSize = 1
         configuration.prefetch = 1  // one transfer at a time each: the two replicas take turns
@@ -405,6 +408,11 @@ import Testing
         let races = logs.all.filter { $0.contains("lost a race") }
         #expect(!races.isEmpty, "the replicas did deadlock (otherwise this test shows nothing)")
         #expect(races.allSatisfy { $0.contains("40P01") })
+        // Counted once their transaction committed: the batches rolled back count nothing.
+        let counted = metrics.counterTotal(label: NodeMetric.messages, dimensions: [("outcome", "handled")])
+        #expect(counted == Int64(transfers), "each transfer counted once as handled")
+        #expect(metrics.counterTotal(label: NodeMetric.messages) == Int64(transfers), "and under no other outcome")
+        #expect(metrics.counterTotal(label: NodeMetric.batchRetries, dimensions: [("reason", "conflict")]) >= 1)
         for task in running { task.cancel() }
         for task in running { try await task.value }
         await first.close()
