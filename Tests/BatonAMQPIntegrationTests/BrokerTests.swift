@@ -558,6 +558,50 @@ import Testing
         await connection.close()
     }
 
+    /// The broker's resource alarms block every publishing connection until they clear.
+    static let alarms = [
+        (command: "set_vm_memory_high_watermark", raise: "0.000001", clear: "0.4"),  // memory
+        (command: "set_disk_free_limit", raise: "100000GB", clear: "50MB"),  // disk
+    ]
+
+    @Test(arguments: alarms.indices)
+    func anAlarmHoldsPublishesUntilItClearsAndLosesNone(_ alarm: Int) async throws {
+        let (command, raise, clear) = Self.alarms[alarm]
+        let queue = TestBroker.unique("alarm")
+        let logs = CapturedLogs()
+        let connection = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("alarmed"),
+            logger: logs.makeLogger()
+        )
+        try await connection.declare(AMQPTopology(queues: [.init(queue, kind: .quorum)]))
+        // A connection that never publishes is never blocked: it looks at the queue meanwhile.
+        let observer = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("alarm-observer"),
+            logger: logs.makeLogger()
+        )
+        defer { Task { await observer.close() } }
+        try await TestBroker.ctl(command, raise)  // every publisher blocked
+        let started = ContinuousClock.now
+        let publishing = Task {
+            await connection.publish(
+                contentsOf: (0..<20).map {
+                    AMQPOutgoingMessage(exchange: "", routingKey: queue, body: Array("\($0)".utf8))
+                }
+            )
+        }
+        try? await Task.sleep(for: .seconds(4))
+        let during = try? await observer.inspectQueue(queue).messages
+        try await TestBroker.ctl(command, clear)  // before anything else can fail: the later tests need the broker
+        #expect(during == 0, "nothing got through the alarm")
+        let outcomes = await publishing.value
+        #expect(ContinuousClock.now - started >= .seconds(4), "the publishes waited for the alarm to clear")
+        #expect(outcomes.allSatisfy { (try? $0.get()) != nil }, "every publish confirmed: \(outcomes)")
+        #expect(try await eventually { try await observer.inspectQueue(queue).messages == 20 }, "none lost")
+        #expect(connection.isConnected && connection.connectionCount == 1, "the connection rode it out")
+        try await connection.deleteQueue(queue)
+        await connection.close()
+    }
+
     private func publishRetrying(_ connection: AMQPConnection, _ message: AMQPOutgoingMessage) async throws {
         for _ in 0..<100 {
             do {
