@@ -2,8 +2,8 @@ import Baton
 import Foundation
 import Synchronization
 
-/// A clock that only moves when told to: ``advance(by:)`` or ``advance(to:)``. Sleepers whose deadline it
-/// passes wake up at once.
+/// A clock that only moves when told to: ``advance(by:)``, ``advance(to:)`` or, backwards too, ``step(to:)``.
+/// Sleepers whose deadline it passes wake up at once.
 public final class TestClock: TimeSource {
     private struct State {
         var now: Date
@@ -55,8 +55,14 @@ public final class TestClock: TimeSource {
 
     /// Sets the clock to `date` (never backwards) and wakes the due sleepers.
     public func advance(to date: Date) {
+        precondition(date >= now(), "a TestClock advances forwards; step(to:) sets it back")
+        step(to: date)
+    }
+
+    /// Sets the clock to `date`, backwards too — a wall clock stepped by NTP or an operator — and wakes the
+    /// sleepers whose deadline it has reached. A sleeper whose deadline a backward step moves away sleeps on.
+    public func step(to date: Date) {
         let due = state.withLock { state -> [CheckedContinuation<Void, any Error>] in
-            precondition(date >= state.now, "a TestClock never goes backwards")
             state.now = date
             let due = state.sleepers.filter { $0.deadline <= date }.map(\.continuation)
             state.sleepers.removeAll { $0.deadline <= date }

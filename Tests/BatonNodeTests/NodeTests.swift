@@ -622,3 +622,48 @@ import Testing
         #expect(node.readiness.problems == ["not consuming its queue"], "stopped")
     }
 }
+
+/// The wall clock stepped backwards and forwards under a running node (NTP, an operator, a VM resumed): a
+/// timer fires once, when business time reaches it, whatever the clock did before — never twice, never lost.
+@Suite struct ClockStepTests {
+    @Test func timersFireOnceThroughClockStepsBothWays() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let node = try harness.makeNode()
+        let start = harness.clock.now()
+        func voided() -> [String] {
+            harness.observed.filter { $0.envelope.messageType == VoidOrder.messageType }.compactMap {
+                try? JSONDecoder.baton.decode(VoidOrder.self, from: $0.envelope.payload).orderID
+            }
+        }
+        func idle() async throws { try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock) }
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")  // its timeout: start + 60 s
+            try await idle()
+            harness.clock.step(to: start.addingTimeInterval(-3600))  // an hour back
+            try await harness.publish(OrderPlaced(orderID: "o-2"), id: "placed-2")  // its timeout: start − 3540 s
+            try await idle()
+            harness.clock.step(to: start.addingTimeInterval(-3530))  // o-2's timeout is due, o-1's is not
+            try await idle()
+            #expect(try await eventually { voided() == ["o-2"] }, "o-2 fired on its own, earlier, business time")
+            harness.clock.step(to: start.addingTimeInterval(30))  // forward again, not yet o-1's
+            try await idle()
+            #expect(voided() == ["o-2"])
+            harness.clock.step(to: start.addingTimeInterval(7200))  // two hours forward at once
+            try await idle()
+            #expect(try await eventually { voided() == ["o-2", "o-1"] }, "o-1 fired once it was due")
+            harness.clock.step(to: start)  // back past both deadlines, then over them again
+            try await idle()
+            harness.clock.step(to: start.addingTimeInterval(7300))
+            try await idle()
+        }
+        #expect(voided() == ["o-2", "o-1"], "each timer fired exactly once")
+        let timers = try await node.store.read { try $0.dueTimers(before: start.addingTimeInterval(86_400), limit: 10) }
+        #expect(timers.isEmpty, "none left behind")
+        let failed = try await node.store.read { try $0.instances(of: "order-process") }.filter {
+            $0.lifecycle == .failed
+        }
+        #expect(failed.count == 2)
+    }
+}
