@@ -2,7 +2,9 @@
 # The chaos run: workflows through the four services (separate processes, a private broker node) while a
 # seeded schedule kill -9's a random service every few seconds (a supervisor restarts it), restarts the broker
 # once, kill -9's it twice in a row (the second time while the services reconnect; --broker-kills N for more),
-# and cuts one service off the network for 20 s; then every invariant is checked and printed. A failure
+# and disrupts one service's link: 5% of its packets dropped each way for 10 s, then cut off for 20 s, then a
+# one-way cut (the broker's packets to it dropped, its own arriving) for 15 s; then every invariant is checked
+# and printed. (The kernel here has no netem: delay, duplication and reordering are not injected.) A failure
 # prints the seed: `Deploy/local/chaos.sh --seed N` runs the same schedule again.
 #
 #   Deploy/local/chaos.sh                         the short run (300 workflows, CI runs it)
@@ -40,6 +42,10 @@ cleanup() {
     pkill -KILL -f "^$bin/(bookstore-chaos|orders|inventory|shipping|fulfillment) " 2>/dev/null || true
     "$here/broker.sh" stop || true
     ip netns del "$namespace" 2>/dev/null || true
+    # The lossy-link and one-way rules a stopped run left behind.
+    iptables -S 2>/dev/null | { grep -e "-[io] $link " || true; } | sed 's/^-A /-D /' | while read -r rule; do
+        iptables $rule || true
+    done
     ip route del blackhole 10.77.0.0/24 2>/dev/null || true
 }
 trap cleanup EXIT

@@ -4,7 +4,7 @@
 # the example alerting rules). Does nothing when all is present.
 set -euo pipefail
 
-packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 postgresql prometheus)
+packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 iptables postgresql prometheus)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -25,6 +25,11 @@ struct BookstoreChaos: AsyncParsableCommand {
     @Option(help: "Checkouts per second.") var rate: Double = 25
     @Option(help: "Mean seconds between two kill -9s.") var killInterval: Double = 3
     @Option(help: "Seconds the partitioned service is cut off.") var partitionSeconds: Double = 20
+    @Option(help: "Seconds its link drops packets at random (both ways), before the partition; 0: none.")
+    var lossSeconds: Double = 10
+    @Option(help: "Share of packets the lossy link drops each way.") var loss: Double = 0.05
+    @Option(help: "Seconds the broker's packets to it are dropped while its own still arrive, after the partition.")
+    var oneWaySeconds: Double = 15
     @Option(help: "Network namespace the partitioned service runs in (empty: no partition).") var namespace = ""
     @Option(help: "Broker URL as seen from inside the namespace.") var namespaceURL = ""
     @Option(help: "The root-side link of the namespace, taken down to partition.") var link = ""
@@ -56,6 +61,9 @@ struct BookstoreChaos: AsyncParsableCommand {
 
     func validate() throws {
         guard workflows >= 10 else { throw ValidationError("--workflows must be at least 10") }
+        guard (0...0.5).contains(loss), lossSeconds >= 0, oneWaySeconds >= 0 else {
+            throw ValidationError("--loss must be 0 to 0.5, --loss-seconds and --one-way-seconds not negative")
+        }
         guard rate > 0, killInterval > 0, partitionSeconds >= 0, (0...10).contains(brokerKills) else {
             throw ValidationError(
                 "--rate and --kill-interval must be positive, --partition-seconds not negative, --broker-kills 0 to 10"
@@ -109,7 +117,14 @@ struct BookstoreChaos: AsyncParsableCommand {
         let schedule = Schedule.make(
             duration: max(Double(workflows) / rate, 30),
             killInterval: killInterval,
-            partitionSeconds: victim == nil ? 0 : partitionSeconds,
+            link: victim == nil
+                ? nil
+                : LinkPlan(
+                    loss: loss,
+                    lossSeconds: lossSeconds,
+                    partitionSeconds: partitionSeconds,
+                    oneWaySeconds: oneWaySeconds
+                ),
             brokerRestart: !brokerScript.isEmpty,
             brokerKills: brokerScript.isEmpty ? 0 : brokerKills,
             using: &random
@@ -222,6 +237,14 @@ struct BookstoreChaos: AsyncParsableCommand {
                 ["broker restarts", String(log.count(prefix: "broker restarted"))],
                 ["broker kill -9s", String(log.count(prefix: "broker killed"))],
                 ["partition", victim.map { "\($0), \(Int(partitionSeconds)) s" } ?? "none"],
+                [
+                    "lossy link",
+                    victim.map { "\($0), \(Int(loss * 100))% dropped each way, \(Int(lossSeconds)) s" } ?? "none",
+                ],
+                [
+                    "one-way cut",
+                    victim.map { "\($0) hears nothing from the broker, \(Int(oneWaySeconds)) s" } ?? "none",
+                ],
                 ["messages audited on the wire", String(await audit.count)],
                 ["settled after", "\(Int(settled.seconds)) s"],
                 ["seed", String(seed)],
@@ -319,12 +342,8 @@ struct Disruptions: Sendable {
                         let name = BookstoreChaos.services[index]
                         await supervisor.kill(name)
                         log.record("kill -9 \(name)")
-                    case .partition(let seconds):
-                        say("t=\(Int(event.at)) s: cutting \(victim!) off the network for \(Int(seconds)) s")
-                        try await shell("ip", "link", "set", link, "down")
-                        try await Task.sleep(for: .seconds(seconds))
-                        try await shell("ip", "link", "set", link, "up")
-                        log.record("partition healed")
+                    case .link(let plan, let partitionAt):
+                        try await disruptLink(plan, partitionAt: partitionAt, started: started, log: log)
                     case .restartBroker, .killBroker:
                         break
                     }
@@ -359,13 +378,68 @@ struct Disruptions: Sendable {
                 // The services reconnect with a backoff: the second kill falls in the middle of it.
                 if round == 1 { try await Task.sleep(for: .milliseconds(1500)) }
             }
-        case .kill, .partition:
+        case .kill, .link:
             break
         }
     }
 }
 
+/// What happens to the victim's link, in order: packets dropped at random both ways, then the link down (a
+/// partition), then the broker's packets to it dropped while its own still arrive (a one-way cut: heartbeats
+/// from one side only). A phase of 0 s is left out.
+struct LinkPlan: Sendable {
+    var loss: Double
+    var lossSeconds: Double
+    var partitionSeconds: Double
+    var oneWaySeconds: Double
+}
+
 extension Disruptions {
+    func disruptLink(
+        _ plan: LinkPlan,
+        partitionAt: Double,
+        started: ContinuousClock.Instant,
+        log: EventLog
+    )
+        async throws
+    {
+        let now = { Int((ContinuousClock.now - started).seconds) }
+        let random = ["-m", "statistic", "--mode", "random", "--probability", String(plan.loss), "-j", "DROP"]
+        if plan.lossSeconds > 0, plan.loss > 0 {
+            say(
+                "t=\(now()) s: \(victim!)'s link drops \(Int(plan.loss * 100))% of packets each way for \(Int(plan.lossSeconds)) s"
+            )
+            try await dropping(
+                [["INPUT", "-i", link] + random, ["OUTPUT", "-o", link] + random],
+                for: plan.lossSeconds
+            )
+            log.record("lossy link healed")
+        }
+        if plan.partitionSeconds > 0 {
+            try await Task.sleep(until: started + .seconds(partitionAt))
+            say("t=\(now()) s: cutting \(victim!) off the network for \(Int(plan.partitionSeconds)) s")
+            try await shell("ip", "link", "set", link, "down")
+            try await Task.sleep(for: .seconds(plan.partitionSeconds))
+            try await shell("ip", "link", "set", link, "up")
+            log.record("partition healed")
+        }
+        if plan.oneWaySeconds > 0 {
+            try await Task.sleep(for: .seconds(2))
+            say(
+                "t=\(now()) s: the broker's packets to \(victim!) dropped for \(Int(plan.oneWaySeconds)) s (its own arrive)"
+            )
+            try await dropping([["OUTPUT", "-o", link, "-j", "DROP"]], for: plan.oneWaySeconds)
+            log.record("one-way cut healed")
+        }
+    }
+
+    /// Inserts iptables rules, waits, and deletes them again (chaos.sh sweeps any left behind).
+    private func dropping(_ rules: [[String]], for seconds: Double) async throws {
+        for rule in rules { try await shell("iptables", ["-I"] + rule) }
+        try? await Task.sleep(for: .seconds(seconds))
+        for rule in rules { try await shell("iptables", ["-D"] + rule) }
+    }
+
     /// Starts the broker after a kill, as a supervisor would: a node that does not come up (its recovery after
     /// SIGKILL can fail) is killed and started again, three times at most.
     func startBroker() async throws {
@@ -400,6 +474,11 @@ func retrying<T: Sendable>(_ operation: () async throws -> T) async throws -> T 
 
 /// Runs a command to its end and throws if it fails.
 func shell(_ command: String, _ arguments: String...) async throws {
+    try await shell(command, arguments)
+}
+
+/// Runs a command to its end and throws if it fails.
+func shell(_ command: String, _ arguments: [String]) async throws {
     let (termination, output) = try await ChildProcess.run(command, arguments)
     guard termination.isSuccess else {
         throw CommandFailure("\(([command] + arguments).joined(separator: " ")) failed (\(termination)): \(output)")
@@ -421,13 +500,14 @@ enum Schedule {
             case restartBroker
             /// kill -9 of the broker, start, and again while the services reconnect.
             case killBroker
-            case partition(Double)
+            /// The victim's link: lossy, then (at `partitionAt`) down, then one way only.
+            case link(LinkPlan, partitionAt: Double)
 
             /// A disruption of the broker node itself.
             var isBrokers: Bool {
                 switch self {
                 case .restartBroker, .killBroker: true
-                case .kill, .partition: false
+                case .kill, .link: false
                 }
             }
         }
@@ -438,7 +518,7 @@ enum Schedule {
     static func make(
         duration: Double,
         killInterval: Double,
-        partitionSeconds: Double,
+        link: LinkPlan?,
         brokerRestart: Bool,
         brokerKills: Int,
         using random: inout SeededGenerator
@@ -463,10 +543,9 @@ enum Schedule {
                 )
             )
         }
-        if partitionSeconds > 0 {
-            events.append(
-                Event(at: duration * Double.random(in: 0.5...0.6, using: &random), action: .partition(partitionSeconds))
-            )
+        if let link {
+            let partitionAt = duration * Double.random(in: 0.5...0.6, using: &random)
+            events.append(Event(at: duration * 0.1, action: .link(link, partitionAt: partitionAt)))
         }
         return events.sorted { $0.at < $1.at }
     }
