@@ -225,14 +225,17 @@ extension Node {
     }
 
     /// The node's logger with a message's ids as metadata, so that what its handlers log names it: its id, its
-    /// correlation id and its trace id (from `traceparent`).
+    /// correlation id and its trace id (from `traceparent`). Set on the handler in one assignment: a handler
+    /// may render its metadata on every change (swift-log's stream handler does), and this runs per message.
     func logger(for envelope: Envelope) -> Logger {
+        var handler = logger.handler
+        var metadata = handler.metadata
+        metadata["baton.message_id"] = "\(envelope.messageID)"
+        if let correlationID = envelope.correlationID { metadata["baton.correlation_id"] = "\(correlationID)" }
+        if let traceID = envelope.traceID { metadata["baton.trace_id"] = "\(traceID)" }
+        handler.metadata = metadata
         var logger = self.logger
-        logger[metadataKey: "baton.message_id"] = "\(envelope.messageID)"
-        if let correlationID = envelope.correlationID {
-            logger[metadataKey: "baton.correlation_id"] = "\(correlationID)"
-        }
-        if let traceID = envelope.traceID { logger[metadataKey: "baton.trace_id"] = "\(traceID)" }
+        logger.handler = handler
         return logger
     }
 
