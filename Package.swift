@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
@@ -48,7 +49,10 @@ let package = Package(
         // The store port over PostgreSQL (postgres-nio), for replicas that share a database.
         .target(
             name: "BatonPostgres",
-            dependencies: ["BatonNode", .product(name: "PostgresNIO", package: "postgres-nio")]
+            dependencies: [
+                "BatonNode", .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ]
         ),
         // The transport port's adapter for RabbitMQ, over BatonAMQP.
         .target(name: "BatonAMQPTransport", dependencies: ["BatonNode", "BatonAMQP"]),

@@ -10,7 +10,8 @@
 # Connections over TCP need the password (scram-sha-256, like a real deployment, so that a wrong one is
 # refused); psql over the socket is trusted.
 #
-# Settings (environment): BATON_POSTGRES_DIR (default /tmp/baton-postgres-PORT), BATON_POSTGRES_PORT (5691).
+# Settings (environment): BATON_POSTGRES_DIR (default /tmp/baton-postgres-PORT), BATON_POSTGRES_PORT (5691);
+# BATON_POSTGRES_TLS_DIR, a directory with server.pem and server.key: the server accepts TLS with them too.
 # As root, the server runs as the `postgres` user (PostgreSQL refuses to run as root).
 set -euo pipefail
 
@@ -35,8 +36,15 @@ start)
             --pwfile="$dir/password" > "$dir/initdb.log"
         rm -f "$dir/password"
     fi
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on" start > /dev/null
+    options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on"
+    if [ -n "${BATON_POSTGRES_TLS_DIR:-}" ]; then
+        # The server reads its key only if it owns it and nobody else may read it.
+        install -m 600 "$BATON_POSTGRES_TLS_DIR/server.key" "$dir/server.key"
+        install -m 644 "$BATON_POSTGRES_TLS_DIR/server.pem" "$dir/server.pem"
+        [ "$(id -u)" -ne 0 ] || chown postgres "$dir/server.key" "$dir/server.pem"
+        options="$options -c ssl=on -c ssl_cert_file=$dir/server.pem -c ssl_key_file=$dir/server.key"
+    fi
+    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o "$options" start > /dev/null
     echo "postgres.sh: serving postgres://baton@127.0.0.1:$port (data in $dir)"
     ;;
 stop)

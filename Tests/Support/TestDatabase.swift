@@ -51,15 +51,39 @@ public enum TestDatabase {
     public struct PrivateServer: Sendable {
         /// Its port on 127.0.0.1.
         public let port = Int.random(in: 20_000..<30_000)
+        /// It accepts TLS too, with a certificate for `localhost` and 127.0.0.1 signed by ``certificateAuthority``.
+        public let acceptsTLS: Bool
         /// Its data directory.
         public var directory: String { "/tmp/baton-postgres-private-\(port)" }
         /// Its URL (superuser `baton`, database `postgres`).
         public var url: String { "postgres://baton:baton-local-secret@127.0.0.1:\(port)/postgres" }
+        /// The CA that signed its certificate (PEM), with ``acceptsTLS``; `other-ca.pem` beside it signed nothing.
+        public var certificateAuthority: String { "\(directory)-tls/ca.pem" }
 
-        public init() {}
+        public init(acceptsTLS: Bool = false) {
+            self.acceptsTLS = acceptsTLS
+        }
 
         /// Starts it (creating its cluster the first time).
-        public func start() async throws { try await run("start") }
+        public func start() async throws {
+            if acceptsTLS { try await makeCertificates() }
+            try await run("start")
+        }
+
+        /// A CA, a server certificate it signed for localhost and 127.0.0.1, and an unrelated CA.
+        private func makeCertificates() async throws {
+            let tls = "\(directory)-tls"
+            let script = """
+                set -e; mkdir -p '\(tls)'; cd '\(tls)'
+                openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=Baton test CA' -keyout ca.key -out ca.pem
+                openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=Other CA' -keyout other-ca.key -out other-ca.pem
+                openssl req -newkey rsa:2048 -nodes -subj '/CN=localhost' -keyout server.key -out server.csr
+                printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > server.ext
+                openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext -out server.pem
+                """
+            let (termination, output) = try await ChildProcess.run("/bin/bash", ["-c", script])
+            guard termination.isSuccess else { throw TestSupportError("certificates: \(output)") }
+        }
 
         /// Stops it (fast: open connections are closed).
         public func stop() async throws { try await run("stop") }
@@ -68,13 +92,16 @@ public enum TestDatabase {
         public func remove() async {
             try? await stop()
             try? FileManager.default.removeItem(atPath: directory)
+            try? FileManager.default.removeItem(atPath: "\(directory)-tls")
         }
 
         private func run(_ command: String) async throws {
+            var environment = ["BATON_POSTGRES_PORT": String(port), "BATON_POSTGRES_DIR": directory]
+            if acceptsTLS { environment["BATON_POSTGRES_TLS_DIR"] = "\(directory)-tls" }
             let (termination, output) = try await ChildProcess.run(
                 "/bin/bash",
                 [TestDatabase.script.path, command],
-                environment: ["BATON_POSTGRES_PORT": String(port), "BATON_POSTGRES_DIR": directory]
+                environment: environment
             )
             guard termination.isSuccess else {
                 throw TestSupportError("postgres.sh \(command) failed (\(termination)): \(output)")
