@@ -81,10 +81,14 @@ public protocol ProcessManagerHosting: NodeHandler {
     /// Replays an instance's stored history with this code and reports where it decides differently
     /// (``ProcessEngine/verify(_:instanceID:registry:)``); reads only.
     func verify(_ instanceID: String, in work: any UnitOfWork) throws -> ReplayDifference?
+    /// What the process manager reacts to, for its diagram (``ProcessDiagram``).
+    var outline: ProcessOutline { get }
 }
 
 extension ProcessManagerHost: ProcessManagerHosting {
     public var processManagerName: String { name }
+
+    public var outline: ProcessOutline { engine.definition.outline }
 
     public func verify(_ instanceID: String, in work: any UnitOfWork) throws -> ReplayDifference? {
         engine.verify(try work.transitions(of: name, instance: instanceID), instanceID: instanceID)

@@ -10,8 +10,9 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
     public static var configuration: CommandConfiguration {
         CommandConfiguration(
             commandName: "processes",
-            abstract: "List, abort and purge the \(Service.name) service's process instances.",
-            subcommands: [List.self, Verify.self, Abort.self, Retry.self, Resume.self, Purge.self]
+            abstract:
+                "List, verify, abort, retry, resume and purge the \(Service.name) service's process instances; draw their definition.",
+            subcommands: [List.self, Verify.self, Abort.self, Retry.self, Resume.self, Purge.self, Diagram.self]
         )
     }
 
@@ -45,6 +46,33 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
                 )
             }
             return hosted[0]
+        }
+    }
+
+    /// `processes diagram`: the definition as a state diagram, from the code (no store, no broker).
+    public struct Diagram: ParsableCommand {
+        /// The diagram's language.
+        enum Format: String, ExpressibleByArgument, CaseIterable {
+            case mermaid, dot
+        }
+
+        public static var configuration: CommandConfiguration {
+            CommandConfiguration(
+                abstract: "Print the process manager's definition as a state diagram (Mermaid or Graphviz DOT)."
+            )
+        }
+        @OptionGroup var target: Target
+        @Option(help: "mermaid (for Markdown) or dot (Graphviz).") var format = Format.mermaid
+
+        public init() {}
+
+        public func run() throws {
+            let name = try target.name()
+            guard let host = ProcessCommands.hosts.first(where: { $0.processManagerName == name }) else { return }
+            switch format {
+            case .mermaid: print(ProcessDiagram.mermaid(host.outline), terminator: "")
+            case .dot: print(ProcessDiagram.dot(host.outline), terminator: "")
+            }
         }
     }
 

@@ -172,3 +172,50 @@ extension String {
         }
     }
 }
+
+@Suite struct ProcessDiagramTests {
+    struct Tracked: ProcessState {}
+
+    static let definition = ProcessManager<Tracked>(name: "tracker", version: 3, listensTo: ["orders", "inventory"]) {
+        pm in
+        pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+        pm.on(InventoryReserved.self, correlation: .field(\.orderID)) { _, _ in }
+        pm.end(on: OrderCompleted.self, correlation: .field(\.orderID))
+        pm.afterClose(ShipmentCreated.self, correlation: .field(\.orderID)) { _, _ in }
+        pm.onTimer("reminder") { _ in }
+    }
+
+    @Test func theDefinitionIsDrawnFromWhatItReactsTo() {
+        let outline = Self.definition.outline
+        #expect(outline.name == "tracker" && outline.version == 3)
+        #expect(
+            outline.steps.map { "\($0.kind.rawValue) \($0.trigger)" } == [
+                "start orders.OrderConfirmed.v1", "handle inventory.InventoryReserved.v1",
+                "end orders.OrderCompleted.v1", "after-close shipping.ShipmentCreated.v1", "timer reminder",
+            ]
+        )
+        #expect(
+            ProcessDiagram.mermaid(outline) == """
+                ---
+                title: tracker (definition v3)
+                ---
+                stateDiagram-v2
+                    state "open: started, running, compensating" as open
+                    [*] --> open: orders.OrderConfirmed.v1
+                    open --> open: inventory.InventoryReserved.v1
+                    open --> completed: orders.OrderCompleted.v1
+                    completed --> completed: late shipping.ShipmentCreated.v1
+                    failed --> failed: late shipping.ShipmentCreated.v1
+                    open --> open: timer reminder
+                    open --> failed: a handler fails it, or an operator aborts it
+                    completed --> [*]: purged
+                    failed --> [*]: purged
+
+                """
+        )
+        let dot = ProcessDiagram.dot(outline)
+        #expect(dot.hasPrefix("digraph \"tracker\" {") && dot.hasSuffix("}\n"))
+        #expect(dot.contains("start -> open [label=\"orders.OrderConfirmed.v1\"];"))
+        #expect(dot.contains("failed -> end [label=\"purged\"];"))
+    }
+}

@@ -1,4 +1,5 @@
 import BatonTestSupport
+import ChildProcesses
 import Foundation
 import Testing
 
@@ -97,5 +98,25 @@ import Testing
             )
             #expect(orders.contains(#""baton.message_id":"checkout-traced""#), "the storefront's own message id")
         }
+    }
+}
+
+@Suite struct DiagramCommandTests {
+    @Test func fulfillmentDrawsItsDefinition() async throws {
+        let (termination, output) = try await ChildProcess.run(
+            Mesh.binary("fulfillment").path,
+            ["processes", "diagram"]
+        )
+        #expect(termination.isSuccess, "\(output)")
+        #expect(output.hasPrefix("---\ntitle: fulfillment (definition v"))
+        #expect(output.contains("[*] --> open: orders.OrderConfirmed.v1"))
+        #expect(output.contains("open --> completed: orders.OrderCompleted.v1"))
+        #expect(output.contains("open --> open: timer step-timeout"))
+        #expect(output.contains("open --> open: failed inventory.ReserveInventory.v1"))
+        let dot = try await ChildProcess.run(
+            Mesh.binary("fulfillment").path,
+            ["processes", "diagram", "--format", "dot"]
+        )
+        #expect(dot.output.hasPrefix("digraph \"fulfillment\" {"))
     }
 }
