@@ -249,6 +249,16 @@ let package = Package(
         ),
         .testTarget(name: "ChildProcessesTests", dependencies: ["ChildProcesses"]),
         .testTarget(
+            name: "BatonHTTPTests",
+            dependencies: [
+                "BatonHTTP", "BatonNode", "BatonTestSupport",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .testTarget(
             name: "BatonServiceTests",
             dependencies: [
                 "BatonService", "BatonNode", .product(name: "ArgumentParser", package: "swift-argument-parser"),
