@@ -73,14 +73,13 @@ extension Node {
     private func process(_ batch: [IncomingMessage]) async {
         let prepared = batch.map(prepare)
         var parked = false
+        var results: [MessageResult] = []
         var failures = 0
+        var started = ContinuousClock.now
         while true {
             do {
-                let started = ContinuousClock.now
-                let results: [MessageResult]
+                started = ContinuousClock.now
                 (parked, results) = try await commitBatch(prepared, now: businessNow())
-                metrics.committed(results, duration: ContinuousClock.now - started)
-                health.withLock { $0.commitFailure = nil }
                 break
             } catch {
                 failures += 1
@@ -107,6 +106,8 @@ extension Node {
         configuration.faultInjection?(.afterCommitBeforePublish)
         relay.wake()
         if schedulesTimers || parked { deadlines.wake() }
+        metrics.committed(results, duration: ContinuousClock.now - started)
+        health.withLock { $0.commitFailure = nil }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()
             fault(.afterPublishBeforeAck)
