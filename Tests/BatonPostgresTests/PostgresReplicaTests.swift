@@ -298,7 +298,7 @@ import Testing
         // Within a statement's answer timeout (30 s) even if a lane wrote into a closing connection.
         #expect(try await eventually(timeout: .seconds(60)) { try await instances() == 4 }, "it carried on")
         #expect(try await eventually { transport.unsettledCount("outage") == 0 })
-        #expect(node.readiness.isReady, "ready again")
+        #expect(try await eventually { node.readiness.isReady }, "ready again (each loop once it commits again)")
         #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
         running.cancel()
         try await running.value
