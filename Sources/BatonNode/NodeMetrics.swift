@@ -99,16 +99,21 @@ struct NodeMetrics: Sendable {
         timerLag = Metrics.Timer(label: NodeMetric.timerLag, dimensions: dimensions, factory: factory)
     }
 
-    /// Counts the messages of a committed batch and their handlers' durations.
+    /// Counts the messages of a committed batch and their handlers' durations: one counter lookup per type and
+    /// outcome in the batch, not per message (this runs on the consume path).
     func committed(_ results: [MessageResult], duration: Duration) {
         batchDuration.record(duration: duration)
         batchSize.record(results.count)
-        for result in results {
+        var counts: [[String]: Int] = [:]
+        for result in results { counts[[result.type, result.outcome.rawValue], default: 0] += 1 }
+        for (key, count) in counts {
             Counter(
                 label: NodeMetric.messages,
-                dimensions: [("node", node), ("type", result.type), ("outcome", result.outcome.rawValue)],
+                dimensions: [("node", node), ("type", key[0]), ("outcome", key[1])],
                 factory: factory
-            ).increment()
+            ).increment(by: count)
+        }
+        for result in results {
             if let handled = result.duration {
                 Metrics.Timer(
                     label: NodeMetric.handlerDuration,
@@ -129,15 +134,20 @@ struct NodeMetrics: Sendable {
         .increment()
     }
 
-    /// Counts the timers of a committed deadline round, and how late each fired.
+    /// Counts the timers of a committed deadline round by outcome, and how late each fired.
     func fired(_ timers: [(outcome: TimerOutcome, lag: TimeInterval)]) {
+        var counts: [TimerOutcome: Int] = [:]
         for timer in timers {
+            counts[timer.outcome, default: 0] += 1
+            timerLag.recordSeconds(max(0, timer.lag))
+        }
+        for (outcome, count) in counts {
             Counter(
                 label: NodeMetric.timers,
-                dimensions: [("node", node), ("outcome", timer.outcome.rawValue)],
+                dimensions: [("node", node), ("outcome", outcome.rawValue)],
                 factory: factory
-            ).increment()
-            timerLag.recordSeconds(max(0, timer.lag))
+            )
+            .increment(by: count)
         }
     }
 
