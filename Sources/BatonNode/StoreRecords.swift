@@ -110,11 +110,15 @@ public struct InstanceFilter: Sendable, Hashable {
     public var lifecycles: Set<ProcessLifecycle>
     /// Only instances whose last transition is before this (stuck or old ones); `nil` for any.
     public var changedBefore: Date?
+    /// Only instances listed after this one (keyset paging: the last instance of the previous page); `nil`
+    /// from the first.
+    public var after: InstancePosition?
 
     /// Creates a filter; the default lists everything.
-    public init(lifecycles: Set<ProcessLifecycle> = [], changedBefore: Date? = nil) {
+    public init(lifecycles: Set<ProcessLifecycle> = [], changedBefore: Date? = nil, after: InstancePosition? = nil) {
         self.lifecycles = lifecycles
         self.changedBefore = changedBefore?.roundedToMilliseconds
+        self.after = after
     }
 
     /// Instances not closed yet.
@@ -123,8 +127,50 @@ public struct InstanceFilter: Sendable, Hashable {
     public static let closed = InstanceFilter(lifecycles: Set(ProcessLifecycle.allCases.filter(\.isClosed)))
 
     /// Whether an instance matches.
-    public func matches(_ lifecycle: ProcessLifecycle, updatedAt: Date) -> Bool {
+    public func matches(_ lifecycle: ProcessLifecycle, updatedAt: Date, instanceID: String) -> Bool {
         (lifecycles.isEmpty || lifecycles.contains(lifecycle)) && changedBefore.map { updatedAt < $0 } != false
+            && after.map { InstancePosition(updatedAt: updatedAt, instanceID: instanceID).isListed(after: $0) } != false
+    }
+}
+
+/// Where an instance stands in a listing — most recently changed first, then by id — for keyset paging: a page
+/// starts after the last position of the one before, so a page deep in a million instances costs what the first
+/// one does.
+public struct InstancePosition: Sendable, Hashable, CustomStringConvertible, LosslessStringConvertible {
+    /// When the instance last moved (to the millisecond, as stored).
+    public var updatedAt: Date
+    /// Its id.
+    public var instanceID: String
+
+    /// Creates a position.
+    public init(updatedAt: Date, instanceID: String) {
+        self.updatedAt = updatedAt.roundedToMilliseconds
+        self.instanceID = instanceID
+    }
+
+    /// The position of a listed instance.
+    public init(_ summary: InstanceSummary) {
+        self.init(updatedAt: summary.updatedAt, instanceID: summary.instanceID)
+    }
+
+    /// Parses `MILLISECONDS:ID`, the form ``description`` gives (for a page link).
+    public init?(_ description: String) {
+        guard let colon = description.firstIndex(of: ":"), let milliseconds = Int64(description[..<colon]),
+            milliseconds >= 0
+        else { return nil }
+        self.init(
+            updatedAt: Date(millisecondsSince1970: milliseconds),
+            instanceID: String(description[description.index(after: colon)...])
+        )
+    }
+
+    /// `MILLISECONDS:ID`.
+    public var description: String { "\(updatedAt.millisecondsSince1970):\(instanceID)" }
+
+    /// Whether this position comes after `other` in a listing.
+    public func isListed(after other: InstancePosition) -> Bool {
+        let (mine, theirs) = (updatedAt.millisecondsSince1970, other.updatedAt.millisecondsSince1970)
+        return mine < theirs || (mine == theirs && instanceID > other.instanceID)
     }
 }
 

@@ -221,6 +221,8 @@ public final class PostgresStore: Store {
             PRIMARY KEY (process_manager, instance_id));
         CREATE INDEX IF NOT EXISTS process_instances_recent
             ON process_instances (process_manager, updated_at DESC, instance_id);
+        CREATE INDEX IF NOT EXISTS process_instances_listed
+            ON process_instances (process_manager, lifecycle, updated_at DESC, instance_id);
         CREATE TABLE IF NOT EXISTS process_transitions (
             process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, version BIGINT NOT NULL, record BYTEA NOT NULL,
             PRIMARY KEY (process_manager, instance_id, version));

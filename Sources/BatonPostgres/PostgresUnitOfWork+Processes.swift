@@ -150,19 +150,29 @@ extension PostgresUnitOfWork {
         ).first?.decode(String.self)
     }
 
+    /// Instances of a process manager, most recently changed first: one index range per lifecycle asked for
+    /// (`process_instances_listed`), merged, so a page deep in a million instances costs what the first does.
     func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary] {
-        try query(
+        let lifecycles = (filter.lifecycles.isEmpty ? Set(ProcessLifecycle.allCases) : filter.lifecycles)
+            .map(\.rawValue).sorted()
+        let ranges = lifecycles.indices.map { index in
             """
-            SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
-            WHERE process_manager = $1 AND ($2 = '' OR lifecycle = ANY(string_to_array($2, ',')))
-                AND ($3::bigint IS NULL OR updated_at < $3)
-            ORDER BY updated_at DESC, instance_id LIMIT $4
-            """,
+            (SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
+            WHERE process_manager = $1 AND lifecycle = $\(index + 6) AND ($2::bigint IS NULL OR updated_at < $2)
+                AND ($3::bigint IS NULL OR (updated_at <= $3 AND (updated_at < $3 OR instance_id > $4::text)))
+            ORDER BY updated_at DESC, instance_id LIMIT $5)
+            """
+        }
+        let after = filter.after
+        return try query(
+            "SELECT * FROM (" + ranges.joined(separator: " UNION ALL ")
+                + ") AS listed ORDER BY updated_at DESC, instance_id LIMIT $5",
             [
                 .init(string: processManager),
-                .init(string: filter.lifecycles.map(\.rawValue).sorted().joined(separator: ",")),
-                filter.changedBefore.map { .init(int64: $0.millisecondsSince1970) } ?? .null, .init(int: limit),
-            ]
+                filter.changedBefore.map { .init(int64: $0.millisecondsSince1970) } ?? .null,
+                after.map { .init(int64: $0.updatedAt.millisecondsSince1970) } ?? .null,
+                .init(string: after?.instanceID ?? ""), .init(int: limit),
+            ] + lifecycles.map { .init(string: $0) }
         ).map { row in
             let (id, lifecycle, version, started, updated) = try row.decode((String, String, Int64, Int64, Int64).self)
             return InstanceSummary(

@@ -253,6 +253,16 @@ public final class SQLiteStore: Store {
                     """
             )
         }
+        // Listing instances by lifecycle, most recently changed first, as the console pages through them.
+        migrator.registerMigration("v6-instance-listing") { db in
+            try db.execute(
+                sql: """
+                    DROP INDEX process_instances_open;
+                    CREATE INDEX process_instances_listed
+                        ON process_instances (process_manager, lifecycle, updated_at DESC, instance_id);
+                    """
+            )
+        }
         return migrator
     }
 }

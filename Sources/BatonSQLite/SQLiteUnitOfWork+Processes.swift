@@ -174,7 +174,8 @@ extension SQLiteUnitOfWork {
         )
     }
 
-    /// Instances of a process manager, most recently changed first.
+    /// Instances of a process manager, most recently changed first: one index range per lifecycle asked for
+    /// (`process_instances_listed`), merged, so a page costs the same at the millionth instance as at the first.
     func instances(
         of processManager: String,
         matching filter: InstanceFilter,
@@ -182,25 +183,32 @@ extension SQLiteUnitOfWork {
     ) throws
         -> [InstanceSummary]
     {
-        var conditions = ["process_manager = ?"]
-        var arguments: [any DatabaseValueConvertible] = [processManager]
-        if !filter.lifecycles.isEmpty {
-            conditions.append(
-                "lifecycle IN (\(Array(repeating: "?", count: filter.lifecycles.count).joined(separator: ", ")))"
-            )
-            arguments += filter.lifecycles.map(\.rawValue).sorted()
-        }
+        var conditions = ["process_manager = ?", "lifecycle = ?"]
+        var arguments: [any DatabaseValueConvertible] = []
         if let changedBefore = filter.changedBefore {
             conditions.append("updated_at < ?")
             arguments.append(changedBefore.timeIntervalSince1970)
         }
+        if let after = filter.after {
+            // Stored times are whole milliseconds held as doubles: the position's millisecond is a range.
+            let milliseconds = Double(after.updatedAt.millisecondsSince1970)
+            conditions.append("updated_at < ? AND (updated_at < ? OR instance_id > ?)")
+            arguments += [(milliseconds + 0.5) / 1000, (milliseconds - 0.5) / 1000, after.instanceID]
+        }
+        let lifecycles = (filter.lifecycles.isEmpty ? Set(ProcessLifecycle.allCases) : filter.lifecycles)
+            .map(\.rawValue).sorted()
+        let range = """
+            SELECT * FROM (SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
+            WHERE \(conditions.joined(separator: " AND ")) ORDER BY updated_at DESC, instance_id LIMIT ?)
+            """
+        var all: [any DatabaseValueConvertible] = []
+        for lifecycle in lifecycles { all += [processManager, lifecycle] + arguments + [limit] }
         return try Row.fetchAll(
-            db,
-            sql: """
-                SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
-                WHERE \(conditions.joined(separator: " AND ")) ORDER BY updated_at DESC, instance_id LIMIT ?
-                """,
-            arguments: StatementArguments(arguments + [limit])
+            try statement(
+                Array(repeating: range, count: lifecycles.count).joined(separator: " UNION ALL ")
+                    + " ORDER BY updated_at DESC, instance_id LIMIT ?"
+            ),
+            arguments: StatementArguments(all + [limit])
         ).map {
             InstanceSummary(
                 instanceID: $0["instance_id"],

@@ -114,7 +114,8 @@ extension InMemoryUnitOfWork {
 
     func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary] {
         let summaries = state.instances.filter { key, instance in
-            key.processManager == processManager && filter.matches(instance.lifecycle, updatedAt: instance.updatedAt)
+            key.processManager == processManager
+                && filter.matches(instance.lifecycle, updatedAt: instance.updatedAt, instanceID: key.instanceID)
         }.map { key, instance in
             InstanceSummary(
                 instanceID: key.instanceID,

@@ -32,7 +32,12 @@ import Testing
     @Test(arguments: StoreConformance.Case.allCases)
     func conforms(_ check: StoreConformance.Case) async throws {
         let store = try await Self.makeStore()
-        try await StoreConformance { store }.run(check)
+        do {
+            try await StoreConformance { store }.run(check)
+        } catch {
+            await store.close()  // an open connection must not be deinitialized: it would crash the run
+            throw error
+        }
         await store.close()
     }
 }

@@ -316,6 +316,21 @@ public struct StoreConformance: Sendable {
             #expect(try ids(InstanceFilter(changedBefore: t2)) == ["i-2", "i-4"], "last moved before t=2")
             #expect(try ids(InstanceFilter(lifecycles: InstanceFilter.open.lifecycles, changedBefore: t2)) == ["i-4"])
             #expect(try work.instances(of: "pm", matching: InstanceFilter(), limit: 2).count == 2)
+            func pages(_ filter: InstanceFilter, size: Int) throws -> [String] {
+                var (filter, listed) = (filter, [String]())
+                while case let page = try work.instances(of: "pm", matching: filter, limit: size), !page.isEmpty {
+                    listed += page.map(\.instanceID)
+                    filter.after = page.last.map(InstancePosition.init)
+                }
+                return listed
+            }
+            #expect(try pages(InstanceFilter(), size: 1) == ["i-3", "i-1", "i-2", "i-4"], "keyset pages (ties by id)")
+            #expect(try pages(InstanceFilter(), size: 3) == ["i-3", "i-1", "i-2", "i-4"])
+            #expect(try pages(.closed, size: 1) == ["i-3", "i-2"])
+            #expect(try pages(InstanceFilter(changedBefore: t2), size: 1) == ["i-2", "i-4"])
+            let position = InstancePosition(updatedAt: Self.epoch.addingTimeInterval(1), instanceID: "i-2")
+            #expect(InstancePosition(position.description) == position, "a page link's position reads back")
+            #expect(try ids(InstanceFilter(after: position)) == ["i-4"])
         }
         let purged = try await store.write { try $0.purgeInstances(of: "pm", closedBefore: t2, limit: 100) }
         #expect(purged == ["i-2"], "closed before t=2: i-3 closed later, the others are open")
