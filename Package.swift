@@ -199,7 +199,7 @@ let package = Package(
             dependencies: [
                 "BookstoreOperations", "BookstoreContracts", "BatonAMQP", "BatonService", "BatonTestSupport",
                 "BatonTesting", "ChildProcesses",
-                "Shipping",
+                "Shipping", "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
             ]
         ),
@@ -251,7 +251,7 @@ let package = Package(
         .testTarget(
             name: "BatonHTTPTests",
             dependencies: [
-                "BatonHTTP", "BatonNode", "BatonTestSupport",
+                "BatonHTTP", "BatonNode", "BatonTestSupport", "Baton", "BatonTesting",
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),

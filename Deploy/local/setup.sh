@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Installs what Baton needs on a Debian machine that already has the Swift toolchain: the RabbitMQ server
-# (for the local broker node), librabbitmq and SQLite headers, PostgreSQL, and Prometheus (its promtool checks
-# the example alerting rules). Does nothing when all is present.
+# (for the local broker node), librabbitmq and SQLite headers, PostgreSQL, Prometheus (its promtool checks
+# the example alerting rules), Chromium and Playwright from PyPI (the web console's browser test drives
+# Debian's Chromium: Playwright cannot download browsers here). Does nothing when all is present.
 set -euo pipefail
 
-packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 iptables postgresql prometheus)
+# Playwright for Python, unless it is there (PEP 668 systems need the override; a virtualenv's pip does not).
+install_playwright() {
+    python3 -c 'import playwright.sync_api' 2>/dev/null && return 0
+    echo "setup.sh: installing playwright (PyPI)"
+    python3 -m pip install -q playwright 2>/dev/null || python3 -m pip install -q --break-system-packages playwright
+}
+
+packages=(rabbitmq-server librabbitmq-dev libsqlite3-dev libssl-dev pkg-config openssl iproute2 iptables postgresql prometheus chromium python3-pip)
 missing=()
 for package in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && { install_playwright; exit 0; }
 
 echo "setup.sh: installing ${missing[*]}"
 sudo=""
@@ -23,3 +31,4 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
     trap '$sudo rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+install_playwright

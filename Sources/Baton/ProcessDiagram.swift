@@ -34,6 +34,8 @@ public struct ProcessOutline: Sendable, Hashable {
     public var version: Int
     /// What it reacts to.
     public var steps: [Step]
+    /// The names its instances may be found by besides their id (``ProcessManager/Builder/association(_:)``).
+    public var associations: [String] = []
 }
 
 extension ProcessManager {
@@ -52,7 +54,7 @@ extension ProcessManager {
         }
         steps += failureCommandTypes.sorted().map { ProcessOutline.Step(trigger: $0, kind: .failure) }
         steps += timerHandlers.keys.sorted().map { ProcessOutline.Step(trigger: $0, kind: .timer) }
-        return ProcessOutline(name: name, version: version, steps: steps)
+        return ProcessOutline(name: name, version: version, steps: steps, associations: associations.sorted())
     }
 }
 

@@ -108,8 +108,9 @@ struct BenchmarkReport: Codable, Sendable {
     static func scaleLines(_ result: ScaleResult) -> [String] {
         var lines = [
             "scale: the process-manager node (one process), open instances in its store; one event at a time",
-            "(latency: publish → its command relayed), then a burst (µs/event); RSS after both",
-            row(["instances", "p50 ms", "p99 ms", "µs/event", "RSS MB"]),
+            "(latency: publish → its command relayed), then a burst (µs/event); RSS after both; a console page of 50",
+            "instances (ms, best of five): the first, one half way down (keyset), one of a lifecycle none is in",
+            row(["instances", "p50 ms", "p99 ms", "µs/event", "RSS MB", "page 1", "page ½", "page ∅"]),
         ]
         for point in result.points {
             lines.append(
@@ -119,6 +120,9 @@ struct BenchmarkReport: Codable, Sendable {
                     String(format: "%.2f", point.latencyP99),
                     String(format: "%.0f", point.microsecondsPerEvent),
                     String(format: "%.0f", point.residentMegabytes),
+                    String(format: "%.2f", point.firstPageMilliseconds),
+                    String(format: "%.2f", point.middlePageMilliseconds),
+                    String(format: "%.2f", point.rarePageMilliseconds),
                 ])
             )
         }

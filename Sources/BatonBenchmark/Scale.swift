@@ -55,6 +55,7 @@ struct ScaleBenchmark {
             await source.cancel()
             running.cancel()
             try await running.value
+            let pages = try await pageTimes(in: node.store, seeded: seeded)
             latencies.sort()
             points.append(
                 ScalePoint(
@@ -62,7 +63,10 @@ struct ScaleBenchmark {
                     latencyP50: latencies[latencies.count / 2],
                     latencyP99: latencies[min(latencies.count - 1, latencies.count * 99 / 100)],
                     microsecondsPerEvent: burstSeconds * 1e6 / Double(burst),
-                    residentMegabytes: ProcessStats.residentMegabytes(getpid())
+                    residentMegabytes: ProcessStats.residentMegabytes(getpid()),
+                    firstPageMilliseconds: pages.first,
+                    middlePageMilliseconds: pages.middle,
+                    rarePageMilliseconds: pages.rare
                 )
             )
             FileHandle.standardError.write(
@@ -71,6 +75,38 @@ struct ScaleBenchmark {
         }
         let restart = try await restartTime(probe: probes.next(of: seeded), topology: topology, logger: logger)
         return ScaleResult(points: points, restartSeconds: restart, restartInstances: seeded)
+    }
+
+    /// What the web console's instance list costs (a page of 50, as the console asks for it; best of five): the
+    /// first page, a page that starts half way down (keyset), and the first page of a lifecycle few instances
+    /// are in (the failed ones, none here: the whole index range is empty).
+    private func pageTimes(
+        in store: any Store,
+        seeded: Int
+    ) async throws -> (first: Double, middle: Double, rare: Double) {
+        let process = fourSteps(stepTimeout: Self.stepTimeout).name
+        let middle = try await store.read { work in
+            try work.transitions(of: process, instance: "wf-\(seeded / 2)").last.map {
+                InstancePosition(updatedAt: $0.at, instanceID: "wf-\(seeded / 2)")
+            }
+        }
+        func best(_ filter: InstanceFilter) async throws -> Double {
+            var fastest = Double.infinity
+            for _ in 0..<5 {
+                let started = ContinuousClock.now
+                let page = try await store.read { try $0.instances(of: process, matching: filter, limit: 50) }
+                guard page.count == 50 || filter.lifecycles == [.failed] else {
+                    throw BenchmarkError("a console page listed \(page.count) instances, not 50")
+                }
+                fastest = min(fastest, (ContinuousClock.now - started).seconds * 1_000)
+            }
+            return fastest
+        }
+        return (
+            try await best(InstanceFilter()),
+            try await best(InstanceFilter(after: middle)),
+            try await best(InstanceFilter(lifecycles: [.failed]))
+        )
     }
 
     /// Opens the store anew and starts a node with one event waiting: seconds until it is handled.
@@ -163,6 +199,11 @@ struct ScalePoint: Codable, Sendable {
     var microsecondsPerEvent: Double
     /// The process's resident memory after the measurements.
     var residentMegabytes: Double
+    /// A page of the console's instance list (50), in milliseconds: the first, one half way down, one of a
+    /// lifecycle no instance is in.
+    var firstPageMilliseconds: Double
+    var middlePageMilliseconds: Double
+    var rarePageMilliseconds: Double
 }
 
 struct ScaleResult: Codable, Sendable {

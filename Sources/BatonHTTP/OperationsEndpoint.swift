@@ -8,7 +8,8 @@ import ServiceLifecycle
 
 /// A service's operations endpoint over HTTP (Hummingbird): `/metrics` in the Prometheus text format,
 /// `/health/live` (the process answers) and `/health/ready` (it does its work: 200, or 503 with one line per
-/// problem). It serves no message body, no id and no password: metrics carry low-cardinality labels only.
+/// problem); on a process-manager node, its web console under `/console` (``ProcessConsole``). The metrics and
+/// health answers carry no message body, no id and no password: metrics have low-cardinality labels only.
 ///
 /// Run it in the service's `ServiceGroup` beside its node; it stops with the group.
 public struct OperationsEndpoint: Service {
@@ -20,6 +21,7 @@ public struct OperationsEndpoint: Service {
     let readiness: @Sendable () async -> NodeReadiness
     let beforeScrape: @Sendable () -> Void
     let onListening: @Sendable (Int) async -> Void
+    let console: ProcessConsole?
     let logger: Logger
 
     /// Creates the endpoint.
@@ -30,6 +32,7 @@ public struct OperationsEndpoint: Service {
     ///   - readiness: What keeps the service from its work at this moment.
     ///   - beforeScrape: Updates gauges read at scrape time (the broker connection's state).
     ///   - onListening: Called with the bound port once it listens.
+    ///   - console: The web console of a process-manager node, served under `/console`; `nil` for none.
     ///   - logger: Where it logs.
     public init(
         host: String,
@@ -38,6 +41,7 @@ public struct OperationsEndpoint: Service {
         readiness: @escaping @Sendable () async -> NodeReadiness,
         beforeScrape: @escaping @Sendable () -> Void = {},
         onListening: @escaping @Sendable (Int) async -> Void = { _ in },
+        console: ProcessConsole? = nil,
         logger: Logger
     ) {
         self.host = host
@@ -46,6 +50,7 @@ public struct OperationsEndpoint: Service {
         self.readiness = readiness
         self.beforeScrape = beforeScrape
         self.onListening = onListening
+        self.console = console
         self.logger = logger
     }
 
@@ -85,6 +90,7 @@ public struct OperationsEndpoint: Service {
                 body: ResponseBody(byteBuffer: ByteBuffer(string: text))
             )
         }
+        console?.addRoutes(to: router)
         let application = Application(
             router: router,
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: nil),

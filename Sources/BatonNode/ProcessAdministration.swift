@@ -83,6 +83,9 @@ public protocol ProcessManagerHosting: NodeHandler {
     func verify(_ instanceID: String, in work: any UnitOfWork) throws -> ReplayDifference?
     /// What the process manager reacts to, for its diagram (``ProcessDiagram``).
     var outline: ProcessOutline { get }
+    /// The dead letters that hold an instance: of the message its later ones wait behind, or of its timer
+    /// (what `processes retry` re-arms).
+    func failedSteps(of instanceID: String, in work: any UnitOfWork) throws -> [Int64]
 }
 
 extension ProcessManagerHost: ProcessManagerHosting {
@@ -163,7 +166,7 @@ extension ProcessManagerHost: ProcessManagerHosting {
     }
 
     /// The open dead letters that hold an instance: a message of it, or one of its timers.
-    private func failedSteps(of instanceID: String, in work: any UnitOfWork) throws -> [Int64] {
+    public func failedSteps(of instanceID: String, in work: any UnitOfWork) throws -> [Int64] {
         let key = Self.orderingKey(processManager: name, instanceID: instanceID)
         let messages = try work.parkedMessages().filter { $0.orderingKey == key }.compactMap(\.deadLetterID)
         let timers = try work.deadLetters().filter { letter in
@@ -173,5 +176,25 @@ extension ProcessManagerHost: ProcessManagerHosting {
             return timer.processManager == name && timer.instanceID == instanceID
         }.map(\.id)
         return messages + timers
+    }
+}
+
+extension Node {
+    /// Sends this node one of the operator's commands (``AbortProcess``, ``RetryProcess``, ``ResumeProcess``,
+    /// ``PurgeProcesses``) through its own outbox: committed in its store, relayed to its queue on
+    /// ``Routing/nodeExchange``, and handled as the same command from the command line is — by whichever replica
+    /// takes it.
+    /// - Returns: The command's message id.
+    @discardableResult
+    public func submit<C: Command>(_ command: C) async throws -> String {
+        let envelope = Envelope(
+            messageID: UUID().uuidString.lowercased(),
+            messageType: C.messageType,
+            timestamp: businessNow(),
+            payload: MessageRegistry.encode(command)
+        )
+        let name = configuration.name
+        try await commit { try $0.enqueue(envelope, exchange: Routing.nodeExchange, routingKey: name, key: nil) }
+        return envelope.messageID
     }
 }

@@ -121,6 +121,15 @@ public struct InstanceFilter: Sendable, Hashable {
         self.after = after
     }
 
+    /// Parses an age as operators write it — `90s`, `30m`, `2h`, `7d` — into seconds; `nil` if it is not one.
+    public static func seconds(inAge text: some StringProtocol) -> TimeInterval? {
+        let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+        guard let unit = text.last.flatMap({ units[$0] }), let count = Double(text.dropLast()), count > 0,
+            count.isFinite
+        else { return nil }
+        return count * unit
+    }
+
     /// Instances not closed yet.
     public static let open = InstanceFilter(lifecycles: Set(ProcessLifecycle.allCases.filter { !$0.isClosed }))
     /// Completed and failed instances.

@@ -174,8 +174,7 @@ extension SQLiteUnitOfWork {
         )
     }
 
-    /// Instances of a process manager, most recently changed first: one index range per lifecycle asked for
-    /// (`process_instances_listed`), merged, so a page costs the same at the millionth instance as at the first.
+    /// Instances of a process manager, most recently changed first (``instanceListing(of:matching:limit:)``).
     func instances(
         of processManager: String,
         matching filter: InstanceFilter,
@@ -183,6 +182,26 @@ extension SQLiteUnitOfWork {
     ) throws
         -> [InstanceSummary]
     {
+        let (sql, arguments) = Self.instanceListing(of: processManager, matching: filter, limit: limit)
+        return try Row.fetchAll(try statement(sql), arguments: arguments).map {
+            InstanceSummary(
+                instanceID: $0["instance_id"],
+                lifecycle: ProcessLifecycle(rawValue: $0["lifecycle"]) ?? .failed,
+                version: $0["version"],
+                startedAt: Date(timeIntervalSince1970: $0["started_at"]),
+                updatedAt: Date(timeIntervalSince1970: $0["updated_at"])
+            )
+        }
+    }
+
+    /// The query that lists instances: one range of the `process_instances_listed` index per lifecycle asked
+    /// for, each read in order up to the limit, merged — so a page costs the same at the millionth instance as at
+    /// the first, and a rare lifecycle is not looked for among the common ones.
+    static func instanceListing(
+        of processManager: String,
+        matching filter: InstanceFilter,
+        limit: Int
+    ) -> (sql: String, arguments: StatementArguments) {
         var conditions = ["process_manager = ?", "lifecycle = ?"]
         var arguments: [any DatabaseValueConvertible] = []
         if let changedBefore = filter.changedBefore {
@@ -203,21 +222,11 @@ extension SQLiteUnitOfWork {
             """
         var all: [any DatabaseValueConvertible] = []
         for lifecycle in lifecycles { all += [processManager, lifecycle] + arguments + [limit] }
-        return try Row.fetchAll(
-            try statement(
-                Array(repeating: range, count: lifecycles.count).joined(separator: " UNION ALL ")
-                    + " ORDER BY updated_at DESC, instance_id LIMIT ?"
-            ),
-            arguments: StatementArguments(all + [limit])
-        ).map {
-            InstanceSummary(
-                instanceID: $0["instance_id"],
-                lifecycle: ProcessLifecycle(rawValue: $0["lifecycle"]) ?? .failed,
-                version: $0["version"],
-                startedAt: Date(timeIntervalSince1970: $0["started_at"]),
-                updatedAt: Date(timeIntervalSince1970: $0["updated_at"])
-            )
-        }
+        return (
+            Array(repeating: range, count: lifecycles.count).joined(separator: " UNION ALL ")
+                + " ORDER BY updated_at DESC, instance_id LIMIT ?",
+            StatementArguments(all + [limit])
+        )
     }
 
     func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {

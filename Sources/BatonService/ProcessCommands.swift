@@ -331,11 +331,8 @@ struct Age: ExpressibleByArgument {
     var seconds: TimeInterval
 
     init?(argument: String) {
-        let units: [Character: TimeInterval] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
-        guard let unit = argument.last.flatMap({ units[$0] }), let count = Double(argument.dropLast()), count > 0,
-            count.isFinite
-        else { return nil }
-        seconds = count * unit
+        guard let seconds = InstanceFilter.seconds(inAge: argument) else { return nil }
+        self.seconds = seconds
     }
 
     static var defaultCompletionKind: CompletionKind { .default }

@@ -3,12 +3,13 @@ import BatonHTTP
 import BatonNode
 import Foundation
 
-/// What `serve` takes beyond ``ServiceOptions``: the operations endpoint and the stuck-instance threshold.
+/// What `serve` takes beyond ``ServiceOptions``: the operations endpoint (with the web console of a
+/// process-manager node, whose actions `BATON_CONSOLE_TOKEN` guards) and the stuck-instance threshold.
 public struct ServeOptions: ParsableArguments {
     @Option(
         name: .customLong("http"),
         help: ArgumentHelp(
-            "Serve /metrics (Prometheus), /health/live and /health/ready on this address; off when not given (default: $BATON_HTTP).",
+            "Serve /metrics (Prometheus), /health/live, /health/ready and, on a process-manager node, the web console (/console; actions need $BATON_CONSOLE_TOKEN) on this address; off when not given (default: $BATON_HTTP).",
             valueName: "host:port"
         )
     )
@@ -55,9 +56,22 @@ public struct ServeOptions: ParsableArguments {
         }
     }
 
+    /// What the web console's actions need (`BATON_CONSOLE_TOKEN`); `nil` when it is not set (actions off).
+    /// - Throws: ``ValidationError`` if it is too short to guard anything.
+    public var consoleToken: String? {
+        get throws {
+            do {
+                return try ProcessConsole.token(from: environment)
+            } catch {
+                throw ValidationError(error.message)
+            }
+        }
+    }
+
     public func validate() throws {
         _ = try http
         _ = try stuckAfter
+        _ = try consoleToken
     }
 
     /// Sets what the node needs for the endpoint: store sampling (when it is on) and the stuck threshold.

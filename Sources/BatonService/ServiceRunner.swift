@@ -39,7 +39,8 @@ public enum ServiceRunner {
         }
     }
 
-    /// Serves a node: opens the store, connects, runs — with its operations endpoint when `serving` names one.
+    /// Serves a node: opens the store, connects, runs — with its operations endpoint when `serving` names one
+    /// (and, for a node that hosts process managers, its web console there).
     /// - Parameters:
     ///   - service: The service's name (node, queue and store name).
     ///   - options: Broker, and the data directory or the database.
@@ -84,12 +85,17 @@ public enum ServiceRunner {
             .init(service: node, successTerminationBehavior: .gracefullyShutdownGroup)
         ]
         if let http, let metrics {
+            let hosts = handlers.compactMap { $0 as? any ProcessManagerHosting }
+            let console =
+                try hosts.isEmpty
+                ? nil : ProcessConsole(node: node, hosts: hosts, token: serving.consoleToken, logger: logger)
             let endpoint = OperationsEndpoint(
                 host: http.host,
                 port: http.port,
                 metrics: metrics,
                 readiness: { readiness(of: node, on: connection) },
                 beforeScrape: ConnectionGauges(connection: connection, node: service).update,
+                console: console,
                 logger: logger
             )
             // Listed first, so stopped last: while the node stops, ready answers 503 and metrics still scrape.

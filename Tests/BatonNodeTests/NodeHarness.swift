@@ -238,10 +238,3 @@ func withRunningNode<T>(_ node: Node, transport: any Transport, _ body: () async
         throw error
     }
 }
-
-extension PublishOutcome {
-    /// Throws unless the message was confirmed (tests publish what must arrive).
-    func get() throws {
-        guard self == .confirmed else { throw TestSupportError("the transport did not confirm: \(self)") }
-    }
-}

@@ -218,4 +218,105 @@ extension String {
         #expect(dot.contains("start -> open [label=\"orders.OrderConfirmed.v1\"];"))
         #expect(dot.contains("failed -> end [label=\"purged\"];"))
     }
+
+    /// An event as a transition records it.
+    static func event<E: Event>(_ event: E, id: String) -> ProcessTrigger {
+        .event(
+            Envelope(
+                messageID: id,
+                messageType: E.messageType,
+                timestamp: Date(timeIntervalSince1970: 0),
+                payload: MessageRegistry.encode(event)
+            )
+        )
+    }
+
+    static func transition(
+        _ version: Int64,
+        _ trigger: ProcessTrigger,
+        _ lifecycle: ProcessLifecycle
+    )
+        -> ProcessTransition
+    {
+        ProcessTransition(
+            version: version,
+            trigger: trigger,
+            at: Date(timeIntervalSince1970: Double(version)),
+            lifecycle: lifecycle,
+            issued: [],
+            timers: [],
+            associations: [:],
+            reason: nil
+        )
+    }
+
+    @Test func anInstancesPathIsFollowedThroughItsDefinitionAndHighlighted() {
+        let outline = Self.definition.outline
+        let completed = ProcessPath(
+            outline: outline,
+            transitions: [
+                Self.transition(1, Self.event(OrderConfirmed(orderID: "o-1", address: "a"), id: "m1"), .started),
+                Self.transition(2, .timer(name: "reminder", dueAt: Date(timeIntervalSince1970: 2)), .running),
+                Self.transition(3, Self.event(InventoryReserved(orderID: "o-1"), id: "m3"), .running),
+                Self.transition(4, Self.event(OrderCompleted(orderID: "o-1"), id: "m4"), .completed),
+                // Closed: a late ShipmentCreated takes the after-close step, not an open one.
+                Self.transition(
+                    5,
+                    Self.event(ShipmentCreated(orderID: "o-1", trackingNumber: "T"), id: "m5"),
+                    .completed
+                ),
+            ]
+        )
+        #expect(
+            completed.visits == [
+                "start:orders.OrderConfirmed.v1": [1], "timer:reminder": [2],
+                "handle:inventory.InventoryReserved.v1": [3],
+                "end:orders.OrderCompleted.v1": [4], "after-close:shipping.ShipmentCreated.v1": [5],
+            ]
+        )
+        #expect(completed.lifecycles == [.started, .running, .completed] && completed.current == .completed)
+        let svg = ProcessDiagram.svg(outline, path: completed)
+        #expect(svg.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\"") && svg.hasSuffix("</svg>"))
+        #expect(svg.contains(#"<g data-step="after-close:shipping.ShipmentCreated.v1" data-visited="5">"#))
+        #expect(svg.contains(#"data-state="completed" data-current="true""#))
+        for step in outline.steps { #expect(svg.contains(#"data-step="\#(step.id)""#), "\(step.id) drawn") }
+
+        // A failure reply takes its command's step; an operator's abort its own.
+        let failure = CommandFailed(
+            commandType: "inventory.ReserveInventory.v1",
+            commandID: "c-1",
+            reason: "no such SKU",
+            refusedBy: "inventory/handler",
+            attempts: 1,
+            processManager: "tracker",
+            instanceID: "o-2",
+            causation: ["c-1"]
+        )
+        let withFailures = ProcessManager<Tracked>(name: "tracker", listensTo: ["orders"]) { pm in
+            pm.start(on: OrderConfirmed.self, correlation: .field(\.orderID)) { _, _ in }
+            pm.onFailure(of: ReserveInventory.self) { _, _ in }
+        }.outline
+        let aborted = ProcessPath(
+            outline: withFailures,
+            transitions: [
+                Self.transition(1, Self.event(OrderConfirmed(orderID: "o-2", address: "a"), id: "m1"), .started),
+                Self.transition(2, Self.event(failure, id: "m2"), .compensating),
+                Self.transition(3, .abort(messageID: "m3", reason: "<b>by hand</b>"), .failed),
+            ]
+        )
+        #expect(
+            aborted.visits == [
+                "start:orders.OrderConfirmed.v1": [1], "failure:inventory.ReserveInventory.v1": [2],
+                ProcessPath.abortStep: [3],
+            ]
+        )
+        let drawn = ProcessDiagram.svg(withFailures, path: aborted)
+        #expect(drawn.contains(#"<g data-step="abort" data-visited="3">"#))
+        #expect(drawn.contains(#"data-state="failed" data-current="true""#))
+        #expect(!ProcessDiagram.svg(outline).contains("data-visited"), "without a path nothing is highlighted")
+        #expect(
+            ProcessDiagram.escapeMarkup(#"<a href="x">'&'</a>"#)
+                == "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        )
+    }
 }

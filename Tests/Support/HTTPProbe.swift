@@ -13,6 +13,31 @@ public enum HTTPProbe {
         return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
     }
 
+    /// The status, body and final URL (after redirects) of a request to `http://127.0.0.1:PORT/PATH`: a GET, or
+    /// with `form`, a POST of it as `application/x-www-form-urlencoded`.
+    public static func request(
+        port: Int,
+        _ path: String,
+        form: [String: String]? = nil,
+        headers: [String: String] = [:]
+    ) async throws -> (status: Int, body: String, url: String) {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/\(path)")!)
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        if let form {
+            var allowed = CharacterSet.alphanumerics
+            allowed.insert(charactersIn: "-._~")
+            request.httpMethod = "POST"
+            request.setValue("application/x-www-form-urlencoded", forHTTPHeaderField: "Content-Type")
+            request.httpBody = Data(
+                form.map { "\($0.key)=\($0.value.addingPercentEncoding(withAllowedCharacters: allowed)!)" }
+                    .joined(separator: "&").utf8
+            )
+        }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        let http = response as? HTTPURLResponse
+        return (http?.statusCode ?? 0, String(decoding: data, as: UTF8.self), http?.url?.absoluteString ?? "")
+    }
+
     /// The samples of a Prometheus text exposition: each line `name{labels} value` as (name with labels, value).
     public static func samples(_ exposition: String) -> [String: Double] {
         var samples: [String: Double] = [:]

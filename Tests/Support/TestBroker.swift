@@ -1,3 +1,4 @@
+import BatonNode
 import ChildProcesses
 import Foundation
 
@@ -87,4 +88,11 @@ public func eventually(
 public struct TestSupportError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
+}
+
+extension PublishOutcome {
+    /// Throws unless the message was confirmed (tests publish what must arrive).
+    public func get() throws {
+        guard self == .confirmed else { throw TestSupportError("the transport did not confirm: \(self)") }
+    }
 }
