@@ -17,12 +17,15 @@ check holds; each failure is printed.
 """
 import argparse
 import copy
+import html
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -394,6 +397,53 @@ def check_prometheus(args):
           f"the example rules are loaded and evaluate ({len(rules)}: {sorted(r['name'] for r in rules)})")
 
 
+def check_console(args):
+    """The fulfillment node's web console on the host's loopback: its counts match the producer's outcomes, a
+    cancelled order's page shows it failed with its reason, and actions without the token are refused."""
+    with open(args.outcomes) as file:
+        seen = json.load(file)["outcomes"]
+    base = f"http://127.0.0.1:{args.port}/console"
+
+    def get(path):
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def post(path, form, headers=None):
+        request = urllib.request.Request(base + path, data=urllib.parse.urlencode(form).encode(),
+                                         headers=headers or {}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def count(page, lifecycle):
+        found = re.search(rf'data-lifecycle="{lifecycle}"><b>(\d+)</b>', page)
+        return int(found.group(1)) if found else None
+
+    completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
+    cancelled = [o for o in seen.values() if o["event"] == "orders.OrderCancelled"]
+    status, page = get("/instances")
+    check(status == 200 and count(page, "completed") == completed and count(page, "failed") == len(cancelled),
+          f"the console counts {completed} completed and {len(cancelled)} failed instances "
+          f"({status}: {count(page, 'completed')}, {count(page, 'failed')})")
+    order = cancelled[0]
+    status, page = get(f"/instances/{order['order_id']}")
+    reason = html.escape(order["reason"], quote=True).replace("&#x27;", "&#39;")
+    check(status == 200 and 'data-state="failed" data-current="true"' in page and reason in page,
+          f"a cancelled order's page shows it failed, with its reason ({status})")
+    check(get("/instances/no-such-order")[0] == 404, "an unknown instance is a 404")
+    check(get("/instances?lifecycle=sideways")[0] == 400, "a malformed filter is a 400")
+    abort = f"/instances/{order['order_id']}/abort"
+    check(post(abort, {"reason": "x"})[0] == 403, "an abort without the token is refused")
+    check(post(abort, {"reason": "x", "token": "wrong-token-wrong-token"})[0] == 403, "a wrong token is refused")
+    check(post(abort, {"reason": "x", "token": args.token}, {"Origin": "http://evil.example"})[0] == 403,
+          "an action from another origin is refused")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -413,9 +463,13 @@ def main():
     prometheus.add_argument("--targets", type=int, required=True, help="service endpoints to be scraped")
     prometheus.add_argument("--checkouts-handled", action="store_true",
                             help="check orders' counter of handled checkouts (no orders process restarted)")
+    console = commands.add_parser("console")
+    console.add_argument("--port", type=int, required=True, help="the fulfillment node's HTTP port on loopback")
+    console.add_argument("--outcomes", required=True, help="producer.py --json output")
+    console.add_argument("--token", required=True, help="the console token the deployment was given")
     args = parser.parse_args()
     {"document": check_document, "permissions": check_permissions, "contract": check_contract,
-     "agree": check_agree, "prometheus": check_prometheus}[args.command](args)
+     "agree": check_agree, "prometheus": check_prometheus, "console": check_console}[args.command](args)
     print(f"{len(failures)} failed" if failures else "all checks hold")
     return 1 if failures else 0
 

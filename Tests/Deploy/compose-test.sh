@@ -55,6 +55,8 @@ amqp_port=$(free_port)
     echo "BATON_ERLANG_COOKIE=$(openssl rand -hex 20)"
     echo "BATON_MANAGEMENT_PORT=$(free_port)"
     echo "BATON_PROMETHEUS_PORT=$(free_port)"
+    echo "BATON_CONSOLE_PORT=$(free_port)"
+    echo "BATON_CONSOLE_TOKEN=compose-test-console-$(openssl rand -hex 8)"
     echo "BATON_LOG_LEVEL=info"
 } > "$work/test.env"
 set -a; . "$work/test.env"; set +a
@@ -142,6 +144,10 @@ phase "Prometheus"
 "$python" Tests/Deploy/checks.py prometheus --port "$BATON_PROMETHEUS_PORT" --outcomes "$work/outcomes.json" \
     --targets 4 --checkouts-handled
 
+phase "web console"
+"$python" Tests/Deploy/checks.py console --port "$BATON_CONSOLE_PORT" --outcomes "$work/outcomes.json" \
+    --token "$BATON_CONSOLE_TOKEN"
+
 phase "contract against the services"
 "$python" Tests/Deploy/checks.py contract --port "$amqp_port" --compose "$compose_line" > "$work/contract.log" \
     || { cat "$work/contract.log"; exit 1; }
@@ -203,6 +209,11 @@ print("cancelled:", dict(reasons))' "$work/scaled-outcomes.json" "$scaled_checko
 phase "scaled: Prometheus"
 "$python" Tests/Deploy/checks.py prometheus --port "$BATON_PROMETHEUS_PORT" \
     --outcomes "$work/scaled-outcomes.json" --targets 8
+
+phase "scaled: web console"
+console_port=$("${scaled[@]}" port --index 1 fulfillment 9464)
+"$python" Tests/Deploy/checks.py console --port "${console_port##*:}" --outcomes "$work/scaled-outcomes.json" \
+    --token "$BATON_CONSOLE_TOKEN"
 
 phase "scaled: replicated queues"
 "${scaled[@]}" exec -T rabbit-2 rabbitmqctl -q list_queues -p baton name type members --formatter json \
