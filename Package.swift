@@ -23,6 +23,13 @@ let package = Package(
         .executable(name: "bookstore-demo", targets: ["BookstoreDemo"]),
         .executable(name: "bookstore-chaos", targets: ["BookstoreChaos"]),
     ],
+    traits: [
+        .trait(
+            name: "OpenTelemetry",
+            description:
+                "The services export their traces over OTLP/HTTP (swift-otel) when OTEL_EXPORTER_OTLP_ENDPOINT is set; off by default, so the default and Docker builds do not compile swift-otel"
+        )
+    ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
@@ -35,6 +42,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.0"),
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // The core: messages, process managers and their engine. Pure, no I/O.
@@ -70,6 +79,7 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // The operations endpoint of a service: Prometheus metrics and health checks over HTTP.
@@ -94,6 +104,8 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel", condition: .when(traits: ["OpenTelemetry"])),
             ]
         ),
         // The bookstore's published contract: the only code its bounded contexts share.
@@ -201,6 +213,7 @@ let package = Package(
                 "BatonTesting", "ChildProcesses",
                 "Shipping", "Fulfillment",
                 "orders", "inventory", "shipping", "fulfillment",
+                .product(name: "Hummingbird", package: "hummingbird"),
             ]
         ),
         .testTarget(name: "BookstoreContractsTests", dependencies: ["BookstoreContracts", "Baton"]),

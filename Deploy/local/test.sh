@@ -52,8 +52,12 @@ export BATON_TEST_AMQPS_URL="${BATON_TEST_AMQPS_URL/127.0.0.1:$BATON_BROKER_PORT
 export BATON_TEST_TLS_CA="$BATON_BROKER_TLS_DIR/ca.pem"
 export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 
+# With the OpenTelemetry trait: the services export traces when told to (TraceTests checks one checkout's spans
+# form one tree); the default build (run.sh, the images) does without swift-otel.
+traits=(--traits OpenTelemetry)
 # Strict: every target declares the modules it imports, and Baton's own code builds without a warning.
-swift build --build-tests --explicit-target-dependency-import-check error 2>&1 | tee "$BATON_BROKER_DIR/build.log"
+swift build "${traits[@]}" --build-tests --explicit-target-dependency-import-check error 2>&1 \
+    | tee "$BATON_BROKER_DIR/build.log"
 # (A dependency's own package warnings name it, `warning: 'swift-distributed-tracing': …`: not Baton's code.)
 dependencies=$(ls .build/checkouts | tr '\n' '|')
 if grep "warning:" "$BATON_BROKER_DIR/build.log" | grep -v "/.build/checkouts/" \
@@ -62,15 +66,15 @@ if grep "warning:" "$BATON_BROKER_DIR/build.log" | grep -v "/.build/checkouts/" 
     exit 1
 fi
 if [ $# -gt 0 ]; then
-    swift test --skip-build "$@"
+    swift test "${traits[@]}" --skip-build "$@"
     exit 0
 fi
 # Everything in parallel, then the suites that close, freeze, restart and kill brokers: the one test node's
 # and the three-node cluster's (which they start), then the scaled-out mesh on that cluster, which kills a
 # node of it too.
-swift test --skip-build --skip 'BrokerDisruptionTests|ClusterFailoverTests|ScaleOutTests'
-swift test --skip-build --filter 'BrokerDisruptionTests|ClusterFailoverTests'
-swift test --skip-build --filter ScaleOutTests
+swift test "${traits[@]}" --skip-build --skip 'BrokerDisruptionTests|ClusterFailoverTests|ScaleOutTests'
+swift test "${traits[@]}" --skip-build --filter 'BrokerDisruptionTests|ClusterFailoverTests'
+swift test "${traits[@]}" --skip-build --filter ScaleOutTests
 "$here/broker.sh" stop
 
 # The benchmark, small: ceiling, mesh at max and 50%, embedded, scale — so that it keeps working.
@@ -78,7 +82,7 @@ swift test --skip-build --filter ScaleOutTests
 
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).
-BATON_CHAOS_BUILD=debug "$here/chaos.sh" --workflows 300
+BATON_CHAOS_BUILD=debug BATON_CHAOS_TRAITS=OpenTelemetry "$here/chaos.sh" --workflows 300
 
 # The deployment's Prometheus configuration and example alerting rules, as Prometheus itself reads them.
 promtool check rules Deploy/prometheus/rules.yml

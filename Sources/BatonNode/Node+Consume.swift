@@ -1,6 +1,7 @@
 import Baton
 import Foundation
 import Logging
+import Tracing
 
 /// The consume path: batches of deliveries, checked at the edge, handled in one transaction, acknowledged
 /// after the commit.
@@ -71,7 +72,16 @@ extension Node {
     /// same instance first), the batch stays unacknowledged and is handled again after a backoff — one log
     /// line per attempt, not a requeue storm — until it commits, or the node stops and gives it back.
     private func process(_ batch: [IncomingMessage]) async {
-        let prepared = batch.map(prepare)
+        var prepared = batch.map(prepare)
+        // Each message to handle gets its span; its handlers see the span's traceparent.
+        let spans = prepared.indices.map { index -> (any Span)? in
+            guard case .handle(let incoming, let envelope, let message, let takers) = prepared[index] else {
+                return nil
+            }
+            let (span, traced) = NodeTracing.consume(envelope, node: configuration.name, queue: configuration.queue)
+            prepared[index] = .handle(incoming, traced, message, takers)
+            return span
+        }
         var parked = false
         var results: [MessageResult] = []
         var failures = 0
@@ -91,6 +101,10 @@ extension Node {
                 if consumption.isStopping {
                     logger.error("batch not committed; requeued as the node stops", metadata: metadata)
                     for incoming in batch { incoming.requeue() }
+                    for case let span? in spans {
+                        span.setStatus(SpanStatus(code: .error, message: "not committed: requeued"))
+                        span.end()
+                    }
                     return
                 }
                 let delay = Self.commitRetryDelay(after: error, failures: failures)
@@ -107,6 +121,7 @@ extension Node {
         relay.wake()
         if schedulesTimers || parked { deadlines.wake() }
         metrics.committed(results, duration: ContinuousClock.now - started)
+        for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, outcome: result.outcome) } }
         health.withLock { $0.commitFailure = nil }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()

@@ -101,6 +101,9 @@ extension Node {
         let outgoing = rows.map {
             OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
         }
+        let spans = rows.map {
+            NodeTracing.publish($0.envelope, exchange: $0.exchange, routingKey: $0.routingKey, node: configuration.name)
+        }
         let together = rows.indices.filter { !rows[$0].wasRefused }
         var outcomes = [PublishOutcome](repeating: .confirmed, count: rows.count)
         for (index, outcome) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
@@ -109,6 +112,7 @@ extension Node {
         for index in rows.indices where rows[index].wasRefused || outcomes[index].isUnknown {
             outcomes[index] = await transport.publish([outgoing[index]])[0]
         }
+        for (span, outcome) in zip(spans, outcomes) { NodeTracing.end(span, published: outcome) }
         return outcomes
     }
 

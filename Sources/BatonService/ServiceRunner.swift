@@ -9,7 +9,12 @@ import Logging
 import Metrics
 import ServiceLifecycle
 import Synchronization
+import Tracing
 import UnixSignals
+
+#if OpenTelemetry
+import OTel
+#endif
 
 /// Runs a service node until SIGTERM or SIGINT, then stops it gracefully (finishes the batch in hand,
 /// flushes the outbox) and returns, so the process exits 0.
@@ -101,6 +106,10 @@ public enum ServiceRunner {
             // Listed first, so stopped last: while the node stops, ready answers 503 and metrics still scrape.
             services.insert(.init(service: endpoint, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         }
+        if let exporter = try traceExporter(for: service, logger: logger) {
+            // First, so stopped last: the node's last spans are exported before the process exits.
+            services.insert(.init(service: exporter), at: 0)
+        }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: services,
@@ -117,6 +126,41 @@ public enum ServiceRunner {
         }
         await connection.close()
         await opened.close()
+    }
+}
+
+extension ServiceRunner {
+    /// The OpenTelemetry trace exporter, when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set and
+    /// the build has the `OpenTelemetry` trait: swift-otel's OTLP/HTTP exporter (`OTEL_EXPORTER_OTLP_PROTOCOL`
+    /// `http/protobuf`, the default, or `http/json`), bootstrapped as the process's tracer; its other settings
+    /// come from the standard `OTEL_*` variables. Traces only: metrics stay Prometheus', logs the console's.
+    /// - Returns: The exporter's service, to run beside the node; `nil` when tracing is off.
+    static func traceExporter(for service: String, logger: Logger) throws -> (any Service)? {
+        let environment = ProcessInfo.processInfo.environment
+        guard
+            [environment["OTEL_EXPORTER_OTLP_ENDPOINT"], environment["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]]
+                .contains(where: { !($0 ?? "").isEmpty })
+        else { return nil }
+        #if OpenTelemetry
+        var configuration = OTel.Configuration.default
+        configuration.serviceName = service
+        configuration.logs.enabled = false
+        configuration.metrics.enabled = false
+        let backend: (factory: any Tracer, service: any Service)
+        do {
+            backend = try OTel.makeTracingBackend(configuration: configuration)
+        } catch {
+            throw ValidationError("OpenTelemetry: \(error)")
+        }
+        InstrumentationSystem.bootstrap(backend.factory)
+        logger.info("exporting traces over OTLP", metadata: ["service.name": "\(service)"])
+        return backend.service
+        #else
+        logger.warning(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set, but this build exports no traces: build it with --traits OpenTelemetry"
+        )
+        return nil
+        #endif
     }
 }
 

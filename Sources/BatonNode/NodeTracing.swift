@@ -1,0 +1,80 @@
+import Baton
+import Tracing
+
+/// A node's spans, through swift-distributed-tracing (`InstrumentationSystem`): one `consume` span per message
+/// handled — a child of the span that published it, found in the W3C `traceparent` header its envelope carries —
+/// and one `publish` span per message the relay sends, a child of the span that issued it. What a handler issues
+/// carries its consume span's `traceparent`, so one checkout is one trace through every service it reaches.
+///
+/// With no tracer bootstrapped (the default) the spans are no-ops and the headers pass through as they came.
+enum NodeTracing {
+    /// The `traceparent` (and `tracestate`) headers as a carrier.
+    struct Headers: Extractor, Injector {
+        func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+        func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+    }
+
+    /// The context a message's headers carry (its publisher's span), or a new trace's.
+    static func context(of headers: [String: String]) -> ServiceContext {
+        var context = ServiceContext.topLevel
+        InstrumentationSystem.instrument.extract(headers, into: &context, using: Headers())
+        return context
+    }
+
+    /// Starts the span of a message about to be handled, and returns it with the envelope its handlers see: its
+    /// `traceparent` now the span's, so what they issue is the span's child.
+    static func consume(_ envelope: Envelope, node: String, queue: String) -> (span: any Span, envelope: Envelope) {
+        let span = InstrumentationSystem.tracer.startAnySpan(
+            "consume \(envelope.messageName)",
+            context: context(of: envelope.headers),
+            ofKind: .consumer
+        )
+        span.attributes["messaging.system"] = "rabbitmq"
+        span.attributes["messaging.operation.type"] = "process"
+        span.attributes["messaging.destination.name"] = queue
+        span.attributes["messaging.message.id"] = envelope.messageID
+        span.attributes["baton.node"] = node
+        span.attributes["baton.message_type"] = envelope.messageType
+        if let correlationID = envelope.correlationID {
+            span.attributes["messaging.message.conversation_id"] = correlationID
+        }
+        var traced = envelope
+        InstrumentationSystem.instrument.inject(span.context, into: &traced.headers, using: Headers())
+        return (span, traced)
+    }
+
+    /// Ends a message's span with what became of it.
+    static func end(_ span: any Span, outcome: MessageOutcome?) {
+        if let outcome {
+            span.attributes["baton.outcome"] = outcome.rawValue
+            if outcome == .deadLettered { span.setStatus(SpanStatus(code: .error, message: "dead-lettered")) }
+        }
+        span.end()
+    }
+
+    /// Starts the span of an outbox row the relay publishes, a child of the span that issued it.
+    static func publish(_ envelope: Envelope, exchange: String, routingKey: String, node: String) -> any Span {
+        let span = InstrumentationSystem.tracer.startAnySpan(
+            "publish \(envelope.messageName)",
+            context: context(of: envelope.headers),
+            ofKind: .producer
+        )
+        span.attributes["messaging.system"] = "rabbitmq"
+        span.attributes["messaging.operation.type"] = "send"
+        span.attributes["messaging.destination.name"] = exchange
+        span.attributes["messaging.rabbitmq.destination.routing_key"] = routingKey
+        span.attributes["messaging.message.id"] = envelope.messageID
+        span.attributes["baton.node"] = node
+        return span
+    }
+
+    /// Ends a publish span with the broker's answer.
+    static func end(_ span: any Span, published outcome: PublishOutcome) {
+        switch outcome {
+        case .confirmed: break
+        case .refused(let reason), .failed(let reason), .unknown(let reason):
+            span.setStatus(SpanStatus(code: .error, message: reason))
+        }
+        span.end()
+    }
+}
