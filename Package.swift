@@ -148,6 +148,10 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "OTel", package: "swift-otel", condition: .when(traits: ["OpenTelemetry"])),
+                .product(name: "Hummingbird", package: "hummingbird", condition: .when(traits: ["OpenTelemetry"])),
             ]
         ),
         // A node that kills itself at a chosen point; run as a child process by the crash-injection tests.

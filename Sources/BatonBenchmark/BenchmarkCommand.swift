@@ -249,8 +249,17 @@ struct Embedded: AsyncParsableCommand {
     @Flag(help: "Run it again with metrics recorded (Prometheus), and print what they cost per message.")
     var metrics = false
 
+    @Flag(
+        help:
+            "Run it again with tracing on (a build with --traits OpenTelemetry: every span exported over OTLP/HTTP to a receiver in this process), and print what it costs per message."
+    )
+    var tracing = false
+
     func validate() throws {
         guard workflows > 0 else { throw ValidationError("--workflows must be positive") }
+        #if !OpenTelemetry
+        if tracing { throw ValidationError("--tracing needs a build with --traits OpenTelemetry") }
+        #endif
     }
 
     func run() async throws {
@@ -267,6 +276,18 @@ struct Embedded: AsyncParsableCommand {
             print(BenchmarkReport.embeddedLine(measured, metrics: true))
             print(BenchmarkReport.metricsCostLine(off: result, on: measured))
         }
+        #if OpenTelemetry
+        if tracing {
+            let sink = try await TracingSink.start()
+            let measured = try await EmbeddedBenchmark(
+                workflows: workflows,
+                directory: directory.appendingPathComponent("tracing")
+            ).run()
+            let spans = await sink.stop()
+            print(BenchmarkReport.embeddedLine(measured, on: "tracing on (\(spans) spans exported)"))
+            print(BenchmarkReport.metricsCostLine(off: result, on: measured, what: "tracing"))
+        }
+        #endif
         try write(result, toJSON: json)
     }
 }

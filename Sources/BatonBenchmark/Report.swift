@@ -84,10 +84,11 @@ struct BenchmarkReport: Codable, Sendable {
         return lines.joined(separator: "\n")
     }
 
-    static func embeddedLine(_ result: EmbeddedResult, metrics: Bool = false) -> String {
+    /// The embedded run's line; `on` names what it ran with, if not metrics.
+    static func embeddedLine(_ result: EmbeddedResult, metrics: Bool = false, on: String? = nil) -> String {
         String(
             format: "embedded%@: %d workflows in %.2f s — %.0f workflows/s, %.0f messages handled/s (7 per workflow)",
-            metrics ? ", metrics on" : "",
+            on.map { ", \($0)" } ?? (metrics ? ", metrics on" : ""),
             result.workflows,
             result.seconds,
             result.workflowsPerSecond,
@@ -95,11 +96,13 @@ struct BenchmarkReport: Codable, Sendable {
         )
     }
 
-    /// What recording metrics costs per handled message: the difference of the two runs' time per message.
-    static func metricsCostLine(off: EmbeddedResult, on: EmbeddedResult) -> String {
+    /// What recording metrics (or tracing: `what`) costs per handled message: the difference of the two runs'
+    /// time per message.
+    static func metricsCostLine(off: EmbeddedResult, on: EmbeddedResult, what: String = "metrics") -> String {
         let cost = (1 / on.messagesPerSecond - 1 / off.messagesPerSecond) * 1_000_000
         return String(
-            format: "metrics cost: %+.1f µs per message handled (%+.1f%% messages/s; one run each, same process)",
+            format: "%@ cost: %+.1f µs per message handled (%+.1f%% messages/s; one run each, same process)",
+            what,
             cost,
             (on.messagesPerSecond / off.messagesPerSecond - 1) * 100
         )
