@@ -24,7 +24,8 @@ enum ConsoleAssets {
         small { color: var(--muted); }
         pre.json { background: #fff; border: 1px solid var(--line); padding: .6rem; overflow: auto; max-height: 24rem; }
         ul.issued, ul.timers { margin: 0; padding-left: 1rem; }
-        .counts { display: flex; flex-wrap: wrap; gap: .5rem; margin-bottom: 1rem; }
+        .counts { display: flex; flex-wrap: wrap; gap: .5rem; margin-bottom: 1rem; align-items: center; }
+        .as-of { margin-left: .5rem; }
         .count { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: .4rem .8rem;
           text-decoration: none; color: var(--ink); }
         .count b { font-size: 1.1rem; margin-right: .3rem; }

@@ -39,6 +39,7 @@ struct InstanceListView {
     var counts: [ProcessLifecycle: Int]
     var stuck: Int
     var stuckAfter: Duration
+    var countedAt: Date
     var instances: [InstanceSummary]
     var next: InstanceSummary?
 
@@ -76,6 +77,7 @@ struct InstanceListView {
             })
             <a href="\(link(["lifecycle": "open", "older": "\(stuckSeconds)s", "key": ""]))" class="count stuck" \
             title="open, with no transition for more than \(stuckSeconds) s"><b>\(stuck)</b> stuck</a>
+            <small class="as-of">counted \(time(countedAt))</small>
             </section>
             <form class="filter" method="get" action="/console/instances">
             \(pmField)

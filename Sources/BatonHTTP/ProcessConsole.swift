@@ -165,8 +165,11 @@ public struct ProcessConsole: Sendable {
         let associations = host.outline.associations
         let stuckAfter = node.configuration.stuckAfter
         let idleSince = now.addingTimeInterval(-Double(stuckAfter.components.seconds))
+        // The counts as the node sampled them (every 5 s when it serves metrics): counting anew would read every
+        // instance's index entry at each refresh.
+        let sample = node.storeSample.flatMap { now.timeIntervalSince($0.sampledAt) < 30 ? $0 : nil }
         let (statistics, listed) = try await node.store.read { work in
-            let statistics = try work.statistics(idleSince: idleSince)
+            let statistics = try sample?.statistics ?? work.statistics(idleSince: idleSince)
             guard !key.isEmpty else {
                 return (statistics, try work.instances(of: processManager, matching: filter, limit: limit + 1))
             }
@@ -202,6 +205,7 @@ public struct ProcessConsole: Sendable {
             counts: statistics.instances[processManager] ?? [:],
             stuck: statistics.idleInstances[processManager] ?? 0,
             stuckAfter: stuckAfter,
+            countedAt: sample?.sampledAt ?? now,
             instances: Array(listed.prefix(limit)),
             next: listed.count > limit ? listed[limit - 1] : nil
         )

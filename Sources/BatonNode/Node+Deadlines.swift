@@ -148,6 +148,7 @@ extension Node {
             do {
                 let statistics = try await store.read { try $0.statistics(idleSince: idleSince) }
                 reported = metrics.sampled(statistics, at: now, previously: reported)
+                lastSample.withLock { $0 = StoreSample(statistics: statistics, sampledAt: now) }
             } catch {
                 logger.warning("store sampling failed", metadata: ["error": "\(error)"])
             }

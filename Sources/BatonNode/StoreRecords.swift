@@ -357,3 +357,11 @@ public struct StoreStatistics: Sendable, Hashable {
         self.idleInstances = idleInstances
     }
 }
+
+/// The store's figures at one moment (``Node/storeSample``).
+public struct StoreSample: Sendable {
+    /// The figures.
+    public var statistics: StoreStatistics
+    /// When they were read.
+    public var sampledAt: Date
+}

@@ -12,6 +12,7 @@ reload; asks for an unknown instance and a malformed filter. Every JavaScript er
 import argparse
 import json
 import sys
+import time
 
 from playwright.sync_api import sync_playwright
 
@@ -60,12 +61,18 @@ def main():
         page.on("requestfailed", lambda request: seen["errors"].append("failed: " + request.url))
         page.on("dialog", lambda dialog: (seen["dialogs"].append(dialog.message), dialog.dismiss()))
 
+        # The counts per lifecycle (the node samples them every 5 s: wait for the open order to be counted).
+        deadline = time.monotonic() + 30
+        while True:
+            page.goto(arguments.url + "/instances")
+            seen["counts"] = {
+                link.get_attribute("data-lifecycle"): int(link.locator("b").inner_text())
+                for link in page.locator("#counts a[data-lifecycle]").all()
+            }
+            if seen["counts"].get("running") == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         # Find the completed order with the filter form, then open its timeline from the list.
-        page.goto(arguments.url + "/instances")
-        seen["counts"] = {
-            link.get_attribute("data-lifecycle"): int(link.locator("b").inner_text())
-            for link in page.locator("#counts a[data-lifecycle]").all()
-        }
         page.fill("#key", arguments.completed)
         page.click("form.filter button[type=submit]")
         page.wait_for_load_state()

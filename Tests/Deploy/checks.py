@@ -426,7 +426,14 @@ def check_console(args):
 
     completed = sum(1 for o in seen.values() if o["event"] == "orders.OrderCompleted")
     cancelled = [o for o in seen.values() if o["event"] == "orders.OrderCancelled"]
-    status, page = get("/instances")
+    page = ""
+
+    def counted():  # the node samples its counts every 5 s
+        nonlocal status, page
+        status, page = get("/instances")
+        return status == 200 and count(page, "completed") == completed and count(page, "failed") == len(cancelled)
+    status = 0
+    wait_for(counted, 30, "the console's counts")
     check(status == 200 and count(page, "completed") == completed and count(page, "failed") == len(cancelled),
           f"the console counts {completed} completed and {len(cancelled)} failed instances "
           f"({status}: {count(page, 'completed')}, {count(page, 'failed')})")
