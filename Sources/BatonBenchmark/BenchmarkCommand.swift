@@ -108,6 +108,15 @@ struct All: AsyncParsableCommand {
             directory: work.appendingPathComponent("embedded-metrics"),
             metrics: PrometheusMetricsFactory(registry: PrometheusCollectorRegistry())
         ).run()
+        #if OpenTelemetry
+        note("embedded with tracing on: every span exported over OTLP/HTTP to a receiver in this process")
+        let sink = try await TracingSink.start()
+        report.embeddedWithTracing = try await EmbeddedBenchmark(
+            workflows: embeddedWorkflows,
+            directory: work.appendingPathComponent("embedded-tracing")
+        ).run()
+        report.spansExported = await sink.stop()
+        #endif
 
         note("scale: the process-manager node as its store grows (a child process, so memory is its own)")
         report.scale = try await measureScale(work: work)

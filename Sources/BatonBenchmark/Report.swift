@@ -11,6 +11,9 @@ struct BenchmarkReport: Codable, Sendable {
     var embedded: EmbeddedResult?
     /// The same with metrics recorded (Prometheus) and the stores sampled, as `serve --http` runs.
     var embeddedWithMetrics: EmbeddedResult?
+    /// The embedded mode with tracing on (builds with the OpenTelemetry trait), and the spans it exported.
+    var embeddedWithTracing: EmbeddedResult?
+    var spansExported: Int?
     var scale: ScaleResult?
 
     struct Machine: Codable, Sendable {
@@ -79,6 +82,10 @@ struct BenchmarkReport: Codable, Sendable {
         if let embedded, let embeddedWithMetrics {
             lines += [Self.embeddedLine(embeddedWithMetrics, metrics: true)]
             lines += [Self.metricsCostLine(off: embedded, on: embeddedWithMetrics)]
+        }
+        if let embedded, let embeddedWithTracing {
+            lines += [Self.embeddedLine(embeddedWithTracing, on: "tracing on (\(spansExported ?? 0) spans exported)")]
+            lines += [Self.metricsCostLine(off: embedded, on: embeddedWithTracing, what: "tracing")]
         }
         if let scale { lines += [""] + Self.scaleLines(scale) }
         return lines.joined(separator: "\n")

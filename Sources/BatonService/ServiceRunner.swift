@@ -62,6 +62,7 @@ public enum ServiceRunner {
         let http = try serving.http
         let metrics = http.map { _ in OperationsEndpoint.bootstrapMetrics() }
         let logger = Logger(label: service)
+        let exporter = try traceExporter(for: service, logger: logger)
         let location = try options.storeLocation(for: service)
         let opened = try await options.openStore(for: service, logger: logger)
         let connection: AMQPConnection
@@ -106,7 +107,7 @@ public enum ServiceRunner {
             // Listed first, so stopped last: while the node stops, ready answers 503 and metrics still scrape.
             services.insert(.init(service: endpoint, successTerminationBehavior: .gracefullyShutdownGroup), at: 0)
         }
-        if let exporter = try traceExporter(for: service, logger: logger) {
+        if let exporter {
             // First, so stopped last: the node's last spans are exported before the process exits.
             services.insert(.init(service: exporter), at: 0)
         }
