@@ -59,6 +59,10 @@ final class TracingSink: Sendable {
         configuration.traces.otlpExporter.endpoint = "http://127.0.0.1:\(port)/v1/traces"
         configuration.traces.otlpExporter.protocol = .httpProtobuf
         configuration.diagnosticLogLevel = .warning
+        // Room for every span of the run: a full queue drops spans, which would make tracing look cheaper.
+        configuration.traces.batchSpanProcessor.maxQueueSize = 1 << 20
+        configuration.traces.batchSpanProcessor.maxExportBatchSize = 4096
+        configuration.traces.batchSpanProcessor.scheduleDelay = .milliseconds(200)
         let backend = try OTel.makeTracingBackend(configuration: configuration)
         InstrumentationSystem.bootstrap(backend.factory)
         let exporter = ServiceGroup(services: [backend.service], logger: logger)

@@ -121,7 +121,7 @@ extension Node {
         relay.wake()
         if schedulesTimers || parked { deadlines.wake() }
         metrics.committed(results, duration: ContinuousClock.now - started)
-        for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, outcome: result.outcome) } }
+        for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, result) } }
         health.withLock { $0.commitFailure = nil }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()
@@ -147,6 +147,7 @@ extension Node {
                 switch item {
                 case .handle(let incoming, let envelope, let message, let handlers):
                     let started = ContinuousClock.now
+                    let startedAt = DefaultTracerClock.now
                     let (outcome, held) = try handleOrHold(
                         incoming,
                         envelope,
@@ -162,7 +163,8 @@ extension Node {
                         MessageResult(
                             type: envelope.messageType,
                             outcome: outcome,
-                            duration: ran ? ContinuousClock.now - started : nil
+                            duration: ran ? ContinuousClock.now - started : nil,
+                            handling: ran ? (startedAt, DefaultTracerClock.now) : nil
                         )
                     )
                 case .reject(let incoming, let reason, let stage):

@@ -1,6 +1,7 @@
 import Baton
 import Foundation
 import Metrics
+import Tracing
 
 /// What a node reports through swift-metrics, to whatever backend the process bootstrapped (Prometheus in a
 /// service served with `--http`; nothing at all otherwise). Names are constants with the `baton_` prefix;
@@ -187,4 +188,6 @@ struct MessageResult: Sendable {
     var outcome: MessageOutcome
     /// How long its handlers ran, when they ran.
     var duration: Duration?
+    /// When its handlers started and ended, when they ran (for its `handle` span, made after the commit).
+    var handling: (start: DefaultTracerClock.Instant, end: DefaultTracerClock.Instant)? = nil
 }

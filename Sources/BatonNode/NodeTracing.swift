@@ -3,7 +3,8 @@ import Tracing
 
 /// A node's spans, through swift-distributed-tracing (`InstrumentationSystem`): one `consume` span per message
 /// handled — a child of the span that published it, found in the W3C `traceparent` header its envelope carries —
-/// and one `publish` span per message the relay sends, a child of the span that issued it. What a handler issues
+/// with a `handle` span inside it for its handlers' run, and one `publish` span per message the relay sends, a
+/// child of the span that issued it. What a handler issues
 /// carries its consume span's `traceparent`, so one checkout is one trace through every service it reaches.
 ///
 /// With no tracer bootstrapped (the default) the spans are no-ops and the headers pass through as they came.
@@ -43,12 +44,27 @@ enum NodeTracing {
         return (span, traced)
     }
 
-    /// Ends a message's span with what became of it.
-    static func end(_ span: any Span, outcome: MessageOutcome?) {
-        if let outcome {
-            span.attributes["baton.outcome"] = outcome.rawValue
-            if outcome == .deadLettered { span.setStatus(SpanStatus(code: .error, message: "dead-lettered")) }
+    /// Ends a message's span with what became of it, after the commit; when its handlers ran, a `handle` span
+    /// inside it covers their run (made now, from the instants recorded in the transaction, so that the
+    /// transaction does not wait on the tracer).
+    static func end(_ span: any Span, _ result: MessageResult) {
+        if let (start, end) = result.handling {
+            let handle = InstrumentationSystem.tracer.startAnySpan(
+                "handle \(span.operationName.dropFirst("consume ".count))",
+                context: span.context,
+                ofKind: .internal,
+                at: start,
+                function: #function,
+                file: #fileID,
+                line: #line
+            )
+            if result.outcome == .retrying || result.outcome == .deadLettered {
+                handle.setStatus(SpanStatus(code: .error, message: "a handler failed"))
+            }
+            handle.end(at: end)
         }
+        span.attributes["baton.outcome"] = result.outcome.rawValue
+        if result.outcome == .deadLettered { span.setStatus(SpanStatus(code: .error, message: "dead-lettered")) }
         span.end()
     }
 

@@ -136,6 +136,8 @@ import Testing
         #expect(parent(of: shipment)?.name == "consume inventory.InventoryReserved")
         let publish = span("fulfillment", "publish inventory.ReserveInventory")
         #expect(parent(of: publish) == confirmed, "the relay's publish is a child of the span that issued it")
+        let handle = span("fulfillment", "handle orders.OrderConfirmed")
+        #expect(parent(of: handle) == confirmed, "the handlers' run is a span inside the message's")
     }
 }
 #endif
