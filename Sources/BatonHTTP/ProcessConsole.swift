@@ -25,10 +25,11 @@ public struct ProcessConsole: Sendable {
     /// Creates the console of a node.
     /// - Parameters:
     ///   - node: The node whose store it reads and to which it sends the operator's commands.
-    ///   - hosts: The node's process managers.
+    ///   - hosts: The node's process managers (at least one: a node without any has no console).
     ///   - token: What an action must carry (`BATON_CONSOLE_TOKEN`); `nil` turns the actions off.
     ///   - logger: Where actions and refusals are logged.
     public init(node: Node, hosts: [any ProcessManagerHosting], token: String?, logger: Logger) {
+        precondition(!hosts.isEmpty, "a console shows process managers: give it the node's")
         self.node = node
         self.hosts = hosts
         self.token = token

@@ -49,14 +49,11 @@ enum NodeTracing {
     /// transaction does not wait on the tracer).
     static func end(_ span: any Span, _ result: MessageResult) {
         if let (start, end) = result.handling {
-            let handle = InstrumentationSystem.tracer.startAnySpan(
+            let handle: any Span = InstrumentationSystem.tracer.startSpan(
                 "handle \(span.operationName.dropFirst("consume ".count))",
                 context: span.context,
                 ofKind: .internal,
-                at: start,
-                function: #function,
-                file: #fileID,
-                line: #line
+                at: start
             )
             if result.outcome == .retrying || result.outcome == .deadLettered {
                 handle.setStatus(SpanStatus(code: .error, message: "a handler failed"))
