@@ -53,16 +53,18 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
     public struct Diagram: ParsableCommand {
         /// The diagram's language.
         enum Format: String, ExpressibleByArgument, CaseIterable {
-            case mermaid, dot
+            case mermaid, dot, svg
         }
 
         public static var configuration: CommandConfiguration {
             CommandConfiguration(
-                abstract: "Print the process manager's definition as a state diagram (Mermaid or Graphviz DOT)."
+                abstract:
+                    "Print the process manager's definition as a state diagram (Mermaid, Graphviz DOT, or SVG as the web console draws it)."
             )
         }
         @OptionGroup var target: Target
-        @Option(help: "mermaid (for Markdown) or dot (Graphviz).") var format = Format.mermaid
+        @Option(help: "mermaid (for Markdown), dot (Graphviz) or svg (drawn by Baton, as in the web console).")
+        var format = Format.mermaid
 
         public init() {}
 
@@ -72,6 +74,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
             switch format {
             case .mermaid: print(ProcessDiagram.mermaid(host.outline), terminator: "")
             case .dot: print(ProcessDiagram.dot(host.outline), terminator: "")
+            case .svg: print(ProcessDiagram.svg(host.outline))
             }
         }
     }

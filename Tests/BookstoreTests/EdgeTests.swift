@@ -327,7 +327,7 @@ import Testing
                 ("fulfillment", ["processes", "retry", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["processes", "resume", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["processes", "verify"], "ids or --all"),
-                ("fulfillment", ["processes", "diagram", "--format", "svg"], "'mermaid' and 'dot'"),
+                ("fulfillment", ["processes", "diagram", "--format", "png"], "'mermaid', 'dot' or 'svg'"),
                 ("orders", ["dlq", "replay"], "ids or --all"),
                 ("orders", ["dlq", "replay", "1", "--all"], "ids or --all"),
                 ("orders", ["dlq", "show", "one"], "one"),

@@ -3,6 +3,10 @@ import ChildProcesses
 import Foundation
 import Testing
 
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
+
 /// Each service's operations endpoint (`serve --http`): its metrics count what the mesh did, its health checks
 /// answer, and nothing in them names an order or a password.
 @Suite(.serialized) struct OperationsTests {
@@ -118,5 +122,13 @@ import Testing
             ["processes", "diagram", "--format", "dot"]
         )
         #expect(dot.output.hasPrefix("digraph \"fulfillment\" {"))
+        let svg = try await ChildProcess.run(
+            Mesh.binary("fulfillment").path,
+            ["processes", "diagram", "--format", "svg"]
+        )
+        #expect(svg.termination.isSuccess)
+        #expect(svg.output.hasPrefix("<svg xmlns=\"http://www.w3.org/2000/svg\""))
+        #expect(svg.output.contains(#"data-step="timer:step-timeout""#) && !svg.output.contains("data-visited"))
+        #expect(try XMLDocument(xmlString: svg.output).rootElement()?.name == "svg", "well-formed XML")
     }
 }
