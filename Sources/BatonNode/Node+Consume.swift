@@ -73,12 +73,17 @@ extension Node {
     /// line per attempt, not a requeue storm — until it commits, or the node stops and gives it back.
     private func process(_ batch: [IncomingMessage]) async {
         var prepared = batch.map(prepare)
-        // Each message to handle gets its span; its handlers see the span's traceparent.
+        // With a tracer, each message to handle gets its span; its handlers see the span's traceparent.
+        let tracer = NodeTracing.tracer
         let spans = prepared.indices.map { index -> (any Span)? in
-            guard case .handle(let incoming, let envelope, let message, let takers) = prepared[index] else {
-                return nil
-            }
-            let (span, traced) = NodeTracing.consume(envelope, node: configuration.name, queue: configuration.queue)
+            guard let tracer, case .handle(let incoming, let envelope, let message, let takers) = prepared[index]
+            else { return nil }
+            let (span, traced) = NodeTracing.consume(
+                envelope,
+                node: configuration.name,
+                queue: configuration.queue,
+                tracer: tracer
+            )
             prepared[index] = .handle(incoming, traced, message, takers)
             return span
         }
@@ -121,7 +126,9 @@ extension Node {
         relay.wake()
         if schedulesTimers || parked { deadlines.wake() }
         metrics.committed(results, duration: ContinuousClock.now - started)
-        for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, result) } }
+        if let tracer {
+            for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, result, tracer: tracer) } }
+        }
         health.withLock { $0.commitFailure = nil }
         if let fault = configuration.faultInjection {
             await waitForEmptyOutbox()

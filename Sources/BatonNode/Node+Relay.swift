@@ -101,9 +101,10 @@ extension Node {
         let outgoing = rows.map {
             OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
         }
-        let spans = rows.map {
-            NodeTracing.publish($0.envelope, exchange: $0.exchange, routingKey: $0.routingKey, node: configuration.name)
-        }
+        let spans =
+            NodeTracing.tracer.map { tracer in
+                rows.map { NodeTracing.publish($0, node: configuration.name, tracer: tracer) }
+            } ?? []
         let together = rows.indices.filter { !rows[$0].wasRefused }
         var outcomes = [PublishOutcome](repeating: .confirmed, count: rows.count)
         for (index, outcome) in zip(together, await transport.publish(together.map { outgoing[$0] })) {
