@@ -78,7 +78,11 @@ public struct Envelope: Sendable, Hashable, Codable {
     }
 
     /// The name part of ``messageType`` (without `.v<version>`): the routing key on the wire.
-    public var messageName: String {
+    public var messageName: String { Self.messageName(of: messageType) }
+
+    /// The name part of a message type: `orders.OrderConfirmed.v2` → `orders.OrderConfirmed`; a text without a
+    /// version suffix (a timer's name) as it is.
+    static func messageName(of messageType: String) -> String {
         guard let range = messageType.range(of: ".v", options: .backwards),
             Int(messageType[range.upperBound...]) != nil
         else { return messageType }

@@ -47,19 +47,12 @@ public struct ProcessPath: Sendable, Hashable {
                 return nil
             }
             kinds = [.failure]
-            name = Self.name(of: failure.commandType)
+            name = Envelope.messageName(of: failure.commandType)
         case .event(let envelope):
             kinds = closed ? [.afterClose] : [.start, .handle, .end, .command]
             name = envelope.messageName
         }
-        return outline.steps.first { kinds.contains($0.kind) && Self.name(of: $0.trigger) == name }?.id
-    }
-
-    /// A message type without its version (`orders.OrderConfirmed.v2` → `orders.OrderConfirmed`); a timer's
-    /// name as it is.
-    static func name(of trigger: String) -> String {
-        Envelope(messageID: "", messageType: trigger, timestamp: Date(timeIntervalSince1970: 0), payload: Data())
-            .messageName
+        return outline.steps.first { kinds.contains($0.kind) && Envelope.messageName(of: $0.trigger) == name }?.id
     }
 }
 
@@ -107,7 +100,7 @@ private struct SVGLayout {
 
     /// A pill's text: the step's label and, on the path, the versions at which it was taken.
     func label(_ step: ProcessOutline.Step) -> String {
-        let name = ProcessPath.name(of: step.trigger)
+        let name = Envelope.messageName(of: step.trigger)
         return switch step.kind {
         case .start, .handle, .end, .afterClose: name
         case .command: "command \(name)"

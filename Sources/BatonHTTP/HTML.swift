@@ -31,7 +31,6 @@ struct HTML: ExpressibleByStringInterpolation, Sendable {
 
         mutating func appendLiteral(_ literal: String) { markup += literal }
         mutating func appendInterpolation(_ html: HTML) { markup += html.markup }
-        mutating func appendInterpolation(_ parts: [HTML]) { for part in parts { markup += part.markup } }
         mutating func appendInterpolation(_ value: some CustomStringConvertible) {
             markup += ProcessDiagram.escapeMarkup(value.description)
         }

@@ -229,11 +229,19 @@ final class Mesh {
         }
     }
 
-    /// A checkout as the storefront sends it.
-    func checkout(_ id: String, address: String = "12 St James's Sq, London", lines: [(String, Int)]) async throws {
+    /// A checkout as the storefront sends it; with `traceparent`, as a traced storefront does (W3C header).
+    func checkout(
+        _ id: String,
+        address: String = "12 St James's Sq, London",
+        lines: [(String, Int)],
+        messageID: String = UUID().uuidString.lowercased(),
+        traceparent: String? = nil
+    ) async throws {
         let lineJSON = lines.map { #"{"sku":"\#($0.0)","quantity":\#($0.1)}"# }.joined(separator: ",")
         try await publishExternal(
-            #"{"checkout_id":"\#(id)","customer":"Ada Lovelace","shipping_address":"\#(address)","lines":[\#(lineJSON)]}"#
+            #"{"checkout_id":"\#(id)","customer":"Ada Lovelace","shipping_address":"\#(address)","lines":[\#(lineJSON)]}"#,
+            messageID: messageID,
+            headers: traceparent.map { ["traceparent": .string($0)] } ?? [:]
         )
     }
 

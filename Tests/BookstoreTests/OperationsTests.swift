@@ -74,10 +74,11 @@ import FoundationXML
         try await Mesh.run(environment: ["BATON_LOG_FORMAT": "json", "BATON_LOG_LEVEL": "debug"]) { mesh in
             try await mesh.startAll()
             try await mesh.stock("book-0001", 5)
-            try await mesh.publishExternal(
-                #"{"checkout_id":"chk-traced","customer":"Ada","shipping_address":"1 Baker St","lines":[{"sku":"book-0001","quantity":1}]}"#,
+            try await mesh.checkout(
+                "chk-traced",
+                lines: [("book-0001", 1)],
                 messageID: "checkout-traced",
-                headers: ["traceparent": .string("00-\(traceID)-00f067aa0ba902b7-01")]
+                traceparent: "00-\(traceID)-00f067aa0ba902b7-01"
             )
             let (_, problems) = try await mesh.settle(orders: 1)
             #expect(problems.isEmpty, "\(problems)")

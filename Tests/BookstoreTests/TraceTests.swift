@@ -94,10 +94,11 @@ import Testing
         ) { mesh in
             try await mesh.startAll()
             try await mesh.stock("book-0001", 5)
-            try await mesh.publishExternal(
-                #"{"checkout_id":"chk-traced","customer":"Ada","shipping_address":"1 Baker St","lines":[{"sku":"book-0001","quantity":1}]}"#,
+            try await mesh.checkout(
+                "chk-traced",
+                lines: [("book-0001", 1)],
                 messageID: "checkout-traced",
-                headers: ["traceparent": .string("00-\(traceID)-\(producerSpan)-01")]
+                traceparent: "00-\(traceID)-\(producerSpan)-01"
             )
             let (_, problems) = try await mesh.settle(orders: 1)
             #expect(problems.isEmpty, "\(problems)")

@@ -8,9 +8,8 @@ import FoundationNetworking
 public enum HTTPProbe {
     /// The status and body of `GET http://127.0.0.1:PORT/PATH`.
     public static func get(port: Int, _ path: String) async throws -> (status: Int, body: String) {
-        let url = URL(string: "http://127.0.0.1:\(port)/\(path)")!
-        let (data, response) = try await URLSession.shared.data(from: url)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        let (status, body, _) = try await request(port: port, path)
+        return (status, body)
     }
 
     /// The status, body and final URL (after redirects) of a request to `http://127.0.0.1:PORT/PATH`: a GET, or
