@@ -173,9 +173,9 @@ struct ScaleBenchmark {
                     let envelope = EmbeddedBenchmark.start(index).envelope
                     let message = try registry.decode(envelope)
                     try host.handle(message, envelope: envelope, in: work, now: now, logger: logger)
-                    try work.markHandled(envelope.messageID, consumer: "bench-coordinator", at: now)
+                    try work.markHandled(envelope.messageID, consumer: "bench-coordinator", issuedAt: now, at: now)
                 }
-                try work.markSent(work.pendingOutbox(limit: indices.count * 2).map(\.sequence), at: now)
+                try work.removeSent(work.pendingOutbox(limit: indices.count * 2).map(\.sequence))
             }
             progress.update(indices.upperBound)
         }

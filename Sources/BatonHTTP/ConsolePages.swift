@@ -121,6 +121,17 @@ struct InstanceView {
         var transitions: [ProcessTransition]
         var state: Data?
         var heldBy: [DeadLetter]
+
+        /// Where the instance stands as its stored state says: what a tombstone (its timeline purged) still has.
+        var standing: (lifecycle: ProcessLifecycle, version: Int64)? {
+            struct Standing: Decodable {
+                var lifecycle: ProcessLifecycle
+                var version: Int64
+            }
+            return state.flatMap { try? JSONDecoder.baton.decode(Standing.self, from: $0) }.map {
+                ($0.lifecycle, $0.version)
+            }
+        }
     }
 
     var id: String
@@ -133,7 +144,7 @@ struct InstanceView {
     var pmQuery: String { "?pm=\(queryEncoded(outline.name))" }
 
     func render() -> HTML {
-        let lifecycle = stored.transitions.last?.lifecycle
+        let lifecycle = stored.transitions.last?.lifecycle ?? stored.standing?.lifecycle
         let path = ProcessPath(outline: outline, transitions: stored.transitions)
         return """
             <p class="crumbs"><a href="/console/instances?pm=\(queryEncoded(outline.name))">\(outline.name)</a> /</p>
@@ -141,7 +152,7 @@ struct InstanceView {
             \(noticeParagraph(notice))
             <section id="summary" data-live class="summary">
             <p>Lifecycle <span class="lifecycle \(lifecycle?.rawValue ?? "")" id="lifecycle">\(lifecycle?.rawValue ?? "unknown")</span>
-            · version <span id="version">\(stored.transitions.last?.version ?? 0)</span>\
+            · version <span id="version">\(stored.transitions.last?.version ?? stored.standing?.version ?? 0)</span>\
             \(stored.transitions.first.map { HTML(" · started \(time($0.at))") } ?? "")\
             \(stored.transitions.last.map { HTML(" · last moved \(time($0.at))") } ?? "")\
             \(stored.transitions.last?.reason.map { HTML(" · reason: <span id=\"reason\">\($0)</span>") } ?? "")</p>
@@ -154,7 +165,7 @@ struct InstanceView {
             </section>
             <section id="timeline" data-live>
             <h2>Timeline</h2>
-            \(timeline())
+            \(stored.transitions.isEmpty ? "<p class=\"muted\" id=\"purged\">Purged (retention): a tombstone keeps the instance's state for late replies.</p>" : timeline())
             </section>
             <section id="state" data-live>
             <h2>State now</h2>

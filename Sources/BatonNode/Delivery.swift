@@ -36,7 +36,7 @@ public struct Delivery: Sendable {
                     try dispatch(command, work, now, logger, depth: 1)
                 }
             }
-            try work.markHandled(envelope.messageID, consumer: consumer, at: now)
+            try work.markHandled(envelope.messageID, consumer: consumer, issuedAt: envelope.timestamp, at: now)
         }
     }
 
@@ -61,6 +61,6 @@ public struct Delivery: Sendable {
                 try dispatch(next, work, now, logger, depth: depth + 1)
             }
         }
-        try work.markHandled(command.messageID, consumer: consumer, at: now)
+        try work.markHandled(command.messageID, consumer: consumer, issuedAt: command.timestamp, at: now)
     }
 }

@@ -212,6 +212,12 @@ extension Node {
             logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
             return (.duplicate, false)
         }
+        if isOlderThanInboxWindow(envelope, now: now) {
+            let reason =
+                "issued \(ISO8601Milliseconds.format(envelope.timestamp)), before the inbox's window of \(configuration.retention.inboxWindow): the record of an earlier copy may be gone, so it is not handled blindly (replay it to handle it)"
+            try deadLetter(incoming, reason: reason, handler: "inbox", attempts: 1, work, now)
+            return (.deadLettered, false)
+        }
         // Only while something is held does the ordering key matter before handling: look it up then, once.
         if checkingHeld, try work.isParked(messageID: envelope.messageID) {
             return (.duplicate, true)  // redelivered before its ack

@@ -66,10 +66,9 @@ extension Node {
             metrics.published.increment(by: sent.count)
             metrics.publishFailures.increment(by: failed.count + refused.count)
             do {
-                let now = businessNow()
-                // Without an fsync: a mark lost to a power failure only re-sends, under the same id.
+                // Without an fsync: a deletion lost to a power failure only re-sends, under the same id.
                 try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
-                    try work.markSent(sent, at: now)
+                    try work.removeSent(sent)
                     try work.markFailed(failed, at: Date())
                     try work.markFailed(refused, at: Date(), refused: true)
                 }

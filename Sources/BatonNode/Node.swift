@@ -56,6 +56,9 @@ public final class Node: Service {
         /// bootstrapped (`MetricsSystem.bootstrap`; none: nothing is recorded); a factory of its own to measure
         /// one node apart from others in the process.
         public var metricsFactory: (any MetricsFactory)?
+        /// What the node keeps of handled work, and for how long: the inbox's window, closed instances'
+        /// timelines, tombstones.
+        public var retention: Retention
 
         /// Creates a configuration with defaults for everything but the name.
         public init(name: String, queue: String? = nil) {
@@ -71,6 +74,7 @@ public final class Node: Service {
             self.storeSampling = nil
             self.stuckAfter = .seconds(600)
             self.metricsFactory = nil
+            self.retention = Retention()
         }
     }
 
@@ -97,12 +101,13 @@ public final class Node: Service {
     let logger: Logger
     let handover = Mutex(Handover())
     let schedulesTimers: Bool
-    /// The node's three loops, each stopped by its service's graceful shutdown (consumption first, the relay
+    /// The node's loops, each stopped by its service's graceful shutdown (consumption first, the relay
     /// last).
     let consumption = NodeLoop()
     let deadlines = NodeLoop()
     let relay = NodeLoop()
     let sampling = NodeLoop()
+    let housekeeping = NodeLoop()
     /// What the loops last reported, for ``readiness``.
     let health = Mutex(NodeHealth())
     /// The store's figures as the sampling loop last read them.
@@ -204,6 +209,7 @@ public final class Node: Service {
                     .init(service: LoopService("relay", relay) { await self.relayLoop() }),
                     .init(service: LoopService("deadlines", deadlines) { await self.deadlineLoop() }),
                     .init(service: LoopService("sampling", sampling) { await self.samplingLoop() }),
+                    .init(service: LoopService("retention", housekeeping) { await self.retentionLoop() }),
                     // A consumer that ends (its connection gave up) stops the node gracefully: what it
                     // committed is still relayed.
                     .init(

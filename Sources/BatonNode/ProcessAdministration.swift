@@ -134,7 +134,12 @@ extension ProcessManagerHost: ProcessManagerHosting {
                 preconditionFailure("an abort of an existing instance answers nothing")
             }
         case let request as PurgeProcesses where request.processManager == name:
-            let purged = try work.purgeInstances(of: name, closedBefore: request.closedBefore, limit: 100_000)
+            let purged = try work.purgeInstances(
+                of: name,
+                closedBefore: request.closedBefore,
+                at: now,
+                limit: 100_000
+            )
             logger.notice(
                 "closed processes purged",
                 metadata: ["count": "\(purged.count)", "closed_before": "\(request.closedBefore)"]

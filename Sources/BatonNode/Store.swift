@@ -21,8 +21,8 @@ public protocol Store: Sendable {
     func writeHandingOverOutbox<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage])
-    /// Like ``write(_:)``, for bookkeeping whose loss on power failure costs only a repeat (the relay's sent
-    /// marks): the adapter may commit it without waiting for the disk.
+    /// Like ``write(_:)``, for bookkeeping whose loss on power failure costs only a repeat (the relay's deletion
+    /// of sent rows, retention): the adapter may commit it without waiting for the disk.
     func writeWithoutWaitingForDisk<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T
@@ -53,12 +53,23 @@ public protocol UnitOfWork {
     /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
     func hasHandled(_ messageID: String, consumer: String) throws -> Bool
     /// Records that `consumer` handled the message; commits with the handler's effects.
+    /// - Parameters:
+    ///   - messageID: The message's id.
+    ///   - consumer: Who handled it.
+    ///   - issuedAt: The message's own timestamp, which retention counts from (every copy of a message carries
+    ///     the same one, so a copy young enough to be taken finds its record: see ``forgetHandled(issuedBefore:limit:)``).
+    ///   - time: When it was handled.
     /// - Throws: If it is recorded already (a concurrent writer handled it first).
-    func markHandled(_ messageID: String, consumer: String, at time: Date) throws
+    func markHandled(_ messageID: String, consumer: String, issuedAt: Date, at time: Date) throws
+    /// Forgets handled messages issued before `time` (the inbox's retention window): at most `limit` of them,
+    /// oldest first. A node refuses a message issued before its window instead of trusting the inbox with it.
+    /// - Returns: How many records went.
+    func forgetHandled(issuedBefore time: Date, limit: Int) throws -> Int
 
     // MARK: Outbox
 
-    /// Queues a message for the relay. A key queued before (a handler that ran again) is not queued twice.
+    /// Queues a message for the relay. A key still waiting for the relay is not queued twice; a sent row is
+    /// gone (the inbox keeps a handled message from running twice, so its messages are not issued again).
     /// - Parameters:
     ///   - envelope: The message.
     ///   - exchange: Where it goes.
@@ -73,11 +84,11 @@ public protocol UnitOfWork {
     func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws
     /// When the earliest row waiting out a retry delay may be tried again, if any.
     func nextOutboxAttempt() throws -> Date?
-    /// Marks relayed messages as sent.
-    func markSent(_ sequences: [Int64], at time: Date) throws
+    /// Deletes relayed messages: the broker confirmed them.
+    func removeSent(_ sequences: [Int64]) throws
     /// How many messages wait for the relay.
     func pendingOutboxCount() throws -> Int
-    /// Every queued message's key, in the order queued (a crash test checks each is there once).
+    /// The key of every message waiting for the relay, in the order queued.
     func outboxMessageIDs() throws -> [String]
     /// Counts for metrics: the outbox, open dead letters, instances by lifecycle, and open instances whose
     /// last transition is older than `idleSince`. Aggregates only; a few index scans.
@@ -124,9 +135,20 @@ public protocol UnitOfWork {
     func instance(associatedWith value: String, as name: String, processManager: String) throws -> String?
     /// Instances of a process manager that match `filter`, most recently changed first.
     func instances(of processManager: String, matching filter: InstanceFilter, limit: Int) throws -> [InstanceSummary]
-    /// Deletes closed instances last changed before `time`, with their transitions, state, timers and
-    /// associations (retention); returns their ids.
-    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String]
+    /// Purges closed instances last changed before `time` and not purged yet (retention): their timelines
+    /// (transitions) and timers go, and each leaves a tombstone — lifecycle, version, state and associations —
+    /// so that a late reply still finds its instance closed and gets its after-close handling.
+    /// - Parameters:
+    ///   - processManager: The process manager.
+    ///   - time: Instances closed before this go.
+    ///   - now: The purge's time (the tombstones' age counts from it).
+    ///   - limit: How many at most.
+    /// - Returns: The purged instances' ids, at most `limit`, oldest first.
+    func purgeInstances(of processManager: String, closedBefore time: Date, at now: Date, limit: Int) throws -> [String]
+    /// Deletes the tombstones of instances purged before `time`: at most `limit`, oldest first. A reply for one
+    /// of them finds no instance (its handler's `whenMissing` decides).
+    /// - Returns: How many went.
+    func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int
 
     // MARK: Timers
 

@@ -93,14 +93,25 @@ public struct InstanceSummary: Sendable, Hashable, Codable {
     public var startedAt: Date
     /// When it last moved.
     public var updatedAt: Date
+    /// When its timeline was purged, leaving a tombstone (``UnitOfWork/purgeInstances(of:closedBefore:at:limit:)``);
+    /// `nil` while it keeps its timeline.
+    public var purgedAt: Date?
 
     /// Creates a record.
-    public init(instanceID: String, lifecycle: ProcessLifecycle, version: Int64, startedAt: Date, updatedAt: Date) {
+    public init(
+        instanceID: String,
+        lifecycle: ProcessLifecycle,
+        version: Int64,
+        startedAt: Date,
+        updatedAt: Date,
+        purgedAt: Date? = nil
+    ) {
         self.instanceID = instanceID
         self.lifecycle = lifecycle
         self.version = version
         self.startedAt = startedAt
         self.updatedAt = updatedAt
+        self.purgedAt = purgedAt
     }
 }
 

@@ -169,9 +169,27 @@ public final class PostgresStore: Store {
                 if !exists { try work.execute("CREATE SCHEMA \(schema)") }
                 try work.execute("SET LOCAL search_path TO \(schema)")
             }
+            let upgrading = try work.query(
+                """
+                SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                    AND table_name = 'inbox' AND column_name = 'handled_at'
+                    AND NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                        AND table_name = 'inbox' AND column_name = 'issued_at')
+                """
+            )
+            if !upgrading.isEmpty { try work.execute(Self.retentionUpgrade) }
             try work.execute(Self.schema)
         }
     }
+
+    /// Tables of a release before retention: the inbox is pruned by the messages' own timestamps (an earlier
+    /// record counts from when it was handled), and sent outbox rows, kept until then, are deleted.
+    private static let retentionUpgrade = """
+        ALTER TABLE inbox ADD COLUMN issued_at BIGINT;
+        UPDATE inbox SET issued_at = handled_at;
+        ALTER TABLE inbox ALTER COLUMN issued_at SET NOT NULL;
+        DELETE FROM outbox WHERE sent_at IS NOT NULL
+        """
 
     /// Checks that the service's tables are there, for a read.
     private func checkSchema() async throws {
@@ -197,7 +215,7 @@ public final class PostgresStore: Store {
 
     private static let schema = """
         CREATE TABLE IF NOT EXISTS inbox (
-            consumer TEXT NOT NULL, message_id TEXT NOT NULL, handled_at BIGINT NOT NULL,
+            consumer TEXT NOT NULL, message_id TEXT NOT NULL, issued_at BIGINT NOT NULL, handled_at BIGINT NOT NULL,
             PRIMARY KEY (consumer, message_id));
         CREATE TABLE IF NOT EXISTS outbox (
             sequence BIGSERIAL PRIMARY KEY, message_id TEXT NOT NULL UNIQUE, exchange TEXT NOT NULL,
@@ -239,6 +257,15 @@ public final class PostgresStore: Store {
             routing_key TEXT NOT NULL, headers BYTEA NOT NULL, body BYTEA NOT NULL, reason TEXT NOT NULL,
             handler TEXT NOT NULL, attempts INTEGER NOT NULL, dead_at BIGINT NOT NULL, replayed_at BIGINT);
         CREATE INDEX IF NOT EXISTS dead_letters_open ON dead_letters (message_id) WHERE replayed_at IS NULL;
+        -- Retention: the inbox by the messages' own timestamps, closed instances not purged yet and tombstones
+        -- (purged_at) oldest first, an instance's associations when its tombstone goes (no semicolon in here).
+        CREATE INDEX IF NOT EXISTS inbox_issued ON inbox (issued_at);
+        ALTER TABLE process_instances ADD COLUMN IF NOT EXISTS purged_at BIGINT;
+        CREATE INDEX IF NOT EXISTS process_instances_unpurged ON process_instances (process_manager, updated_at, instance_id)
+            WHERE purged_at IS NULL AND lifecycle IN ('completed', 'failed');
+        CREATE INDEX IF NOT EXISTS process_instances_tombstones ON process_instances (process_manager, purged_at)
+            WHERE purged_at IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS process_associations_instance ON process_associations (process_manager, instance_id);
         CREATE TABLE IF NOT EXISTS parked_messages (
             sequence BIGSERIAL PRIMARY KEY, ordering_key TEXT, message_id TEXT NOT NULL, exchange TEXT NOT NULL,
             routing_key TEXT NOT NULL, message_type TEXT, content_type TEXT, correlation_id TEXT, timestamp BIGINT,
@@ -417,11 +444,28 @@ final class PostgresUnitOfWork: UnitOfWork {
         .isEmpty
     }
 
-    func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
+    func markHandled(_ messageID: String, consumer: String, issuedAt: Date, at time: Date) throws {
         try query(
-            "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ($1, $2, $3)",
-            [.init(string: consumer), .init(string: messageID), .init(int64: time.millisecondsSince1970)]
+            "INSERT INTO inbox (consumer, message_id, issued_at, handled_at) VALUES ($1, $2, $3, $4)",
+            [
+                .init(string: consumer), .init(string: messageID), .init(int64: issuedAt.millisecondsSince1970),
+                .init(int64: time.millisecondsSince1970),
+            ]
         )
+    }
+
+    /// Forgets handled messages issued before `time`, oldest first; replicas pruning at once skip each
+    /// other's rows instead of waiting for them.
+    func forgetHandled(issuedBefore time: Date, limit: Int) throws -> Int {
+        try query(
+            """
+            DELETE FROM inbox WHERE (consumer, message_id) IN (
+                SELECT consumer, message_id FROM inbox WHERE issued_at < $1 ORDER BY issued_at LIMIT $2
+                FOR UPDATE SKIP LOCKED)
+            RETURNING 1
+            """,
+            [.init(int64: time.millisecondsSince1970), .init(int: limit)]
+        ).count
     }
 
     // MARK: Outbox
@@ -528,14 +572,11 @@ final class PostgresUnitOfWork: UnitOfWork {
         .first?.decode(Int64?.self).map(Date.init(millisecondsSince1970:))
     }
 
-    func markSent(_ sequences: [Int64], at time: Date) throws {
+    func removeSent(_ sequences: [Int64]) throws {
         guard !sequences.isEmpty else { return }
         try query(
-            "UPDATE outbox SET sent_at = $1 WHERE sequence = ANY($2)",
-            [
-                .init(int64: time.millisecondsSince1970),
-                .init(array: sequences.map { PostgresData(int64: $0) }, elementType: .int8),
-            ]
+            "DELETE FROM outbox WHERE sequence = ANY($1)",
+            [.init(array: sequences.map { PostgresData(int64: $0) }, elementType: .int8)]
         )
     }
 

@@ -157,7 +157,7 @@ extension PostgresUnitOfWork {
             .map(\.rawValue).sorted()
         let ranges = lifecycles.indices.map { index in
             """
-            (SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
+            (SELECT instance_id, lifecycle, version, started_at, updated_at, purged_at FROM process_instances
             WHERE process_manager = $1 AND lifecycle = $\(index + 6) AND ($2::bigint IS NULL OR updated_at < $2)
                 AND ($3::bigint IS NULL OR (updated_at <= $3 AND (updated_at < $3 OR instance_id > $4::text)))
             ORDER BY updated_at DESC, instance_id LIMIT $5)
@@ -174,22 +174,46 @@ extension PostgresUnitOfWork {
                 .init(string: after?.instanceID ?? ""), .init(int: limit),
             ] + lifecycles.map { .init(string: $0) }
         ).map { row in
-            let (id, lifecycle, version, started, updated) = try row.decode((String, String, Int64, Int64, Int64).self)
+            let (id, lifecycle, version, started, updated, purged) = try row.decode(
+                (String, String, Int64, Int64, Int64, Int64?).self
+            )
             return InstanceSummary(
                 instanceID: id,
                 lifecycle: ProcessLifecycle(rawValue: lifecycle) ?? .failed,
                 version: version,
                 startedAt: Date(millisecondsSince1970: started),
-                updatedAt: Date(millisecondsSince1970: updated)
+                updatedAt: Date(millisecondsSince1970: updated),
+                purgedAt: purged.map(Date.init(millisecondsSince1970:))
             )
         }
     }
 
-    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
-        let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time)
-        let purged = try instances(of: processManager, matching: filter, limit: limit).map(\.instanceID)
+    /// Purges closed instances oldest first, from the `process_instances_unpurged` index: their transitions
+    /// and timers go; the row (with its state) and its associations stay as a tombstone. Replicas purging at
+    /// once skip each other's instances.
+    func purgeInstances(
+        of processManager: String,
+        closedBefore time: Date,
+        at now: Date,
+        limit: Int
+    ) throws -> [String] {
+        let purged = try query(
+            """
+            UPDATE process_instances SET purged_at = $1
+            WHERE process_manager = $2 AND instance_id IN (
+                SELECT instance_id FROM process_instances
+                WHERE process_manager = $2 AND lifecycle IN ('completed', 'failed') AND purged_at IS NULL
+                    AND updated_at < $3
+                ORDER BY updated_at, instance_id LIMIT $4 FOR UPDATE SKIP LOCKED)
+            RETURNING instance_id, updated_at
+            """,
+            [
+                .init(int64: now.millisecondsSince1970), .init(string: processManager),
+                .init(int64: time.roundedToMilliseconds.millisecondsSince1970), .init(int: limit),
+            ]
+        ).map { try $0.decode((String, Int64).self) }.sorted { ($0.1, $0.0) < ($1.1, $1.0) }.map(\.0)
         for instanceID in purged {
-            for table in ["process_instances", "process_transitions", "process_associations", "timers"] {
+            for table in ["process_transitions", "timers"] {
                 try query(
                     "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
                     key(processManager, instanceID)
@@ -197,6 +221,31 @@ extension PostgresUnitOfWork {
             }
         }
         return purged
+    }
+
+    /// Deletes tombstones oldest first, from the `process_instances_tombstones` index, with everything kept of
+    /// them.
+    func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int {
+        let doomed = try query(
+            """
+            DELETE FROM process_instances
+            WHERE process_manager = $1 AND instance_id IN (
+                SELECT instance_id FROM process_instances
+                WHERE process_manager = $1 AND purged_at IS NOT NULL AND purged_at < $2
+                ORDER BY purged_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+            RETURNING instance_id
+            """,
+            [.init(string: processManager), .init(int64: time.millisecondsSince1970), .init(int: limit)]
+        ).map { try $0.decode(String.self) }
+        for instanceID in doomed {
+            for table in ["process_transitions", "process_associations", "timers"] {
+                try query(
+                    "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
+                    key(processManager, instanceID)
+                )
+            }
+        }
+        return doomed.count
     }
 
     // MARK: Timers

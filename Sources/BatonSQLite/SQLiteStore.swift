@@ -45,7 +45,8 @@ public final class SQLiteStore: Store {
 
     /// Like ``write(_:)``, without waiting for the disk: the transaction commits, and reaches the disk with the
     /// next durable one (or a checkpoint). For bookkeeping whose loss on power failure costs only a repeat —
-    /// the relay's sent marks: a message marked again is re-sent under its id, and its consumers drop it.
+    /// the relay's deletion of sent rows (a row that comes back is re-sent under its id, and its consumers drop
+    /// it) and retention (a removal that comes back is repeated).
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func writeWithoutWaitingForDisk<T: Sendable>(
@@ -133,7 +134,7 @@ public final class SQLiteStore: Store {
         }
     }
 
-    private static var migrator: DatabaseMigrator {
+    static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(
@@ -260,6 +261,26 @@ public final class SQLiteStore: Store {
                     DROP INDEX process_instances_open;
                     CREATE INDEX process_instances_listed
                         ON process_instances (process_manager, lifecycle, updated_at DESC, instance_id);
+                    """
+            )
+        }
+        // Retention: the inbox is pruned by the handled messages' own timestamps; sent outbox rows are deleted
+        // (those an earlier release kept go now); a purged instance leaves a tombstone (`purged_at`). Two partial
+        // indexes find the closed instances not purged yet, and the tombstones, oldest first; a third finds an
+        // instance's associations when its tombstone goes.
+        migrator.registerMigration("v7-retention") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE inbox ADD COLUMN issued_at REAL NOT NULL DEFAULT 0;
+                    UPDATE inbox SET issued_at = handled_at;
+                    CREATE INDEX inbox_issued ON inbox (issued_at);
+                    DELETE FROM outbox WHERE sent_at IS NOT NULL;
+                    ALTER TABLE process_instances ADD COLUMN purged_at REAL;
+                    CREATE INDEX process_instances_unpurged ON process_instances (process_manager, updated_at)
+                        WHERE purged_at IS NULL AND lifecycle IN ('completed', 'failed');
+                    CREATE INDEX process_instances_tombstones ON process_instances (process_manager, purged_at)
+                        WHERE purged_at IS NOT NULL;
+                    CREATE INDEX process_associations_instance ON process_associations (process_manager, instance_id);
                     """
             )
         }

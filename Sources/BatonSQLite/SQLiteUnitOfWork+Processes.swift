@@ -189,7 +189,8 @@ extension SQLiteUnitOfWork {
                 lifecycle: ProcessLifecycle(rawValue: $0["lifecycle"]) ?? .failed,
                 version: $0["version"],
                 startedAt: Date(timeIntervalSince1970: $0["started_at"]),
-                updatedAt: Date(timeIntervalSince1970: $0["updated_at"])
+                updatedAt: Date(timeIntervalSince1970: $0["updated_at"]),
+                purgedAt: ($0["purged_at"] as Double?).map(Date.init(timeIntervalSince1970:))
             )
         }
     }
@@ -217,7 +218,7 @@ extension SQLiteUnitOfWork {
         let lifecycles = (filter.lifecycles.isEmpty ? Set(ProcessLifecycle.allCases) : filter.lifecycles)
             .map(\.rawValue).sorted()
         let range = """
-            SELECT * FROM (SELECT instance_id, lifecycle, version, started_at, updated_at FROM process_instances
+            SELECT * FROM (SELECT instance_id, lifecycle, version, started_at, updated_at, purged_at FROM process_instances
             WHERE \(conditions.joined(separator: " AND ")) ORDER BY updated_at DESC, instance_id LIMIT ?)
             """
         var all: [any DatabaseValueConvertible] = []
@@ -229,10 +230,53 @@ extension SQLiteUnitOfWork {
         )
     }
 
-    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
-        let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time)
-        let purged = try instances(of: processManager, matching: filter, limit: limit).map(\.instanceID)
+    /// Purges closed instances oldest first, from the `process_instances_unpurged` index (tombstones are not in
+    /// it): their transitions and timers go; the instance row, its state and associations stay as a tombstone.
+    func purgeInstances(
+        of processManager: String,
+        closedBefore time: Date,
+        at now: Date,
+        limit: Int
+    ) throws -> [String] {
+        let purged = try String.fetchAll(
+            try statement(
+                """
+                SELECT instance_id FROM process_instances INDEXED BY process_instances_unpurged
+                WHERE process_manager = ? AND lifecycle IN ('completed', 'failed') AND purged_at IS NULL
+                    AND updated_at < ?
+                ORDER BY updated_at, instance_id LIMIT ?
+                """
+            ),
+            arguments: [processManager, time.roundedToMilliseconds.timeIntervalSince1970, limit]
+        )
         for instanceID in purged {
+            for table in ["process_transitions", "timers"] {
+                try run(
+                    "DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?",
+                    [processManager, instanceID]
+                )
+            }
+            try run(
+                "UPDATE process_instances SET purged_at = ? WHERE process_manager = ? AND instance_id = ?",
+                [now.timeIntervalSince1970, processManager, instanceID]
+            )
+        }
+        return purged
+    }
+
+    /// Deletes tombstones oldest first, from the `process_instances_tombstones` index, with everything kept of
+    /// them (and whatever late replies recorded since).
+    func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int {
+        let doomed = try String.fetchAll(
+            try statement(
+                """
+                SELECT instance_id FROM process_instances INDEXED BY process_instances_tombstones
+                WHERE process_manager = ? AND purged_at IS NOT NULL AND purged_at < ? ORDER BY purged_at LIMIT ?
+                """
+            ),
+            arguments: [processManager, time.timeIntervalSince1970, limit]
+        )
+        for instanceID in doomed {
             for table in [
                 "process_instances", "process_transitions", "process_snapshots", "process_associations", "timers",
             ] {
@@ -242,7 +286,7 @@ extension SQLiteUnitOfWork {
                 )
             }
         }
-        return purged
+        return doomed.count
     }
 
     // MARK: Timers

@@ -54,16 +54,28 @@ struct SQLiteUnitOfWork: UnitOfWork {
     }
 
     /// Records that `consumer` handled the message; commits with the handler's effects.
-    func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
+    func markHandled(_ messageID: String, consumer: String, issuedAt: Date, at time: Date) throws {
         try run(
-            "INSERT INTO inbox (consumer, message_id, handled_at) VALUES (?, ?, ?)",
-            [consumer, messageID, time.timeIntervalSince1970]
+            "INSERT INTO inbox (consumer, message_id, issued_at, handled_at) VALUES (?, ?, ?, ?)",
+            [consumer, messageID, issuedAt.timeIntervalSince1970, time.timeIntervalSince1970]
         )
+    }
+
+    /// Forgets handled messages issued before `time`, oldest first (one range of `inbox_issued`).
+    func forgetHandled(issuedBefore time: Date, limit: Int) throws -> Int {
+        try run(
+            """
+            DELETE FROM inbox WHERE (consumer, message_id) IN (
+                SELECT consumer, message_id FROM inbox INDEXED BY inbox_issued WHERE issued_at < ? ORDER BY issued_at LIMIT ?)
+            """,
+            [time.timeIntervalSince1970, limit]
+        )
+        return db.changesCount
     }
 
     // MARK: Outbox
 
-    /// Queues a message for the relay. A key queued before (a handler that ran again) is not queued twice.
+    /// Queues a message for the relay. A key still waiting for the relay is not queued twice.
     /// - Parameters:
     ///   - envelope: The message.
     ///   - exchange: Where it goes.
@@ -149,13 +161,12 @@ struct SQLiteUnitOfWork: UnitOfWork {
         ).map(Date.init(millisecondsSince1970:))
     }
 
-    /// Marks relayed messages as sent.
-    func markSent(_ sequences: [Int64], at time: Date) throws {
+    /// Deletes relayed messages.
+    func removeSent(_ sequences: [Int64]) throws {
         guard !sequences.isEmpty else { return }
         try db.execute(
-            sql:
-                "UPDATE outbox SET sent_at = ? WHERE sequence IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
-            arguments: StatementArguments([time.timeIntervalSince1970] + sequences)
+            sql: "DELETE FROM outbox WHERE sequence IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
+            arguments: StatementArguments(sequences)
         )
     }
 
@@ -196,7 +207,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
         return statistics
     }
 
-    /// Every queued message id with the number of times it appears (for crash tests: always 1).
+    /// The key of every message waiting for the relay, in the order queued.
     func outboxMessageIDs() throws -> [String] {
         try String.fetchAll(db, sql: "SELECT message_id FROM outbox ORDER BY sequence")
     }

@@ -131,7 +131,8 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
                 ["INSTANCE", "LIFECYCLE", "VERSION", "STARTED", "UPDATED"],
                 instances.map {
                     [
-                        $0.instanceID, $0.lifecycle.rawValue, String($0.version),
+                        $0.instanceID, $0.lifecycle.rawValue + ($0.purgedAt == nil ? "" : " (purged)"),
+                        String($0.version),
                         ISO8601Milliseconds.format($0.startedAt),
                         ISO8601Milliseconds.format($0.updatedAt),
                     ]
@@ -290,7 +291,8 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
     public struct Purge: AsyncParsableCommand {
         public static var configuration: CommandConfiguration {
             CommandConfiguration(
-                abstract: "Delete closed instances last changed before a date, with their timelines (retention)."
+                abstract:
+                    "Purge the timelines of closed instances last changed before a date (retention); each leaves a tombstone (its state, for late replies)."
             )
         }
         @OptionGroup var options: ServiceOptions
@@ -306,7 +308,7 @@ public struct ProcessCommands<Service: ServiceDefinition>: AsyncParsableCommand 
             let cutoff = closedBefore.date
             let filter = InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: cutoff)
             let doomed = try await options.read(from: Service.name) {
-                try $0.instances(of: processManager, matching: filter, limit: 100_000)
+                try $0.instances(of: processManager, matching: filter, limit: 100_000).filter { $0.purgedAt == nil }
             }
             let when = ISO8601Milliseconds.format(cutoff)
             if dryRun {

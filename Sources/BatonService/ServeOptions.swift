@@ -4,7 +4,8 @@ import BatonNode
 import Foundation
 
 /// What `serve` takes beyond ``ServiceOptions``: the operations endpoint (with the web console of a
-/// process-manager node, whose actions `BATON_CONSOLE_TOKEN` guards) and the stuck-instance threshold.
+/// process-manager node, whose actions `BATON_CONSOLE_TOKEN` guards), the stuck-instance threshold and the
+/// retention policy.
 public struct ServeOptions: ParsableArguments {
     @Option(
         name: .customLong("http"),
@@ -23,6 +24,33 @@ public struct ServeOptions: ParsableArguments {
         )
     )
     var stuckAfterFlag: Double?
+
+    @Option(
+        name: .customLong("inbox-window"),
+        help: ArgumentHelp(
+            "How long the inbox remembers a handled message, from the message's timestamp: an older message is dead-lettered, not handled blindly; at least 1m (default: $BATON_INBOX_WINDOW, else 7d).",
+            valueName: "age"
+        )
+    )
+    var inboxWindowFlag: String?
+
+    @Option(
+        name: .customLong("keep-closed-instances"),
+        help: ArgumentHelp(
+            "How long a closed process instance keeps its timeline before it is purged to a tombstone (default: $BATON_KEEP_CLOSED_INSTANCES, else kept).",
+            valueName: "age"
+        )
+    )
+    var keepClosedInstancesFlag: String?
+
+    @Option(
+        name: .customLong("keep-tombstones"),
+        help: ArgumentHelp(
+            "How long a purged instance's tombstone stays, for late replies (default: $BATON_KEEP_TOMBSTONES, else kept).",
+            valueName: "age"
+        )
+    )
+    var keepTombstonesFlag: String?
 
     public init() {}
 
@@ -56,6 +84,36 @@ public struct ServeOptions: ParsableArguments {
         }
     }
 
+    /// The retention policy (ages as `90s`, `30m`, `2h`, `7d`).
+    /// - Throws: ``ValidationError`` naming the flag or variable whose age is malformed or too short.
+    public var retention: Retention {
+        get throws {
+            var retention = Retention()
+            if let window = try age(inboxWindowFlag, "--inbox-window", "BATON_INBOX_WINDOW", atLeast: 60) {
+                retention.inboxWindow = window
+            }
+            retention.closedInstances = try age(
+                keepClosedInstancesFlag,
+                "--keep-closed-instances",
+                "BATON_KEEP_CLOSED_INSTANCES",
+                atLeast: 1
+            )
+            retention.tombstones = try age(keepTombstonesFlag, "--keep-tombstones", "BATON_KEEP_TOMBSTONES", atLeast: 1)
+            return retention
+        }
+    }
+
+    /// An age from a flag or, without it, a variable; `nil` when neither is set.
+    private func age(_ flag: String?, _ name: String, _ variable: String, atLeast minimum: Double) throws -> Duration? {
+        guard let text = flag ?? environment[variable], !text.isEmpty else { return nil }
+        guard let seconds = InstanceFilter.seconds(inAge: text), seconds >= minimum else {
+            throw ValidationError(
+                "\(flag == nil ? variable : name) must be an age of at least \(Int(minimum))s, as 90s, 30m, 2h or 7d, not '\(text)'"
+            )
+        }
+        return .milliseconds(Int64(seconds * 1000))
+    }
+
     /// What the web console's actions need (`BATON_CONSOLE_TOKEN`); `nil` when it is not set (actions off).
     /// - Throws: ``ValidationError`` if it is too short to guard anything.
     public var consoleToken: String? {
@@ -72,11 +130,14 @@ public struct ServeOptions: ParsableArguments {
         _ = try http
         _ = try stuckAfter
         _ = try consoleToken
+        _ = try retention
     }
 
-    /// Sets what the node needs for the endpoint: store sampling (when it is on) and the stuck threshold.
+    /// Sets what the node needs for the endpoint — store sampling (when it is on) and the stuck threshold — and
+    /// the retention policy.
     func configure(_ configuration: inout Node.Configuration) throws {
         configuration.stuckAfter = try stuckAfter
+        configuration.retention = try retention
         if try http != nil { configuration.storeSampling = .seconds(5) }
     }
 }

@@ -57,6 +57,7 @@ struct StoreState {
         var updatedAt: Date
         var state: Data
         var transitions: [ProcessTransition] = []
+        var purgedAt: Date?
     }
 
     struct TimerKey: Hashable {
@@ -75,7 +76,6 @@ struct StoreState {
     struct OutboxRow {
         var message: OutboxMessage
         var key: String
-        var sentAt: Date?
         var attempts = 0
         var nextAttemptAt: Date?
     }
@@ -86,7 +86,8 @@ struct StoreState {
         var body: Data
     }
 
-    var inbox: Set<String> = []
+    /// Handled message keys with their messages' timestamps.
+    var inbox: [String: Date] = [:]
     var outbox: [OutboxRow] = []
     var nextOutboxSequence: Int64 = 1
     var streams: [String: [(messageType: String, payload: Data)]] = [:]
@@ -137,14 +138,22 @@ final class InMemoryUnitOfWork: UnitOfWork {
     private static func inboxKey(_ messageID: String, _ consumer: String) -> String { "\(consumer)\u{1f}\(messageID)" }
 
     func hasHandled(_ messageID: String, consumer: String) throws -> Bool {
-        state.inbox.contains(Self.inboxKey(messageID, consumer))
+        state.inbox[Self.inboxKey(messageID, consumer)] != nil
     }
 
-    func markHandled(_ messageID: String, consumer: String, at time: Date) throws {
+    func markHandled(_ messageID: String, consumer: String, issuedAt: Date, at time: Date) throws {
         try mutate { state in
-            guard state.inbox.insert(Self.inboxKey(messageID, consumer)).inserted else {
+            guard state.inbox.updateValue(issuedAt, forKey: Self.inboxKey(messageID, consumer)) == nil else {
                 throw InMemoryStoreError(description: "inbox: \(consumer) handled \(messageID) already")
             }
+        }
+    }
+
+    func forgetHandled(issuedBefore time: Date, limit: Int) throws -> Int {
+        try mutate { state in
+            let doomed = state.inbox.filter { $0.value < time }.sorted { $0.value < $1.value }.prefix(limit)
+            for (key, _) in doomed { state.inbox[key] = nil }
+            return doomed.count
         }
     }
 
@@ -169,7 +178,7 @@ final class InMemoryUnitOfWork: UnitOfWork {
 
     func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
         Array(
-            state.outbox.lazy.filter { $0.sentAt == nil && ($0.nextAttemptAt.map { $0 <= now } ?? true) }
+            state.outbox.lazy.filter { $0.nextAttemptAt.map { $0 <= now } ?? true }
                 .map(\.message).prefix(limit)
         )
     }
@@ -188,19 +197,18 @@ final class InMemoryUnitOfWork: UnitOfWork {
     }
 
     func nextOutboxAttempt() throws -> Date? {
-        state.outbox.filter { $0.sentAt == nil }.compactMap(\.nextAttemptAt).min()
+        state.outbox.compactMap(\.nextAttemptAt).min()
     }
 
-    func markSent(_ sequences: [Int64], at time: Date) throws {
+    func removeSent(_ sequences: [Int64]) throws {
         try mutate { state in
-            for index in state.outbox.indices where sequences.contains(state.outbox[index].message.sequence) {
-                state.outbox[index].sentAt = time
-            }
+            let sent = Set(sequences)
+            state.outbox.removeAll { sent.contains($0.message.sequence) }
         }
     }
 
     func pendingOutboxCount() throws -> Int {
-        state.outbox.count { $0.sentAt == nil }
+        state.outbox.count
     }
 
     func outboxMessageIDs() throws -> [String] {
@@ -209,7 +217,7 @@ final class InMemoryUnitOfWork: UnitOfWork {
 
     func statistics(idleSince: Date) throws -> StoreStatistics {
         var statistics = StoreStatistics()
-        let pending = state.outbox.filter { $0.sentAt == nil }
+        let pending = state.outbox
         statistics.pendingOutbox = pending.count
         statistics.oldestPendingOutbox = pending.map(\.message.envelope.timestamp).min()
         statistics.openDeadLetters = state.deadLetters.count { $0.replayedAt == nil }

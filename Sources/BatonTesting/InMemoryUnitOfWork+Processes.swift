@@ -122,7 +122,8 @@ extension InMemoryUnitOfWork {
                 lifecycle: instance.lifecycle,
                 version: instance.version,
                 startedAt: instance.startedAt,
-                updatedAt: instance.updatedAt
+                updatedAt: instance.updatedAt,
+                purgedAt: instance.purgedAt
             )
         }
         return Array(
@@ -130,22 +131,48 @@ extension InMemoryUnitOfWork {
         )
     }
 
-    func purgeInstances(of processManager: String, closedBefore time: Date, limit: Int) throws -> [String] {
-        let purged = try instances(
-            of: processManager,
-            matching: InstanceFilter(lifecycles: InstanceFilter.closed.lifecycles, changedBefore: time),
-            limit: limit
-        ).map(\.instanceID)
-        for instanceID in purged {
-            state.instances[StoreState.InstanceKey(processManager: processManager, instanceID: instanceID)] = nil
-            state.timers = state.timers.filter {
-                $0.key.processManager != processManager || $0.key.instanceID != instanceID
+    func purgeInstances(
+        of processManager: String,
+        closedBefore time: Date,
+        at now: Date,
+        limit: Int
+    ) throws -> [String] {
+        try mutate { state in
+            let cutoff = time.roundedToMilliseconds
+            let purged = state.instances.filter {
+                $0.key.processManager == processManager && $0.value.lifecycle.isClosed && $0.value.purgedAt == nil
+                    && $0.value.updatedAt < cutoff
             }
-            state.associations = state.associations.filter { key, value in
-                value != instanceID || !key.hasPrefix(processManager + "\u{1f}")
+            .sorted { ($0.value.updatedAt, $0.key.instanceID) < ($1.value.updatedAt, $1.key.instanceID) }
+            .prefix(limit).map(\.key)
+            for key in purged {
+                state.instances[key]?.transitions = []
+                state.instances[key]?.purgedAt = now
+                state.timers = state.timers.filter {
+                    $0.key.processManager != processManager || $0.key.instanceID != key.instanceID
+                }
             }
+            return purged.map(\.instanceID)
         }
-        return purged
+    }
+
+    func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int {
+        try mutate { state in
+            let doomed = state.instances.compactMap { key, instance in
+                key.processManager == processManager ? instance.purgedAt.map { (key, $0) } : nil
+            }
+            .filter { $0.1 < time }.sorted { $0.1 < $1.1 }.prefix(limit).map(\.0)
+            for key in doomed {
+                state.instances[key] = nil
+                state.timers = state.timers.filter {
+                    $0.key.processManager != processManager || $0.key.instanceID != key.instanceID
+                }
+                state.associations = state.associations.filter { association, value in
+                    value != key.instanceID || !association.hasPrefix(processManager + "\u{1f}")
+                }
+            }
+            return doomed.count
+        }
     }
 
     // MARK: Timers

@@ -167,6 +167,21 @@ struct Ticket: ProcessState {
         }
     }
 
+    @Test func aPurgedInstanceShowsItsTombstone() async throws {
+        try await withConsole { node, transport, port in
+            try await publish(TicketOpened(ticketID: "t-p", title: "old"), id: "open-p", on: transport)
+            try await publish(TicketClosed(ticketID: "t-p"), id: "close-p", on: transport)
+            #expect(try await eventually { try await instances(node).first?.lifecycle == .completed })
+            let purged = try await node.store.write {
+                try $0.purgeInstances(of: "tickets", closedBefore: .distantFuture, at: Date(), limit: 10)
+            }
+            #expect(purged == ["t-p"])
+            let (status, body, _) = try await HTTPProbe.request(port: port, "console/instances/t-p")
+            #expect(status == 200 && body.contains(#"id="purged""#), "\(body)")
+            #expect(body.contains(#"id="lifecycle">completed<"#) && body.contains(#"id="version">2<"#))
+        }
+    }
+
     @Test func actionsNeedTheTokenFromTheConsolesOwnPages() async throws {
         try await withConsole { node, transport, port in
             try await publish(TicketOpened(ticketID: "t-1", title: "printer"), id: "open-1", on: transport)

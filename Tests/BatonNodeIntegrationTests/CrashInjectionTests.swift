@@ -95,11 +95,8 @@ import Testing
             #expect(transitions.count == 1 + moves, "the start and each advance or reply moved the instance once")
             #expect(counter.count == (target == .bump ? 1 : 0), "the counter was bumped once")
             #expect(letters.count == (target == .refuse ? 1 : 0), "the refused step was dead-lettered once")
-            // The outbox: the commands, the counter's event, and for the refused step its dead letter and reply.
-            let replies = target == .refuse ? 2 : 0
-            #expect(outbox.count == expectedCommands + counter.count + replies, "the outbox holds each message once")
-            #expect(Set(outbox).count == outbox.count, "no message id twice in the outbox")
-            #expect(pending == 0, "everything was relayed")
+            // Each message was published once (above) and its row deleted once the broker confirmed it.
+            #expect(outbox.isEmpty && pending == 0, "everything was relayed: \(outbox)")
         }
     }
 

@@ -113,10 +113,12 @@ final class NodeHarness: Sendable {
     func makeNode(
         retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5)),
         store: (any Store)? = nil,
-        process: ProcessManager<OrderProcess>? = nil
+        process: ProcessManager<OrderProcess>? = nil,
+        retention: Retention = Retention()
     ) throws -> Node {
         var configuration = Node.Configuration(name: "orders-pm")
         configuration.retry = retry
+        configuration.retention = retention
         return Node(
             configuration: configuration,
             store: try store ?? SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),
@@ -140,12 +142,12 @@ final class NodeHarness: Sendable {
         )
     }
 
-    /// Publishes an event the way another node would.
-    func publish<E: Event>(_ event: E, id: String) async throws {
+    /// Publishes an event the way another node would: issued now, or at `issuedAt` (a copy of an earlier one).
+    func publish<E: Event>(_ event: E, id: String, issuedAt: Date? = nil) async throws {
         let envelope = Envelope(
             messageID: id,
             messageType: E.messageType,
-            timestamp: clock.now(),
+            timestamp: issuedAt ?? clock.now(),
             payload: MessageRegistry.encode(event)
         )
         try await transport.publish([

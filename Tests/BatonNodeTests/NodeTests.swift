@@ -123,8 +123,9 @@ import Testing
             )
         }
         let instances = try await node.store.read { try $0.instances(of: "order-process") }
-        #expect(instances.map(\.instanceID) == ["o-1"], "o-2 closed before the cut-off and was purged")
-        #expect(instances.first?.lifecycle == .failed)
+        #expect(instances.map(\.instanceID) == ["o-1", "o-2"] && instances.first?.lifecycle == .failed)
+        let purged = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-2") }
+        #expect(purged.isEmpty, "o-2 closed before the cut-off: its timeline was purged, its tombstone stays")
         let aborted = try await node.store.read { try $0.transitions(of: "order-process", instance: "o-1") }
         #expect(aborted.last?.reason == "fraud suspected")
         #expect(!types(harness.observed).contains("orders.VoidOrder.v1"), "the aborted instance's timer is gone")

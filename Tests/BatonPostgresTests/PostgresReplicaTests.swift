@@ -155,7 +155,7 @@ import Testing
         let own = try await first.claimOutbox(limit: 10, readyAt: Date()).rows
         #expect(own.map(\.envelope.messageID) == ["m-0", "m-1", "m-2"], "its own rows, in order")
         // The first replica publishes one and dies before marking the others.
-        try await first.write { try $0.markSent([own[0].sequence], at: Date()) }
+        try await first.write { try $0.removeSent([own[0].sequence]) }
         #expect(try await second.claimOutbox(limit: 10, readyAt: Date()).rows.isEmpty, "the lease still runs")
         try await Task.sleep(for: .seconds(4.5))
         let taken = try await second.claimOutbox(limit: 10, readyAt: Date()).rows
@@ -195,7 +195,7 @@ import Testing
         )
         #expect(try await reader.read { try $0.pendingOutboxCount() } == 0)
         await #expect(throws: PostgresStoreError.self) {
-            try await reader.write { try $0.markHandled("m-1", consumer: "c", at: Date()) }
+            try await reader.write { try $0.markHandled("m-1", consumer: "c", issuedAt: Date(), at: Date()) }
         }
         #expect(try await writer.read { try $0.hasHandled("m-1", consumer: "c") } == false)
         await reader.close()
@@ -235,7 +235,7 @@ import Testing
             schema: "reconnected",
             logger: Logger(label: "postgres-test")
         )
-        try await store.write { try $0.markHandled("before", consumer: "c", at: Date()) }
+        try await store.write { try $0.markHandled("before", consumer: "c", issuedAt: Date(), at: Date()) }
         let terminated = try await TestDatabase.psql(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '\(database)'"
         )
@@ -244,7 +244,9 @@ import Testing
         var written = false
         for attempt in 0..<4 where !written {
             do {
-                try await store.write { try $0.markHandled("after-\(attempt)", consumer: "c", at: Date()) }
+                try await store.write {
+                    try $0.markHandled("after-\(attempt)", consumer: "c", issuedAt: Date(), at: Date())
+                }
                 written = true
             } catch {
                 failures += 1
@@ -325,7 +327,7 @@ import Testing
         url.password = "role-secret"
         let logger = Logger(label: "postgres-test")
         let store = try await PostgresStore.connect(url: url, schema: role, logger: logger)
-        try await store.write { try $0.markHandled("m-1", consumer: "c", at: Date()) }
+        try await store.write { try $0.markHandled("m-1", consumer: "c", issuedAt: Date(), at: Date()) }
         await store.close()
         await #expect(throws: PostgresStoreError.self, "no other schema may be created") {
             try await PostgresStore.connect(url: url, schema: "\(role)_other", logger: logger)

@@ -40,6 +40,40 @@ import Testing
         }
         await store.close()
     }
+
+    /// Tables of the release before retention (an inbox without `issued_at`, sent outbox rows kept) are brought
+    /// under it when the store connects: old records count from when they were handled, sent rows go.
+    @Test func tablesOfTheReleaseBeforeRetentionAreUpgraded() async throws {
+        let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
+        let first = try await Self.makeStore(schema: schema)
+        try await first.write { work in
+            let work = work as! PostgresUnitOfWork
+            try work.execute(
+                """
+                ALTER TABLE inbox DROP COLUMN issued_at;
+                INSERT INTO inbox (consumer, message_id, handled_at) VALUES ('c', 'm-1', 100000);
+                INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, sent_at)
+                    VALUES ('sent', 'x', 'k', '', 1, 2), ('pending', 'x', 'k', '', 1, NULL)
+                """
+            )
+        }
+        await first.close()
+        let store = try await Self.makeStore(schema: schema)
+        do {
+            let (handled, keys) = try await store.read {
+                (try $0.hasHandled("m-1", consumer: "c"), try $0.outboxMessageIDs())
+            }
+            #expect(handled && keys == ["pending"], "the record stays, the sent row goes")
+            let forgotten = try await store.write {
+                try $0.forgetHandled(issuedBefore: Date(timeIntervalSince1970: 101), limit: 10)
+            }
+            #expect(forgotten == 1, "an old record counts from when it was handled")
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+    }
 }
 
 /// A node runs on the PostgreSQL store: a process manager's events handled once, its commands relayed.

@@ -42,7 +42,7 @@ import Testing
             try work.enqueue(envelope("a"), exchange: "x", routingKey: "k")
             try work.enqueue(envelope("b"), exchange: "x", routingKey: "k")
         }
-        try await store.writeWithoutWaitingForDisk { try $0.markSent([handed[0].sequence], at: Date()) }
+        try await store.writeWithoutWaitingForDisk { try $0.removeSent([handed[0].sequence]) }
         try await store.write { [self] in try $0.enqueue(envelope("c"), exchange: "x", routingKey: "k") }
         let pending = try await store.read { try $0.pendingOutbox(limit: 10) }
         #expect(pending.map(\.envelope.messageID) == ["b", "c"])

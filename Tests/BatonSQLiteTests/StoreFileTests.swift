@@ -40,7 +40,7 @@ import Testing
         let store = try SQLiteStore(path: path)
         try await store.write { work in
             for index in 0..<200 {
-                try work.markHandled("m-\(index)", consumer: "c", at: Date())
+                try work.markHandled("m-\(index)", consumer: "c", issuedAt: Date(), at: Date())
                 try work.save(["padding": String(repeating: "x", count: 500)], in: "docs", id: "d-\(index)", at: Date())
             }
         }

@@ -315,6 +315,8 @@ import Testing
                 ("fulfillment", ["serve", "--http", "localhost"], "not HOST:PORT"),
                 ("shipping", ["serve", "--http", "127.0.0.1:70000"], "port from 0 to 65535"),
                 ("inventory", ["serve", "--stuck-after", "0"], "--stuck-after must be"),
+                ("orders", ["serve", "--inbox-window", "30s"], "--inbox-window must be an age of at least 60s"),
+                ("shipping", ["serve", "--keep-tombstones", "forever"], "--keep-tombstones must be an age"),
                 ("fulfillment", ["show", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["processes", "list", "--open", "--closed"], "--closed"),
                 ("fulfillment", ["processes", "list", "--lifecycle", "stuck"], "lifecycle"),

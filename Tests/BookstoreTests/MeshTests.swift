@@ -185,8 +185,12 @@ import Testing
             #expect(try await mesh.snapshot().processes.count == 1, "a dry run deletes nothing")
             let purge = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "1s")
             #expect(purge.status == 0, "\(purge.output)")
-            let purged = try await eventually { try await mesh.snapshot().processes.isEmpty }
-            #expect(purged, "the running service purged it")
+            let purged = try await eventually { try await mesh.snapshot().processes.first?.purgedAt != nil }
+            #expect(purged, "the running service purged its timeline")
+            let tombstone = try await mesh.cli("fulfillment", "processes", "list", "--lifecycle", "failed")
+            #expect(tombstone.output.contains("\(order)  failed (purged)"), "\(tombstone.output)")
+            let again = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "1s", "--dry-run")
+            #expect(again.output.contains("0 closed instance"), "a tombstone is not purged again: \(again.output)")
             let bad = try await mesh.cli("fulfillment", "processes", "purge", "--closed-before", "last tuesday")
             #expect(bad.status != 0 && bad.output.contains("closed-before"), "\(bad.output)")
         }

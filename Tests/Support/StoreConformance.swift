@@ -15,12 +15,14 @@ public struct StoreConformance: Sendable {
         case aTransactionCommitsAllOrNothing
         case aSavepointRollsBackOnlyItsOwnChanges
         case theInboxRecordsEachMessageOnce
+        case theInboxForgetsMessagesIssuedBeforeItsWindow
         case theOutboxKeepsOneRowPerKeyInOrder
         case failedPublishesWaitOutTheirBackoff
         case aWriterHandsOverExactlyWhatItCommitted
         case streamsAppendAtTheirExpectedVersion
         case instancesKeepTheirStateTimelineAndAssociations
         case instancesAreListedByLifecycleAndAgeAndClosedOnesPurged
+        case purgedInstancesLeaveTombstonesUntilTheyAreRemoved
         case timersAreScheduledRetriedParkedAndRearmed
         case deadLettersAreReplayedByKind
         case heldMessagesWaitInOrderPerKey
@@ -48,6 +50,8 @@ public struct StoreConformance: Sendable {
         case .aTransactionCommitsAllOrNothing: try await aTransactionCommitsAllOrNothing(store)
         case .aSavepointRollsBackOnlyItsOwnChanges: try await aSavepointRollsBackOnlyItsOwnChanges(store)
         case .theInboxRecordsEachMessageOnce: try await theInboxRecordsEachMessageOnce(store)
+        case .theInboxForgetsMessagesIssuedBeforeItsWindow:
+            try await theInboxForgetsMessagesIssuedBeforeItsWindow(store)
         case .theOutboxKeepsOneRowPerKeyInOrder: try await theOutboxKeepsOneRowPerKeyInOrder(store)
         case .failedPublishesWaitOutTheirBackoff: try await failedPublishesWaitOutTheirBackoff(store)
         case .aWriterHandsOverExactlyWhatItCommitted: try await aWriterHandsOverExactlyWhatItCommitted(store)
@@ -56,6 +60,8 @@ public struct StoreConformance: Sendable {
             try await instancesKeepTheirStateTimelineAndAssociations(store)
         case .instancesAreListedByLifecycleAndAgeAndClosedOnesPurged:
             try await instancesAreListedByLifecycleAndAgeAndClosedOnesPurged(store)
+        case .purgedInstancesLeaveTombstonesUntilTheyAreRemoved:
+            try await purgedInstancesLeaveTombstonesUntilTheyAreRemoved(store)
         case .timersAreScheduledRetriedParkedAndRearmed: try await timersAreScheduledRetriedParkedAndRearmed(store)
         case .deadLettersAreReplayedByKind: try await deadLettersAreReplayedByKind(store)
         case .heldMessagesWaitInOrderPerKey: try await heldMessagesWaitInOrderPerKey(store)
@@ -127,7 +133,7 @@ public struct StoreConformance: Sendable {
     func aTransactionCommitsAllOrNothing(_ store: any Store) async throws {
         await #expect(throws: Planned.self) {
             try await store.write { work throws in
-                try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+                try work.markHandled("m-1", consumer: "c", issuedAt: Self.epoch, at: Self.epoch)
                 try work.enqueue(Self.envelope("out-1"), exchange: "x", routingKey: "k")
                 try work.save(["a": 1], in: "docs", id: "d-1", at: Self.epoch)
                 throw Planned()
@@ -145,7 +151,7 @@ public struct StoreConformance: Sendable {
             try work.enqueue(Self.envelope("kept-1"), exchange: "x", routingKey: "k")
             let rethrown = Result {
                 try work.inSavepoint {
-                    try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+                    try work.markHandled("m-1", consumer: "c", issuedAt: Self.epoch, at: Self.epoch)
                     try work.enqueue(Self.envelope("dropped"), exchange: "x", routingKey: "k")
                     throw Planned()
                 }
@@ -160,14 +166,43 @@ public struct StoreConformance: Sendable {
     }
 
     func theInboxRecordsEachMessageOnce(_ store: any Store) async throws {
-        try await store.write { try $0.markHandled("m-1", consumer: "c", at: Self.epoch) }
+        try await store.write { try $0.markHandled("m-1", consumer: "c", issuedAt: Self.epoch, at: Self.epoch) }
         await #expect(throws: (any Error).self, "a second record of one message is refused") {
-            try await store.write { try $0.markHandled("m-1", consumer: "c", at: Self.epoch) }
+            try await store.write { try $0.markHandled("m-1", consumer: "c", issuedAt: Self.epoch, at: Self.epoch) }
         }
         try await store.read { work throws in
             #expect(try work.hasHandled("m-1", consumer: "c"))
             #expect(try !work.hasHandled("m-1", consumer: "other"), "each consumer has its own inbox")
             #expect(try !work.hasHandled("m-2", consumer: "c"))
+        }
+    }
+
+    func theInboxForgetsMessagesIssuedBeforeItsWindow(_ store: any Store) async throws {
+        // Issued at t=1…5 (handled later, in another order): the window counts from the message's timestamp.
+        try await store.write { work throws in
+            for (id, issued) in [("m-3", 3.0), ("m-1", 1.0), ("m-5", 5.0), ("m-2", 2.0), ("m-4", 4.0)] {
+                try work.markHandled(
+                    id,
+                    consumer: id == "m-2" ? "other" : "c",
+                    issuedAt: Self.epoch.addingTimeInterval(issued),
+                    at: Self.epoch.addingTimeInterval(100 - issued)
+                )
+            }
+        }
+        let before4 = Self.epoch.addingTimeInterval(4)
+        #expect(try await store.write { try $0.forgetHandled(issuedBefore: before4, limit: 2) } == 2, "the limit")
+        try await store.read { work throws in
+            #expect(try !work.hasHandled("m-1", consumer: "c") && !work.hasHandled("m-2", consumer: "other"))
+            #expect(try work.hasHandled("m-3", consumer: "c"), "oldest first: m-3 waits for the next chunk")
+        }
+        #expect(try await store.write { try $0.forgetHandled(issuedBefore: before4, limit: 2) } == 1)
+        #expect(try await store.write { try $0.forgetHandled(issuedBefore: before4, limit: 2) } == 0)
+        try await store.read { work throws in
+            #expect(try !work.hasHandled("m-3", consumer: "c"))
+            #expect(try work.hasHandled("m-4", consumer: "c") && work.hasHandled("m-5", consumer: "c"))
+        }
+        await #expect(throws: (any Error).self, "a kept record still refuses a second one") {
+            try await store.write { try $0.markHandled("m-4", consumer: "c", issuedAt: Self.epoch, at: Self.epoch) }
         }
     }
 
@@ -180,11 +215,15 @@ public struct StoreConformance: Sendable {
         #expect(pending.map(\.envelope.messageID) == ["a", "b", "c", "a"])
         #expect(pending.map(\.routingKey) == ["k-a", "k-b", "k-c", "k"])
         #expect(pending.map(\.sequence) == pending.map(\.sequence).sorted() && !pending[0].wasRefused)
-        try await store.write { try $0.markSent([pending[0].sequence, pending[2].sequence], at: Self.epoch) }
+        try await store.write { try $0.removeSent([pending[0].sequence, pending[2].sequence]) }
         try await store.read { work throws in
             #expect(try work.pendingOutbox(limit: 10).map(\.routingKey) == ["k-b", "k"])
             #expect(try work.pendingOutboxCount() == 2)
-            #expect(try work.outboxMessageIDs() == ["a", "b", "c", "dead-letter:1"], "sent rows keep their key")
+            #expect(try work.outboxMessageIDs() == ["b", "dead-letter:1"], "sent rows are deleted")
+        }
+        try await store.write { try $0.enqueue(Self.envelope("b"), exchange: "x", routingKey: "again") }
+        try await store.read { work throws in
+            #expect(try work.pendingOutbox(limit: 10).map(\.routingKey) == ["k-b", "k"], "b waits: not queued twice")
         }
     }
 
@@ -332,17 +371,70 @@ public struct StoreConformance: Sendable {
             #expect(InstancePosition(position.description) == position, "a page link's position reads back")
             #expect(try ids(InstanceFilter(after: position)) == ["i-4"])
         }
-        let purged = try await store.write { try $0.purgeInstances(of: "pm", closedBefore: t2, limit: 100) }
+        let purged = try await store.write {
+            try $0.purgeInstances(of: "pm", closedBefore: t2, at: Self.epoch.addingTimeInterval(10), limit: 100)
+        }
         #expect(purged == ["i-2"], "closed before t=2: i-3 closed later, the others are open")
         try await store.read { work throws in
-            #expect(try work.storedInstance("i-2", processManager: "pm") == nil)
-            #expect(try work.instanceVersion("i-2", processManager: "pm") == nil)
-            #expect(try work.transitions(of: "pm", instance: "i-2").isEmpty)
-            #expect(try work.instance(associatedWith: "T-2", as: "tracking", processManager: "pm") == nil)
-            #expect(try work.instances(of: "pm").map(\.instanceID) == ["i-3", "i-1", "i-4"])
-            #expect(try work.storedInstance("i-2", processManager: "other") != nil, "another manager's is kept")
+            #expect(try work.transitions(of: "pm", instance: "i-2").isEmpty, "its timeline is gone")
+            #expect(try work.transitions(of: "other", instance: "i-2").count == 1, "another manager's is kept")
+            #expect(try work.transitions(of: "pm", instance: "i-3").count == 3)
             #expect(try work.nextTimer()?.instanceID == "i-1", "an open instance keeps its timers")
         }
+        let again = try await store.write {
+            try $0.purgeInstances(of: "pm", closedBefore: t2, at: Self.epoch.addingTimeInterval(11), limit: 100)
+        }
+        #expect(again.isEmpty, "a tombstone is not purged again")
+    }
+
+    func purgedInstancesLeaveTombstonesUntilTheyAreRemoved(_ store: any Store) async throws {
+        // i-1 and i-2 closed at t=2 (i-1 with a timer left over), i-3 closed at t=1, i-4 still open.
+        try await store.write { work throws in
+            try Self.record(Self.transition(1, associations: ["tracking": "T-1"], lifecycle: .started), work)
+            try Self.record(
+                Self.transition(2, timers: [.schedule(name: "t", dueAt: Self.epoch)], lifecycle: .failed),
+                work
+            )
+            try Self.record(Self.transition(1, lifecycle: .started), work, instance: "i-2")
+            try Self.record(Self.transition(2, lifecycle: .completed), work, instance: "i-2")
+            try Self.record(Self.transition(1, lifecycle: .completed), work, instance: "i-3")
+            try Self.record(Self.transition(1, lifecycle: .started), work, instance: "i-4")
+        }
+        let t3 = Self.epoch.addingTimeInterval(3)
+        let (t10, t20) = (Self.epoch.addingTimeInterval(10), Self.epoch.addingTimeInterval(20))
+        let first = try await store.write { try $0.purgeInstances(of: "pm", closedBefore: t3, at: t10, limit: 2) }
+        #expect(first == ["i-3", "i-1"], "oldest first (ties by id), the limit")
+        let second = try await store.write { try $0.purgeInstances(of: "pm", closedBefore: t3, at: t20, limit: 2) }
+        #expect(second == ["i-2"], "the open instance stays whole")
+        try await store.read { work throws in
+            let tombstone = try #require(try work.storedInstance("i-1", processManager: "pm"))
+            #expect(tombstone.version == 2 && tombstone.state == Data(#"{"version":2}"#.utf8), "state kept")
+            #expect(try work.instance(associatedWith: "T-1", as: "tracking", processManager: "pm") == "i-1")
+            #expect(try work.transitions(of: "pm", instance: "i-1").isEmpty, "the timeline went")
+            #expect(try work.nextTimer() == nil, "its timer went")
+            let listed = try work.instances(of: "pm", matching: .closed, limit: 10)
+            #expect(Set(listed.map(\.instanceID)) == ["i-1", "i-2", "i-3"], "tombstones are listed as closed")
+            #expect(listed.first { $0.instanceID == "i-1" }?.lifecycle == .failed)
+            #expect(listed.first { $0.instanceID == "i-1" }?.purgedAt == t10, "when it was purged")
+            #expect(try work.instances(of: "pm", matching: .open, limit: 10).map(\.purgedAt) == [nil])
+        }
+        // A late reply moves a tombstone on: it is recorded, and goes with the tombstone.
+        try await store.write { try Self.record(Self.transition(3, lifecycle: .failed), $0) }
+        let removedEarly = try await store.write { try $0.removeTombstones(of: "other", purgedBefore: t20, limit: 10) }
+        #expect(removedEarly == 0, "another manager's tombstones only")
+        let removed = try await store.write { try $0.removeTombstones(of: "pm", purgedBefore: t20, limit: 10) }
+        #expect(removed == 2, "i-3 and i-1, purged at t=10; i-2, purged at t=20, stays")
+        try await store.read { work throws in
+            for id in ["i-1", "i-3"] {
+                #expect(try work.storedInstance(id, processManager: "pm") == nil, "\(id)")
+                #expect(try work.instanceVersion(id, processManager: "pm") == nil, "\(id)")
+            }
+            #expect(try work.instance(associatedWith: "T-1", as: "tracking", processManager: "pm") == nil)
+            #expect(try work.transitions(of: "pm", instance: "i-1").isEmpty, "the late reply's record went too")
+            #expect(try work.storedInstance("i-2", processManager: "pm")?.version == 2)
+            #expect(try work.storedInstance("i-4", processManager: "pm")?.version == 1)
+        }
+        #expect(try await store.write { try $0.removeTombstones(of: "pm", purgedBefore: t20, limit: 10) } == 0)
     }
 
     func timersAreScheduledRetriedParkedAndRearmed(_ store: any Store) async throws {
@@ -418,7 +510,7 @@ public struct StoreConformance: Sendable {
         }
         try await store.write { work throws in
             try work.markReplayed(deadLetter: ids.0, at: Self.epoch)
-            try work.markSent([ids.1[0]], at: Self.epoch)
+            try work.removeSent([ids.1[0]])
         }
         let statistics = try await store.read { try $0.statistics(idleSince: Self.epoch.addingTimeInterval(2)) }
         #expect(statistics.pendingOutbox == 2, "issued-1 was sent; issued-2 and issued-3 wait")
@@ -584,7 +676,7 @@ public struct StoreConformance: Sendable {
         let succeeded = await Self.race(store) { work in
             guard try !work.hasHandled("m-1", consumer: "c") else { throw Planned() }
             try work.enqueue(Self.envelope("effect-\(UUID())"), exchange: "x", routingKey: "k")
-            try work.markHandled("m-1", consumer: "c", at: Self.epoch)
+            try work.markHandled("m-1", consumer: "c", issuedAt: Self.epoch, at: Self.epoch)
         }
         #expect(succeeded == 1, "one message, one effect")
         #expect(try await store.read { try $0.pendingOutboxCount() } == 1)

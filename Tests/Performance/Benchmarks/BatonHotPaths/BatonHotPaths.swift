@@ -93,7 +93,7 @@ let benchmarks: @Sendable () -> Void = {
             let message = try registry.decode(envelope)
             try await fixture.store.write { work in
                 try fixture.host.handle(message, envelope: envelope, in: work, now: Date(), logger: fixture.logger)
-                try work.markHandled(envelope.messageID, consumer: "benchmark", at: Date())
+                try work.markHandled(envelope.messageID, consumer: "benchmark", issuedAt: Date(), at: Date())
             }
         }
     }
