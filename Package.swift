@@ -142,9 +142,11 @@ let package = Package(
         .executableTarget(
             name: "BatonBenchmark",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonTesting", "ChildProcesses",
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "BatonTesting", "ChildProcesses", "BatonService",
+                "BookstoreOperations",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -6,8 +6,13 @@
 #
 #   Deploy/local/benchmark.sh                      the full run (release build)
 #   Deploy/local/benchmark.sh --smoke              seconds: tiny sizes, the debug build (CI runs it)
+#   Deploy/local/benchmark.sh --soak               the long haul: an hour at half the maximum rate, a service
+#                                                  kill -9'd every 3 minutes, a short retention policy; samples
+#                                                  in .build-bench/soak.csv, the plot in .build-bench/soak.png
+#   Deploy/local/benchmark.sh --soak-smoke         the long haul for 45 s (debug build; CI runs it)
 #
-# Other arguments go to baton-benchmark (`baton-benchmark --help` lists them), e.g. --workflows 5000.
+# Other arguments go to baton-benchmark (`baton-benchmark --help`, `baton-benchmark soak --help` list them),
+# e.g. --workflows 5000, or with --soak: --duration 7200 --rate 150 --seed 42.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,14 +20,27 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 
 configuration=release
+mode=all
+plot=no
 arguments=()
 for argument in "$@"; do
-    if [ "$argument" = "--smoke" ]; then
+    case "$argument" in
+    --smoke)
         configuration=debug
         arguments+=(--workflows 200 --rates 50 --embedded-workflows 300 --instances 2000,4000 --probes 50)
-    else
-        arguments+=("$argument")
-    fi
+        ;;
+    --soak)
+        mode=soak
+        plot=yes
+        ;;
+    --soak-smoke)
+        mode=soak
+        configuration=debug
+        arguments+=(--duration 45 --rate 20 --kill-every 10 --sample-every 5 --inbox-window 1m
+            --keep-closed-instances 10s --keep-tombstones 10s)
+        ;;
+    *) arguments+=("$argument") ;;
+    esac
 done
 
 "$here/setup.sh"
@@ -41,4 +59,18 @@ trap '"$here/broker.sh" stop > /dev/null; rm -rf "$BATON_BROKER_DIR"' EXIT
 export BATON_AMQP_URL=$("$here/broker.sh" url)
 export BATON_BROKER_PID=$(cat "$BATON_BROKER_DIR/rabbit.pid")
 
+if [ "$mode" = soak ]; then
+    status=0
+    "$repo/.build/$configuration/baton-benchmark" soak "${arguments[@]}" --csv "$repo/.build-bench/soak.csv" |
+        tee "$repo/.build-bench/soak.txt" || status=$?
+    if [ "$plot" = yes ]; then
+        # The plot needs matplotlib (PyPI; PEP 668 systems need the override).
+        python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib 2>/dev/null ||
+            python3 -m pip install -q --break-system-packages matplotlib
+        warm_up=$(sed -n 's/.*after \([0-9]*\) s;.*/\1/p' "$repo/.build-bench/soak.txt")
+        python3 "$here/soak-plot.py" "$repo/.build-bench/soak.csv" "$repo/.build-bench/soak.png" \
+            --warm-up "${warm_up:-0}"
+    fi
+    exit $status
+fi
 "$repo/.build/$configuration/baton-benchmark" "${arguments[@]}" --json "$repo/.build-bench/benchmark.json"

@@ -122,20 +122,13 @@ struct MeshSetup {
 
     /// Starts the four service executables on a fresh data directory and waits until each consumes its queue,
     /// then stocks the benchmark's SKU. By service.
-    func startServices(stock: Int) async throws -> [String: ChildProcess] {
-        let data = workDirectory.appendingPathComponent("data")
-        try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
-        let environment = ["BATON_AMQP_URL": url, "BATON_DATA_DIR": data.path, "BATON_LOG_LEVEL": "warning"]
+    /// - Parameter extra: More environment for the services (a retention policy).
+    func startServices(stock: Int, environment extra: [String: String] = [:]) async throws -> [String: ChildProcess] {
+        try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
+        let environment = serviceEnvironment(extra)
         var started: [String: ChildProcess] = [:]
         do {
-            for service in Self.services {
-                started[service] = try ChildProcess(
-                    binaries.appendingPathComponent(service).path,
-                    ["serve"],
-                    environment: environment,
-                    output: .appending(to: log(service).path)
-                )
-            }
+            for service in Self.services { started[service] = try startService(service, environment: environment) }
             for service in Self.services { try await waitUntilHealthy(service, environment: environment) }
             var left = stock
             while left > 0 {
@@ -154,9 +147,30 @@ struct MeshSetup {
         return started
     }
 
+    /// Where the services keep their stores.
+    var dataDirectory: URL { workDirectory.appendingPathComponent("data") }
+
+    /// The services' environment: the broker, the data directory, warnings only, and `extra`.
+    func serviceEnvironment(_ extra: [String: String] = [:]) -> [String: String] {
+        ["BATON_AMQP_URL": url, "BATON_DATA_DIR": dataDirectory.path, "BATON_LOG_LEVEL": "warning"].merging(extra) {
+            $1
+        }
+    }
+
+    /// Starts one service executable, its output appended to its log.
+    func startService(_ service: String, environment: [String: String]) throws -> ChildProcess {
+        try ChildProcess(
+            binaries.appendingPathComponent(service).path,
+            ["serve"],
+            environment: environment,
+            output: .appending(to: log(service).path)
+        )
+    }
+
     private func log(_ service: String) -> URL { workDirectory.appendingPathComponent("\(service).log") }
 
-    private func waitUntilHealthy(_ service: String, environment: [String: String]) async throws {
+    /// Waits until a service says it is healthy (connected and consuming).
+    func waitUntilHealthy(_ service: String, environment: [String: String]) async throws {
         for _ in 0..<100 {
             let (termination, _) = try await ChildProcess.run(
                 binaries.appendingPathComponent(service).path,

@@ -59,6 +59,11 @@ public actor ServiceSupervisor {
         starts[name, default: 0] += 1
     }
 
+    /// The process id of a running service.
+    public func pid(of name: String) -> pid_t? {
+        processes[name].flatMap { $0.isRunning ? $0.pid : nil }
+    }
+
     /// Kills a service with SIGKILL (no chance to finish anything); ``restartDead()`` brings it back.
     public func kill(_ name: String) async {
         await processes[name]?.kill()
