@@ -79,6 +79,8 @@ swift test "${traits[@]}" --skip-build --filter ScaleOutTests
 
 # The benchmark, small: ceiling, mesh at max and 50%, embedded, scale — so that it keeps working.
 "$here/benchmark.sh" --smoke
+# The long haul, 45 s: a kill -9 every 10 s under a short retention policy, sampled; its invariants checked.
+"$here/benchmark.sh" --soak-smoke
 
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).

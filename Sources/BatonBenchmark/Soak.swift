@@ -225,8 +225,11 @@ struct Soak: AsyncParsableCommand {
                 problems: problems
             ).text
         )
+        guard problems.isEmpty, verdicts.allSatisfy(\.isFlat) else {
+            note("the stores and logs stay in \(work.path)")
+            throw ExitCode(1)
+        }
         try? FileManager.default.removeItem(at: work)
-        guard problems.isEmpty, verdicts.allSatisfy(\.isFlat) else { throw ExitCode(1) }
     }
 
     /// Adds stock for `units` more workflows.
@@ -242,7 +245,8 @@ struct Soak: AsyncParsableCommand {
     /// Waits until no service's queue holds a message and no outbox a row, twice in a row a second apart.
     private func waitUntilQuiet(_ connection: AMQPConnection, _ setup: MeshSetup) async throws {
         var quiet = 0
-        for _ in 0..<300 where quiet < 2 {
+        let deadline = ContinuousClock.now + .seconds(300)
+        while quiet < 2, ContinuousClock.now < deadline {
             var empty = true
             for service in MeshSetup.services {
                 if try await connection.inspectQueue(service).messages > 0 { empty = false }

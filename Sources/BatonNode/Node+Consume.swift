@@ -214,7 +214,7 @@ extension Node {
         }
         if isOlderThanInboxWindow(envelope, now: now) {
             let reason =
-                "issued \(ISO8601Milliseconds.format(envelope.timestamp)), before the inbox's window of \(configuration.retention.inboxWindow): the record of an earlier copy may be gone, so it is not handled blindly (replay it to handle it)"
+                "issued \(ISO8601Milliseconds.format(envelope.timestamp)), before the inbox's window of \(Retention.age(configuration.retention.inboxWindow)): the record of an earlier copy may be gone, so it is not handled blindly (replay it to handle it)"
             try deadLetter(incoming, reason: reason, handler: "inbox", attempts: 1, work, now)
             return (.deadLettered, false)
         }

@@ -35,6 +35,15 @@ public struct Retention: Sendable, Hashable {
         self.interval = interval
     }
 
+    /// An age as operators write it: `7d`, `2h`, `5m`, `90s`.
+    static func age(_ duration: Duration) -> String {
+        let seconds = duration.components.seconds
+        for (unit, length) in [("d", Int64(86_400)), ("h", 3_600), ("m", 60)] where seconds % length == 0 {
+            return "\(seconds / length)\(unit)"
+        }
+        return "\(seconds)s"
+    }
+
     /// How far back the inbox keeps records: the window and a tenth more, so that clocks that disagree or
     /// step back a little never let a copy inside the window slip past a pruned record.
     var inboxHorizon: Duration { inboxWindow + inboxWindow / 10 }

@@ -29,10 +29,14 @@ public struct MeshSnapshot: Sendable {
         ) async throws -> (letters: [DeadLetter], values: [T]) {
             try await options.readIfPresent(service) { (try $0.deadLetters(), try body($0)) } ?? ([], [])
         }
-        let orders = try await read("orders") { try $0.documents(OrderView.self, in: "orders") }
-        let items = try await read("inventory") { try $0.documents(StockItem.self, in: "items") }
-        let shipments = try await read("shipping") { try $0.documents(Shipment.self, in: "shipments") }
-        let processes = try await read("fulfillment") { try $0.instances(of: "fulfillment", limit: 1_000_000) }
+        // Everything, however long the run (the soak makes a million orders).
+        let all = Int(Int32.max)
+        let orders = try await read("orders") { try $0.documents(OrderView.self, in: "orders", limit: all) }
+        let items = try await read("inventory") { try $0.documents(StockItem.self, in: "items", limit: all) }
+        let shipments = try await read("shipping") { try $0.documents(Shipment.self, in: "shipments", limit: all) }
+        let processes = try await read("fulfillment") {
+            try $0.instances(of: "fulfillment", matching: InstanceFilter(), limit: all)
+        }
         return MeshSnapshot(
             orders: orders.values,
             items: items.values,

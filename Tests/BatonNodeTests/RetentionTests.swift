@@ -40,7 +40,7 @@ import Testing
         #expect(process.count == 2, "o-1 moved once per message")
         let letters = try await node.store.read { try $0.deadLetters() }
         #expect(letters.map(\.messageID) == ["paid-1"] && letters.first?.handler == "inbox")
-        #expect(letters.first?.reason.contains("before the inbox's window") == true, "\(letters)")
+        #expect(letters.first?.reason.contains("before the inbox's window of 1h") == true, "\(letters)")
         let dead = harness.observed.filter { $0.exchange == Routing.deadLetterExchange }
         #expect(dead.first?.envelope.headers[BatonHeader.deadLetterReason]?.contains("inbox's window") == true)
         #expect(types(harness.observed).contains("payments.ChargeCard.v1"), "the node went on: o-2 started")

@@ -33,8 +33,9 @@ def checkout(checkout_id, index, args):
     }
 
 
-def publish(channel, exchange, routing_key, body, message_id=None):
-    """Publishes persistent JSON and waits for the broker's confirm (raises if it is refused or unroutable)."""
+def publish(channel, exchange, routing_key, body, message_id=None, timestamp=None):
+    """Publishes persistent JSON and waits for the broker's confirm (raises if it is refused or unroutable).
+    The timestamp is the message's, the same for every copy: Baton's inbox window counts from it."""
     channel.basic_publish(
         exchange=exchange,
         routing_key=routing_key,
@@ -43,6 +44,7 @@ def publish(channel, exchange, routing_key, body, message_id=None):
             content_type="application/json",
             delivery_mode=pika.DeliveryMode.Persistent,
             message_id=message_id or str(uuid.uuid4()),
+            timestamp=timestamp or int(time.time()),
         ),
         mandatory=True,
     )
@@ -64,11 +66,11 @@ class Publisher:
         return channel
 
     def publish(self, exchange, routing_key, body):
-        message_id = str(uuid.uuid4())
+        message_id, timestamp = str(uuid.uuid4()), int(time.time())
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                return publish(self.channel, exchange, routing_key, body, message_id=message_id)
+                return publish(self.channel, exchange, routing_key, body, message_id=message_id, timestamp=timestamp)
             except pika.exceptions.NackError:
                 if time.monotonic() > deadline:
                     raise
