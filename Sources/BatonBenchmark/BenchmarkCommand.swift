@@ -65,25 +65,17 @@ struct All: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let binaries = URL(
-            fileURLWithPath: binaries ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
-        )
-        let work = URL(fileURLWithPath: workDir ?? NSTemporaryDirectory()).appendingPathComponent(
-            "baton-benchmark-\(ProcessInfo.processInfo.processIdentifier)"
-        )
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        var logger = Logger(label: "baton-benchmark")
-        logger.logLevel = .warning
-        let setup = MeshSetup(
+        let setup = try MeshSetup.make(
+            name: "baton-benchmark",
             url: url!,
-            workDirectory: work,
             binaries: binaries,
-            brokerPID: broker,
-            logger: logger
+            workDirectory: workDir,
+            brokerPID: broker
         )
+        let work = setup.workDirectory
         let connection = try await AMQPConnection.connect(
             configuration: try AMQPConnection.Configuration(url: url!, connectionName: "baton-benchmark"),
-            logger: logger
+            logger: setup.logger
         )
         var report = BenchmarkReport(machine: .current, workflows: workflows)
 

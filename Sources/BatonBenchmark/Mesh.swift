@@ -21,6 +21,33 @@ struct MeshSetup {
     var brokerPID: pid_t?
     var logger: Logger
 
+    /// A setup for a run called `name`: the executables in `binaries` (default: beside this one), a fresh work
+    /// directory under `workDirectory` (default: the temporary directory), warnings only in the log.
+    static func make(
+        name: String,
+        url: String,
+        binaries: String?,
+        workDirectory: String?,
+        brokerPID: pid_t?
+    ) throws -> MeshSetup {
+        let work = URL(fileURLWithPath: workDirectory ?? NSTemporaryDirectory()).appendingPathComponent(
+            "\(name)-\(ProcessInfo.processInfo.processIdentifier)"
+        )
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        var logger = Logger(label: name)
+        logger.logLevel = .warning
+        return MeshSetup(
+            url: url,
+            workDirectory: work,
+            binaries: URL(
+                fileURLWithPath: binaries
+                    ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+            ),
+            brokerPID: brokerPID,
+            logger: logger
+        )
+    }
+
     /// The queues' prefetch, the same for the relays as the services' default.
     static let prefetch = 256
 

@@ -91,23 +91,21 @@ struct Soak: AsyncParsableCommand {
 
     func run() async throws {
         let seed = self.seed ?? UInt64.random(in: 1...UInt64(UInt32.max))
-        let binaries = URL(
-            fileURLWithPath: binaries ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path
+        let setup = try MeshSetup.make(
+            name: "baton-soak",
+            url: url!,
+            binaries: binaries,
+            workDirectory: workDir,
+            brokerPID: broker
         )
-        let work = URL(fileURLWithPath: workDir ?? NSTemporaryDirectory()).appendingPathComponent(
-            "baton-soak-\(ProcessInfo.processInfo.processIdentifier)"
-        )
-        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
-        var logger = Logger(label: "baton-soak")
-        logger.logLevel = .warning
-        let setup = MeshSetup(url: url!, workDirectory: work, binaries: binaries, brokerPID: broker, logger: logger)
+        let (work, logger) = (setup.workDirectory, setup.logger)
         let environment = setup.serviceEnvironment([
             "BATON_INBOX_WINDOW": inboxWindow, "BATON_KEEP_CLOSED_INSTANCES": keepClosedInstances,
             "BATON_KEEP_TOMBSTONES": keepTombstones,
         ])
         try FileManager.default.createDirectory(at: setup.dataDirectory, withIntermediateDirectories: true)
         let supervisor = ServiceSupervisor(
-            binaries: binaries,
+            binaries: setup.binaries,
             logs: work,
             services: MeshSetup.services.map { .init(name: $0, arguments: ["serve"], environment: environment) }
         )
