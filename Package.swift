@@ -125,7 +125,9 @@ let package = Package(
         // Operator tooling over all four services: the invariants, the demo load.
         .target(
             name: "BookstoreOperations",
-            dependencies: ["Orders", "Inventory", "Shipping", "Fulfillment", "ChildProcesses"]
+            dependencies: [
+                "Orders", "Inventory", "Shipping", "Fulfillment", "ChildProcesses", "BatonAMQP", "BatonService",
+            ]
         ),
         .executableTarget(
             name: "BookstoreDemo",

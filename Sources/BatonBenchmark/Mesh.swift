@@ -157,16 +157,7 @@ struct MeshSetup {
         do {
             for service in Self.services { started[service] = try startService(service, environment: environment) }
             for service in Self.services { try await waitUntilHealthy(service, environment: environment) }
-            var left = stock
-            while left > 0 {
-                let quantity = min(left, 1_000_000)
-                try await check(
-                    "inventory",
-                    ["add", Workload.sku, "--quantity", String(quantity), "--title", "The benchmark"],
-                    environment
-                )
-                left -= quantity
-            }
+            try await self.stock(stock, environment: environment)
         } catch {
             for child in started.values { await child.stop() }
             throw error
@@ -208,6 +199,20 @@ struct MeshSetup {
             try await Task.sleep(for: .milliseconds(200))
         }
         throw BenchmarkError("\(service) did not become healthy; see \(log(service).path)")
+    }
+
+    /// Adds `units` of the benchmark's SKU through the inventory CLI (a million per command at most).
+    func stock(_ units: Int, environment: [String: String]) async throws {
+        var left = units
+        while left > 0 {
+            let quantity = min(left, 1_000_000)
+            try await check(
+                "inventory",
+                ["add", Workload.sku, "--quantity", String(quantity), "--title", "The benchmark"],
+                environment
+            )
+            left -= quantity
+        }
     }
 
     private func check(_ service: String, _ arguments: [String], _ environment: [String: String]) async throws {

@@ -132,7 +132,7 @@ struct Soak: AsyncParsableCommand {
             rate = given
         } else {
             workflows = calibration
-            try await stock(calibration, setup, environment)
+            try await setup.stock(calibration, environment: environment)
             note("calibration: \(calibration) workflows at the maximum rate")
             let maximum = try await workload("max").run(
                 count: calibration,
@@ -145,7 +145,7 @@ struct Soak: AsyncParsableCommand {
         }
         let count = Int(rate * Double(duration))
         workflows += count
-        try await stock(count, setup, environment)
+        try await setup.stock(count, environment: environment)
 
         note(
             "soak: \(count) workflows at \(Int(rate))/s for \(duration) s, a kill -9 every \(killEvery) s (seed \(seed))"
@@ -187,7 +187,8 @@ struct Soak: AsyncParsableCommand {
         killing.cancel()
         await killing.value
         _ = try await supervisor.restartDead()
-        try await waitUntilQuiet(connection, setup)
+        let options = try ServiceOptions.parse(["--data-dir", setup.dataDirectory.path, "--amqp-url", url!])
+        try await MeshQuiet.wait(connection, options, until: .now + .seconds(300))
         sampling.cancel()
         await sampling.value
         await samples.take(at: (ContinuousClock.now - started).seconds, supervisor: supervisor)
@@ -195,7 +196,6 @@ struct Soak: AsyncParsableCommand {
         await connection.close()
         let terminations = await supervisor.stopAll()
 
-        let options = try ServiceOptions.parse(["--data-dir", setup.dataDirectory.path, "--amqp-url", url!])
         let snapshot = try await MeshSnapshot.read(options)
         var problems = snapshot.problems(stocked: [Workload.sku: workflows])
         if snapshot.orders.count != workflows {
@@ -228,31 +228,6 @@ struct Soak: AsyncParsableCommand {
             throw ExitCode(1)
         }
         try? FileManager.default.removeItem(at: work)
-    }
-
-    /// Adds stock for `units` more workflows.
-    private func stock(_ units: Int, _ setup: MeshSetup, _ environment: [String: String]) async throws {
-        let (termination, output) = try await ChildProcess.run(
-            setup.binaries.appendingPathComponent("inventory").path,
-            ["add", Workload.sku, "--quantity", String(units), "--title", "The benchmark"],
-            environment: environment
-        )
-        guard termination.isSuccess else { throw BenchmarkError("could not stock \(units) units: \(output)") }
-    }
-
-    /// Waits until no service's queue holds a message and no outbox a row, twice in a row a second apart.
-    private func waitUntilQuiet(_ connection: AMQPConnection, _ setup: MeshSetup) async throws {
-        var quiet = 0
-        let deadline = ContinuousClock.now + .seconds(300)
-        while quiet < 2, ContinuousClock.now < deadline {
-            var empty = true
-            for service in MeshSetup.services {
-                if try await connection.inspectQueue(service).messages > 0 { empty = false }
-                if (SoakSamples.rows(setup.store(of: service))?.outbox ?? 0) > 0 { empty = false }
-            }
-            quiet = empty ? quiet + 1 : 0
-            try await Task.sleep(for: .seconds(1))
-        }
     }
 
     private func note(_ text: String) {

@@ -213,12 +213,7 @@ extension PostgresUnitOfWork {
             ]
         ).map { try $0.decode((String, Int64).self) }.sorted { ($0.1, $0.0) < ($1.1, $1.0) }.map(\.0)
         for instanceID in purged {
-            for table in ["process_transitions", "timers"] {
-                try query(
-                    "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
-                    key(processManager, instanceID)
-                )
-            }
+            try deleteRows(of: instanceID, processManager, from: ["process_transitions", "timers"])
         }
         return purged
     }
@@ -238,14 +233,23 @@ extension PostgresUnitOfWork {
             [.init(string: processManager), .init(int64: time.millisecondsSince1970), .init(int: limit)]
         ).map { try $0.decode(String.self) }
         for instanceID in doomed {
-            for table in ["process_transitions", "process_associations", "timers"] {
-                try query(
-                    "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
-                    key(processManager, instanceID)
-                )
-            }
+            try deleteRows(
+                of: instanceID,
+                processManager,
+                from: ["process_transitions", "process_associations", "timers"]
+            )
         }
         return doomed.count
+    }
+
+    /// Deletes an instance's rows from `tables` (each keyed by process manager and instance id).
+    private func deleteRows(of instanceID: String, _ processManager: String, from tables: [String]) throws {
+        for table in tables {
+            try query(
+                "DELETE FROM \(table) WHERE process_manager = $1 AND instance_id = $2",
+                key(processManager, instanceID)
+            )
+        }
     }
 
     // MARK: Timers

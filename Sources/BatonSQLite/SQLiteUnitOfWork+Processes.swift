@@ -250,12 +250,7 @@ extension SQLiteUnitOfWork {
             arguments: [processManager, time.roundedToMilliseconds.timeIntervalSince1970, limit]
         )
         for instanceID in purged {
-            for table in ["process_transitions", "timers"] {
-                try run(
-                    "DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?",
-                    [processManager, instanceID]
-                )
-            }
+            try deleteRows(of: instanceID, processManager, from: ["process_transitions", "timers"])
             try run(
                 "UPDATE process_instances SET purged_at = ? WHERE process_manager = ? AND instance_id = ?",
                 [now.timeIntervalSince1970, processManager, instanceID]
@@ -277,16 +272,22 @@ extension SQLiteUnitOfWork {
             arguments: [processManager, time.timeIntervalSince1970, limit]
         )
         for instanceID in doomed {
-            for table in [
-                "process_instances", "process_transitions", "process_snapshots", "process_associations", "timers",
-            ] {
-                try run(
-                    "DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?",
-                    [processManager, instanceID]
-                )
-            }
+            try deleteRows(
+                of: instanceID,
+                processManager,
+                from: [
+                    "process_instances", "process_transitions", "process_snapshots", "process_associations", "timers",
+                ]
+            )
         }
         return doomed.count
+    }
+
+    /// Deletes an instance's rows from `tables` (each keyed by process manager and instance id).
+    private func deleteRows(of instanceID: String, _ processManager: String, from tables: [String]) throws {
+        for table in tables {
+            try run("DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?", [processManager, instanceID])
+        }
     }
 
     // MARK: Timers

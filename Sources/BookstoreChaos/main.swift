@@ -46,17 +46,7 @@ struct BookstoreChaos: AsyncParsableCommand {
     @Option(help: "Seconds fulfillment gives a step before compensating.") var stepTimeout: Double = 10
     @Option(help: "Seconds to wait for every order to settle after the schedule.") var settleTimeout: Double = 300
 
-    /// No message waits in a service's queue and no outbox row waits for a relay.
-    static func isQuiet(_ connection: AMQPConnection, _ options: ServiceOptions) async throws -> Bool {
-        for service in services {
-            guard try await connection.inspectQueue(service).messages == 0 else { return false }
-            let pending = try? await options.read(from: service) { try $0.pendingOutboxCount() }
-            guard (pending ?? 0) == 0 else { return false }
-        }
-        return true
-    }
-
-    static let services = ["orders", "inventory", "shipping", "fulfillment"]
+    static let services = MeshQuiet.services
     static let injected = 5
 
     func validate() throws {
@@ -161,11 +151,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         // Settled orders do not mean a quiet mesh: a compensation for a partitioned service (a release of
         // stock) waits in its queue until it reconnects. Wait until every queue and outbox is empty, twice in a
         // row a second apart (a message being handled is in neither), then for late compensations on the wire.
-        var quietRounds = 0
-        while quietRounds < 2, ContinuousClock.now < deadline {
-            quietRounds = try await Self.isQuiet(connection, options) ? quietRounds + 1 : 0
-            try await Task.sleep(for: .seconds(1))
-        }
+        try await MeshQuiet.wait(connection, options, until: deadline)
         try await Task.sleep(for: .seconds(2))  // late compensations still on the wire
         supervising.cancel()
         await supervising.value  // no restart may slip in after the stop
