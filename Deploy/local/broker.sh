@@ -48,7 +48,8 @@ start() {
         echo "broker.sh: node $node already running (pid $(cat "$dir/rabbit.pid"))"
         return 0
     fi
-    echo "[]." > "$dir/enabled_plugins"
+    # The consistent-hash exchange feeds a partitioned service's queues (serve --partitions).
+    echo "[rabbitmq_consistent_hash_exchange]." > "$dir/enabled_plugins"
     if [ -n "${BATON_BROKER_COOKIE:-}" ]; then
         rm -f "$dir/home/.erlang.cookie"
         printf '%s' "$BATON_BROKER_COOKIE" > "$dir/home/.erlang.cookie"

@@ -11,6 +11,11 @@ public protocol Message: Codable, Sendable {
     static var messageVersion: Int { get }
     /// How older versions become this one, one step each (see ``Upcaster``). None unless overridden.
     static var upcasters: [Upcaster] { get }
+    /// What this message must stay in order with: messages of one key reach a partitioned service's same
+    /// partition, where one consumer at a time handles them in the order they were committed. The aggregate or
+    /// process instance the message is about (an order's id). `nil` unless overridden: then an event recorded
+    /// to an aggregate is keyed by its stream, and any other message by its correlation id.
+    var partitionKey: String? { get }
 }
 
 extension Message {
@@ -19,6 +24,9 @@ extension Message {
 
     /// No upcasters unless a type says otherwise.
     public static var upcasters: [Upcaster] { [] }
+
+    /// None unless a type says otherwise.
+    public var partitionKey: String? { nil }
 
     /// The type name carried in the envelope: `<context>.<Name>.v<version>`.
     public static var messageType: String { "\(messageName).v\(messageVersion)" }
@@ -92,6 +100,10 @@ public struct Envelope: Sendable, Hashable, Codable {
     /// The bounded context the message belongs to.
     public var category: String { String(messageName.prefix { $0 != "." }) }
 
+    /// What the message stays in order with (see ``Message/partitionKey``): its ``partitionKeyHeader``, else its
+    /// correlation id, else its own id.
+    public var partitionKey: String { headers[partitionKeyHeader] ?? correlationID ?? messageID }
+
     /// The trace id of its W3C `traceparent` header (`00-<trace id>-<parent id>-<flags>`: 32 lowercase hex
     /// digits, not all zero), if it has a valid one.
     public var traceID: String? {
@@ -103,6 +115,10 @@ public struct Envelope: Sendable, Hashable, Codable {
         return String(parts[1])
     }
 }
+
+/// The header that carries a message's ``Envelope/partitionKey`` on the wire: a partitioned service's
+/// consistent-hash exchange routes by it.
+public let partitionKeyHeader = "x-baton-partition-key"
 
 /// The W3C trace context header, passed from each message to the messages it causes.
 public let traceparentHeader = "traceparent"

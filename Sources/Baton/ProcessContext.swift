@@ -63,12 +63,12 @@ public struct ProcessContext<State: ProcessState>: Sendable {
     /// Sends a command. Its id is derived from the instance, the trigger and its position, so a handler that
     /// runs again sends the same id.
     public mutating func send<C: Command>(_ command: C) {
-        issue(.command, C.messageType, MessageRegistry.encode(command))
+        issue(.command, C.messageType, MessageRegistry.encode(command), partitionKey: command.partitionKey)
     }
 
     /// Publishes an event.
     public mutating func publish<E: Event>(_ event: E) {
-        issue(.event, E.messageType, MessageRegistry.encode(event))
+        issue(.event, E.messageType, MessageRegistry.encode(event), partitionKey: event.partitionKey)
     }
 
     /// Schedules (or reschedules) the timer `name` at `dueAt`; it fires once, also after restarts.
@@ -96,7 +96,11 @@ public struct ProcessContext<State: ProcessState>: Sendable {
     /// Registers the command that undoes the step just done; compensation issues these last-first.
     public mutating func onCompensation<C: Command>(_ command: C) {
         instance.compensations.append(
-            CompensationStep(messageType: C.messageType, payload: MessageRegistry.encode(command))
+            CompensationStep(
+                messageType: C.messageType,
+                payload: MessageRegistry.encode(command),
+                partitionKey: command.partitionKey
+            )
         )
     }
 
@@ -106,7 +110,7 @@ public struct ProcessContext<State: ProcessState>: Sendable {
         guard compensationReason == nil, !lifecycle.isClosed, lifecycle != .compensating else { return }
         compensationReason = reason
         for step in instance.compensations.reversed() {
-            issue(.command, step.messageType, step.payload)
+            issue(.command, step.messageType, step.payload, partitionKey: step.partitionKey)
         }
         instance.compensations.removeAll()
     }
@@ -125,8 +129,15 @@ public struct ProcessContext<State: ProcessState>: Sendable {
         failureReason = reason
     }
 
-    private mutating func issue(_ kind: IssuedMessage.Kind, _ messageType: String, _ payload: Data) {
+    /// Issues a message correlated with the instance (and partitioned by it, unless its type says otherwise).
+    private mutating func issue(
+        _ kind: IssuedMessage.Kind,
+        _ messageType: String,
+        _ payload: Data,
+        partitionKey: String?
+    ) {
         var headers: [String: String] = [:]
+        if let partitionKey { headers[partitionKeyHeader] = partitionKey }
         if case .event(let envelope) = trigger, let traceparent = envelope.headers[traceparentHeader] {
             headers[traceparentHeader] = traceparent
         }

@@ -26,6 +26,9 @@ public struct CompensationStep: Sendable, Hashable, Codable {
     public var messageType: String
     /// Its JSON body.
     public var payload: Data
+    /// The command's ``Message/partitionKey``, if its type declares one (absent in states stored before it
+    /// was kept).
+    public var partitionKey: String?
 }
 
 /// A change to an instance's timers.

@@ -172,15 +172,36 @@ public final class AMQPConnection: Sendable {
     /// - Returns: The deliveries.
     /// - Throws: ``AMQPError``, e.g. `.notFound` for a missing queue, `.accessRefused` without read permission.
     public func consume(queue: String, prefetch: UInt16) async throws -> AMQPConsumer {
+        try await consume(queues: [queue], prefetch: prefetch)
+    }
+
+    /// Starts consuming several queues as one sequence, each with a consumer (and a channel) of its own: the
+    /// partitions of a service, each delivering in its own order (deliveries of different queues interleave).
+    /// - Parameters:
+    ///   - queues: The queue names, at least one.
+    ///   - prefetch: How many unsettled deliveries the broker may send at once, per queue (1–65535).
+    /// - Returns: The deliveries of all of them.
+    /// - Throws: ``AMQPError`` for the first queue that cannot be consumed (the others are cancelled).
+    public func consume(queues: [String], prefetch: UInt16) async throws -> AMQPConsumer {
+        precondition(!queues.isEmpty, "consume at least one queue")
         precondition(prefetch > 0, "prefetch must be at least 1: 0 would mean unbounded")
-        let channel = nextConsumerChannel.add(1, ordering: .relaxed).oldValue
-        precondition(channel < 2047, "too many consumers on one connection")
         let buffer = DeliveryBuffer()
-        let registration = ConsumerRegistration(queue: queue, prefetch: prefetch, channel: channel, buffer: buffer)
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            mailbox.send(.consume(registration, continuation))
+        var channels: [UInt16] = []
+        for queue in queues {
+            let channel = nextConsumerChannel.add(1, ordering: .relaxed).oldValue
+            precondition(channel < 2047, "too many consumers on one connection")
+            let registration = ConsumerRegistration(queue: queue, prefetch: prefetch, channel: channel, buffer: buffer)
+            do {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                    mailbox.send(.consume(registration, continuation))
+                }
+            } catch {
+                await AMQPConsumer(queues: queues, channels: channels, buffer: buffer, mailbox: mailbox).cancel()
+                throw error
+            }
+            channels.append(channel)
         }
-        return AMQPConsumer(queue: queue, channel: channel, buffer: buffer, mailbox: mailbox)
+        return AMQPConsumer(queues: queues, channels: channels, buffer: buffer, mailbox: mailbox)
     }
 
     /// Closes the connection: runs what is already queued (acks included), waits up to

@@ -1,7 +1,7 @@
 import DequeModule
 import Synchronization
 
-/// The deliveries of one queue, as an asynchronous sequence.
+/// The deliveries of one queue (or of several, interleaved), as an asynchronous sequence.
 ///
 /// The broker sends at most `prefetch` unsettled deliveries, so the buffer between the connection thread and
 /// the iterating task never holds more than that: settle deliveries to receive more. After a reconnect the
@@ -11,17 +11,20 @@ import Synchronization
 public struct AMQPConsumer: AsyncSequence, Sendable {
     public typealias Element = AMQPDelivery
 
-    /// The queue consumed.
-    public let queue: String
-    let channel: UInt16
+    /// The queues consumed.
+    public let queues: [String]
+    let channels: [UInt16]
     let buffer: DeliveryBuffer
     let mailbox: Mailbox
 
     /// Stops the consumer; unsettled deliveries go back to the queue, and the sequence ends.
     public func cancel() async {
-        await withCheckedContinuation { continuation in
-            mailbox.send(.cancelConsumer(channel: channel, continuation))
+        for channel in channels {
+            await withCheckedContinuation { continuation in
+                mailbox.send(.cancelConsumer(channel: channel, continuation))
+            }
         }
+        buffer.finish()
     }
 
     /// Waits for a delivery, then returns it with up to `maxCount - 1` more that are already buffered

@@ -6,6 +6,9 @@ public struct AMQPTopology: Sendable, Hashable {
         /// How an exchange routes.
         public enum Kind: String, Sendable, Hashable {
             case direct, topic, fanout, headers
+            /// The `rabbitmq_consistent_hash_exchange` plugin's kind (arguments `hash-header` or
+            /// `hash-property` say what it hashes).
+            case consistentHash = "x-consistent-hash"
         }
 
         /// The exchange name.
@@ -101,17 +104,42 @@ public struct AMQPTopology: Sendable, Hashable {
         }
     }
 
+    /// A binding of an exchange to another (RabbitMQ's exchange-to-exchange bindings).
+    public struct ExchangeBinding: Sendable, Hashable {
+        /// The exchange messages come from.
+        public var source: String
+        /// The exchange they go on to.
+        public var destination: String
+        /// The binding key (a pattern for a topic source).
+        public var bindingKey: String
+
+        /// Creates an exchange-to-exchange binding.
+        public init(source: String, destination: String, bindingKey: String) {
+            self.source = source
+            self.destination = destination
+            self.bindingKey = bindingKey
+        }
+    }
+
     /// The exchanges, declared first.
     public var exchanges: [Exchange]
     /// The queues, declared second.
     public var queues: [Queue]
     /// The bindings, declared last.
     public var bindings: [Binding]
+    /// The exchange-to-exchange bindings, declared after the queue bindings.
+    public var exchangeBindings: [ExchangeBinding]
 
     /// Creates a topology.
-    public init(exchanges: [Exchange] = [], queues: [Queue] = [], bindings: [Binding] = []) {
+    public init(
+        exchanges: [Exchange] = [],
+        queues: [Queue] = [],
+        bindings: [Binding] = [],
+        exchangeBindings: [ExchangeBinding] = []
+    ) {
         self.exchanges = exchanges
         self.queues = queues
         self.bindings = bindings
+        self.exchangeBindings = exchangeBindings
     }
 }

@@ -34,15 +34,15 @@ public struct BrokerDefinitions: Codable, Sendable, Hashable {
         public var arguments: [String: AMQPFieldValue]
     }
 
-    /// A binding in a definitions file (always to a queue here).
+    /// A binding in a definitions file: to a queue, or to an exchange.
     public struct Binding: Codable, Sendable, Hashable {
         /// The exchange messages come from.
         public var source: String
         /// The virtual host.
         public var vhost: String
-        /// The queue they go to.
+        /// The queue or exchange they go to.
         public var destination: String
-        /// `queue`.
+        /// `queue` or `exchange`.
         public var destinationType: String
         /// The binding key (a pattern for topic exchanges).
         public var routingKey: String
@@ -90,18 +90,29 @@ public struct BrokerDefinitions: Codable, Sendable, Hashable {
                 )
             }
         ).sorted { $0.name < $1.name }
-        bindings = Set(
-            topology.bindings.map {
-                Binding(
-                    source: $0.exchange,
-                    vhost: vhost,
-                    destination: $0.queue,
-                    destinationType: "queue",
-                    routingKey: $0.bindingKey,
-                    arguments: $0.arguments
-                )
-            }
-        ).sorted { ($0.destination, $0.source, $0.routingKey) < ($1.destination, $1.source, $1.routingKey) }
+        let queueBindings = topology.bindings.map {
+            Binding(
+                source: $0.exchange,
+                vhost: vhost,
+                destination: $0.queue,
+                destinationType: "queue",
+                routingKey: $0.bindingKey,
+                arguments: $0.arguments
+            )
+        }
+        let exchangeBindings = topology.exchangeBindings.map {
+            Binding(
+                source: $0.source,
+                vhost: vhost,
+                destination: $0.destination,
+                destinationType: "exchange",
+                routingKey: $0.bindingKey,
+                arguments: [:]
+            )
+        }
+        bindings = Set(queueBindings + exchangeBindings).sorted {
+            ($0.destination, $0.source, $0.routingKey) < ($1.destination, $1.source, $1.routingKey)
+        }
     }
 }
 

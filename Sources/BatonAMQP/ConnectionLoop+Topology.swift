@@ -88,6 +88,21 @@ extension ConnectionLoop {
                 )
             }
         }
+        for binding in topology.exchangeBindings {
+            let ok = amqp_exchange_bind(
+                connection,
+                channel,
+                arena.bytes(binding.destination),
+                arena.bytes(binding.source),
+                arena.bytes(binding.bindingKey),
+                amqp_empty_table
+            )
+            if ok == nil {
+                throw topologyFailure(
+                    "bind exchange '\(binding.destination)' to '\(binding.source)' with '\(binding.bindingKey)'"
+                )
+            }
+        }
     }
 
     /// Translates the failed round trip on the topology channel and repairs what it broke.

@@ -67,8 +67,8 @@ public struct AMQPTransport: Transport {
         }
     }
 
-    public func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource {
-        Source(consumer: try await connection.consume(queue: queue, prefetch: UInt16(clamping: prefetch)))
+    public func subscribe(queues: [String], prefetch: Int) async throws -> any MessageSource {
+        Source(consumer: try await connection.consume(queues: queues, prefetch: UInt16(clamping: prefetch)))
     }
 
     private struct Source: MessageSource {
@@ -109,24 +109,53 @@ public struct AMQPTransport: Transport {
 }
 
 extension AMQPTopology {
-    /// The AMQP declarations of a node's topology: exchanges, queues (with their type and single-active-consumer
-    /// argument) and bindings.
+    /// The AMQP declarations of a node's topology: exchanges (a consistent-hash one with what it hashes),
+    /// queues (type, single active consumer, delivery limit, at-least-once dead-lettering) and bindings.
     public init(_ topology: Topology) {
         self.init(
             exchanges: topology.exchanges.map {
-                Exchange($0.name, kind: Exchange.Kind(rawValue: $0.kind.rawValue)!, isDurable: $0.isDurable)
-            },
-            queues: topology.queues.map {
-                Queue(
+                Exchange(
                     $0.name,
-                    kind: $0.kind == .quorum ? .quorum : .classic,
+                    kind: Exchange.Kind(rawValue: $0.kind.rawValue)!,
                     isDurable: $0.isDurable,
-                    arguments: $0.hasSingleActiveConsumer ? ["x-single-active-consumer": .bool(true)] : [:]
+                    arguments: Self.arguments(hashing: $0.hashedBy)
                 )
             },
+            queues: topology.queues.map(Self.queue),
             bindings: topology.bindings.map {
                 Binding(queue: $0.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
+            },
+            exchangeBindings: topology.exchangeBindings.map {
+                ExchangeBinding(source: $0.source, destination: $0.destination, bindingKey: $0.bindingKey)
             }
+        )
+    }
+
+    private static func arguments(hashing source: Topology.Exchange.HashSource?) -> [String: AMQPFieldValue] {
+        switch source {
+        case .header(let name): ["hash-header": .string(name)]
+        case .messageID: ["hash-property": .string("message_id")]
+        case nil: [:]
+        }
+    }
+
+    private static func queue(_ queue: Topology.Queue) -> Queue {
+        var arguments: [String: AMQPFieldValue] = [:]
+        if queue.hasSingleActiveConsumer { arguments["x-single-active-consumer"] = .bool(true) }
+        if let limit = queue.deliveryLimit { arguments["x-delivery-limit"] = .int64(Int64(limit)) }
+        if queue.kind == .quorum, queue.deadLetterExchange != nil {
+            // The message leaves the queue only once the dead-letter queue confirmed it (RabbitMQ 3.10+, which
+            // requires rejecting publishes over a length limit instead of dropping the oldest).
+            arguments["x-dead-letter-strategy"] = .string("at-least-once")
+            arguments["x-overflow"] = .string("reject-publish")
+        }
+        return Queue(
+            queue.name,
+            kind: queue.kind == .quorum ? .quorum : .classic,
+            isDurable: queue.isDurable,
+            deadLetterExchange: queue.deadLetterExchange,
+            deadLetterRoutingKey: queue.deadLetterRoutingKey,
+            arguments: arguments
         )
     }
 }

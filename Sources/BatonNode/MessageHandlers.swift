@@ -46,11 +46,8 @@ public struct HandlerContext {
     /// - Throws: `ConcurrencyError` if the stream moved since the load (the node retries the message).
     public mutating func record<A: Aggregate>(_ events: [any Event], to aggregate: inout Loaded<A>) throws {
         let envelopes = events.enumerated().map { offset, event in
-            var envelope = makeEnvelope(
-                type(of: event).messageType,
-                MessageRegistry.encode(event),
-                index: issued.count + offset
-            )
+            var envelope = makeEnvelope(event, index: issued.count + offset)
+            envelope.headers[partitionKeyHeader] = envelope.headers[partitionKeyHeader] ?? aggregate.stream
             envelope.stream = aggregate.stream
             envelope.position = aggregate.version + Int64(offset) + 1
             return envelope
@@ -65,13 +62,13 @@ public struct HandlerContext {
 
     /// Publishes an event that belongs to no aggregate stream.
     public mutating func publish<E: Event>(_ event: E) {
-        issued.append(IssuedMessage(kind: .event, envelope: makeEnvelope(E.messageType, MessageRegistry.encode(event))))
+        issued.append(IssuedMessage(kind: .event, envelope: makeEnvelope(event)))
     }
 
     /// Sends a command.
     public mutating func send<C: Command>(_ command: C) {
         issued.append(
-            IssuedMessage(kind: .command, envelope: makeEnvelope(C.messageType, MessageRegistry.encode(command)))
+            IssuedMessage(kind: .command, envelope: makeEnvelope(command))
         )
     }
 
@@ -81,22 +78,23 @@ public struct HandlerContext {
     /// a repeated external message has no second effect.
     public mutating func dispatch<C: Command>(_ command: C) {
         dispatched.append(
-            makeEnvelope(C.messageType, MessageRegistry.encode(command), index: issued.count + dispatched.count)
+            makeEnvelope(command, index: issued.count + dispatched.count)
         )
     }
 
     /// An envelope for the `index`-th message this handler issues for the current trigger.
-    private func makeEnvelope(_ messageType: String, _ payload: Data, index: Int? = nil) -> Envelope {
+    private func makeEnvelope(_ message: any Message, index: Int? = nil) -> Envelope {
         var headers: [String: String] = [:]
         if let traceparent = envelope.headers[traceparentHeader] { headers[traceparentHeader] = traceparent }
+        if let key = message.partitionKey { headers[partitionKeyHeader] = key }
         return Envelope(
             messageID: MessageID.derived(from: handler, envelope.messageID, String(index ?? issued.count)),
-            messageType: messageType,
+            messageType: type(of: message).messageType,
             correlationID: envelope.correlationID ?? envelope.messageID,
             causationID: envelope.messageID,
             timestamp: now,
             headers: headers,
-            payload: payload
+            payload: MessageRegistry.encode(message)
         )
     }
 }

@@ -97,8 +97,10 @@ extension Node {
     /// When the broker refuses one row of a batch it closes the channel over all of them, without saying which:
     /// those of unknown outcome go again one by one, so each gets its own answer.
     private func publish(_ rows: [OutboxMessage]) async -> [PublishOutcome] {
-        let outgoing = rows.map {
-            OutgoingMessage(exchange: $0.exchange, routingKey: $0.routingKey, envelope: $0.envelope)
+        let outgoing = rows.map { row in
+            var envelope = row.envelope
+            envelope.headers[BatonHeader.sequence] = String(row.sequence)
+            return OutgoingMessage(exchange: row.exchange, routingKey: row.routingKey, envelope: envelope)
         }
         let spans =
             NodeTracing.tracer.map { tracer in

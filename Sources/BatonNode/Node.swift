@@ -59,6 +59,14 @@ public final class Node: Service {
         /// What the node keeps of handled work, and for how long: the inbox's window, closed instances'
         /// timelines, tombstones.
         public var retention: Retention
+        /// How many queues the node's input is split over (see `Node+Partitions.swift`); 1 (the default): one
+        /// queue, ``queue``. Every replica of a service must say the same: the store records the count, and a
+        /// node started with another refuses to run.
+        public var partitions: Int
+        /// How often the broker delivers a message of a partition's queue before it dead-letters it (to
+        /// ``Routing/deadLetterExchange``, at least once): high, so that only a message that keeps killing its
+        /// consumer ends there. (Before RabbitMQ 4.3 a killed consumer's unacknowledged deliveries count too.)
+        public var deliveryLimit: Int
 
         /// Creates a configuration with defaults for everything but the name.
         public init(name: String, queue: String? = nil) {
@@ -75,6 +83,8 @@ public final class Node: Service {
             self.stuckAfter = .seconds(600)
             self.metricsFactory = nil
             self.retention = Retention()
+            self.partitions = 1
+            self.deliveryLimit = 1_000
         }
     }
 
@@ -168,12 +178,15 @@ public final class Node: Service {
 
     /// The topology a node with this configuration and these handlers needs: the exchanges it publishes to
     /// and subscribes from, its queue (bound for each handler and to ``Routing/nodeExchange`` under its
-    /// name) and its dead-letter queue. What broker definitions must contain for
-    /// ``TopologyOwnership/broker``.
+    /// name) — or its partitions' exchanges and queues, fed by those bindings — and its dead-letter queue.
+    /// What broker definitions must contain for ``TopologyOwnership/broker``.
     /// - Parameters:
-    ///   - configuration: The node's name and queue.
+    ///   - configuration: The node's name, queue and partitions.
     ///   - handlers: What it hosts.
     public static func topology(configuration: Configuration, handlers: [any NodeHandler]) -> Topology {
+        if configuration.partitions > 1 {
+            return partitionedTopology(configuration: configuration, handlers: handlers)
+        }
         let deadLetters = "\(configuration.name).dead-letters"
         let handlerBindings = handlers.flatMap(\.bindings).map {
             Topology.Binding(queue: configuration.queue, exchange: $0.exchange, bindingKey: $0.bindingKey)
@@ -198,11 +211,17 @@ public final class Node: Service {
     ///   consumed.
     public func run() async throws {
         try checkHandledTypes()
+        try await checkPartitionCount()
         switch configuration.topologyOwnership {
         case .node: try await transport.declare(topology)
         case .broker: try await transport.verify(topology)
         }
-        let source = try await transport.subscribe(queue: configuration.queue, prefetch: configuration.prefetch)
+        let queues = inputQueues
+        // The prefetch is shared among the partitions (each queue's consumer has its own).
+        let source = try await transport.subscribe(
+            queues: queues,
+            prefetch: max(1, configuration.prefetch / queues.count)
+        )
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -225,7 +244,7 @@ public final class Node: Service {
             lifecycle.group = group
             return lifecycle.stopRequested
         }
-        logger.info("node started", metadata: ["queue": "\(configuration.queue)"])
+        logger.info("node started", metadata: ["queues": "\(queues.joined(separator: ","))"])
         // The group runs in a task of its own so that cancelling `run` shuts it down gracefully instead of
         // cutting its loops off mid-transaction. (The task inherits a parent group's graceful shutdown.)
         let running = Task { try await group.run() }

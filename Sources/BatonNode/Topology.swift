@@ -13,6 +13,18 @@ public struct Topology: Sendable, Hashable {
             case fanout
             /// By header values.
             case headers
+            /// By a hash of one value of the message onto the bound queues' ring (RabbitMQ's
+            /// `rabbitmq_consistent_hash_exchange` plugin): the same value always reaches the same queue while the
+            /// bindings stay, and a binding key is the queue's weight (`"1"`). See ``Exchange/hashedBy``.
+            case consistentHash = "x-consistent-hash"
+        }
+
+        /// What a ``Kind/consistentHash`` exchange hashes.
+        public enum HashSource: Sendable, Hashable {
+            /// A header the publisher sets (a message without it is not routed).
+            case header(String)
+            /// The `message_id` property: for producers that set no header.
+            case messageID
         }
 
         /// The exchange name.
@@ -21,12 +33,19 @@ public struct Topology: Sendable, Hashable {
         public var kind: Kind
         /// Survives a broker restart. On by default.
         public var isDurable: Bool
+        /// What a ``Kind/consistentHash`` exchange hashes (`nil` for other kinds).
+        public var hashedBy: HashSource?
 
         /// Creates an exchange.
-        public init(_ name: String, kind: Kind, isDurable: Bool = true) {
+        public init(_ name: String, kind: Kind, isDurable: Bool = true, hashedBy: HashSource? = nil) {
+            precondition(
+                (kind == .consistentHash) == (hashedBy != nil),
+                "a consistent-hash exchange, and only one, says what it hashes"
+            )
             self.name = name
             self.kind = kind
             self.isDurable = isDurable
+            self.hashedBy = hashedBy
         }
     }
 
@@ -49,18 +68,34 @@ public struct Topology: Sendable, Hashable {
         /// One consumer at a time takes its messages, the others stand by (a partition's queue, consumed by
         /// every replica of a service, so that its messages are handled in order).
         public var hasSingleActiveConsumer: Bool
+        /// How often the broker delivers a message before it gives up on it and dead-letters it to
+        /// ``deadLetterExchange`` (a quorum queue's `x-delivery-limit`); `nil`: no limit (RabbitMQ 4.0 and later
+        /// default to 20, so a quorum queue should say).
+        public var deliveryLimit: Int?
+        /// Where the broker sends a message it gives up on (``deliveryLimit``): an exchange, routed with
+        /// ``deadLetterRoutingKey``. For a quorum queue, at least once: the message leaves the queue only once
+        /// the dead-letter exchange's queue has it.
+        public var deadLetterExchange: String?
+        /// The routing key of what goes to ``deadLetterExchange``.
+        public var deadLetterRoutingKey: String?
 
         /// Creates a queue.
         public init(
             _ name: String,
             kind: Kind = .classic,
             isDurable: Bool = true,
-            hasSingleActiveConsumer: Bool = false
+            hasSingleActiveConsumer: Bool = false,
+            deliveryLimit: Int? = nil,
+            deadLetterExchange: String? = nil,
+            deadLetterRoutingKey: String? = nil
         ) {
             self.name = name
             self.kind = kind
             self.isDurable = isDurable || kind == .quorum
             self.hasSingleActiveConsumer = hasSingleActiveConsumer
+            self.deliveryLimit = deliveryLimit
+            self.deadLetterExchange = deadLetterExchange
+            self.deadLetterRoutingKey = deadLetterRoutingKey
         }
     }
 
@@ -81,18 +116,44 @@ public struct Topology: Sendable, Hashable {
         }
     }
 
+    /// An exchange's subscription to another exchange: what the source routes with the key goes on to the
+    /// destination, which routes it again by its own kind.
+    public struct ExchangeBinding: Sendable, Hashable {
+        /// The exchange messages come from.
+        public var source: String
+        /// The exchange they go on to.
+        public var destination: String
+        /// The routing key, or a pattern for a topic source.
+        public var bindingKey: String
+
+        /// Creates an exchange-to-exchange binding.
+        public init(source: String, destination: String, bindingKey: String) {
+            self.source = source
+            self.destination = destination
+            self.bindingKey = bindingKey
+        }
+    }
+
     /// The exchanges, declared first.
     public var exchanges: [Exchange]
     /// The queues, declared second.
     public var queues: [Queue]
     /// The bindings, declared last.
     public var bindings: [Binding]
+    /// The exchange-to-exchange bindings, declared with the bindings.
+    public var exchangeBindings: [ExchangeBinding]
 
     /// Creates a topology.
-    public init(exchanges: [Exchange] = [], queues: [Queue] = [], bindings: [Binding] = []) {
+    public init(
+        exchanges: [Exchange] = [],
+        queues: [Queue] = [],
+        bindings: [Binding] = [],
+        exchangeBindings: [ExchangeBinding] = []
+    ) {
         self.exchanges = exchanges
         self.queues = queues
         self.bindings = bindings
+        self.exchangeBindings = exchangeBindings
     }
 }
 

@@ -80,7 +80,7 @@ public struct OutgoingMessage: Sendable, Hashable {
     }
 }
 
-/// Deliveries of one queue, taken in batches: at least one (waiting for it), then whatever else is ready.
+/// Deliveries of a queue (or of several), taken in batches: at least one (waiting for it), then whatever else is ready.
 public protocol MessageSource: Sendable {
     /// Waits for a message and returns it with up to `maxCount - 1` more that are ready; `nil` when ended.
     func nextBatch(maxCount: Int) async throws -> [IncomingMessage]?
@@ -102,8 +102,16 @@ public protocol Transport: Sendable {
     /// Publishes messages and returns when each is confirmed or failed, one outcome per message in order. A
     /// command (on ``Routing/commandExchange``) that no queue takes is not confirmed.
     func publish(_ messages: [OutgoingMessage]) async -> [PublishOutcome]
+    /// Starts consuming queues as one source (a service's partitions): each queue delivers in its own order,
+    /// deliveries of different queues interleave. `prefetch` bounds the unsettled deliveries of each queue.
+    func subscribe(queues: [String], prefetch: Int) async throws -> any MessageSource
+}
+
+extension Transport {
     /// Starts consuming a queue.
-    func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource
+    public func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource {
+        try await subscribe(queues: [queue], prefetch: prefetch)
+    }
 }
 
 /// Where Baton's messages go on the wire.
@@ -187,16 +195,23 @@ public enum BatonHeader {
     public static let deadLetteredAt = "x-baton-dead-lettered-at"
     /// On a command a process issued: its process manager, where a ``CommandFailed`` reply goes.
     public static let processManager = processManagerHeader
+    /// What the message stays in order with (``Envelope/partitionKey``); a partitioned service's exchange
+    /// hashes it.
+    public static let partitionKey = partitionKeyHeader
+    /// The message's position in its emitter's outbox: the emitter's commit order, which a receiver's order
+    /// can be checked against (several replicas of a service share one outbox, hence one order).
+    public static let sequence = "x-baton-sequence"
 }
 
 extension Envelope {
-    /// The envelope's headers plus its causation id, stream and position as text headers: what a transport
+    /// The envelope's headers plus its causation id, stream, position and partition key as text headers: what a transport
     /// sends beside the properties (id, type, correlation id, timestamp); the node reads them back at its edge.
     public var wireHeaders: [String: String] {
         var headers = self.headers
         if let causationID { headers[BatonHeader.causationID] = causationID }
         if let stream { headers[BatonHeader.stream] = stream }
         if let position { headers[BatonHeader.position] = String(position) }
+        headers[BatonHeader.partitionKey] = partitionKey
         return headers
     }
 }

@@ -47,7 +47,7 @@ public enum ServiceClient {
         }
     }
 
-    /// How many consumers the service's queue has, checked through the broker (for `health`).
+    /// How many consumers the service's queues have, checked through the broker (for `health`).
     /// - Throws: ``CommandFailure`` if the broker cannot be reached or nothing consumes the queue.
     @discardableResult
     public static func checkRunning(_ service: String, options: ServiceOptions) async throws -> Int {
@@ -75,15 +75,19 @@ public enum ServiceClient {
             throw CommandFailure("cannot reach the broker at \(configuration): \(error.message)")
         }
         do {
-            let consumers: Int
-            do {
-                consumers = try await connection.inspectQueue(service).consumers
-            } catch let error as AMQPError where error.code == .notFound {
-                consumers = 0
+            let queues = try options.inputQueues(of: service)
+            var consumers = 0
+            for queue in queues {
+                do {
+                    consumers += try await connection.inspectQueue(queue).consumers
+                } catch let error as AMQPError where error.code == .notFound {
+                    continue
+                }
             }
             guard consumers > 0 else {
+                let named = queues.count == 1 ? "its queue '\(service)'" : "its \(queues.count) partitions' queues"
                 throw CommandFailure(
-                    "the \(service) service is not running (nothing consumes its queue '\(service)'): start `\(service) serve`"
+                    "the \(service) service is not running (nothing consumes \(named)): start `\(service) serve`"
                 )
             }
             let result = try await body(connection, consumers)

@@ -48,6 +48,15 @@ public struct ServiceOptions: ParsableArguments {
     var topologyFlag: String?
 
     @Option(
+        name: .customLong("partitions"),
+        help: ArgumentHelp(
+            "How many queues the service's input is split over, by each message's partition key, each consumed by one replica at a time: 1 to 64; every replica, and every command that checks the service runs, must say the same (default: $BATON_PARTITIONS, else 1: one queue).",
+            valueName: "count"
+        )
+    )
+    var partitionsFlag: String?
+
+    @Option(
         name: .customLong("tls-ca"),
         help: "CA certificate (PEM) to verify an amqps:// broker (default: $BATON_TLS_CA)."
     )
@@ -96,8 +105,30 @@ public struct ServiceOptions: ParsableArguments {
         }
     }
 
+    /// How many partitions the service's input is split over.
+    /// - Throws: ``ValidationError`` naming the flag or variable if it is not a count from 1 to 64.
+    public var partitions: Int {
+        get throws {
+            guard let text = partitionsFlag ?? environment["BATON_PARTITIONS"], !text.isEmpty else { return 1 }
+            guard let count = Int(text), (1...64).contains(count) else {
+                throw ValidationError(
+                    "\(partitionsFlag == nil ? "BATON_PARTITIONS" : "--partitions") must be a count from 1 to 64, not '\(text)'"
+                )
+            }
+            return count
+        }
+    }
+
+    /// The queues a service consumes: its queue, or its partitions' queues.
+    public func inputQueues(of service: String) throws -> [String] {
+        var configuration = Node.Configuration(name: service)
+        configuration.partitions = try partitions
+        return Node.inputQueues(configuration)
+    }
+
     public func validate() throws {
         _ = try topologyOwnership
+        _ = try partitions
         _ = try databaseURL
         do {
             _ = try connectionConfiguration(name: "validate")

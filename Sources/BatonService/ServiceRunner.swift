@@ -78,6 +78,7 @@ public enum ServiceRunner {
         logger.info("store opened", metadata: ["store": "\(location)"])
         var configuration = Node.Configuration(name: service)
         configuration.topologyOwnership = try options.topologyOwnership
+        configuration.partitions = try options.partitions
         try serving.configure(&configuration)
         configure(&configuration)
         let node = Node(
@@ -273,10 +274,21 @@ public struct TopologyCommand<Service: ServiceDefinition>: ParsableCommand {
 
     @Option(help: "The virtual host the definitions are for.") var vhost = "/"
 
+    @Option(help: "How many partitions the service's input is split over (as `serve --partitions`), 1 to 64.")
+    var partitions = 1
+
     public init() {}
 
+    public func validate() throws {
+        guard (1...64).contains(partitions) else {
+            throw ValidationError("--partitions must be a count from 1 to 64, not '\(partitions)'")
+        }
+    }
+
     public func run() throws {
-        let topology = Node.topology(configuration: .init(name: Service.name), handlers: Service.handlers)
+        var configuration = Node.Configuration(name: Service.name)
+        configuration.partitions = partitions
+        let topology = Node.topology(configuration: configuration, handlers: Service.handlers)
         try printJSON(BrokerDefinitions(AMQPTopology(topology), vhost: vhost))
     }
 }

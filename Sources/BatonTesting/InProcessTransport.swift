@@ -4,9 +4,10 @@ import DequeModule
 import Foundation
 import Synchronization
 
-/// A transport in memory with the broker's semantics: topic, direct and fanout exchanges, durable queues
-/// with dead-letter exchanges, publish failing for a missing exchange, prefetch, ack, requeue with the
-/// redelivered flag. For tests and for running a whole system in one process.
+/// A transport in memory with the broker's semantics: topic, direct, fanout and consistent-hash exchanges,
+/// exchange-to-exchange bindings, durable queues (one active consumer when a queue says so), publish failing for
+/// a missing exchange, prefetch, ack, requeue with the redelivered flag. For tests and for running a whole
+/// system in one process. (Its consistent hash spreads keys otherwise than RabbitMQ's ring does.)
 public final class InProcessTransport: Transport {
     private struct Queued {
         var message: OutgoingMessage
@@ -22,14 +23,14 @@ public final class InProcessTransport: Transport {
     }
 
     private final class ConsumerState {
-        let queue: String
+        let queues: [String]
         let prefetch: Int
-        var unacked: [Int: Queued] = [:]
-        var inbox: Deque<(tag: Int, queued: Queued)> = []
+        var unacked: [Int: (queue: String, queued: Queued)] = [:]
+        var inbox: Deque<(tag: Int, queue: String, queued: Queued)> = []
         var waiter: CheckedContinuation<Void, Never>?
         var isCancelled = false
-        init(queue: String, prefetch: Int) {
-            self.queue = queue
+        init(queues: [String], prefetch: Int) {
+            self.queues = queues
             self.prefetch = prefetch
         }
     }
@@ -38,6 +39,7 @@ public final class InProcessTransport: Transport {
         var exchanges: [String: Topology.Exchange] = [:]
         var queues: [String: QueueState] = [:]
         var bindings: [Topology.Binding] = []
+        var exchangeBindings: [Topology.ExchangeBinding] = []
         var consumers: [Int: ConsumerState] = [:]
         var nextID = 1
     }
@@ -69,6 +71,15 @@ public final class InProcessTransport: Transport {
                     )
                 }
                 if !state.bindings.contains(binding) { state.bindings.append(binding) }
+            }
+            for binding in topology.exchangeBindings {
+                guard state.exchanges[binding.source] != nil, state.exchanges[binding.destination] != nil else {
+                    throw TransportError(
+                        code: .notFound,
+                        message: "bind: no exchange '\(binding.source)' or '\(binding.destination)'"
+                    )
+                }
+                if !state.exchangeBindings.contains(binding) { state.exchangeBindings.append(binding) }
             }
         }
     }
@@ -106,17 +117,20 @@ public final class InProcessTransport: Transport {
         return results
     }
 
-    public func subscribe(queue: String, prefetch: Int) async throws -> any MessageSource {
+    public func subscribe(queues: [String], prefetch: Int) async throws -> any MessageSource {
         precondition(prefetch > 0, "prefetch must be positive")
+        precondition(!queues.isEmpty, "subscribe to at least one queue")
         let id = try state.withLock { state -> Int in
-            guard let queueState = state.queues[queue] else {
-                throw TransportError(code: .notFound, message: "no queue '\(queue)'")
+            if let missing = queues.first(where: { state.queues[$0] == nil }) {
+                throw TransportError(code: .notFound, message: "no queue '\(missing)'")
             }
             let id = state.nextID
             state.nextID += 1
-            state.consumers[id] = ConsumerState(queue: queue, prefetch: prefetch)
-            queueState.consumers.append(id)
-            _ = Self.dispatch(queue, in: &state)
+            state.consumers[id] = ConsumerState(queues: queues, prefetch: prefetch)
+            for queue in queues {
+                state.queues[queue]?.consumers.append(id)
+                _ = Self.dispatch(queue, in: &state)
+            }
             return id
         }
         return Source(transport: self, consumer: id)
@@ -132,8 +146,8 @@ public final class InProcessTransport: Transport {
     /// is done, instead of a sleep).
     public func unsettledCount(_ queue: String) -> Int {
         state.withLock { state in
-            let delivered = state.consumers.values.filter { $0.queue == queue }.map {
-                $0.unacked.count + $0.inbox.count
+            let delivered = state.consumers.values.map {
+                $0.unacked.values.filter { $0.queue == queue }.count + $0.inbox.filter { $0.queue == queue }.count
             }
             return (state.queues[queue]?.ready.count ?? 0) + delivered.reduce(0, +)
         }
@@ -146,18 +160,55 @@ public final class InProcessTransport: Transport {
 
     private static func route(_ message: OutgoingMessage, in state: State) -> [String] {
         if message.exchange.isEmpty { return state.queues[message.routingKey] == nil ? [] : [message.routingKey] }
-        guard let exchange = state.exchanges[message.exchange] else { return [] }
         var queues: [String] = []
-        for binding in state.bindings where binding.exchange == message.exchange && !queues.contains(binding.queue) {
-            let matches: Bool
-            switch exchange.kind {
-            case .fanout: matches = true
-            case .direct, .headers: matches = binding.bindingKey == message.routingKey
-            case .topic: matches = topicMatches(pattern: binding.bindingKey, key: message.routingKey)
-            }
-            if matches { queues.append(binding.queue) }
-        }
+        var visited: Set<String> = []
+        route(message, through: message.exchange, in: state, into: &queues, visited: &visited)
         return queues
+    }
+
+    /// The queues an exchange (and the exchanges bound to it) route a message to, each once.
+    private static func route(
+        _ message: OutgoingMessage,
+        through name: String,
+        in state: State,
+        into queues: inout [String],
+        visited: inout Set<String>
+    ) {
+        guard let exchange = state.exchanges[name], visited.insert(name).inserted else { return }
+        func matches(_ bindingKey: String) -> Bool {
+            switch exchange.kind {
+            case .fanout, .consistentHash: true
+            case .direct, .headers: bindingKey == message.routingKey
+            case .topic: topicMatches(pattern: bindingKey, key: message.routingKey)
+            }
+        }
+        let bound = state.bindings.filter { $0.exchange == name && matches($0.bindingKey) }.map(\.queue)
+        if case .consistentHash = exchange.kind {
+            let candidates = Array(Set(bound)).sorted()
+            if let key = hashedValue(of: message, by: exchange.hashedBy), !candidates.isEmpty {
+                let chosen = candidates[Int(stableHash(key) % UInt64(candidates.count))]
+                if !queues.contains(chosen) { queues.append(chosen) }
+            }
+        } else {
+            for queue in bound where !queues.contains(queue) { queues.append(queue) }
+        }
+        for binding in state.exchangeBindings where binding.source == name && matches(binding.bindingKey) {
+            route(message, through: binding.destination, in: state, into: &queues, visited: &visited)
+        }
+    }
+
+    /// What a consistent-hash exchange hashes; `nil` when the message has no such value (it is not routed).
+    private static func hashedValue(of message: OutgoingMessage, by source: Topology.Exchange.HashSource?) -> String? {
+        switch source {
+        case .header(let name): message.envelope.wireHeaders[name]
+        case .messageID: message.envelope.messageID
+        case nil: nil
+        }
+    }
+
+    /// FNV-1a: the same on every run (Swift's `Hasher` is seeded per process).
+    private static func stableHash(_ text: String) -> UInt64 {
+        text.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
     }
 
     /// AMQP topic matching: `*` is one word, `#` zero or more.
@@ -179,10 +230,13 @@ public final class InProcessTransport: Transport {
     /// Moves ready messages to consumers with room (round robin); returns the waiters to wake.
     private static func dispatch(_ queue: String, in state: inout State) -> [CheckedContinuation<Void, Never>] {
         guard let queueState = state.queues[queue], !queueState.consumers.isEmpty else { return [] }
+        // A single-active-consumer queue delivers to its oldest consumer only; the others stand by.
+        let consumers =
+            queueState.declaration.hasSingleActiveConsumer ? [queueState.consumers[0]] : queueState.consumers
         var wake: [CheckedContinuation<Void, Never>] = []
         var idle = 0
-        while !queueState.ready.isEmpty, idle < queueState.consumers.count {
-            let id = queueState.consumers[queueState.nextConsumer % queueState.consumers.count]
+        while !queueState.ready.isEmpty, idle < consumers.count {
+            let id = consumers[queueState.nextConsumer % consumers.count]
             queueState.nextConsumer += 1
             guard let consumer = state.consumers[id], consumer.unacked.count + consumer.inbox.count < consumer.prefetch
             else {
@@ -193,7 +247,7 @@ public final class InProcessTransport: Transport {
             let queued = queueState.ready.removeFirst()
             let tag = state.nextID
             state.nextID += 1
-            consumer.inbox.append((tag, queued))
+            consumer.inbox.append((tag, queue, queued))
             if let waiter = consumer.waiter {
                 consumer.waiter = nil
                 wake.append(waiter)
@@ -204,13 +258,12 @@ public final class InProcessTransport: Transport {
 
     private func settle(consumer id: Int, tag: Int, accept: Bool) {
         let wake = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard let consumer = state.consumers[id], let queued = consumer.unacked.removeValue(forKey: tag) else {
-                return []
-            }
+            guard let consumer = state.consumers[id], let (queue, queued) = consumer.unacked.removeValue(forKey: tag)
+            else { return [] }
             if !accept {
-                state.queues[consumer.queue]?.ready.prepend(Queued(message: queued.message, redelivered: true))
+                state.queues[queue]?.ready.prepend(Queued(message: queued.message, redelivered: true))
             }
-            return Self.dispatch(consumer.queue, in: &state)
+            return Self.dispatch(queue, in: &state)
         }
         for continuation in wake { continuation.resume() }
     }
@@ -225,8 +278,8 @@ public final class InProcessTransport: Transport {
                     guard let consumer = state.consumers[consumer], !consumer.isCancelled else { return nil }
                     var batch: [(Int, Queued)] = []
                     while batch.count < maxCount, let next = consumer.inbox.popFirst() {
-                        consumer.unacked[next.tag] = next.queued
-                        batch.append(next)
+                        consumer.unacked[next.tag] = (next.queue, next.queued)
+                        batch.append((next.tag, next.queued))
                     }
                     return batch
                 }
@@ -261,15 +314,14 @@ public final class InProcessTransport: Transport {
             let wake = transport.state.withLock { state -> [CheckedContinuation<Void, Never>] in
                 guard let consumerState = state.consumers.removeValue(forKey: consumer) else { return [] }
                 consumerState.isCancelled = true
-                let queue = state.queues[consumerState.queue]
-                queue?.consumers.removeAll { $0 == consumer }
+                for queue in consumerState.queues { state.queues[queue]?.consumers.removeAll { $0 == consumer } }
                 let returned =
                     consumerState.unacked.sorted { $0.key < $1.key }.map(\.value)
-                    + consumerState.inbox.map(\.queued)
-                for queued in returned.reversed() {
-                    queue?.ready.prepend(Queued(message: queued.message, redelivered: true))
+                    + consumerState.inbox.map { ($0.queue, $0.queued) }
+                for (queue, queued) in returned.reversed() {
+                    state.queues[queue]?.ready.prepend(Queued(message: queued.message, redelivered: true))
                 }
-                var wake = InProcessTransport.dispatch(consumerState.queue, in: &state)
+                var wake = consumerState.queues.flatMap { InProcessTransport.dispatch($0, in: &state) }
                 if let waiter = consumerState.waiter { wake.append(waiter) }
                 return wake
             }

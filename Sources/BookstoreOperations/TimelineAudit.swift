@@ -13,12 +13,7 @@ public enum TimelineAudit {
     ///   - options: Where the fulfillment store is.
     ///   - orders: The orders service's view of the same orders.
     public static func problems(_ options: ServiceOptions, orders: [OrderView]) async throws -> [String] {
-        let timelines =
-            try await options.readIfPresent("fulfillment") { work in
-                try work.instances(of: "fulfillment", limit: 10_000_000).map { summary in
-                    (summary, try work.transitions(of: "fulfillment", instance: summary.instanceID))
-                }
-            } ?? []
+        let timelines = try await timelines(options)
         let ordersByID = Dictionary(orders.map { ($0.orderID, $0) }) { first, _ in first }
         var problems: [String] = []
         var issuedBy: [String: String] = [:]
@@ -34,6 +29,39 @@ public enum TimelineAudit {
             }
         }
         return problems
+    }
+
+    /// Per-instance order: no instance handled an event before one its emitter committed earlier for it. Each
+    /// event carries its position in its emitter's outbox (``BatonHeader/sequence``), the emitter's commit order;
+    /// per instance and emitting context those positions must rise along the timeline. (Failure replies come
+    /// from any service: they are left out.) Holds where each partition key has one consumer at a time —
+    /// partitions, or a single replica — not for replicas sharing one queue.
+    public static func orderProblems(_ options: ServiceOptions) async throws -> [String] {
+        var problems: [String] = []
+        for (summary, transitions) in try await timelines(options) {
+            var last: [String: (sequence: Int64, message: String)] = [:]
+            for transition in transitions {
+                guard case .event(let envelope) = transition.trigger, envelope.category != CommandFailed.category,
+                    let sequence = envelope.headers[BatonHeader.sequence].flatMap(Int64.init)
+                else { continue }
+                if let earlier = last[envelope.category], earlier.sequence >= sequence {
+                    problems.append(
+                        "\(summary.instanceID): \(envelope.messageName) (\(envelope.category) #\(sequence)) was handled after \(earlier.message) (#\(earlier.sequence)), which its emitter committed later"
+                    )
+                }
+                last[envelope.category] = (sequence, envelope.messageName)
+            }
+        }
+        return problems
+    }
+
+    /// Every fulfillment instance with its transitions.
+    private static func timelines(_ options: ServiceOptions) async throws -> [(InstanceSummary, [ProcessTransition])] {
+        try await options.readIfPresent("fulfillment") { work in
+            try work.instances(of: "fulfillment", limit: 10_000_000).map { summary in
+                (summary, try work.transitions(of: "fulfillment", instance: summary.instanceID))
+            }
+        } ?? []
     }
 
     private static func check(

@@ -77,3 +77,21 @@ import Testing
         #expect(orderID(forCheckout: "chk-1") != orderID(forCheckout: "chk-2"))
     }
 }
+
+/// Every message about an order stays in order with the others of its order on a partitioned service.
+@Suite struct PartitionKeyTests {
+    @Test func everyMessageAboutAnOrderIsKeyedByIt() {
+        let order = orderID(forCheckout: "checkout-1")
+        #expect(
+            PlaceOrder(checkoutID: "checkout-1", customer: "c", shippingAddress: "a", lines: []).partitionKey == order
+        )
+        let keyed: [any Message] = [
+            OrderConfirmed(orderID: order, checkoutID: "checkout-1", shippingAddress: "a", lines: []),
+            OrderCancelled(orderID: order, checkoutID: "checkout-1", reason: "r"),
+            ReserveInventory(orderID: order, lines: []), ReleaseInventory(orderID: order, reason: "r"),
+            InventoryReserved(orderID: order), CreateShipment(orderID: order, address: "a"),
+            ShipmentFailed(orderID: order, reason: "r"), ExpediteOrder(orderID: order, requestedBy: "agent"),
+        ]
+        #expect(keyed.allSatisfy { $0.partitionKey == order })
+    }
+}

@@ -317,6 +317,7 @@ import Testing
                 ("inventory", ["serve", "--stuck-after", "0"], "--stuck-after must be"),
                 ("orders", ["serve", "--inbox-window", "30s"], "--inbox-window must be an age of at least 60s"),
                 ("shipping", ["serve", "--keep-tombstones", "forever"], "--keep-tombstones must be an age"),
+                ("inventory", ["serve", "--partitions", "0"], "--partitions must be a count from 1 to 64"),
                 ("fulfillment", ["show", "ord-nope"], "ord-nope"),
                 ("fulfillment", ["processes", "list", "--open", "--closed"], "--closed"),
                 ("fulfillment", ["processes", "list", "--lifecycle", "stuck"], "lifecycle"),

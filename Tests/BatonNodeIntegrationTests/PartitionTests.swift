@@ -1,0 +1,268 @@
+import Baton
+import BatonAMQP
+import BatonAMQPTransport
+import BatonNode
+import BatonSQLite
+import BatonTestSupport
+import Foundation
+import Logging
+import Testing
+
+// A ledger: entries are posted to accounts, and an account's entries must be applied in the order they were
+// posted (a balance that goes negative on the way is refused).
+
+private struct PostEntry: Command {
+    static let messageName = "ledger.PostEntry"
+    var account: String
+    var number: Int
+    var partitionKey: String? { account }
+}
+private struct TillReceipt: Message {
+    static let messageName = "tills.Receipt"
+    var receipt: String
+}
+/// What the ledger has applied to one account, in the order it applied it.
+private struct Applied: Codable, Sendable {
+    var account: String
+    var numbers: [Int]
+}
+
+/// Partitions against the real broker: the consistent-hash exchanges, quorum queues with a single active
+/// consumer, replicas that fail over, the delivery limit.
+@Suite(.serialized) struct PartitionTests {
+    /// Per account, entries are applied in the order they were posted, though 16 accounts are spread over 4
+    /// partitions and the replica that handles them stops halfway (its partitions fail over to the other).
+    /// Without the partition key (every entry keyed alone, by its id) the accounts' entries land in every
+    /// partition and the standby replica takes over mid-account: `orderHolds` fails.
+    @Test func eachKeyIsHandledInPostingOrderThroughAFailover() async throws {
+        try await Ledger.with(name: "partition-order") { ledger in
+            try await ledger.declare()
+            let (accounts, perAccount) = (16, 30)
+            var posted: [OutgoingMessage] = []
+            for number in 0..<perAccount {
+                for account in 0..<accounts { posted.append(ledger.entry(account: "acct-\(account)", number: number)) }
+            }
+            let outcomes = await ledger.transport.publish(posted)
+            #expect(outcomes.allSatisfy { $0 == .confirmed })
+
+            // The accounts are spread: every entry sits in one partition, and more than one holds some.
+            let depths = try await ledger.partitionDepths()
+            #expect(depths.reduce(0, +) == accounts * perAccount, "one copy of each entry: \(depths)")
+            #expect(depths.filter { $0 > 0 }.count >= 2, "the accounts are spread over the partitions: \(depths)")
+
+            // Replica A takes every partition (it consumes first); B stands by. A stops after a hundred entries.
+            let replicaA = try await ledger.startReplica()
+            #expect(try await eventually { try await ledger.appliedCount() >= 100 })
+            let replicaB = try await ledger.startReplica()
+            try await Task.sleep(for: .milliseconds(200))  // B's consumers registered: standing by
+            try await replicaA.stop()
+            let handledByA = try await ledger.appliedCount()
+            #expect(handledByA < accounts * perAccount, "A stopped before the end (\(handledByA))")
+
+            #expect(try await eventually { try await ledger.appliedCount() == accounts * perAccount })
+            let applied = try await ledger.applied()
+            let orderHolds = applied.values.allSatisfy { $0 == Array(0..<perAccount) }
+            #expect(
+                orderHolds,
+                "every account's entries applied once, in order: \(applied.filter { $0.value != Array(0..<perAccount) })"
+            )
+            try await replicaB.stop()
+        }
+    }
+
+    /// An external producer sets no partition key: its messages are spread by their `message_id` over the same
+    /// partitions, through an exchange of their own, and every one is handled.
+    @Test func externalMessagesWithoutAKeyAreSpreadByTheirID() async throws {
+        try await Ledger.with(name: "partition-external") { ledger in
+            try await ledger.declare()
+            let receipts = (0..<40).map { index in
+                AMQPOutgoingMessage(
+                    exchange: "tills",
+                    routingKey: "receipt",
+                    body: Array(#"{"receipt":"r-\#(index)"}"#.utf8),
+                    properties: AMQPProperties(contentType: "application/json", messageID: "receipt-\(index)")
+                )
+            }
+            for result in await ledger.connection.publish(contentsOf: receipts) { try result.get() }
+            let depths = try await ledger.partitionDepths()
+            #expect(depths.reduce(0, +) == 40, "each receipt in one partition: \(depths)")
+            #expect(depths.filter { $0 > 0 }.count >= 2, "spread by message id: \(depths)")
+
+            let replica = try await ledger.startReplica()
+            #expect(try await eventually { try await ledger.appliedCount() == 40 })
+            try await replica.stop()
+        }
+    }
+
+    /// A consumer that dies with a message unacknowledged returns it; past the queue's delivery limit the
+    /// broker dead-letters it — at least once, to the node's dead-letter queue: nothing is lost. (The node's
+    /// default limit is 1,000; this queue's is 2.)
+    @Test func aMessagePastTheDeliveryLimitIsDeadLetteredNotLost() async throws {
+        try await Ledger.with(name: "partition-limit", partitions: 2, deliveryLimit: 2) { ledger in
+            try await ledger.declare()
+            let outcomes = await ledger.transport.publish([ledger.entry(account: "acct-doomed", number: 0)])
+            #expect(outcomes == [.confirmed])
+            let depths = try await ledger.partitionDepths()
+            let partition = try #require(depths.firstIndex(of: 1), "one partition holds it: \(depths)")
+            let queue = ledger.partitionQueues[partition]
+
+            // Three consumers, each killed (its connection dropped) while it holds the message.
+            for _ in 0..<3 {
+                let doomed = try await AMQPConnection.connect(
+                    configuration: .init(url: ledger.url),
+                    logger: ledger.logger
+                )
+                let consumer = try await doomed.consume(queue: queue, prefetch: 1)
+                let delivery = try await consumer.next(timeout: .seconds(10))
+                #expect(delivery != nil, "the message is delivered again")
+                await doomed.close()
+            }
+            let deadLetters = "ledger.dead-letters"
+            #expect(try await eventually { try await ledger.connection.inspectQueue(deadLetters).messages == 1 })
+            #expect(try await ledger.connection.inspectQueue(queue).messages == 0)
+            let consumer = try await ledger.connection.consume(queue: deadLetters, prefetch: 1)
+            let letter = try #require(try await consumer.next(timeout: .seconds(10)))
+            #expect(letter.properties.headers["x-death"] != nil, "the broker says why: \(letter.properties.headers)")
+            #expect(String(decoding: letter.body, as: UTF8.self).contains("acct-doomed"))
+            letter.ack()
+            await consumer.cancel()
+        }
+    }
+}
+
+/// A ledger service on its own virtual host: its store, its partitioned topology, replicas of its node.
+private struct Ledger {
+    let url: String
+    let connection: AMQPConnection
+    let transport: AMQPTransport
+    let store: SQLiteStore
+    let configuration: Node.Configuration
+    let logger: Logger
+
+    static func with(
+        name: String,
+        partitions: Int = 4,
+        deliveryLimit: Int = 1_000,
+        _ body: (Ledger) async throws -> Void
+    ) async throws {
+        let virtualHost = TestBroker.unique(name)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(virtualHost)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try await TestBroker.makeVirtualHost(virtualHost)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        var logger = Logger(label: name)
+        logger.logLevel = .critical
+        let url = TestBroker.url(virtualHost: virtualHost)
+        let connection = try await AMQPConnection.connect(configuration: .init(url: url), logger: logger)
+        var configuration = Node.Configuration(name: "ledger")
+        configuration.partitions = partitions
+        configuration.deliveryLimit = deliveryLimit
+        let ledger = Ledger(
+            url: url,
+            connection: connection,
+            transport: AMQPTransport(connection: connection),
+            store: try SQLiteStore(path: directory.appendingPathComponent("ledger.sqlite").path),
+            configuration: configuration,
+            logger: logger
+        )
+        do {
+            try await body(ledger)
+        } catch {
+            await connection.close()
+            await TestBroker.deleteVirtualHost(virtualHost)
+            throw error
+        }
+        await connection.close()
+        await TestBroker.deleteVirtualHost(virtualHost)
+    }
+
+    static let handlers: [any NodeHandler] = [
+        MessageHandlerHost.command(PostEntry.self, name: "post-entry") { entry, context in
+            var applied =
+                try context.work.document(Applied.self, in: "ledger", idOrAlias: entry.account)
+                ?? Applied(account: entry.account, numbers: [])
+            applied.numbers.append(entry.number)
+            try context.work.save(applied, in: "ledger", id: entry.account, at: context.now)
+            Thread.sleep(forTimeInterval: 0.002)  // slow enough to stop a replica halfway
+        },
+        MessageHandlerHost.subscriber(TillReceipt.self, name: "tills", exchange: "tills", routingKey: "receipt") {
+            receipt,
+            context in
+            try context.work.save(
+                Applied(account: receipt.receipt, numbers: [0]),
+                in: "ledger",
+                id: receipt.receipt,
+                at: context.now
+            )
+        },
+    ]
+
+    var partitionQueues: [String] {
+        (0..<configuration.partitions).map {
+            "\(Node.partitionPrefix(queue: "ledger", partitions: configuration.partitions)).\($0)"
+        }
+    }
+
+    func declare() async throws {
+        try await transport.declare(Node.topology(configuration: configuration, handlers: Self.handlers))
+    }
+
+    /// A running replica of the ledger's node.
+    struct Replica {
+        let connection: AMQPConnection
+        let running: Task<Void, any Error>
+
+        /// Stops it gracefully (it requeues what it has not handled) and closes its connection.
+        func stop() async throws {
+            running.cancel()
+            try await running.value
+            await connection.close()
+        }
+    }
+
+    /// Starts a replica of the ledger's node, on its own connection, sharing the store.
+    func startReplica() async throws -> Replica {
+        let connection = try await AMQPConnection.connect(configuration: .init(url: url), logger: logger)
+        let node = Node(
+            configuration: configuration,
+            store: store,
+            transport: AMQPTransport(connection: connection),
+            handlers: Self.handlers,
+            logger: logger
+        )
+        return Replica(connection: connection, running: Task { try await node.run() })
+    }
+
+    func entry(account: String, number: Int) -> OutgoingMessage {
+        OutgoingMessage(
+            exchange: Routing.commandExchange,
+            routingKey: PostEntry.messageName,
+            envelope: Envelope(
+                messageID: "\(account)-\(number)",
+                messageType: PostEntry.messageType,
+                timestamp: Date(),
+                headers: [partitionKeyHeader: account],
+                payload: MessageRegistry.encode(PostEntry(account: account, number: number))
+            )
+        )
+    }
+
+    func partitionDepths() async throws -> [Int] {
+        var depths: [Int] = []
+        for queue in partitionQueues { depths.append(try await connection.inspectQueue(queue).messages) }
+        return depths
+    }
+
+    func applied() async throws -> [String: [Int]] {
+        try await store.read { work in
+            Dictionary(
+                uniqueKeysWithValues: try work.documents(Applied.self, in: "ledger").map { ($0.account, $0.numbers) }
+            )
+        }
+    }
+
+    func appliedCount() async throws -> Int {
+        try await store.read { work in try work.documents(Applied.self, in: "ledger").map(\.numbers.count).reduce(0, +)
+        }
+    }
+}
