@@ -9,6 +9,12 @@
 #
 #   Deploy/local/chaos.sh                         the short run (300 workflows, CI runs it)
 #   Deploy/local/chaos.sh --workflows 10000 --rate 100     the full run
+#   Deploy/local/chaos.sh --scale-out [...]       the scale-out run: a three-node RabbitMQ cluster
+#                                                 (cluster.sh) and PostgreSQL (postgres.sh), 2 replicas of
+#                                                 every service (--replicas N for more), 4 partitions each; the
+#                                                 broker disruptions hit node 1 (the one every service is
+#                                                 connected to first), the kill -9s and the partition hit
+#                                                 replicas; per-instance order is checked too
 #
 # The partitioned service runs in a network namespace of its own, joined to the root namespace by a veth
 # pair in 10.77.0.0/30; a blackhole route for 10.77.0.0/24 is added first, so nothing can leave the machine.
@@ -21,6 +27,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 [ "$(id -u)" -eq 0 ] || exec sudo -E "$0" "$@"
+scale_out=false
+arguments=()
+for argument in "$@"; do
+    if [ "$argument" = --scale-out ]; then scale_out=true; else arguments+=("$argument"); fi
+done
 
 "$here/setup.sh"
 configuration=${BATON_CHAOS_BUILD:-release}
@@ -46,6 +57,7 @@ data="$repo/.build-chaos"
 cleanup() {
     pkill -KILL -f "^$bin/(bookstore-chaos|orders|inventory|shipping|fulfillment) " 2>/dev/null || true
     "$here/broker.sh" stop || true
+    if $scale_out; then "$here/cluster.sh" stop > /dev/null 2>&1 || true; "$here/postgres.sh" stop || true; fi
     ip netns del "$namespace" 2>/dev/null || true
     # The lossy-link and one-way rules a stopped run left behind.
     iptables -S 2>/dev/null | { grep -e "-[io] $link " || true; } | sed 's/^-A /-D /' | while read -r rule; do
@@ -55,6 +67,13 @@ cleanup() {
 }
 trap cleanup EXIT
 cleanup
+if $scale_out; then
+    export BATON_CLUSTER_DIR="$repo/.build-cluster-chaos" BATON_CLUSTER_NAME="baton-chaos-$$"
+    export BATON_CLUSTER_PORT=${BATON_CHAOS_CLUSTER_PORT:-5750}
+    export BATON_POSTGRES_DIR="$repo/.build-postgres-chaos" BATON_POSTGRES_PORT=${BATON_CHAOS_POSTGRES_PORT:-5757}
+    export BATON_POSTGRES_EXTRA_ADDRESS=$root_address
+    rm -rf "$BATON_CLUSTER_DIR" "$BATON_POSTGRES_DIR"
+fi
 rm -rf "$data" "$BATON_BROKER_DIR"
 mkdir -p "$data"
 
@@ -68,12 +87,29 @@ ip -n "$namespace" addr add 10.77.0.2/30 dev bchaos1
 ip -n "$namespace" link set bchaos1 up
 ip -n "$namespace" link set lo up
 
-"$here/broker.sh" start
-url=$("$here/broker.sh" url)
+if $scale_out; then
+    "$here/cluster.sh" start
+    "$here/postgres.sh" start
+    url=$("$here/cluster.sh" urls)
+    database=$("$here/postgres.sh" url)
+    # Node 1's stop, kill -9 and start, for the run's broker disruptions.
+    broker_script="$data/broker-node-1.sh"
+    printf '#!/bin/sh\ncase "$1" in stop) exec "%s" stop-node 1 ;; kill) exec "%s" kill 1 ;; start) exec "%s" start-node 1 ;; esac\nexit 2\n' \
+        "$here/cluster.sh" "$here/cluster.sh" "$here/cluster.sh" > "$broker_script"
+    chmod +x "$broker_script"
+    export BATON_DATABASE_URL=$database BATON_PARTITIONS=${BATON_PARTITIONS:-4}
+    extra=(--replicas 2 --namespace-database-url "${database/127.0.0.1/$root_address}")
+else
+    "$here/broker.sh" start
+    url=$("$here/broker.sh" url)
+    broker_script="$here/broker.sh"
+    extra=()
+fi
 export BATON_AMQP_URL=$url BATON_DATA_DIR=$data BATON_LOG_LEVEL=${BATON_LOG_LEVEL:-notice}
 "$bin/bookstore-chaos" --binaries "$bin" --namespace "$namespace" --link "$link" \
-    --namespace-url "${url/127.0.0.1/$root_address}" --broker-script "$here/broker.sh" "$@"
-password=${url#amqp://*:}; password=${password%%@*}
+    --namespace-url "${url//127.0.0.1/$root_address}" --broker-script "$broker_script" "${extra[@]}" \
+    ${arguments[@]+"${arguments[@]}"}
+password=${url%%,*}; password=${password#amqp://*:}; password=${password%%@*}
 if grep -rqF "$password" "$data/logs"; then
     echo "chaos run FAILED: the broker password is in the service logs ($data/logs)" >&2
     exit 1

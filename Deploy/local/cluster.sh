@@ -7,12 +7,14 @@
 #   Deploy/local/cluster.sh start          boot the nodes that are down and form the cluster
 #   Deploy/local/cluster.sh stop           stop every node
 #   Deploy/local/cluster.sh kill N         kill -9 node N (its data kept)
+#   Deploy/local/cluster.sh stop-node N    stop node N
 #   Deploy/local/cluster.sh start-node N   boot node N again; it rejoins the cluster by itself
 #   Deploy/local/cluster.sh ctl N ARGS     rabbitmqctl against node N
 #   Deploy/local/cluster.sh urls           the three nodes' AMQP URLs, comma-separated (BATON_AMQP_URL)
 #
 # Settings (environment): BATON_CLUSTER_DIR (default .build-cluster), BATON_CLUSTER_PORT (5700),
-# BATON_CLUSTER_NAME (baton-cluster), BATON_BROKER_USER / BATON_BROKER_PASSWORD as for broker.sh.
+# BATON_CLUSTER_NAME (baton-cluster), BATON_BROKER_USER / BATON_BROKER_PASSWORD and
+# BATON_BROKER_EXTRA_ADDRESS (every node listens there too, on its port) as for broker.sh.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -50,10 +52,11 @@ case "${1:-}" in
     start) start ;;
     stop) for n in 3 2 1; do node "$n" stop; done ;;
     kill) node "${2:?node number}" kill ;;
+    stop-node) node "${2:?node number}" stop ;;
     start-node) node "${2:?node number}" start ;;
     ctl) n=${2:?node number}; shift 2; node "$n" ctl "$@" ;;
     urls)
         echo "amqp://$user:$password@127.0.0.1:$port/%2F,amqp://$user:$password@127.0.0.1:$((port + 2))/%2F,amqp://$user:$password@127.0.0.1:$((port + 4))/%2F"
         ;;
-    *) echo "usage: $0 start|stop|kill N|start-node N|ctl N ARGS|urls" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|kill N|stop-node N|start-node N|ctl N ARGS|urls" >&2; exit 2 ;;
 esac

@@ -11,7 +11,9 @@
 # refused); psql over the socket is trusted.
 #
 # Settings (environment): BATON_POSTGRES_DIR (default /tmp/baton-postgres-PORT), BATON_POSTGRES_PORT (5691);
-# BATON_POSTGRES_TLS_DIR, a directory with server.pem and server.key: the server accepts TLS with them too.
+# BATON_POSTGRES_TLS_DIR, a directory with server.pem and server.key: the server accepts TLS with them too;
+# BATON_POSTGRES_EXTRA_ADDRESS: one more address to listen on, for clients on its subnet (the scale-out chaos
+# run's network namespace).
 # As root, the server runs as the `postgres` user (PostgreSQL refuses to run as root).
 set -euo pipefail
 
@@ -36,7 +38,13 @@ start)
             --pwfile="$dir/password" > "$dir/initdb.log"
         rm -f "$dir/password"
     fi
-    options="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=on"
+    listen=127.0.0.1
+    if [ -n "${BATON_POSTGRES_EXTRA_ADDRESS:-}" ]; then
+        listen="$listen,$BATON_POSTGRES_EXTRA_ADDRESS"
+        grep -q '^host all all samenet ' "$dir/data/pg_hba.conf" \
+            || echo 'host all all samenet scram-sha-256' >> "$dir/data/pg_hba.conf"
+    fi
+    options="-p $port -k $dir -c listen_addresses=$listen -c fsync=on"
     if [ -n "${BATON_POSTGRES_TLS_DIR:-}" ]; then
         # The server reads its key only if it owns it and nobody else may read it.
         install -m 600 "$BATON_POSTGRES_TLS_DIR/server.key" "$dir/server.key"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, starts a private RabbitMQ node and a private PostgreSQL server,
 # runs every Swift test against them and stops them again, whatever the outcome; then the benchmark's smoke
-# run (Deploy/local/benchmark.sh --smoke: every part of it, tiny sizes), the short chaos run (Deploy/local/chaos.sh) and the deployment test
-# (Tests/Deploy/compose-test.sh: Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test`
-# and run only that.
+# run (Deploy/local/benchmark.sh --smoke: every part of it, tiny sizes), the short chaos runs
+# (Deploy/local/chaos.sh, then with --scale-out) and the deployment test (Tests/Deploy/compose-test.sh:
+# Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test` and run only that.
 #
 # The deployment test uses the Docker engine that answers (DOCKER_HOST); on the build machine without one it
 # starts ../shared/tools/compose-lab. Without either it fails: a deployment nobody tested is not a pass.
@@ -85,6 +85,10 @@ swift test "${traits[@]}" --skip-build --filter ScaleOutTests
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).
 BATON_CHAOS_BUILD=debug BATON_CHAOS_TRAITS=OpenTelemetry "$here/chaos.sh" --workflows 300
+# The scale-out chaos run, short: the same through a three-node cluster (node 1 restarted and killed),
+# PostgreSQL, two replicas of every service with 4 partitions each (replicas killed, one partitioned off);
+# per-instance order checked too.
+BATON_CHAOS_BUILD=debug BATON_CHAOS_TRAITS=OpenTelemetry "$here/chaos.sh" --scale-out --workflows 300
 
 # The deployment's Prometheus configuration and example alerting rules, as Prometheus itself reads them.
 promtool check rules Deploy/prometheus/rules.yml

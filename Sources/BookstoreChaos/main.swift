@@ -31,7 +31,9 @@ struct BookstoreChaos: AsyncParsableCommand {
     @Option(help: "Seconds the broker's packets to it are dropped while its own still arrive, after the partition.")
     var oneWaySeconds: Double = 15
     @Option(help: "Network namespace the partitioned service runs in (empty: no partition).") var namespace = ""
-    @Option(help: "Broker URL as seen from inside the namespace.") var namespaceURL = ""
+    @Option(help: "Broker URL(s) as seen from inside the namespace.") var namespaceURL = ""
+    @Option(help: "Database URL as seen from inside the namespace (for replicas on a shared database).")
+    var namespaceDatabaseURL = ""
     @Option(help: "The root-side link of the namespace, taken down to partition.") var link = ""
     @Option(
         help: "Script that stops, kills and starts the broker (`SCRIPT stop|kill|start`); empty: no broker disruption."
@@ -45,6 +47,11 @@ struct BookstoreChaos: AsyncParsableCommand {
     @Option(help: "Directory of the service executables.") var binaries: String
     @Option(help: "Seconds fulfillment gives a step before compensating.") var stepTimeout: Double = 10
     @Option(help: "Seconds to wait for every order to settle after the schedule.") var settleTimeout: Double = 300
+    @Option(
+        help:
+            "Processes of each service (the scale-out run: replicas share a PostgreSQL database, BATON_DATABASE_URL); the kill -9s and the partition pick among all of them."
+    )
+    var replicas = 1
 
     static let services = MeshQuiet.services
     static let injected = 5
@@ -59,6 +66,9 @@ struct BookstoreChaos: AsyncParsableCommand {
                 "--rate and --kill-interval must be positive, --partition-seconds not negative, --broker-kills 0 to 10"
             )
         }
+        guard (1...4).contains(replicas), try replicas == 1 || options.databaseURL != nil else {
+            throw ValidationError("--replicas must be 1 to 4, and replicas need a shared database (--database-url)")
+        }
         guard namespace.isEmpty == namespaceURL.isEmpty, namespace.isEmpty == link.isEmpty else {
             throw ValidationError("--namespace, --namespace-url and --link go together")
         }
@@ -68,24 +78,31 @@ struct BookstoreChaos: AsyncParsableCommand {
         let seed = self.seed ?? UInt64.random(in: 1...UInt64(UInt32.max))
         var random = SeededGenerator(seed: seed)
         say("chaos run: \(workflows) workflows, seed \(seed)")
-        let victim = namespace.isEmpty ? nil : Self.services.randomElement(using: &random)!
+        let processes = Self.services.flatMap { service in
+            (1...replicas).map { $0 == 1 ? service : "\(service)-\($0)" }
+        }
+        let victim = namespace.isEmpty ? nil : processes.randomElement(using: &random)!
         let logs = URL(fileURLWithPath: options.dataDirectory).appendingPathComponent("logs")
         try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
         let supervisor = ServiceSupervisor(
             binaries: URL(fileURLWithPath: binaries),
             logs: logs,
-            services: Self.services.map { name in
-                let arguments = name == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
-                guard name == victim else { return .init(name: name, arguments: arguments) }
+            services: processes.map { name in
+                let service = String(name.prefix { $0 != "-" })
+                let arguments = service == "fulfillment" ? ["serve", "--step-timeout", String(stepTimeout)] : ["serve"]
+                guard name == victim else { return .init(name: name, executable: service, arguments: arguments) }
                 return .init(
                     name: name,
+                    executable: service,
                     arguments: arguments,
                     launcher: ["/usr/sbin/ip", "netns", "exec", namespace],
-                    environment: ["BATON_AMQP_URL": namespaceURL]
+                    environment: ["BATON_AMQP_URL": namespaceURL].merging(
+                        namespaceDatabaseURL.isEmpty ? [:] : ["BATON_DATABASE_URL": namespaceDatabaseURL]
+                    ) { $1 }
                 )
             }
         )
-        for service in Self.services { try await supervisor.start(service) }
+        for process in processes { try await supervisor.start(process) }
 
         var logger = Logger(label: "chaos")
         logger.logLevel = .critical
@@ -93,6 +110,11 @@ struct BookstoreChaos: AsyncParsableCommand {
             configuration: options.connectionConfiguration(name: "chaos-driver"),
             logger: logger
         )
+        // Load only once every service consumes: a checkout published before orders bound its queues (or its
+        // partitions' exchange) to the storefront's exchange would be routed nowhere.
+        for service in Self.services {
+            try await retrying { try await ServiceClient.checkRunning(service, options: options) }
+        }
         let audit = try await WireAudit.start(on: connection)
         let catalogue = [("book-0001", 100_000), ("book-0002", 100_000), ("book-0003", 100_000), ("book-0004", 20)]
         for (sku, quantity) in catalogue {
@@ -107,6 +129,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         let schedule = Schedule.make(
             duration: max(Double(workflows) / rate, 30),
             killInterval: killInterval,
+            processes: processes.count,
             link: victim == nil
                 ? nil
                 : LinkPlan(
@@ -122,7 +145,7 @@ struct BookstoreChaos: AsyncParsableCommand {
         let started = ContinuousClock.now
         let log = EventLog()
         let load = Load(workflows: workflows, rate: rate, injected: Self.injected)
-        let disruptions = Disruptions(brokerScript: brokerScript, link: link, victim: victim)
+        let disruptions = Disruptions(brokerScript: brokerScript, link: link, victim: victim, processes: processes)
         async let pushed: Void = load.push(over: connection)
         async let disrupted: Void = disruptions.run(schedule, supervisor: supervisor, log: log)
         let supervising = Task {
@@ -192,6 +215,14 @@ struct BookstoreChaos: AsyncParsableCommand {
                 try await TimelineAudit.problems(options, orders: snapshot.orders)
             )
         )
+        if try options.partitions > 1 {
+            checks.append(
+                (
+                    "per-instance order: each emitter's events handled in its commit order",
+                    try await TimelineAudit.orderProblems(options)
+                )
+            )
+        }
         checks.append(
             (
                 "every service stops gracefully",
@@ -205,6 +236,7 @@ struct BookstoreChaos: AsyncParsableCommand {
             ["FIGURE", "VALUE"],
             [
                 ["workflows", String(workflows)],
+                ["replicas / partitions per service", "\(replicas) / \(try options.partitions)"],
                 [
                     "completed / cancelled",
                     "\(snapshot.ordersByStatus["COMPLETED", default: 0]) / \(snapshot.ordersByStatus["CANCELLED", default: 0])",
@@ -306,6 +338,8 @@ struct Disruptions: Sendable {
     var brokerScript: String
     var link: String
     var victim: String?
+    /// The processes a kill -9 picks from (`orders`, `orders-2`, …).
+    var processes: [String]
 
     /// Runs the schedule, each disruption at its time: kill -9s (the supervisor restarts the service), one
     /// broker restart, broker kill -9s, one partition, overlapping as they fall — but the broker's own
@@ -325,7 +359,7 @@ struct Disruptions: Sendable {
                     try await Task.sleep(until: started + .seconds(event.at))
                     switch event.action {
                     case .kill(let index):
-                        let name = BookstoreChaos.services[index]
+                        let name = processes[index]
                         await supervisor.kill(name)
                         log.record("kill -9 \(name)")
                     case .link(let plan, let partitionAt):
@@ -504,6 +538,7 @@ enum Schedule {
     static func make(
         duration: Double,
         killInterval: Double,
+        processes: Int,
         link: LinkPlan?,
         brokerRestart: Bool,
         brokerKills: Int,
@@ -512,7 +547,7 @@ enum Schedule {
         var events: [Event] = []
         var time = Double.random(in: 1...killInterval, using: &random)
         while time < duration {
-            events.append(Event(at: time, action: .kill(Int.random(in: 0..<4, using: &random))))
+            events.append(Event(at: time, action: .kill(Int.random(in: 0..<processes, using: &random))))
             time += Double.random(in: killInterval / 2...killInterval * 1.5, using: &random)
         }
         if brokerRestart {

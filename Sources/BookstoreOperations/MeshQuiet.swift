@@ -7,10 +7,12 @@ public enum MeshQuiet {
     /// The bookstore's services, by their queues' names.
     public static let services = ["orders", "inventory", "shipping", "fulfillment"]
 
-    /// No message waits in a service's queue and no outbox row waits for a relay.
+    /// No message waits in a service's queue (or its partitions') and no outbox row waits for a relay.
     public static func isQuiet(_ connection: AMQPConnection, _ options: ServiceOptions) async throws -> Bool {
         for service in services {
-            guard try await connection.inspectQueue(service).messages == 0 else { return false }
+            for queue in try options.inputQueues(of: service) {
+                guard try await connection.inspectQueue(queue).messages == 0 else { return false }
+            }
             let pending = try? await options.read(from: service) { try $0.pendingOutboxCount() }
             guard (pending ?? 0) == 0 else { return false }
         }

@@ -6,8 +6,10 @@ import Foundation
 public actor ServiceSupervisor {
     /// How one service is started.
     public struct Service: Sendable {
-        /// The executable's name (`orders`, …).
+        /// The process's name (`orders`, or `orders-2` for a second replica): its log is `<name>.log`.
         public var name: String
+        /// The executable's name (`orders`, …).
+        public var executable: String
         /// Arguments after the executable (`serve`, options).
         public var arguments: [String]
         /// A command the executable runs under, e.g. `ip netns exec NAME` (empty: none).
@@ -16,8 +18,21 @@ public actor ServiceSupervisor {
         public var environment: [String: String]
 
         /// Describes a service.
-        public init(name: String, arguments: [String], launcher: [String] = [], environment: [String: String] = [:]) {
+        /// - Parameters:
+        ///   - name: The process's name.
+        ///   - executable: The executable's name (default: `name`).
+        ///   - arguments: Arguments after the executable.
+        ///   - launcher: A command the executable runs under.
+        ///   - environment: Variables added to the supervisor's own.
+        public init(
+            name: String,
+            executable: String? = nil,
+            arguments: [String],
+            launcher: [String] = [],
+            environment: [String: String] = [:]
+        ) {
             self.name = name
+            self.executable = executable ?? name
             self.arguments = arguments
             self.launcher = launcher
             self.environment = environment
@@ -47,7 +62,7 @@ public actor ServiceSupervisor {
     public func start(_ name: String) throws {
         guard let service = services[name] else { preconditionFailure("no service named \(name)") }
         if processes[name]?.isRunning == true { return }
-        let executable = binaries.appendingPathComponent(name).path
+        let executable = binaries.appendingPathComponent(service.executable).path
         let command = service.launcher + [executable] + service.arguments
         let process = try ChildProcess(
             command[0],

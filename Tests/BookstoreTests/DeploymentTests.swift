@@ -8,17 +8,19 @@ import Testing
 /// services declare in code, and the services running on those definitions alone.
 @Suite(.serialized) struct DeploymentTests {
     static let services = ["orders", "inventory", "shipping", "fulfillment"]
+    /// The partition count the compose files give every service (`BATON_PARTITIONS`).
+    static let partitions = "4"
 
     static var definitionsFile: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Deploy/rabbitmq/definitions.json")
     }
 
-    /// What `<service> topology --vhost VHOST` prints.
+    /// What `<service> topology --vhost VHOST --partitions 4` prints.
     static func declared(by service: String, vhost: String) async throws -> BrokerDefinitions {
         let (termination, output) = try await ChildProcess.run(
             Mesh.binary(service).path,
-            ["topology", "--vhost", vhost]
+            ["topology", "--vhost", vhost, "--partitions", partitions]
         )
         #expect(termination.isSuccess)
         return try JSONDecoder().decode(BrokerDefinitions.self, from: Data(output.utf8))
@@ -52,7 +54,7 @@ import Testing
     }
 
     @Test func servicesRunOnThePreDeclaredDefinitionsAlone() async throws {
-        try await Mesh.run(topology: "broker") { mesh in
+        try await Mesh.run(topology: "broker", environment: ["BATON_PARTITIONS": Self.partitions]) { mesh in
 
             // Nothing declared yet: the service refuses to start and names what is missing.
             let refused = try await mesh.cli("orders", "serve")

@@ -39,6 +39,13 @@ from referencing.jsonschema import DRAFT202012
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCUMENT = os.path.join(HERE, "..", "..", "Deploy", "asyncapi.yaml")
 SERVICES = ("orders", "inventory", "shipping", "fulfillment")
+# Each service's input is split over this many partition queues (compose files: BATON_PARTITIONS).
+PARTITIONS = 4
+
+
+def partition(service, index=0):
+    """The name of one of a service's partition queues; its consistent-hash exchange is the prefix."""
+    return f"{service}.p{PARTITIONS}.{index}"
 failures = []
 
 
@@ -189,12 +196,16 @@ def check_permissions(args):
     for service in SERVICES:
         other = SERVICES[(SERVICES.index(service) + 1) % len(SERVICES)]
         connection = connect(service, args.port)
-        check(connection.channel().queue_declare(service, passive=True) is not None,
-              f"{service} may look up its own queue")
+        check(connection.channel().queue_declare(partition(service, PARTITIONS - 1), passive=True) is not None,
+              f"{service} may look up its own partitions' queues")
         for what, action in (
-            (f"consuming {other}'s queue", lambda ch: ch.basic_consume(other, lambda *a: None)),
+            (f"consuming {other}'s partition", lambda ch: ch.basic_consume(partition(other), lambda *a: None)),
             ("declaring a queue", lambda ch: ch.queue_declare(f"{service}-rogue")),
-            ("deleting its own queue", lambda ch: ch.queue_delete(service)),
+            ("deleting its own partition", lambda ch: ch.queue_delete(partition(service))),
+            (f"publishing into {other}'s partitions", lambda ch: publish(ch, f"{other}.p{PARTITIONS}", "x", {})),
+            ("publishing into its own partitions past the shared exchanges",
+             lambda ch: publish(ch, f"{service}.p{PARTITIONS}", "x", {})),
+            ("re-binding its partitions", lambda ch: ch.exchange_bind(f"{service}.p{PARTITIONS}", "baton.events", "#")),
             ("declaring baton.events", lambda ch: ch.exchange_declare("baton.events", "topic", durable=True)),
             (f"publishing {other}'s event", lambda ch: publish(ch, "baton.events", f"{other}.Forged", {})),
             (f"dead-lettering as {other}", lambda ch: publish(ch, "baton.dead-letters", other, {})),
@@ -209,7 +220,9 @@ def check_permissions(args):
         ("publishing a command", lambda ch: publish(ch, "baton.commands", "orders.CancelOrder", {})),
         ("binding a queue to baton.commands", lambda ch: ch.queue_bind(
             ch.queue_declare("", exclusive=True).method.queue, "baton.commands", "#")),
-        ("consuming the orders queue", lambda ch: ch.basic_consume("orders", lambda *a: None)),
+        ("consuming an orders partition", lambda ch: ch.basic_consume(partition("orders"), lambda *a: None)),
+        ("publishing into the orders partitions directly",
+         lambda ch: publish(ch, f"orders.p{PARTITIONS}.external", "checkout.completed", {})),
         ("publishing to storefront with another routing key", lambda ch: publish(ch, "storefront", "checkout.forged", {})),
         ("publishing an event", lambda ch: publish(ch, "baton.events", "orders.OrderCompleted", {})),
         ("declaring an exchange outside producer.*", lambda ch: ch.exchange_declare("rogue", "topic")),
