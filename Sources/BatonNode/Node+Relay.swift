@@ -6,6 +6,7 @@ import Logging
 extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
+        var holds = KeyHolds()
         while true {
             let stopping = relay.isStopping
             let handed = handover.withLock { $0.take(upTo: schedule.limit) }
@@ -35,23 +36,26 @@ extension Node {
                     continue
                 }
             }
-            let pending: [OutboxMessage]
+            let rows: [OutboxMessage]
             switch action {
             case .finish: return
             case .readTable: continue
             case .wait(let until):
                 await waitFor(relay.signal, orUntil: Self.sleep(until: until))
                 continue
-            case .publish(let rows): pending = rows
+            case .publish(let ready): rows = ready
             }
+            // A row whose key has an earlier row waiting out a failure stays behind it.
+            let (pending, behind) = holds.split(rows, now: .now)
             let started = ContinuousClock.now
             let outcomes = await publish(pending)
             metrics.publishConfirmDuration.record(duration: ContinuousClock.now - started)
             var sent: [Int64] = []
-            var failed: [Int64] = []
+            var failed: [Int64] = behind.map(\.sequence)
             var refused: [Int64] = []
             var firstError: String?
             for (message, outcome) in zip(pending, outcomes) {
+                holds.record(message, confirmed: outcome == .confirmed, now: .now)
                 switch outcome {
                 case .confirmed:
                     sent.append(message.sequence)
@@ -63,8 +67,9 @@ extension Node {
                     firstError = firstError ?? reason
                 }
             }
+            for message in behind { holds.keepBehind(message) }
             metrics.published.increment(by: sent.count)
-            metrics.publishFailures.increment(by: failed.count + refused.count)
+            metrics.publishFailures.increment(by: failed.count - behind.count + refused.count)
             do {
                 // Without an fsync: a deletion lost to a power failure only re-sends, under the same id.
                 try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
@@ -123,6 +128,60 @@ extension Node {
         while (try? await store.read({ try $0.pendingOutboxCount() })) != 0 {
             try? await Task.sleep(for: .milliseconds(10))
         }
+    }
+}
+
+/// The rows of each partition key that failed to go out (or wait behind one that did), in this process: a later
+/// row of such a key waits until every earlier one is confirmed, so that the relay never lets a message overtake
+/// an earlier one of its key — a partitioned receiver takes a key's messages in the order they were published.
+///
+/// Kept in memory, so it holds nothing back after a restart. A hold lapses a minute after its key's last failure
+/// here: a failed row is tried at least every 30 s while it exists, and on a shared store another replica's relay
+/// may send it (and this one never hear of it).
+struct KeyHolds {
+    private struct Hold {
+        var sequences: Set<Int64>
+        var lastFailure: ContinuousClock.Instant
+    }
+
+    private var holds: [String: Hold] = [:]
+    static let lapse = Duration.seconds(60)
+
+    /// The rows that may go now, and the rows of a held key that must stay behind its earliest waiting row.
+    mutating func split(
+        _ rows: [OutboxMessage],
+        now: ContinuousClock.Instant
+    ) -> (ready: [OutboxMessage], behind: [OutboxMessage]) {
+        guard !holds.isEmpty else { return (rows, []) }
+        holds = holds.filter { now - $0.value.lastFailure < Self.lapse }
+        var ready: [OutboxMessage] = []
+        var behind: [OutboxMessage] = []
+        for row in rows {
+            if let earliest = holds[row.envelope.partitionKey]?.sequences.min(), row.sequence > earliest {
+                behind.append(row)
+            } else {
+                ready.append(row)
+            }
+        }
+        return (ready, behind)
+    }
+
+    /// Records a published row's outcome: a confirmed one no longer holds its key back, a failed one does.
+    mutating func record(_ row: OutboxMessage, confirmed: Bool, now: ContinuousClock.Instant) {
+        let key = row.envelope.partitionKey
+        if confirmed {
+            guard holds[key]?.sequences.remove(row.sequence) != nil else { return }
+            if holds[key]?.sequences.isEmpty == true { holds[key] = nil }
+        } else {
+            holds[key, default: Hold(sequences: [], lastFailure: now)].sequences.insert(row.sequence)
+            holds[key]?.lastFailure = now
+        }
+    }
+
+    /// Records a row kept behind its key's earliest waiting row: it holds the key back too (a row of it that
+    /// comes later must not pass it), without putting the hold off.
+    mutating func keepBehind(_ row: OutboxMessage) {
+        holds[row.envelope.partitionKey]?.sequences.insert(row.sequence)
     }
 }
 
