@@ -10,6 +10,11 @@
 #                                                  kill -9'd every 3 minutes, a short retention policy; samples
 #                                                  in .build-bench/soak.csv, the plot in .build-bench/soak.png
 #   Deploy/local/benchmark.sh --soak-smoke         the long haul for 45 s (debug build; CI runs it)
+#   Deploy/local/benchmark.sh --scale-out          the scaled-out shape: a private three-node cluster and
+#                                                  PostgreSQL, the services with 1, then 2 replicas each (4
+#                                                  partitions), at their maximum; CPU per workflow of every
+#                                                  service, broker node and PostgreSQL; JSON in .build-bench
+#   Deploy/local/benchmark.sh --scale-out-smoke    the same, 100 workflows, debug build (CI runs it)
 #
 # Other arguments go to baton-benchmark (`baton-benchmark --help`, `baton-benchmark soak --help` list them),
 # e.g. --workflows 5000, or with --soak: --duration 7200 --rate 150 --seed 42.
@@ -33,6 +38,14 @@ for argument in "$@"; do
         mode=soak
         plot=yes
         ;;
+    --scale-out)
+        mode=scale-out
+        ;;
+    --scale-out-smoke)
+        mode=scale-out
+        configuration=debug
+        arguments+=(--workflows 100)
+        ;;
     --soak-smoke)
         mode=soak
         configuration=debug
@@ -48,6 +61,34 @@ echo "== building ($configuration)"
 for product in orders inventory shipping fulfillment amqp-c-baseline baton-benchmark; do
     swift build -c "$configuration" --product "$product" 2>&1 | grep -E "error|warning: " || true
 done
+
+if [ "$mode" = scale-out ]; then
+    export BATON_CLUSTER_DIR="$repo/.build-bench/cluster" BATON_CLUSTER_NAME="baton-bench-$$"
+    export BATON_CLUSTER_PORT=${BATON_BENCH_CLUSTER_PORT:-5760}
+    export BATON_POSTGRES_DIR="$repo/.build-bench/postgres" BATON_POSTGRES_PORT=${BATON_BENCH_POSTGRES_PORT:-5767}
+    mkdir -p "$repo/.build-bench"
+    rm -rf "$BATON_CLUSTER_DIR" "$BATON_POSTGRES_DIR"
+    trap '"$here/cluster.sh" stop > /dev/null 2>&1 || true; "$here/postgres.sh" stop
+        rm -rf "$BATON_CLUSTER_DIR" "$BATON_POSTGRES_DIR"' EXIT
+    "$here/cluster.sh" start
+    "$here/postgres.sh" start
+    brokers=$(for n in 1 2 3; do echo "$(cat "$BATON_CLUSTER_DIR/node$n/rabbit.pid")"; done | paste -sd,)
+    postmaster=$(head -n 1 "$BATON_POSTGRES_DIR/data/postmaster.pid")
+    # Each run on a virtual host and a database of its own.
+    for replicas in 1 2; do
+        vhost=scale-out-$replicas
+        "$here/cluster.sh" ctl 1 add_vhost "$vhost" > /dev/null
+        "$here/cluster.sh" ctl 1 set_permissions -p "$vhost" "${BATON_BROKER_USER:-baton}" '.*' '.*' '.*' > /dev/null
+        "$here/postgres.sh" psql -c "CREATE DATABASE scale_out_$replicas"
+        urls=$("$here/cluster.sh" urls)
+        database=$("$here/postgres.sh" url)
+        "$repo/.build/$configuration/baton-benchmark" scale-out --replicas "$replicas" \
+            --amqp-url "${urls//\/%2F//$vhost}" --database-url "${database%/postgres}/scale_out_$replicas" \
+            --broker-pids "$brokers" --postgres-pid "$postmaster" \
+            --json "$repo/.build-bench/scale-out-$replicas.json" ${arguments[@]+"${arguments[@]}"}
+    done
+    exit 0
+fi
 
 export BATON_BROKER_DIR="$repo/.build-bench/broker"
 export BATON_BROKER_PORT=${BATON_BENCH_BROKER_PORT:-5703}

@@ -81,6 +81,8 @@ swift test "${traits[@]}" --skip-build --filter ScaleOutTests
 "$here/benchmark.sh" --smoke
 # The long haul, 45 s: a kill -9 every 10 s under a short retention policy, sampled; its invariants checked.
 "$here/benchmark.sh" --soak-smoke
+# The scaled-out shape, 100 workflows with 1, then 2 replicas per service: that it runs and measures.
+"$here/benchmark.sh" --scale-out-smoke
 
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).

@@ -12,7 +12,7 @@ struct BenchmarkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton-benchmark",
         abstract: "Baton benchmarks: the mesh against the broker's own ceiling, the embedded mode, scale.",
-        subcommands: [All.self, Embedded.self, Scale.self, Soak.self],
+        subcommands: [All.self, Embedded.self, Scale.self, Soak.self, ScaleOut.self],
         defaultSubcommand: All.self
     )
 }

@@ -37,15 +37,21 @@ final class ProgressBar: Sendable {
 enum ProcessStats {
     private static let ticksPerSecond = Double(sysconf(Int32(_SC_CLK_TCK)))
 
-    /// CPU seconds (user + system) the process has used so far; 0 if it is gone.
-    static func cpuSeconds(_ pid: pid_t) -> Double {
+    /// CPU seconds (user + system) the process has used so far — with `includingReapedChildren`, also what its
+    /// children that it waited for used; 0 if it is gone.
+    static func cpuSeconds(_ pid: pid_t, includingReapedChildren: Bool = false) -> Double {
+        // After "pid (comm)": state is field 3, ppid 4, utime 14, stime 15, cutime 16, cstime 17.
+        guard let fields = statFields(pid), fields.count > 14 else { return 0 }
+        let counters = includingReapedChildren ? fields[11...14] : fields[11...12]
+        return counters.compactMap { Double($0) }.reduce(0, +) / ticksPerSecond
+    }
+
+    /// The fields of `/proc/PID/stat` after the command name, from the state (field 3) on.
+    static func statFields(_ pid: pid_t) -> [Substring]? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let end = stat.lastIndex(of: ")")
-        else { return 0 }
-        // After "pid (comm)": state is field 3, utime field 14, stime field 15.
-        let fields = stat[stat.index(after: end)...].split(separator: " ")
-        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
-        return (user + system) / ticksPerSecond
+        else { return nil }
+        return stat[stat.index(after: end)...].split(separator: " ")
     }
 
     /// Resident memory in megabytes (VmRSS); 0 if it is gone.
@@ -66,7 +72,7 @@ struct CPUMeter {
     /// Starts measuring the named processes.
     init(_ pids: [String: pid_t]) {
         self.pids = pids
-        before = pids.mapValues(ProcessStats.cpuSeconds)
+        before = pids.mapValues { ProcessStats.cpuSeconds($0) }
     }
 
     /// CPU seconds per 1,000 workflows for each process since ``init(_:)``.
