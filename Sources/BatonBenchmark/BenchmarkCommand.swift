@@ -168,12 +168,7 @@ struct All: AsyncParsableCommand {
         services: [String: ChildProcess]
     ) async throws -> [MeshRun] {
         let sink = "bench.completed"
-        try await connection.declare(
-            AMQPTopology(
-                queues: [.init(sink, kind: .quorum)],
-                bindings: [.init(queue: sink, exchange: "baton.events", bindingKey: "orders.OrderCompleted")]
-            )
-        )
+        try await MeshSetup.declareSink(sink, on: connection)
         defer { Task { _ = try? await connection.deleteQueue(sink) } }
         func run(_ name: String, rate: Double?) async throws -> MeshRun {
             let workload = Workload(

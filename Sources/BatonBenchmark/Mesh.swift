@@ -145,6 +145,17 @@ struct MeshSetup {
         return relays
     }
 
+    /// Declares a quorum queue that receives every `orders.OrderCompleted` the services publish: where a
+    /// workload's completions come out.
+    static func declareSink(_ sink: String, on connection: AMQPConnection) async throws {
+        try await connection.declare(
+            AMQPTopology(
+                queues: [.init(sink, kind: .quorum)],
+                bindings: [.init(queue: sink, exchange: "baton.events", bindingKey: "orders.OrderCompleted")]
+            )
+        )
+    }
+
     // MARK: The services
 
     /// Starts the four service executables on a fresh data directory and waits until each consumes its queue,

@@ -87,12 +87,7 @@ struct ScaleOut: AsyncParsableCommand {
             logger: setup.logger
         )
         let sink = "bench.scale-out-completed"
-        try await connection.declare(
-            AMQPTopology(
-                queues: [.init(sink, kind: .quorum)],
-                bindings: [.init(queue: sink, exchange: "baton.events", bindingKey: "orders.OrderCompleted")]
-            )
-        )
+        try await MeshSetup.declareSink(sink, on: connection)
         func workload(_ name: String) -> Workload {
             Workload(exchange: "storefront", routingKey: "checkout.completed", sinkQueue: sink, runID: name)
         }

@@ -117,12 +117,7 @@ struct Soak: AsyncParsableCommand {
             logger: logger
         )
         let sink = "bench.soak-completed"
-        try await connection.declare(
-            AMQPTopology(
-                queues: [.init(sink, kind: .quorum)],
-                bindings: [.init(queue: sink, exchange: "baton.events", bindingKey: "orders.OrderCompleted")]
-            )
-        )
+        try await MeshSetup.declareSink(sink, on: connection)
         func workload(_ name: String) -> Workload {
             Workload(exchange: "storefront", routingKey: "checkout.completed", sinkQueue: sink, runID: "soak-\(name)")
         }
