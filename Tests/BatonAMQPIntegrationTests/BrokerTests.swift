@@ -499,6 +499,73 @@ import Testing
         await connection.close()
     }
 
+    /// A consistent-hash exchange (how a partitioned service's input is split) still routes every key after the
+    /// broker restarts. Whether each key stays in its queue is RabbitMQ's to keep, and 3.10.8 does not always:
+    /// its ring is rebuilt from the bindings at boot, in an order that can differ (rabbitmq-server#3386) — in one
+    /// restart of four here, half the keys moved. That is recorded as a known, intermittent issue (the README's
+    /// limitations say what it costs); a lost message is not.
+    @Test func theKeyToPartitionMappingSurvivesABrokerRestart() async throws {
+        let prefix = TestBroker.unique("partitions")
+        let queues = (0..<4).map { "\(prefix).\($0)" }
+        let connection = try await AMQPConnection.connect(
+            configuration: TestBroker.configuration("partitions"),
+            logger: Logger(label: "t")
+        )
+        try await connection.declare(
+            AMQPTopology(
+                exchanges: [.init(prefix, kind: .consistentHash, arguments: ["hash-header": .string("key")])],
+                queues: queues.map { .init($0, kind: .quorum) },
+                bindings: queues.map { .init(queue: $0, exchange: prefix, bindingKey: "1") }
+            )
+        )
+        let keys = (0..<40).map { "order-\($0)" }
+        func mapping() async throws -> [String: String] {
+            let messages = keys.map { key in
+                AMQPOutgoingMessage(
+                    exchange: prefix,
+                    routingKey: "",
+                    body: Array(key.utf8),
+                    properties: .init(headers: ["key": .string(key)])
+                )
+            }
+            for result in await connection.publish(contentsOf: messages) { try result.get() }
+            var queueOfKey: [String: String] = [:]
+            for queue in queues {
+                let consumer = try await connection.consume(queue: queue, prefetch: 100)
+                while let delivery = try await consumer.next(timeout: .milliseconds(500)) {
+                    queueOfKey[String(decoding: delivery.body, as: UTF8.self)] = queue
+                    delivery.ack()
+                }
+                await consumer.cancel()
+            }
+            return queueOfKey
+        }
+
+        let before = try await mapping()
+        #expect(before.count == keys.count, "every key routed: \(before.count)")
+        #expect(Set(before.values).count >= 2, "the keys spread: \(before)")
+        try await TestBroker.ctl("stop_app")
+        try await TestBroker.ctl("start_app")
+        #expect(try await eventually { connection.isConnected })
+        // Publishing may fail while the queues recover: try again (a key sent twice lands twice in its queue).
+        var after: [String: String] = [:]
+        for attempt in 1...10 {
+            do {
+                after = try await mapping()
+                break
+            } catch  where attempt < 10 {
+                try await Task.sleep(for: .seconds(1))
+            }
+        }
+        #expect(after.count == keys.count, "every key routed after the restart: \(after.count)")
+        let moved = keys.filter { after[$0] != before[$0] }
+        withKnownIssue("RabbitMQ 3.10 may rebuild the consistent-hash ring in another order", isIntermittent: true) {
+            #expect(moved.isEmpty, "each key in the same queue after the restart; \(moved.count) moved")
+        }
+        for queue in queues { _ = try? await connection.deleteQueue(queue) }
+        await connection.close()
+    }
+
     @Test func noConfirmedMessageIsLostAcrossABrokerRestart() async throws {
         let queue = TestBroker.unique("durable")
         let connection = try await AMQPConnection.connect(
