@@ -132,8 +132,11 @@ extension Node {
 }
 
 /// The rows of each partition key that failed to go out (or wait behind one that did), in this process: a later
-/// row of such a key waits until every earlier one is confirmed, so that the relay never lets a message overtake
-/// an earlier one of its key — a partitioned receiver takes a key's messages in the order they were published.
+/// row of such a key to the same place waits until every earlier one is confirmed, so that the relay never lets a
+/// message overtake an earlier one of its key — a partitioned receiver takes a key's messages in the order they
+/// were published. The same place: a command's service (commands are routed by their name, `<service>.<Name>`),
+/// or an event's exchange (any service may listen). A command no service takes holds back later commands of its
+/// key to that service, not those to others.
 ///
 /// Kept in memory, so it holds nothing back after a restart. A hold lapses a minute after its key's last failure
 /// here: a failed row is tried at least every 30 s while it exists, and on a shared store another replica's relay
@@ -157,7 +160,7 @@ struct KeyHolds {
         var ready: [OutboxMessage] = []
         var behind: [OutboxMessage] = []
         for row in rows {
-            if let earliest = holds[row.envelope.partitionKey]?.sequences.min(), row.sequence > earliest {
+            if let earliest = holds[Self.scope(of: row)]?.sequences.min(), row.sequence > earliest {
                 behind.append(row)
             } else {
                 ready.append(row)
@@ -168,7 +171,7 @@ struct KeyHolds {
 
     /// Records a published row's outcome: a confirmed one no longer holds its key back, a failed one does.
     mutating func record(_ row: OutboxMessage, confirmed: Bool, now: ContinuousClock.Instant) {
-        let key = row.envelope.partitionKey
+        let key = Self.scope(of: row)
         if confirmed {
             guard holds[key]?.sequences.remove(row.sequence) != nil else { return }
             if holds[key]?.sequences.isEmpty == true { holds[key] = nil }
@@ -181,7 +184,18 @@ struct KeyHolds {
     /// Records a row kept behind its key's earliest waiting row: it holds the key back too (a row of it that
     /// comes later must not pass it), without putting the hold off.
     mutating func keepBehind(_ row: OutboxMessage) {
-        holds[row.envelope.partitionKey]?.sequences.insert(row.sequence)
+        holds[Self.scope(of: row)]?.sequences.insert(row.sequence)
+    }
+
+    /// What a row keeps its order within: its partition key, and where it goes.
+    static func scope(of row: OutboxMessage) -> String {
+        let destination =
+            switch row.exchange {
+            case Routing.commandExchange: "\(row.exchange) \(row.routingKey.prefix { $0 != "." })"
+            case Routing.nodeExchange, Routing.deadLetterExchange: "\(row.exchange) \(row.routingKey)"
+            default: row.exchange
+            }
+        return "\(destination) \(row.envelope.partitionKey)"
     }
 }
 

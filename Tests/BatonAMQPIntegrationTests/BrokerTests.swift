@@ -501,9 +501,9 @@ import Testing
 
     /// A consistent-hash exchange (how a partitioned service's input is split) still routes every key after the
     /// broker restarts. Whether each key stays in its queue is RabbitMQ's to keep, and 3.10.8 does not always:
-    /// its ring is rebuilt from the bindings at boot, in an order that can differ (rabbitmq-server#3386) — in one
-    /// restart of four here, half the keys moved. That is recorded as a known, intermittent issue (the README's
-    /// limitations say what it costs); a lost message is not.
+    /// its ring is rebuilt from the bindings at boot, in an order that can differ (rabbitmq-server#3386) — in two
+    /// restarts of ten here, about half the keys moved. That is recorded as a known, intermittent issue (the
+    /// README's limitations say what it costs); a lost message is not.
     @Test func theKeyToPartitionMappingSurvivesABrokerRestart() async throws {
         let prefix = TestBroker.unique("partitions")
         let queues = (0..<4).map { "\(prefix).\($0)" }
