@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonAMQP
+import BatonNode
 import ChildProcesses
 import Foundation
 
@@ -35,8 +36,10 @@ struct ScaleOut: AsyncParsableCommand {
     @Option(help: "Write the figures as JSON here.") var json: String?
 
     func validate() throws {
-        guard (1...8).contains(replicas), (1...64).contains(partitions), workflows >= 100 else {
-            throw ValidationError("--replicas 1 to 8, --partitions 1 to 64, --workflows at least 100")
+        guard (1...8).contains(replicas), Node.partitionCounts.contains(partitions), workflows >= 100 else {
+            throw ValidationError(
+                "--replicas 1 to 8, --partitions \(Node.partitionCountsText), --workflows at least 100"
+            )
         }
         guard !brokerNodes.isEmpty, brokerNodes.count == brokerPIDs.split(separator: ",").count else {
             throw ValidationError("--broker-pids must be process ids, comma-separated, not '\(brokerPIDs)'")

@@ -11,6 +11,14 @@ import Foundation
 /// single active consumer. Everything of one partition count is named after it (`orders.p4`, `orders.p4.0` …
 /// `orders.p4.3`), so that a new count can be bound beside the old one while the old queues drain.
 extension Node {
+    /// The partition counts a service may run with.
+    public static let partitionCounts = 1...64
+
+    /// ``partitionCounts`` in words, for messages: `a count from 1 to 64`.
+    public static var partitionCountsText: String {
+        "a count from \(partitionCounts.lowerBound) to \(partitionCounts.upperBound)"
+    }
+
     /// The name prefix of a partition count's exchanges and queues: `<queue>.p<count>`.
     public static func partitionPrefix(queue: String, partitions: Int) -> String {
         "\(queue).p\(partitions)"

@@ -51,7 +51,7 @@ extension Node {
             let outcomes = await publish(pending)
             metrics.publishConfirmDuration.record(duration: ContinuousClock.now - started)
             var sent: [Int64] = []
-            var failed: [Int64] = behind.map(\.sequence)
+            var failed: [Int64] = []
             var refused: [Int64] = []
             var firstError: String?
             for (message, outcome) in zip(pending, outcomes) {
@@ -69,12 +69,13 @@ extension Node {
             }
             for message in behind { holds.keepBehind(message) }
             metrics.published.increment(by: sent.count)
-            metrics.publishFailures.increment(by: failed.count - behind.count + refused.count)
+            metrics.publishFailures.increment(by: failed.count + refused.count)
             do {
                 // Without an fsync: a deletion lost to a power failure only re-sends, under the same id.
-                try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
+                // A row kept behind its key waits out a retry delay as a failed one does.
+                try await store.writeWithoutWaitingForDisk { [sent, failed, refused, behind] work in
                     try work.removeSent(sent)
-                    try work.markFailed(failed, at: Date())
+                    try work.markFailed(failed + behind.map(\.sequence), at: Date())
                     try work.markFailed(refused, at: Date(), refused: true)
                 }
             } catch {

@@ -110,10 +110,9 @@ public struct ServiceOptions: ParsableArguments {
     public var partitions: Int {
         get throws {
             guard let text = partitionsFlag ?? environment["BATON_PARTITIONS"], !text.isEmpty else { return 1 }
-            guard let count = Int(text), (1...64).contains(count) else {
-                throw ValidationError(
-                    "\(partitionsFlag == nil ? "BATON_PARTITIONS" : "--partitions") must be a count from 1 to 64, not '\(text)'"
-                )
+            guard let count = Int(text), Node.partitionCounts.contains(count) else {
+                let source = partitionsFlag == nil ? "BATON_PARTITIONS" : "--partitions"
+                throw ValidationError("\(source) must be \(Node.partitionCountsText), not '\(text)'")
             }
             return count
         }

@@ -280,8 +280,8 @@ public struct TopologyCommand<Service: ServiceDefinition>: ParsableCommand {
     public init() {}
 
     public func validate() throws {
-        guard (1...64).contains(partitions) else {
-            throw ValidationError("--partitions must be a count from 1 to 64, not '\(partitions)'")
+        guard Node.partitionCounts.contains(partitions) else {
+            throw ValidationError("--partitions must be \(Node.partitionCountsText), not '\(partitions)'")
         }
     }
 
