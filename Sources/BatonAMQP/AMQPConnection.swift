@@ -129,6 +129,21 @@ public final class AMQPConnection: Sendable {
         Int(try await perform(.deleteQueue(queue)).messages)
     }
 
+    /// Removes the bindings of a topology (queue and exchange-to-exchange bindings; its exchanges and queues
+    /// stay), also from what a reconnect declares again. Removing a binding that does not exist succeeds.
+    /// - Parameter topology: The bindings to remove.
+    /// - Throws: ``AMQPError`` (e.g. `.accessRefused` without the permissions binding needs).
+    public func unbind(_ topology: AMQPTopology) async throws {
+        _ = try await perform(.unbind(topology))
+    }
+
+    /// Deletes an exchange and its bindings.
+    /// - Parameter exchange: The exchange name.
+    /// - Throws: ``AMQPError``.
+    public func deleteExchange(_ exchange: String) async throws {
+        _ = try await perform(.deleteExchange(exchange))
+    }
+
     /// Looks a queue up without changing it (a passive declare).
     /// - Parameter queue: The queue name.
     /// - Returns: Its ready messages and its consumers.

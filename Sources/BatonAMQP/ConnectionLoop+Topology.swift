@@ -36,6 +36,56 @@ extension ConnectionLoop {
             let ok = amqp_queue_delete(connection, Self.topologyChannel, arena.bytes(name), 0, 0)
             guard let ok else { throw topologyFailure("delete queue '\(name)'") }
             return QueueCounts(messages: ok.pointee.message_count, consumers: 0)
+        case .unbind(let topology):
+            try unbind(topology)
+            return QueueCounts(messages: 0, consumers: 0)
+        case .deleteExchange(let name):
+            if amqp_exchange_delete(connection, Self.topologyChannel, arena.bytes(name), 0) == nil {
+                throw topologyFailure("delete exchange '\(name)'")
+            }
+            return QueueCounts(messages: 0, consumers: 0)
+        }
+    }
+
+    /// Removes a topology's bindings (its exchanges and queues stay), and forgets them: a reconnect does not
+    /// declare them again.
+    func unbind(_ topology: AMQPTopology) throws {
+        guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
+        let channel = Self.topologyChannel
+        for binding in topology.bindings {
+            let ok = amqp_queue_unbind(
+                connection,
+                channel,
+                arena.bytes(binding.queue),
+                arena.bytes(binding.exchange),
+                arena.bytes(binding.bindingKey),
+                arena.table(binding.arguments)
+            )
+            if ok == nil {
+                throw topologyFailure(
+                    "unbind queue '\(binding.queue)' from '\(binding.exchange)' with '\(binding.bindingKey)'"
+                )
+            }
+        }
+        for binding in topology.exchangeBindings {
+            let ok = amqp_exchange_unbind(
+                connection,
+                channel,
+                arena.bytes(binding.destination),
+                arena.bytes(binding.source),
+                arena.bytes(binding.bindingKey),
+                amqp_empty_table
+            )
+            if ok == nil {
+                throw topologyFailure(
+                    "unbind exchange '\(binding.destination)' from '\(binding.source)' with '\(binding.bindingKey)'"
+                )
+            }
+        }
+        let (bindings, exchangeBindings) = (Set(topology.bindings), Set(topology.exchangeBindings))
+        for index in topologies.indices {
+            topologies[index].bindings.removeAll { bindings.contains($0) }
+            topologies[index].exchangeBindings.removeAll { exchangeBindings.contains($0) }
         }
     }
 

@@ -39,6 +39,8 @@ enum TopologyOperation: Sendable {
     case purgeQueue(String)
     case deleteQueue(String)
     case inspectQueue(String)
+    case unbind(AMQPTopology)
+    case deleteExchange(String)
 }
 
 /// How a consumer asked to be set up; kept so it can be set up again after a reconnect.

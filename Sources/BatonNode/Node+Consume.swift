@@ -13,9 +13,12 @@ extension Node {
         /// A later version of a message than this node knows: kept in the store and tried again later (by
         /// this node once it is upgraded), never dead-lettered as unknown.
         case postpone(IncomingMessage, reason: String)
+        /// A re-partitioning's marker: everything before it in its queue is handled.
+        case drained(IncomingMessage, PartitionDrained)
 
         var incoming: IncomingMessage {
             switch self {
+            case .drained(let incoming, _): return incoming
             case .handle(let incoming, _, _, _): return incoming
             case .reject(let incoming, _, _): return incoming
             case .postpone(let incoming, _): return incoming
@@ -23,13 +26,50 @@ extension Node {
         }
     }
 
-    func consumeLoop(_ source: any MessageSource) async {
+    /// Consumes what the input plan says: a node of a new partition count whose old queues drain consumes
+    /// those until the store records every one drained (whichever replica drained it), then its own.
+    func consume(_ source: any MessageSource, _ input: InputPlan) async {
+        guard let (plan, queues) = input.drainingInto else { return await consumeLoop(source) }
+        logger.info(
+            "draining the queues of \(plan.from) partition(s) before consuming those of \(plan.to)",
+            metadata: ["queues": "\(input.queues.joined(separator: ","))"]
+        )
+        await consumeLoop(source) { [self] in
+            let undrained = try? await Self.undrainedQueues(of: plan, configuration: configuration, in: store)
+            return undrained?.isEmpty ?? false
+        }
+        guard !consumption.isStopping else { return }
+        let next: any MessageSource
+        do {
+            next = try await subscribe(queues)
+        } catch {
+            logger.error("cannot consume the new partitions' queues", metadata: ["error": "\(error)"])
+            return
+        }
+        logger.info(
+            "old partitions drained; consuming the new ones",
+            metadata: ["queues": "\(queues.joined(separator: ","))"]
+        )
+        await consumeLoop(next)
+    }
+
+    /// Starts consuming queues as the node's input; the prefetch is shared among them (each queue's consumer
+    /// has its own).
+    func subscribe(_ queues: [String]) async throws -> any MessageSource {
+        consumedQueues.withLock { $0 = queues }
+        return try await transport.subscribe(queues: queues, prefetch: max(1, configuration.prefetch / queues.count))
+    }
+
+    /// Handles the source's batches until the node stops, the source ends or, checked before each batch and at
+    /// least every second, `isFinished` says so.
+    func consumeLoop(_ source: any MessageSource, until isFinished: (@Sendable () async -> Bool)? = nil) async {
         health.withLock { $0.consuming = true }
         defer { health.withLock { $0.consuming = false } }
         while !consumption.isStopping {
+            if let isFinished, await isFinished() { break }
             let batch: [IncomingMessage]?
             do {
-                batch = try await nextBatch(source)
+                batch = try await nextBatch(source, waitingAtMost: isFinished == nil ? nil : .seconds(1))
             } catch {
                 logger.error("consumer ended", metadata: ["error": "\(error)"])
                 break
@@ -40,8 +80,12 @@ extension Node {
         await source.cancel()
     }
 
-    /// The next batch, or `nil` once the node is stopping; never drops a batch that arrived meanwhile.
-    private func nextBatch(_ source: any MessageSource) async throws -> [IncomingMessage]? {
+    /// The next batch, or `nil` once the node is stopping (or `waitingAtMost` passed with none); never drops a
+    /// batch that arrived meanwhile.
+    private func nextBatch(
+        _ source: any MessageSource,
+        waitingAtMost limit: Duration?
+    ) async throws -> [IncomingMessage]? {
         let batchSize = configuration.batchSize
         return try await withThrowingTaskGroup(of: [IncomingMessage]?.self) { group in
             group.addTask {
@@ -54,6 +98,12 @@ extension Node {
             group.addTask {
                 await self.consumption.signal.wait()
                 return nil
+            }
+            if let limit {
+                group.addTask {
+                    try? await Task.sleep(for: limit)
+                    return nil
+                }
             }
             var collected: [IncomingMessage]?
             if let first = try await group.next() { collected = first }
@@ -181,6 +231,9 @@ extension Node {
                     try postpone(incoming, reason: reason, work, now)
                     holdsMessages = true
                     results.append(MessageResult(type: knownType(incoming), outcome: .postponed))
+                case .drained(let incoming, let marker):
+                    try recordDrained(marker, queue: incoming.routingKey, work, now)
+                    results.append(MessageResult(type: PartitionDrained.messageType, outcome: .handled))
                 }
             }
             configuration.faultInjection?(.beforeCommit)
@@ -285,6 +338,8 @@ extension Node {
 
     /// Checks a message at the edge and decodes it.
     func prepare(_ incoming: IncomingMessage) -> Prepared {
+        // Checked where it arrived from, before a replay's headers could say otherwise.
+        if incoming.messageType == PartitionDrained.messageType { return drainMarker(incoming) }
         var incoming = incoming
         if incoming.exchange == Routing.nodeExchange,
             let exchange = incoming.headers.removeValue(forKey: BatonHeader.originalExchange)
@@ -342,4 +397,30 @@ extension Node {
         }
     }
 
+    /// A re-partitioning's marker, taken only straight from a queue the node consumes (through the default
+    /// exchange, which only an operator's credential may publish to), naming that queue.
+    private func drainMarker(_ incoming: IncomingMessage) -> Prepared {
+        let consumed = consumedQueues.withLock { $0 }
+        guard incoming.exchange.isEmpty, consumed.contains(incoming.routingKey) else {
+            return .reject(
+                incoming,
+                reason:
+                    "a partition drain marker counts only when published straight into a queue this node consumes (the default exchange), not to '\(incoming.exchange)' with '\(incoming.routingKey)'",
+                stage: "edge"
+            )
+        }
+        do {
+            let marker = try JSONDecoder.baton.decode(PartitionDrained.self, from: incoming.body)
+            guard marker.queue == incoming.routingKey else {
+                return .reject(
+                    incoming,
+                    reason: "a drain marker for queue '\(marker.queue)' arrived on '\(incoming.routingKey)'",
+                    stage: "edge"
+                )
+            }
+            return .drained(incoming, marker)
+        } catch {
+            return .reject(incoming, reason: "a drain marker that does not decode: \(error)", stage: "decode")
+        }
+    }
 }

@@ -128,6 +128,8 @@ extension Node {
                     // Still too new: kept afresh (its attempts count failures of a handler, not this wait).
                     try work.releaseParkedMessage(held, at: now)
                     try postpone(incoming, reason: reason, work, now)
+                case .drained:
+                    try work.releaseParkedMessage(held, at: now)  // a marker is never held; nothing to do
                 case .reject(_, let reason, let stage):
                     // The code changed since it was held (its type is gone, its schema is stricter).
                     try heldMessageFailed(held, error: Rejection(reason), handler: stage, work, now)

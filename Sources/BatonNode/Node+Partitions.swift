@@ -80,28 +80,6 @@ extension Node {
         )
     }
 
-    /// Records the node's partition count in its store when none is recorded, and refuses to run with another
-    /// one: replicas of one service must split its input the same way, or one key's messages would reach two
-    /// replicas at once.
-    /// - Throws: ``NodeError`` naming both counts.
-    func checkPartitionCount() async throws {
-        let partitions = configuration.partitions
-        let key = Self.partitionCountKey(configuration.name)
-        let recorded = try await store.write { work -> Int? in
-            if let recorded = try work.document(PartitionCount.self, in: Self.settingsCollection, idOrAlias: key) {
-                return recorded.partitions
-            }
-            try work.save(PartitionCount(partitions: partitions), in: Self.settingsCollection, id: key, at: Date())
-            return nil
-        }
-        if let recorded, recorded != partitions {
-            throw NodeError(
-                message:
-                    "this replica of '\(configuration.name)' was started with \(partitions) partition(s), but its store says the service runs with \(recorded): start every replica with --partitions \(recorded) (a count cannot be changed while its queues may hold messages)"
-            )
-        }
-    }
-
     /// The store's collection of the node's own settings.
     static let settingsCollection = "baton.settings"
 
@@ -116,16 +94,24 @@ extension Node {
         }
     }
 
-    /// Records a service's partition count (the last step of a re-partitioning).
-    public static func recordPartitions(_ partitions: Int, of name: String, in store: any Store) async throws {
-        try await store.write { work in
-            try work.save(
-                PartitionCount(partitions: partitions),
-                in: settingsCollection,
-                id: partitionCountKey(name),
-                at: Date()
-            )
+    /// The bindings that bring a node its input: its queue's bindings or, partitioned, the feeds of its
+    /// partition exchanges. What a re-partitioning moves from one count to the other.
+    public static func inputFeeds(configuration: Configuration, handlers: [any NodeHandler]) -> Topology {
+        let topology = topology(configuration: configuration, handlers: handlers)
+        guard configuration.partitions > 1 else {
+            return Topology(bindings: topology.bindings.filter { $0.queue == configuration.queue })
         }
+        return Topology(exchangeBindings: topology.exchangeBindings)
+    }
+
+    /// A node's topology without its input's feeds: what a replica of the old count declares while a
+    /// re-partitioning drains its queues (binding them again would feed them anew).
+    static func topologyWithoutFeeds(configuration: Configuration, handlers: [any NodeHandler]) -> Topology {
+        var topology = topology(configuration: configuration, handlers: handlers)
+        let feeds = inputFeeds(configuration: configuration, handlers: handlers)
+        topology.bindings.removeAll { feeds.bindings.contains($0) }
+        topology.exchangeBindings.removeAll { feeds.exchangeBindings.contains($0) }
+        return topology
     }
 }
 

@@ -124,6 +124,8 @@ public final class Node: Service {
     let lastSample = Mutex<StoreSample?>(nil)
     /// The node's instruments (swift-metrics).
     let metrics: NodeMetrics
+    /// The queues the node consumes now (a re-partitioning's drain markers must arrive on one of them).
+    let consumedQueues = Mutex<[String]>([])
     /// The running node's services, or a stop asked for before they run.
     private let lifecycle = Mutex<(group: ServiceGroup?, stopRequested: Bool)>((nil, false))
 
@@ -211,17 +213,14 @@ public final class Node: Service {
     ///   consumed.
     public func run() async throws {
         try checkHandledTypes()
-        try await checkPartitionCount()
+        let input = try await inputPlan()
+        let topology =
+            input.declaresFeeds ? topology : Self.topologyWithoutFeeds(configuration: configuration, handlers: handlers)
         switch configuration.topologyOwnership {
         case .node: try await transport.declare(topology)
         case .broker: try await transport.verify(topology)
         }
-        let queues = inputQueues
-        // The prefetch is shared among the partitions (each queue's consumer has its own).
-        let source = try await transport.subscribe(
-            queues: queues,
-            prefetch: max(1, configuration.prefetch / queues.count)
-        )
+        let source = try await subscribe(input.queues)
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
@@ -232,7 +231,7 @@ public final class Node: Service {
                     // A consumer that ends (its connection gave up) stops the node gracefully: what it
                     // committed is still relayed.
                     .init(
-                        service: LoopService("consumption", consumption) { await self.consumeLoop(source) },
+                        service: LoopService("consumption", consumption) { await self.consume(source, input) },
                         successTerminationBehavior: .gracefullyShutdownGroup,
                         failureTerminationBehavior: .gracefullyShutdownGroup
                     ),
@@ -244,7 +243,7 @@ public final class Node: Service {
             lifecycle.group = group
             return lifecycle.stopRequested
         }
-        logger.info("node started", metadata: ["queues": "\(queues.joined(separator: ","))"])
+        logger.info("node started", metadata: ["queues": "\(input.queues.joined(separator: ","))"])
         // The group runs in a task of its own so that cancelling `run` shuts it down gracefully instead of
         // cutting its loops off mid-transaction. (The task inherits a parent group's graceful shutdown.)
         let running = Task { try await group.run() }

@@ -66,18 +66,27 @@ public struct PostgresStoreError: Error, Sendable, Hashable, CustomStringConvert
     }
 }
 
-/// PostgreSQL rolled a transaction back because it lost a race with a concurrent one: a deadlock between replicas
-/// that lock the same rows in different orders (SQLSTATE 40P01), or a serialization failure (40001). The node runs
-/// the transaction again and counts no failed attempt (``StoreConflict``).
+/// PostgreSQL refused a transaction because it lost a race with a concurrent one: a deadlock between replicas
+/// that lock the same rows in different orders (SQLSTATE 40P01), a serialization failure (40001), or a key that
+/// another transaction took first (23505 on a stream's or a process instance's next version, or on the inbox:
+/// two replicas appending at one version, or recording one message; the insert waits for the other transaction,
+/// then is refused). The node runs the transaction again, where it sees what the other one wrote, and counts no
+/// failed attempt (``StoreConflict``). Other unique keys (an event id used twice) are errors of the handler.
 public struct PostgresConflict: StoreConflict, Sendable, Hashable, CustomStringConvertible {
     /// The server's explanation, with its SQLSTATE.
     public var message: String
 
     /// The conflict the server reports in `error`, if it is one.
     init?(_ error: PostgresStoreError) {
-        guard error.sqlState == "40P01" || error.sqlState == "40001" else { return nil }
+        let raced =
+            error.sqlState == "23505"
+            && Self.versionKeys.contains { error.message.contains("unique constraint \"\($0)\"") }
+        guard error.sqlState == "40P01" || error.sqlState == "40001" || raced else { return nil }
         message = error.message
     }
 
     public var description: String { message }
+
+    /// The keys two replicas race for: a stream's position, a process instance's version, the inbox.
+    static let versionKeys = ["streams_pkey", "process_transitions_pkey", "inbox_pkey"]
 }

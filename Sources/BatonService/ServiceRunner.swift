@@ -313,7 +313,7 @@ public struct HealthCommand<Service: ServiceIdentity>: AsyncParsableCommand {
     }
 }
 
-/// The whole command line of a service with no operator commands of its own: `serve`, `topology`, `health`,
+/// The whole command line of a service with no operator commands of its own: `serve`, `topology`, `repartition`, `health`,
 /// `dlq`, and `processes` when it hosts a process manager. A process-manager executable of your own is then
 /// one line:
 /// `await runCommandLine(ServiceCommand<MyService>.self)`.
@@ -323,8 +323,8 @@ public struct ServiceCommand<Service: ServiceDefinition>: AsyncParsableCommand {
             commandName: Service.name,
             abstract: "The \(Service.name) service.",
             subcommands: [
-                ServeCommand<Service>.self, TopologyCommand<Service>.self, HealthCommand<Service>.self,
-                DeadLetterCommands<Service>.self,
+                ServeCommand<Service>.self, TopologyCommand<Service>.self, RepartitionCommand<Service>.self,
+                HealthCommand<Service>.self, DeadLetterCommands<Service>.self,
             ] + (ProcessCommands<Service>.processManagers.isEmpty ? [] : [ProcessCommands<Service>.self])
         )
     }

@@ -12,7 +12,8 @@ public struct FulfillmentCommand: AsyncParsableCommand {
         commandName: "fulfillment",
         abstract: "The order-fulfillment process manager of the Baton bookstore.",
         subcommands: [
-            Serve.self, TopologyCommand<FulfillmentService>.self, HealthCommand<FulfillmentService>.self, Show.self,
+            Serve.self, TopologyCommand<FulfillmentService>.self, RepartitionCommand<FulfillmentService>.self,
+            HealthCommand<FulfillmentService>.self, Show.self,
             Expedite.self,
             ProcessCommands<FulfillmentService>.self, DeadLetterCommands<FulfillmentService>.self,
         ]

@@ -9,6 +9,7 @@ public struct InventoryCommand: AsyncParsableCommand {
         abstract: "The inventory service of the Baton bookstore.",
         subcommands: [
             ServeCommand<InventoryService>.self, TopologyCommand<InventoryService>.self,
+            RepartitionCommand<InventoryService>.self,
             HealthCommand<InventoryService>.self, Add.self, Show.self, List.self,
             DeadLetterCommands<InventoryService>.self,
         ]

@@ -9,7 +9,8 @@ public struct OrdersCommand: AsyncParsableCommand {
         commandName: "orders",
         abstract: "The orders service of the Baton bookstore.",
         subcommands: [
-            ServeCommand<OrdersService>.self, TopologyCommand<OrdersService>.self, HealthCommand<OrdersService>.self,
+            ServeCommand<OrdersService>.self, TopologyCommand<OrdersService>.self,
+            RepartitionCommand<OrdersService>.self, HealthCommand<OrdersService>.self,
             Place.self, Cancel.self, Show.self, List.self,
             DeadLetterCommands<OrdersService>.self,
         ]

@@ -8,6 +8,7 @@ public struct ShippingCommand: AsyncParsableCommand {
         abstract: "The shipping service of the Baton bookstore.",
         subcommands: [
             ServeCommand<ShippingService>.self, TopologyCommand<ShippingService>.self,
+            RepartitionCommand<ShippingService>.self,
             HealthCommand<ShippingService>.self, Show.self, List.self, DeadLetterCommands<ShippingService>.self,
         ]
     )

@@ -130,6 +130,125 @@ private struct Applied: Codable, Sendable {
     }
 }
 
+/// Changing the partition count of a running service (`repartition`): drain, then rebind.
+@Suite(.serialized) struct RepartitionTests {
+    /// Entries keep coming while the ledger goes from 2 partitions to 3: replica A (2) handles the backlog of
+    /// the old queues, B (3) starts meanwhile and waits for them to drain before it takes its own. Every
+    /// account's entries are applied once, in posting order; the store records 3; the old queues and
+    /// exchanges are gone once A stops. Without the markers (B consuming its queues at once) B applies later
+    /// entries of an account before A has applied its earlier ones, and `orderHolds` fails.
+    @Test func aRunningServiceChangesItsPartitionCountKeepingEachKeysOrder() async throws {
+        try await Ledger.with(name: "repartition", partitions: 2) { ledger in
+            try await ledger.declare()
+            let (accounts, perAccount) = (12, 50)
+            let replicaA = try await ledger.startReplica()
+            // Entries arrive faster than A applies them (12 every 10 ms, 2 ms each): its queues hold a backlog.
+            let posting = Task {
+                for number in 0..<perAccount {
+                    let round = (0..<accounts).map { ledger.entry(account: "acct-\($0)", number: number) }
+                    let outcomes = await ledger.transport.publish(round)
+                    guard outcomes.allSatisfy({ $0 == .confirmed }) else { return false }
+                    try await Task.sleep(for: .milliseconds(10))
+                }
+                return true
+            }
+            #expect(try await eventually { try await ledger.appliedCount() >= 60 })
+
+            let repartitioning = Repartitioning(
+                configuration: ledger.configuration,
+                handlers: Ledger.handlers,
+                store: ledger.store,
+                connection: ledger.connection,
+                settle: .milliseconds(200)
+            )
+            let changing = Task { try await repartitioning.run(to: 3, waitingAtMost: .seconds(60)) }
+            #expect(
+                try await eventually {
+                    try await Node.repartitionPlan(of: "ledger", in: ledger.store)?.state == .draining
+                }
+            )
+            let replicaB = try await ledger.startReplica(partitions: 3)
+
+            // A still consumes the old queues: the count is switched, but they stay.
+            let outcome = try await changing.value
+            guard case .switched(let kept) = outcome else {
+                Issue.record("the count did not change: \(outcome)")
+                return
+            }
+            #expect(kept.count == 2, "A's two queues are kept while it consumes them: \(kept)")
+            #expect(try await Node.recordedPartitions(of: "ledger", in: ledger.store) == 3)
+            #expect(try await posting.value, "every entry was confirmed")
+
+            try await replicaA.stop()
+            #expect(try await eventually { try await ledger.appliedCount() == accounts * perAccount })
+            let applied = try await ledger.applied()
+            let orderHolds = applied.values.allSatisfy { $0 == Array(0..<perAccount) }
+            #expect(
+                orderHolds,
+                "every account's entries applied once, in order: \(applied.filter { $0.value != Array(0..<perAccount) })"
+            )
+
+            // Run again: nothing consumes the old queues now, so they and their exchange go.
+            #expect(try await repartitioning.run(to: 3, waitingAtMost: .seconds(10)) == .switched(kept: [:]))
+            #expect(try await Node.repartitionPlan(of: "ledger", in: ledger.store)?.state == .finished)
+            for queue in ["ledger.p2.0", "ledger.p2.1"] {
+                await #expect(throws: AMQPError.self, "\(queue) is deleted") {
+                    try await ledger.connection.inspectQueue(queue)
+                }
+            }
+            #expect(try await repartitioning.run(to: 3, waitingAtMost: .seconds(10)) == .unchanged)
+            try await replicaB.stop()
+        }
+    }
+
+    /// From one queue to partitions: the single queue is the old count, drained by the replica that consumes
+    /// it, then deleted with its bindings. A replica with a count that is neither refuses to start.
+    @Test func aSingleQueueBecomesPartitions() async throws {
+        try await Ledger.with(name: "repartition-single", partitions: 1) { ledger in
+            try await ledger.declare()
+            let single = try await ledger.startReplica()
+            let outcomes = await ledger.transport.publish(
+                (0..<20).map { ledger.entry(account: "acct-\($0 % 4)", number: $0 / 4) }
+            )
+            #expect(outcomes.allSatisfy { $0 == .confirmed })
+            let repartitioning = Repartitioning(
+                configuration: ledger.configuration,
+                handlers: Ledger.handlers,
+                store: ledger.store,
+                connection: ledger.connection,
+                settle: .milliseconds(100)
+            )
+            let changing = Task { try await repartitioning.run(to: 4, waitingAtMost: .seconds(60)) }
+            #expect(
+                try await eventually {
+                    try await Node.repartitionPlan(of: "ledger", in: ledger.store)?.state == .draining
+                }
+            )
+            let neither = try await ledger.startReplica(partitions: 2)
+            await #expect(throws: NodeError.self, "a replica with 2 partitions refuses while 1 → 4 is in progress") {
+                try await neither.running.value
+            }
+            await neither.connection.close()
+            guard case .switched = try await changing.value else {
+                Issue.record("the count did not change")
+                return
+            }
+            try await single.stop()
+            let partitioned = try await ledger.startReplica(partitions: 4)
+            #expect(try await repartitioning.run(to: 4, waitingAtMost: .seconds(10)) == .switched(kept: [:]))
+            await #expect(throws: AMQPError.self, "the single queue is deleted") {
+                try await ledger.connection.inspectQueue("ledger")
+            }
+            // New entries reach the partitions, through the feeds the change bound.
+            let more = await ledger.transport.publish((5..<8).map { ledger.entry(account: "acct-0", number: $0) })
+            #expect(more.allSatisfy { $0 == .confirmed })
+            #expect(try await eventually { try await ledger.appliedCount() == 23 })
+            #expect(try await ledger.applied()["acct-0"] == Array(0..<8))
+            try await partitioned.stop()
+        }
+    }
+}
+
 /// A ledger service on its own virtual host: its store, its partitioned topology, replicas of its node.
 private struct Ledger {
     let url: String
@@ -221,8 +340,10 @@ private struct Ledger {
     }
 
     /// Starts a replica of the ledger's node, on its own connection, sharing the store.
-    func startReplica() async throws -> Replica {
+    func startReplica(partitions: Int? = nil) async throws -> Replica {
         let connection = try await AMQPConnection.connect(configuration: .init(url: url), logger: logger)
+        var configuration = configuration
+        configuration.partitions = partitions ?? configuration.partitions
         let node = Node(
             configuration: configuration,
             store: store,

@@ -93,4 +93,45 @@ import Testing
         #expect(Set(partitionOfKey.values.flatMap { $0 }).count >= 2, "the keys spread: \(partitionOfKey)")
         #expect(node.inputQueues.map { transport.readyCount($0) }.reduce(0, +) == 40, "each message once")
     }
+
+    /// A re-partitioning's drain marker counts only when it comes straight into a queue the node consumes
+    /// (through the default exchange, an operator's): one sent to the node by name — which any service may
+    /// publish, and which names the node's queue when it has one — is dead-lettered with the reason and records
+    /// nothing. Without the check a forged marker
+    /// would let replicas of a new count take their queues before the old ones are drained.
+    @Test func aDrainMarkerFromElsewhereIsDeadLettered() async throws {
+        let (store, transport) = (InMemoryStore(), InProcessTransport())
+        let node = try node(partitions: 1, store: store, transport: transport)
+        let running = Task { try await node.run() }
+        #expect(try await eventually { node.readiness.isReady })
+        let plan = RepartitionPlan(from: 1, to: 4)
+        try await Node.saveRepartitionPlan(plan, of: "orders-pm", in: store)
+        // Sent to the node by name; and dressed as a replay from the default exchange.
+        let forged = [[:], [BatonHeader.originalExchange: "", BatonHeader.originalRoutingKey: "orders-pm"]].enumerated()
+            .map { index, headers in
+                OutgoingMessage(
+                    exchange: Routing.nodeExchange,
+                    routingKey: "orders-pm",
+                    envelope: Envelope(
+                        messageID: "forged-marker-\(index)",
+                        messageType: PartitionDrained.messageType,
+                        timestamp: Date(),
+                        headers: headers,
+                        payload: MessageRegistry.encode(PartitionDrained(plan: plan.id, queue: "orders-pm"))
+                    )
+                )
+            }
+        #expect(await transport.publish(forged) == [.confirmed, .confirmed])
+        #expect(try await eventually { try await store.read { try $0.deadLetters().count } == 2 })
+        let reasons = try await store.read { try $0.deadLetters().map(\.reason) }
+        #expect(reasons.allSatisfy { $0.contains("straight into a queue this node consumes") }, "\(reasons)")
+        let undrained = try await Node.undrainedQueues(
+            of: plan,
+            configuration: Node.Configuration(name: "orders-pm"),
+            in: store
+        )
+        #expect(undrained == ["orders-pm"], "the forged marker recorded nothing")
+        node.stop()
+        try await running.value
+    }
 }

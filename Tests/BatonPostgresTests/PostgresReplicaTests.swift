@@ -421,4 +421,79 @@ import Testing
         await first.close()
         await second.close()
     }
+
+    struct Deposit: Command {
+        static let messageName = "pgtest.Deposit"
+        var account: String
+    }
+
+    /// Appends an event to the account's stream at the version it read, then keeps its transaction open a
+    /// moment: the other replica reads the same version meanwhile, and its insert waits for this one's commit.
+    static let deposit = MessageHandlerHost.command(Deposit.self, name: "deposit") { command, context in
+        let event = Envelope(
+            messageID: "\(context.envelope.messageID)-deposited",
+            messageType: "pgtest.Deposited.v1",
+            timestamp: context.now,
+            payload: Data("{}".utf8)
+        )
+        let version = try context.work.streamVersion(command.account)
+        try context.work.append([event], to: command.account, expectedVersion: version)
+        Thread.sleep(forTimeInterval: 0.05)  // on the store's lane thread, in the open transaction
+    }
+
+    /// Replicas that append to one stream at the same version: the second insert waits for the first
+    /// transaction and is refused by the stream's key (SQLSTATE 23505). A lost race too: the batch runs again
+    /// at the new version, with no failed attempt counted, and every deposit lands. (The same key refuses a
+    /// second writer of a process instance's version.) Without 23505 as a conflict each refusal is a failed
+    /// attempt of the handler, retried after a delay, and no race is logged. (A replica that reads the stream
+    /// after the other's commit but before its own check gets a ``ConcurrencyError``: a failed attempt, retried.)
+    @Test func replicasAppendingAtOneVersionRaceAndLoseNoEvent() async throws {
+        let (first, second) = try await PostgresReplicaTests.replicas()
+        let transport = InProcessTransport()
+        let logs = CapturedLogs()
+        var configuration = Node.Configuration(name: "bank")
+        configuration.retry = RetryPolicy(maxAttempts: 5, initialDelay: .milliseconds(10))
+        configuration.batchSize = 1
+        configuration.prefetch = 1
+        let nodes = [first, second].map {
+            Node(
+                configuration: configuration,
+                store: $0,
+                transport: transport,
+                handlers: [Self.deposit],
+                logger: logs.makeLogger()
+            )
+        }
+        try await transport.declare(nodes[0].topology)
+        let running = nodes.map { node in Task { try await node.run() } }
+        try await Task.sleep(for: .milliseconds(500))  // both consuming
+        let deposits = 12
+        for index in 0..<deposits {
+            let envelope = Envelope(
+                messageID: "d-\(index)",
+                messageType: Deposit.messageType,
+                timestamp: .now,
+                payload: MessageRegistry.encode(Deposit(account: "account-a"))
+            )
+            _ = await transport.publish([
+                OutgoingMessage(exchange: Routing.commandExchange, routingKey: Deposit.messageName, envelope: envelope)
+            ])
+        }
+        #expect(
+            try await eventually(timeout: .seconds(60)) {
+                try await first.read { try $0.streamVersion("account-a") } == Int64(deposits)
+            }
+        )
+        let letters = try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }
+        #expect(letters.isEmpty, "\(letters.map(\.reason))")
+        let races = logs.all.filter { $0.contains("lost a race") }
+        #expect(!races.isEmpty, "the replicas did race (otherwise this test shows nothing)")
+        #expect(races.allSatisfy { $0.contains("23505") }, "\(races.prefix(2))")
+        let refusedAsFailures = logs.all.filter { $0.contains("handler failed") && $0.contains("23505") }
+        #expect(refusedAsFailures.isEmpty, "\(refusedAsFailures.prefix(2))")
+        for task in running { task.cancel() }
+        for task in running { try await task.value }
+        await first.close()
+        await second.close()
+    }
 }

@@ -110,8 +110,8 @@ final class Mesh {
     var databaseURL: String? { database.map(TestDatabase.url(database:)) }
 
     /// Starts a service (or another replica of it, named `orders-2` and so on) and waits until it consumes
-    /// its queue.
-    func start(_ service: String, replica: Int = 1) async throws {
+    /// its queue. `partitions` overrides the mesh's count (`serve --partitions`).
+    func start(_ service: String, replica: Int = 1, partitions: Int? = nil) async throws {
         let name = replica == 1 ? service : "\(service)-\(replica)"
         precondition(processes[name]?.isRunning != true, "\(name) is running already")
         let log = dataDirectory.appendingPathComponent("\(name).log")
@@ -119,14 +119,17 @@ final class Mesh {
         let process = try ChildProcess(
             Self.binary(service).path,
             ["serve", "--http", "127.0.0.1:\(port)"]
-                + (service == "fulfillment" ? ["--step-timeout", String(stepTimeout)] : []),
+                + (service == "fulfillment" ? ["--step-timeout", String(stepTimeout)] : [])
+                + (partitions.map { ["--partitions", String($0)] } ?? []),
             environment: environment,
             output: .appending(to: log.path)
         )
         processes[name] = process
         httpPorts[name] = port
         let consuming = try await eventually(timeout: .seconds(30)) {
-            guard self.isPartitioned else { return try await self.consumers(of: service) >= replica }
+            guard self.isPartitioned || (partitions ?? 1) > 1 else {
+                return try await self.consumers(of: service) >= replica
+            }
             // A standby consumer of a single-active-consumer queue is not counted: ask the replica itself.
             return (try? await HTTPProbe.get(port: port, "/health/ready").status) == 200
         }
@@ -180,12 +183,25 @@ final class Mesh {
     /// Runs one of the CLIs with the mesh's settings: its exit code (-1 if a signal ended it) and its output.
     @discardableResult
     func cli(_ service: String, _ arguments: [String]) async throws -> (status: Int32, output: String) {
-        let (termination, output) = try await ChildProcess.run(
-            Self.binary(service).path,
-            arguments,
-            environment: environment
-        )
-        return (termination.exitCode ?? -1, output)
+        try await cliInvocation(service, arguments).run()
+    }
+
+    /// One of the CLIs with the mesh's settings, to run beside the mesh's own work (in a task of its own).
+    func cliInvocation(_ service: String, _ arguments: [String]) -> CLIInvocation {
+        CLIInvocation(path: Self.binary(service).path, arguments: arguments, environment: environment)
+    }
+
+    /// A CLI's command line and environment.
+    struct CLIInvocation: Sendable {
+        let path: String
+        let arguments: [String]
+        let environment: [String: String]
+
+        /// Runs it: its exit code (-1 if a signal ended it) and its output.
+        func run() async throws -> (status: Int32, output: String) {
+            let (termination, output) = try await ChildProcess.run(path, arguments, environment: environment)
+            return (termination.exitCode ?? -1, output)
+        }
     }
 
     /// Adds stock through the inventory CLI and waits until the service has it.

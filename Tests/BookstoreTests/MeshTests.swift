@@ -270,6 +270,51 @@ import Testing
         }
     }
 
+    /// `repartition` on the real executables while checkouts keep coming: fulfillment goes from its single
+    /// queue to 2 partitions, orders (fed by the storefront's external exchange too) to 3. Each change drains
+    /// the running process's queue, keeps it while that process consumes it, and removes it once the service
+    /// runs again with the new count; every order completes or is compensated, in order.
+    @Test func servicesChangeTheirPartitionCountWhileOrdersFlow() async throws {
+        try await withMesh { mesh in
+            try await mesh.startAll()
+            for sku in ["book-0001", "book-0002", "book-0003"] { try await mesh.stock(sku, 100) }
+            var checkouts = 0
+            for (service, count) in [("fulfillment", 2), ("orders", 3)] {
+                for _ in 0..<15 {
+                    try await mesh.mixedCheckout(checkouts)
+                    checkouts += 1
+                }
+                // Checkouts keep coming while the count changes.
+                let invocation = mesh.cliInvocation(service, ["repartition", "--to", String(count), "--wait", "60"])
+                let changing = Task { try await invocation.run() }
+                for _ in 0..<15 {
+                    try await mesh.mixedCheckout(checkouts)
+                    checkouts += 1
+                    try await Task.sleep(for: .milliseconds(20))
+                }
+                let changed = try await changing.value
+                #expect(changed.status == 0, "\(changed.output)")
+                #expect(changed.output.contains("the store records \(count) partition(s)"), "\(changed.output)")
+                #expect(changed.output.contains("kept \(service): 1 replica(s)"), "\(changed.output)")
+                await mesh.stop(service)
+                try await mesh.start(service, partitions: count)
+                let finished = try await mesh.cli(service, "repartition", "--to", String(count))
+                #expect(finished.status == 0, "\(finished.output)")
+                #expect(
+                    finished.output.contains("removed the queues and exchanges of 1 partition(s)"),
+                    "\(finished.output)"
+                )
+            }
+            let (snapshot, problems) = try await mesh.settle(orders: 60, timeout: .seconds(120))
+            #expect(problems.isEmpty, "\(problems)")
+            #expect(snapshot.ordersByStatus["COMPLETED"] == 51 && snapshot.ordersByStatus["CANCELLED"] == 9)
+            let timelines = try await TimelineAudit.problems(mesh.readOptions, orders: snapshot.orders)
+            #expect(timelines.isEmpty, "\(timelines)")
+            let again = try await mesh.cli("orders", "repartition", "--to", "3")
+            #expect(again.status == 0 && again.output.contains("runs with 3 partition(s) already"), "\(again.output)")
+        }
+    }
+
     @Test func aParcelReportedBeforeItsShipmentIsDeadLetteredThenReplayed() async throws {
         try await withMesh { mesh in
             try await mesh.startAll()
