@@ -85,11 +85,14 @@ public struct AMQPTransport: Transport {
         static func incoming(_ delivery: AMQPDelivery) -> IncomingMessage {
             var headers: [String: String] = [:]
             for (key, value) in delivery.properties.headers {
-                switch value {
-                case .string(let text): headers[key] = text
-                case .bytes(let bytes): headers[key] = String(decoding: bytes, as: UTF8.self)
-                default: if let number = value.int64Value { headers[key] = String(number) }
-                }
+                if let text = text(value) { headers[key] = text }
+            }
+            // The broker's record of its dead-letterings, the latest first: where the message was published.
+            if let death = delivery.properties.headers["x-death"]?.arrayValue?.first?.tableValue {
+                headers[BatonHeader.originalExchange] =
+                    headers[BatonHeader.originalExchange] ?? death["exchange"].flatMap(text)
+                headers[BatonHeader.originalRoutingKey] =
+                    headers[BatonHeader.originalRoutingKey] ?? death["routing-keys"]?.arrayValue?.first.flatMap(text)
             }
             return IncomingMessage(
                 exchange: delivery.exchange,
@@ -104,6 +107,15 @@ public struct AMQPTransport: Transport {
                 isRedelivered: delivery.isRedelivered,
                 settle: { accept in accept ? delivery.ack() : delivery.nack(requeue: true) }
             )
+        }
+
+        /// A header value as text: a string, bytes as UTF-8, a number; `nil` for the rest (tables, arrays).
+        static func text(_ value: AMQPFieldValue) -> String? {
+            switch value {
+            case .string(let text): return text
+            case .bytes(let bytes): return String(decoding: bytes, as: UTF8.self)
+            default: return value.int64Value.map { String($0) }
+            }
         }
     }
 }

@@ -15,10 +15,14 @@ extension Node {
         case postpone(IncomingMessage, reason: String)
         /// A re-partitioning's marker: everything before it in its queue is handled.
         case drained(IncomingMessage, PartitionDrained)
+        /// A message the broker dead-lettered past its queue's delivery limit (restored to where it was
+        /// published): recorded as a dead letter unless it was handled after all.
+        case pastDeliveryLimit(IncomingMessage)
 
         var incoming: IncomingMessage {
             switch self {
             case .drained(let incoming, _): return incoming
+            case .pastDeliveryLimit(let incoming): return incoming
             case .handle(let incoming, _, _, _): return incoming
             case .reject(let incoming, _, _): return incoming
             case .postpone(let incoming, _): return incoming
@@ -234,6 +238,8 @@ extension Node {
                 case .drained(let incoming, let marker):
                     try recordDrained(marker, queue: incoming.routingKey, work, now)
                     results.append(MessageResult(type: PartitionDrained.messageType, outcome: .handled))
+                case .pastDeliveryLimit(let incoming):
+                    results.append(MessageResult(type: knownType(incoming), outcome: try gaveUp(incoming, work, now)))
                 }
             }
             configuration.faultInjection?(.beforeCommit)
@@ -341,6 +347,13 @@ extension Node {
         // Checked where it arrived from, before a replay's headers could say otherwise.
         if incoming.messageType == PartitionDrained.messageType { return drainMarker(incoming) }
         var incoming = incoming
+        if incoming.exchange == Routing.deadLetterExchange,
+            incoming.routingKey == Self.deliveryLimitQueue(configuration.name)
+        {
+            incoming.exchange = incoming.headers.removeValue(forKey: BatonHeader.originalExchange) ?? ""
+            incoming.routingKey = incoming.headers.removeValue(forKey: BatonHeader.originalRoutingKey) ?? ""
+            return .pastDeliveryLimit(incoming)
+        }
         if incoming.exchange == Routing.nodeExchange,
             let exchange = incoming.headers.removeValue(forKey: BatonHeader.originalExchange)
         {
@@ -422,5 +435,25 @@ extension Node {
         } catch {
             return .reject(incoming, reason: "a drain marker that does not decode: \(error)", stage: "decode")
         }
+    }
+
+    /// Records a message the broker gave up on as a dead letter (once: the broker dead-letters at least once),
+    /// unless a consumer handled it before it died: then it is a duplicate.
+    private func gaveUp(_ incoming: IncomingMessage, _ work: any UnitOfWork, _ now: Date) throws -> MessageOutcome {
+        if let messageID = incoming.messageID, try work.hasHandled(messageID, consumer: configuration.name) {
+            return .duplicate
+        }
+        let reason =
+            "the broker dead-lettered it after \(configuration.deliveryLimit) deliveries without an acknowledgement (its partition queue's delivery limit): every consumer that held it stopped or died first"
+        try deadLetter(
+            incoming,
+            reason: reason,
+            handler: "delivery-limit",
+            attempts: configuration.deliveryLimit,
+            work,
+            now
+        )
+        logMessageDeadLettered(incoming.messageID ?? "", attempts: configuration.deliveryLimit, reason: reason)
+        return .deadLettered
     }
 }

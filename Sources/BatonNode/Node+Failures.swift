@@ -128,8 +128,8 @@ extension Node {
                     // Still too new: kept afresh (its attempts count failures of a handler, not this wait).
                     try work.releaseParkedMessage(held, at: now)
                     try postpone(incoming, reason: reason, work, now)
-                case .drained:
-                    try work.releaseParkedMessage(held, at: now)  // a marker is never held; nothing to do
+                case .drained, .pastDeliveryLimit:
+                    try work.releaseParkedMessage(held, at: now)  // never held: nothing to do
                 case .reject(_, let reason, let stage):
                     // The code changed since it was held (its type is gone, its schema is stricter).
                     try heldMessageFailed(held, error: Rejection(reason), handler: stage, work, now)
@@ -212,7 +212,7 @@ extension Node {
         }
     }
 
-    private func logMessageDeadLettered(_ messageID: String, attempts: Int, reason: String) {
+    func logMessageDeadLettered(_ messageID: String, attempts: Int, reason: String) {
         logger.error(
             "message dead-lettered",
             metadata: ["baton.message_id": "\(messageID)", "attempts": "\(attempts)", "error": "\(reason)"]

@@ -55,9 +55,10 @@ extension Node {
                 hasSingleActiveConsumer: true,
                 deliveryLimit: configuration.deliveryLimit,
                 deadLetterExchange: Routing.deadLetterExchange,
-                deadLetterRoutingKey: configuration.name
+                deadLetterRoutingKey: deliveryLimitQueue(configuration.name)
             )
         }
+        let pastLimit = deliveryLimitQueue(configuration.name)
         // A consistent-hash binding's key is the queue's weight on the ring: every partition weighs the same.
         let partitionBindings = exchanges.flatMap { exchange in
             queues.map { Topology.Binding(queue: $0.name, exchange: exchange.name, bindingKey: "1") }
@@ -72,13 +73,19 @@ extension Node {
             } + [.init(source: Routing.nodeExchange, destination: internalExchange, bindingKey: configuration.name)]
         return Topology(
             exchanges: Routing.exchanges + handlers.flatMap(\.exchanges) + exchanges,
-            queues: queues + [.init(deadLetters, kind: .quorum)],
+            queues: queues + [.init(deadLetters, kind: .quorum), .init(pastLimit, kind: .quorum)],
             bindings: partitionBindings + [
-                .init(queue: deadLetters, exchange: Routing.deadLetterExchange, bindingKey: configuration.name)
+                .init(queue: deadLetters, exchange: Routing.deadLetterExchange, bindingKey: configuration.name),
+                .init(queue: pastLimit, exchange: Routing.deadLetterExchange, bindingKey: pastLimit),
             ],
             exchangeBindings: feeds
         )
     }
+
+    /// Where a partitioned node's queues dead-letter what they delivered past their delivery limit (through
+    /// ``Routing/deadLetterExchange``, this name as the routing key): the node consumes it beside its
+    /// partitions and records each message as a dead letter, as if its handler had given up on it.
+    public static func deliveryLimitQueue(_ name: String) -> String { "\(name).delivery-limit" }
 
     /// The store's collection of the node's own settings.
     static let settingsCollection = "baton.settings"

@@ -89,13 +89,16 @@ extension Node {
             try work.save(PartitionCount(partitions: partitions), in: Self.settingsCollection, id: key, at: Date())
             return (nil, plan)
         }
-        let own = inputQueues
+        // Partitioned, the node consumes the queue of what its partitions delivered past their limit too.
+        let pastLimit = [Self.deliveryLimitQueue(name)]
+        let own = inputQueues + (partitions > 1 ? pastLimit : [])
         if let plan, plan.state == .draining {
             if partitions == plan.from { return InputPlan(queues: own, declaresFeeds: false) }
             if partitions == plan.to {
                 var old = configuration
                 old.partitions = plan.from
-                return InputPlan(queues: Self.inputQueues(old), drainingInto: (plan, own), declaresFeeds: true)
+                let draining = Self.inputQueues(old) + (plan.from > 1 || partitions > 1 ? pastLimit : [])
+                return InputPlan(queues: draining, drainingInto: (plan, own), declaresFeeds: true)
             }
             throw NodeError(
                 message:

@@ -95,8 +95,10 @@ private struct Applied: Codable, Sendable {
     }
 
     /// A consumer that dies with a message unacknowledged returns it; past the queue's delivery limit the
-    /// broker dead-letters it — at least once, to the node's dead-letter queue: nothing is lost. (The node's
-    /// default limit is 1,000; this queue's is 2.)
+    /// broker dead-letters it — at least once, to the node's delivery-limit queue: nothing is lost. The node
+    /// records it as a dead letter (where it was published, why, how often it was delivered), sends the copy
+    /// with the reason to its dead-letter queue like any other, and a replay handles it. (The node's default
+    /// limit is 1,000; this queue's is 2.) Without the node consuming that queue the store records nothing.
     @Test func aMessagePastTheDeliveryLimitIsDeadLetteredNotLost() async throws {
         try await Ledger.with(name: "partition-limit", partitions: 2, deliveryLimit: 2) { ledger in
             try await ledger.declare()
@@ -117,15 +119,32 @@ private struct Applied: Codable, Sendable {
                 #expect(delivery != nil, "the message is delivered again")
                 await doomed.close()
             }
+            let pastLimit = Node.deliveryLimitQueue("ledger")
+            #expect(try await eventually { try await ledger.connection.inspectQueue(pastLimit).messages == 1 })
+            #expect(try await ledger.connection.inspectQueue(queue).messages == 0)
+
+            // The node records it and passes the copy on, with the reason, to its dead-letter queue.
+            let replica = try await ledger.startReplica()
+            let letters = { @Sendable in try await ledger.store.read { try $0.deadLetters() } }
+            #expect(try await eventually { try await letters().count == 1 })
+            let letter = try #require(try await letters().first)
+            #expect(letter.messageID == "acct-doomed-0")
+            #expect(letter.exchange == Routing.commandExchange && letter.routingKey == PostEntry.messageName)
+            #expect(letter.reason.contains("after 2 deliveries"), "\(letter.reason)")
+            #expect(letter.handler == "delivery-limit" && letter.attempts == 2)
+            #expect(try await ledger.connection.inspectQueue(pastLimit).messages == 0)
             let deadLetters = "ledger.dead-letters"
             #expect(try await eventually { try await ledger.connection.inspectQueue(deadLetters).messages == 1 })
-            #expect(try await ledger.connection.inspectQueue(queue).messages == 0)
             let consumer = try await ledger.connection.consume(queue: deadLetters, prefetch: 1)
-            let letter = try #require(try await consumer.next(timeout: .seconds(10)))
-            #expect(letter.properties.headers["x-death"] != nil, "the broker says why: \(letter.properties.headers)")
-            #expect(String(decoding: letter.body, as: UTF8.self).contains("acct-doomed"))
-            letter.ack()
+            let copy = try #require(try await consumer.next(timeout: .seconds(10)))
+            #expect(copy.properties.headers[BatonHeader.deadLetterReason]?.stringValue == letter.reason)
+            copy.ack()
             await consumer.cancel()
+
+            // Replayed, it is handled.
+            try await replica.node.replayDeadLetter(id: letter.id)
+            #expect(try await eventually { try await ledger.applied()["acct-doomed"] == [0] })
+            try await replica.stop()
         }
     }
 }
@@ -328,6 +347,7 @@ private struct Ledger {
 
     /// A running replica of the ledger's node.
     struct Replica {
+        let node: Node
         let connection: AMQPConnection
         let running: Task<Void, any Error>
 
@@ -351,7 +371,7 @@ private struct Ledger {
             handlers: Self.handlers,
             logger: logger
         )
-        return Replica(connection: connection, running: Task { try await node.run() })
+        return Replica(node: node, connection: connection, running: Task { try await node.run() })
     }
 
     func entry(account: String, number: Int) -> OutgoingMessage {

@@ -200,6 +200,8 @@ def check_permissions(args):
               f"{service} may look up its own partitions' queues")
         for what, action in (
             (f"consuming {other}'s partition", lambda ch: ch.basic_consume(partition(other), lambda *a: None)),
+            (f"consuming {other}'s delivery-limit queue",
+             lambda ch: ch.basic_consume(f"{other}.delivery-limit", lambda *a: None)),
             ("declaring a queue", lambda ch: ch.queue_declare(f"{service}-rogue")),
             ("deleting its own partition", lambda ch: ch.queue_delete(partition(service))),
             (f"publishing into {other}'s partitions", lambda ch: publish(ch, f"{other}.p{PARTITIONS}", "x", {})),
