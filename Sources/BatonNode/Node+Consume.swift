@@ -33,16 +33,19 @@ extension Node {
     /// Consumes what the input plan says: a node of a new partition count whose old queues drain consumes
     /// those until the store records every one drained (whichever replica drained it), then its own.
     func consume(_ source: any MessageSource, _ input: InputPlan) async {
-        guard let (plan, queues) = input.drainingInto else { return await consumeLoop(source) }
+        guard let (plan, queues) = input.drainingInto else {
+            await consumeLoop(source)
+            return
+        }
         logger.info(
             "draining the queues of \(plan.from) partition(s) before consuming those of \(plan.to)",
             metadata: ["queues": "\(input.queues.joined(separator: ","))"]
         )
-        await consumeLoop(source) { [self] in
+        let drained = await consumeLoop(source) { [self] in
             let undrained = try? await Self.undrainedQueues(of: plan, configuration: configuration, in: store)
             return undrained?.isEmpty ?? false
         }
-        guard !consumption.isStopping else { return }
+        guard drained else { return }  // stopping, or the consumer ended
         let next: any MessageSource
         do {
             next = try await subscribe(queues)
@@ -66,11 +69,17 @@ extension Node {
 
     /// Handles the source's batches until the node stops, the source ends or, checked before each batch and at
     /// least every second, `isFinished` says so.
-    func consumeLoop(_ source: any MessageSource, until isFinished: (@Sendable () async -> Bool)? = nil) async {
+    /// - Returns: Whether `isFinished` ended it.
+    @discardableResult
+    func consumeLoop(_ source: any MessageSource, until isFinished: (@Sendable () async -> Bool)? = nil) async -> Bool {
         health.withLock { $0.consuming = true }
         defer { health.withLock { $0.consuming = false } }
+        var finished = false
         while !consumption.isStopping {
-            if let isFinished, await isFinished() { break }
+            if let isFinished, await isFinished() {
+                finished = true
+                break
+            }
             let batch: [IncomingMessage]?
             do {
                 batch = try await nextBatch(source, waitingAtMost: isFinished == nil ? nil : .seconds(1))
@@ -82,6 +91,7 @@ extension Node {
             await process(batch)
         }
         await source.cancel()
+        return finished
     }
 
     /// The next batch, or `nil` once the node is stopping (or `waitingAtMost` passed with none); never drops a

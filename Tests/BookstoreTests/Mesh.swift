@@ -109,31 +109,40 @@ final class Mesh {
     /// The URL of the services' PostgreSQL database, if they share one.
     var databaseURL: String? { database.map(TestDatabase.url(database:)) }
 
-    /// Starts a service (or another replica of it, named `orders-2` and so on) and waits until it consumes
-    /// its queue. `partitions` overrides the mesh's count (`serve --partitions`).
+    /// Starts a service (or another replica of it, named `orders-2` and so on) and waits until it is ready
+    /// (its operations endpoint answers, its node consumes) and, unpartitioned, the broker counts its consumer.
+    /// `partitions` overrides the mesh's count (`serve --partitions`). A free port can be taken by another
+    /// process before the service binds it: then (and only then) it is started again on another.
     func start(_ service: String, replica: Int = 1, partitions: Int? = nil) async throws {
         let name = replica == 1 ? service : "\(service)-\(replica)"
         precondition(processes[name]?.isRunning != true, "\(name) is running already")
         let log = dataDirectory.appendingPathComponent("\(name).log")
-        let port = try HTTPProbe.freePort()
-        let process = try ChildProcess(
-            Self.binary(service).path,
-            ["serve", "--http", "127.0.0.1:\(port)"]
-                + (service == "fulfillment" ? ["--step-timeout", String(stepTimeout)] : [])
-                + (partitions.map { ["--partitions", String($0)] } ?? []),
-            environment: environment,
-            output: .appending(to: log.path)
-        )
-        processes[name] = process
-        httpPorts[name] = port
-        let consuming = try await eventually(timeout: .seconds(30)) {
-            guard self.isPartitioned || (partitions ?? 1) > 1 else {
+        for attempt in 1...3 {
+            let port = try HTTPProbe.freePort()
+            let process = try ChildProcess(
+                Self.binary(service).path,
+                ["serve", "--http", "127.0.0.1:\(port)"]
+                    + (service == "fulfillment" ? ["--step-timeout", String(stepTimeout)] : [])
+                    + (partitions.map { ["--partitions", String($0)] } ?? []),
+                environment: environment,
+                output: .appending(to: log.path)
+            )
+            processes[name] = process
+            httpPorts[name] = port
+            let partitioned = isPartitioned || (partitions ?? 1) > 1
+            let settled = try await eventually(timeout: .seconds(30)) {
+                guard process.isRunning else { return true }  // it ended: see below
+                guard (try? await HTTPProbe.get(port: port, "/health/ready").status) == 200 else { return false }
+                // A standby consumer of a single-active-consumer queue is not counted: readiness says it all.
+                if partitioned { return true }
                 return try await self.consumers(of: service) >= replica
             }
-            // A standby consumer of a single-active-consumer queue is not counted: ask the replica itself.
-            return (try? await HTTPProbe.get(port: port, "/health/ready").status) == 200
+            if settled, process.isRunning { return }
+            let output = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+            if !process.isRunning, output.contains("Address already in use"), attempt < 3 { continue }
+            break
         }
-        guard consuming else { throw TestSupportError("\(name) did not start; see \(log.path)") }
+        throw TestSupportError("\(name) did not start; see \(log.path)")
     }
 
     /// Whether the services' input is split into partitions (`BATON_PARTITIONS`).
@@ -158,6 +167,18 @@ final class Mesh {
     /// Kills a service with SIGKILL.
     func kill(_ service: String) async {
         await processes[service]?.kill()
+    }
+
+    /// The services that are no longer running: how each ended, and the end of its log.
+    func exited() async -> [String] {
+        var exited: [String] = []
+        for (name, process) in processes.sorted(by: { $0.key < $1.key }) where !process.isRunning {
+            let log =
+                (try? String(contentsOf: dataDirectory.appendingPathComponent("\(name).log"), encoding: .utf8)) ?? ""
+            let tail = log.split(separator: "\n").suffix(8).joined(separator: "\n")
+            exited.append("\(name) ended (\(await process.wait())); its log ends:\n\(tail)")
+        }
+        return exited
     }
 
     /// Stops everything and removes the virtual host; returns how each service ended.
