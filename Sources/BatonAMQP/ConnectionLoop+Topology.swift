@@ -50,42 +50,47 @@ extension ConnectionLoop {
     /// Removes a topology's bindings (its exchanges and queues stay), and forgets them: a reconnect does not
     /// declare them again.
     func unbind(_ topology: AMQPTopology) throws {
-        guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
-        let channel = Self.topologyChannel
-        for binding in topology.bindings {
-            let ok = amqp_queue_unbind(
-                connection,
-                channel,
-                arena.bytes(binding.queue),
-                arena.bytes(binding.exchange),
-                arena.bytes(binding.bindingKey),
-                arena.table(binding.arguments)
-            )
-            if ok == nil {
-                throw topologyFailure(
-                    "unbind queue '\(binding.queue)' from '\(binding.exchange)' with '\(binding.bindingKey)'"
-                )
-            }
-        }
-        for binding in topology.exchangeBindings {
-            let ok = amqp_exchange_unbind(
-                connection,
-                channel,
-                arena.bytes(binding.destination),
-                arena.bytes(binding.source),
-                arena.bytes(binding.bindingKey),
-                amqp_empty_table
-            )
-            if ok == nil {
-                throw topologyFailure(
-                    "unbind exchange '\(binding.destination)' from '\(binding.source)' with '\(binding.bindingKey)'"
-                )
-            }
-        }
+        try bind(topology, unbinding: true)
         let (bindings, exchangeBindings) = (Set(topology.bindings), Set(topology.exchangeBindings))
         for index in topologies.indices {
             topologies[index].bindings.removeAll { bindings.contains($0) }
             topologies[index].exchangeBindings.removeAll { exchangeBindings.contains($0) }
+        }
+    }
+
+    /// Makes (or removes) a topology's queue bindings, then its exchange-to-exchange bindings.
+    private func bind(_ topology: AMQPTopology, unbinding: Bool) throws {
+        guard let connection else { throw AMQPError(code: .notConnected, message: "reconnecting to the broker") }
+        let channel = Self.topologyChannel
+        let (verb, preposition) = unbinding ? ("unbind", "from") : ("bind", "to")
+        for binding in topology.bindings {
+            let (queue, exchange, key) = (
+                arena.bytes(binding.queue), arena.bytes(binding.exchange), arena.bytes(binding.bindingKey)
+            )
+            let arguments = arena.table(binding.arguments)
+            let done =
+                unbinding
+                ? amqp_queue_unbind(connection, channel, queue, exchange, key, arguments) != nil
+                : amqp_queue_bind(connection, channel, queue, exchange, key, arguments) != nil
+            if !done {
+                throw topologyFailure(
+                    "\(verb) queue '\(binding.queue)' \(preposition) '\(binding.exchange)' with '\(binding.bindingKey)'"
+                )
+            }
+        }
+        for binding in topology.exchangeBindings {
+            let (destination, source, key) = (
+                arena.bytes(binding.destination), arena.bytes(binding.source), arena.bytes(binding.bindingKey)
+            )
+            let done =
+                unbinding
+                ? amqp_exchange_unbind(connection, channel, destination, source, key, amqp_empty_table) != nil
+                : amqp_exchange_bind(connection, channel, destination, source, key, amqp_empty_table) != nil
+            if !done {
+                throw topologyFailure(
+                    "\(verb) exchange '\(binding.destination)' \(preposition) '\(binding.source)' with '\(binding.bindingKey)'"
+                )
+            }
         }
     }
 
@@ -123,36 +128,7 @@ extension ConnectionLoop {
             if ok == nil { throw topologyFailure("\(verb) queue '\(queue.name)'") }
         }
         guard !passive else { return }
-        for binding in topology.bindings {
-            let ok = amqp_queue_bind(
-                connection,
-                channel,
-                arena.bytes(binding.queue),
-                arena.bytes(binding.exchange),
-                arena.bytes(binding.bindingKey),
-                arena.table(binding.arguments)
-            )
-            if ok == nil {
-                throw topologyFailure(
-                    "bind queue '\(binding.queue)' to '\(binding.exchange)' with '\(binding.bindingKey)'"
-                )
-            }
-        }
-        for binding in topology.exchangeBindings {
-            let ok = amqp_exchange_bind(
-                connection,
-                channel,
-                arena.bytes(binding.destination),
-                arena.bytes(binding.source),
-                arena.bytes(binding.bindingKey),
-                amqp_empty_table
-            )
-            if ok == nil {
-                throw topologyFailure(
-                    "bind exchange '\(binding.destination)' to '\(binding.source)' with '\(binding.bindingKey)'"
-                )
-            }
-        }
+        try bind(topology, unbinding: false)
     }
 
     /// Translates the failed round trip on the topology channel and repairs what it broke.

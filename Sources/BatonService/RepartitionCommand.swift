@@ -49,7 +49,7 @@ public struct RepartitionCommand<Service: ServiceDefinition>: AsyncParsableComma
         }
         let opened = try await options.openStore(for: service, logger: logger)
         do {
-            try await repartition(store: opened.store, logger: logger)
+            try await repartition(store: opened.store)
             await opened.close()
         } catch {
             await opened.close()
@@ -57,20 +57,9 @@ public struct RepartitionCommand<Service: ServiceDefinition>: AsyncParsableComma
         }
     }
 
-    private func repartition(store: any Store, logger: Logger) async throws {
+    private func repartition(store: any Store) async throws {
         let service = Service.name
-        let configuration: AMQPConnection.Configuration
-        do {
-            configuration = try options.connectionConfiguration(name: "\(service)-repartition")
-        } catch let error as AMQPError {
-            throw CommandFailure(error.message)
-        }
-        let connection: AMQPConnection
-        do {
-            connection = try await AMQPConnection.connect(configuration: configuration, logger: logger)
-        } catch let error as AMQPError {
-            throw CommandFailure("cannot reach the broker at \(configuration): \(error.message)")
-        }
+        let connection = try await options.connect(name: "\(service)-repartition")
         let repartitioning = Repartitioning(
             configuration: Node.Configuration(name: service),
             handlers: Service.handlers,

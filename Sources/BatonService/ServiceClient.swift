@@ -3,7 +3,6 @@ import BatonAMQP
 import BatonAMQPTransport
 import BatonNode
 import Foundation
-import Logging
 
 /// What an operator command uses to reach a running service: it sends commands through the broker, after
 /// checking that the service consumes its queue, so a command to a stopped service fails at once instead of
@@ -60,20 +59,7 @@ public enum ServiceClient {
         options: ServiceOptions,
         _ body: (AMQPConnection, _ consumers: Int) async throws -> Result
     ) async throws -> Result {
-        var logger = Logger(label: "\(service)-cli")
-        logger.logLevel = .critical
-        let configuration: AMQPConnection.Configuration
-        do {
-            configuration = try options.connectionConfiguration(name: "\(service)-cli")
-        } catch let error as AMQPError {
-            throw CommandFailure(error.message)
-        }
-        let connection: AMQPConnection
-        do {
-            connection = try await AMQPConnection.connect(configuration: configuration, logger: logger)
-        } catch let error as AMQPError {
-            throw CommandFailure("cannot reach the broker at \(configuration): \(error.message)")
-        }
+        let connection = try await options.connect(name: "\(service)-cli")
         do {
             let queues = try options.inputQueues(of: service)
             var consumers = 0

@@ -146,6 +146,24 @@ public struct ServiceOptions: ParsableArguments {
         )
     }
 
+    /// Connects to the broker for an operator command (quietly: the command says what went wrong).
+    /// - Throws: ``CommandFailure`` with a wrong URL's reason, or why the broker cannot be reached.
+    public func connect(name: String) async throws -> AMQPConnection {
+        var logger = Logger(label: name)
+        logger.logLevel = .critical
+        let configuration: AMQPConnection.Configuration
+        do {
+            configuration = try connectionConfiguration(name: name)
+        } catch let error as AMQPError {
+            throw CommandFailure(error.message)
+        }
+        do {
+            return try await AMQPConnection.connect(configuration: configuration, logger: logger)
+        } catch let error as AMQPError {
+            throw CommandFailure("cannot reach the broker at \(configuration): \(error.message)")
+        }
+    }
+
     /// The path of a service's store file.
     public func storePath(for service: String) -> String {
         URL(fileURLWithPath: dataDirectory).appendingPathComponent("\(service).sqlite").path

@@ -173,13 +173,7 @@ private struct Applied: Codable, Sendable {
             }
             #expect(try await eventually { try await ledger.appliedCount() >= 60 })
 
-            let repartitioning = Repartitioning(
-                configuration: ledger.configuration,
-                handlers: Ledger.handlers,
-                store: ledger.store,
-                connection: ledger.connection,
-                settle: .milliseconds(200)
-            )
+            let repartitioning = ledger.repartitioning(settle: .milliseconds(200))
             let changing = Task { try await repartitioning.run(to: 3, waitingAtMost: .seconds(60)) }
             #expect(
                 try await eventually {
@@ -230,13 +224,7 @@ private struct Applied: Codable, Sendable {
                 (0..<20).map { ledger.entry(account: "acct-\($0 % 4)", number: $0 / 4) }
             )
             #expect(outcomes.allSatisfy { $0 == .confirmed })
-            let repartitioning = Repartitioning(
-                configuration: ledger.configuration,
-                handlers: Ledger.handlers,
-                store: ledger.store,
-                connection: ledger.connection,
-                settle: .milliseconds(100)
-            )
+            let repartitioning = ledger.repartitioning(settle: .milliseconds(100))
             let changing = Task { try await repartitioning.run(to: 4, waitingAtMost: .seconds(60)) }
             #expect(
                 try await eventually {
@@ -372,6 +360,17 @@ private struct Ledger {
             logger: logger
         )
         return Replica(node: node, connection: connection, running: Task { try await node.run() })
+    }
+
+    /// The ledger's re-partitioning, on the test's (administrator) connection.
+    func repartitioning(settle: Duration) -> Repartitioning {
+        Repartitioning(
+            configuration: configuration,
+            handlers: Self.handlers,
+            store: store,
+            connection: connection,
+            settle: settle
+        )
     }
 
     func entry(account: String, number: Int) -> OutgoingMessage {

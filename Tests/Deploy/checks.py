@@ -404,8 +404,11 @@ def check_prometheus(args):
     drained = wait_for(lambda: value('max by (node) (baton_outbox_pending) > 0') is None, 60, "the outboxes drain")
     check(drained, "no service has messages waiting in its outbox")
     if args.checkouts_handled:
-        handled = value('sum(baton_messages_total{node="orders",type="storefront.CheckoutCompleted.v1",'
-                        'outcome="handled"})')
+        handled_query = ('sum(baton_messages_total{node="orders",type="storefront.CheckoutCompleted.v1",'
+                         'outcome="handled"})')
+        # Each target is scraped on its own 5 s schedule: orders' last scrape may predate its last checkouts.
+        wait_for(lambda: value(handled_query) == len(seen), 30, "orders' count of checkouts reaches Prometheus")
+        handled = value(handled_query)
         check(handled == len(seen), f"orders handled each checkout once ({handled} for {len(seen)})")
     rules = [rule for group in api("rules")["groups"] for rule in group["rules"]]
     check(len(rules) >= 6 and all(rule["health"] == "ok" for rule in rules),
