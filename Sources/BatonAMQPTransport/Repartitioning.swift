@@ -77,20 +77,21 @@ public struct Repartitioning: Sendable {
                 "the store records no partition count for '\(name)': it has never run; start it with --partitions \(target)"
             )
         }
-        var plan = try await Node.repartitionPlan(of: name, in: store)
-        if let current = plan, current.state != .finished, current.to != target {
-            throw RepartitionError(
-                "'\(name)' is changing from \(current.from) to \(current.to) partition(s): finish that first (repartition --to \(current.to))"
-            )
-        }
-        if plan?.state != .draining && plan?.state != .switched {
+        var plan: RepartitionPlan
+        if let current = try await Node.repartitionPlan(of: name, in: store), current.state != .finished {
+            guard current.to == target else {
+                throw RepartitionError(
+                    "'\(name)' is changing from \(current.from) to \(current.to) partition(s): finish that first (repartition --to \(current.to))"
+                )
+            }
+            plan = current
+        } else {
             guard recorded != target else {
                 progress("'\(name)' runs with \(target) partition(s) already")
                 return .unchanged
             }
             plan = RepartitionPlan(from: recorded, to: target)
         }
-        guard var plan else { preconditionFailure("a plan exists or was just made") }
         if plan.state == .draining {
             try await Node.saveRepartitionPlan(plan, of: name, in: store)
             try await switchFeeds(plan)

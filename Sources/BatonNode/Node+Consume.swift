@@ -247,7 +247,7 @@ extension Node {
                     results.append(MessageResult(type: knownType(incoming), outcome: .postponed))
                 case .drained(let incoming, let marker):
                     try recordDrained(marker, queue: incoming.routingKey, work, now)
-                    results.append(MessageResult(type: PartitionDrained.messageType, outcome: .handled))
+                    results.append(MessageResult(type: Self.drainMarkerType, outcome: .handled))
                 case .pastDeliveryLimit(let incoming):
                     results.append(MessageResult(type: knownType(incoming), outcome: try gaveUp(incoming, work, now)))
                 }
@@ -355,7 +355,7 @@ extension Node {
     /// Checks a message at the edge and decodes it.
     func prepare(_ incoming: IncomingMessage) -> Prepared {
         // Checked where it arrived from, before a replay's headers could say otherwise.
-        if incoming.messageType == PartitionDrained.messageType { return drainMarker(incoming) }
+        if incoming.messageType == Self.drainMarkerType { return drainMarker(incoming) }
         var incoming = incoming
         if incoming.exchange == Routing.deadLetterExchange,
             incoming.routingKey == Self.deliveryLimitQueue(configuration.name)

@@ -114,6 +114,9 @@ extension Node {
         return InputPlan(queues: own, declaresFeeds: true)
     }
 
+    /// ``PartitionDrained``'s type, made once: every delivery is compared with it.
+    static let drainMarkerType = PartitionDrained.messageType
+
     /// The settings document of a service's re-partitioning.
     static func planKey(_ name: String) -> String { "\(name).repartition" }
 
