@@ -173,13 +173,7 @@ private struct Applied: Codable, Sendable {
             }
             #expect(try await eventually { try await ledger.appliedCount() >= 60 })
 
-            let repartitioning = ledger.repartitioning(settle: .milliseconds(200))
-            let changing = Task { try await repartitioning.run(to: 3, waitingAtMost: .seconds(60)) }
-            #expect(
-                try await eventually {
-                    try await Node.repartitionPlan(of: "ledger", in: ledger.store)?.state == .draining
-                }
-            )
+            let (repartitioning, changing) = try await ledger.startRepartitioning(to: 3, settle: .milliseconds(200))
             let replicaB = try await ledger.startReplica(partitions: 3)
 
             // A still consumes the old queues: the count is switched, but they stay.
@@ -224,13 +218,7 @@ private struct Applied: Codable, Sendable {
                 (0..<20).map { ledger.entry(account: "acct-\($0 % 4)", number: $0 / 4) }
             )
             #expect(outcomes.allSatisfy { $0 == .confirmed })
-            let repartitioning = ledger.repartitioning(settle: .milliseconds(100))
-            let changing = Task { try await repartitioning.run(to: 4, waitingAtMost: .seconds(60)) }
-            #expect(
-                try await eventually {
-                    try await Node.repartitionPlan(of: "ledger", in: ledger.store)?.state == .draining
-                }
-            )
+            let (repartitioning, changing) = try await ledger.startRepartitioning(to: 4, settle: .milliseconds(100))
             let neither = try await ledger.startReplica(partitions: 2)
             await #expect(throws: NodeError.self, "a replica with 2 partitions refuses while 1 → 4 is in progress") {
                 try await neither.running.value
@@ -362,15 +350,25 @@ private struct Ledger {
         return Replica(node: node, connection: connection, running: Task { try await node.run() })
     }
 
-    /// The ledger's re-partitioning, on the test's (administrator) connection.
-    func repartitioning(settle: Duration) -> Repartitioning {
-        Repartitioning(
+    /// Starts changing the ledger's partition count on the test's (administrator) connection, and returns
+    /// once the change has recorded its plan: replicas of the new count may start.
+    func startRepartitioning(
+        to count: Int,
+        settle: Duration
+    ) async throws -> (Repartitioning, Task<Repartitioning.Outcome, any Error>) {
+        let repartitioning = Repartitioning(
             configuration: configuration,
             handlers: Self.handlers,
             store: store,
             connection: connection,
             settle: settle
         )
+        let changing = Task { try await repartitioning.run(to: count, waitingAtMost: .seconds(60)) }
+        let planned = try await eventually {
+            try await Node.repartitionPlan(of: "ledger", in: store)?.state == .draining
+        }
+        #expect(planned, "the change records its plan")
+        return (repartitioning, changing)
     }
 
     func entry(account: String, number: Int) -> OutgoingMessage {

@@ -360,62 +360,98 @@ import Testing
     }
 
     @Test func replicasThatDeadlockDeadLetterNothingAndLoseNoTransfer() async throws {
-        let (first, second) = try await PostgresReplicaTests.replicas()
-        try await first.write { work in
-            for account in ["a", "b"] { try work.save(["balance": 0], in: "accounts", id: account, at: Date()) }
-        }
-        let transport = InProcessTransport()
         let logs = CapturedLogs()
         let metrics = TestMetrics()
         var configuration = Node.Configuration(name: "ledger")
         configuration.metricsFactory = metrics
         configuration.retry = RetryPolicy(maxAttempts: 1)  // a counted failure would dead-letter at once
+        let transfers = 12
+        let commands = (0..<transfers).map { index in
+            let (from, to) = index.isMultiple(of: 2) ? ("a", "b") : ("b", "a")
+            return ("t-\(index)", Transfer(from: from, to: to))
+        }
+        try await Self.race(
+            commands,
+            configuration: configuration,
+            handler: Self.transfer,
+            logs: logs,
+            preparing: { first in
+                try await first.write { work in
+                    for account in ["a", "b"] {
+                        try work.save(["balance": 0], in: "accounts", id: account, at: Date())
+                    }
+                }
+            },
+            checking: { first in
+                let handled = { @Sendable in
+                    try await first.read { work in
+                        try (0..<transfers).filter { try work.hasHandled("t-\($0)", consumer: "ledger") }.count
+                    }
+                }
+                #expect(try await eventually(timeout: .seconds(60)) { try await handled() == transfers })
+                #expect(try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }.isEmpty)
+                let balances = try await first.read { work in
+                    try ["a", "b"].map {
+                        try work.document([String: Int].self, in: "accounts", idOrAlias: $0)?["balance"]
+                    }
+                }
+                #expect(balances == [0, 0], "six transfers each way, none lost or doubled")
+                let races = logs.all.filter { $0.contains("lost a race") }
+                #expect(!races.isEmpty, "the replicas did deadlock (otherwise this test shows nothing)")
+                #expect(races.allSatisfy { $0.contains("40P01") })
+                // Counted once their transaction committed: the batches rolled back count nothing.
+                let counted = metrics.counterTotal(label: NodeMetric.messages, dimensions: [("outcome", "handled")])
+                #expect(counted == Int64(transfers), "each transfer counted once as handled")
+                #expect(
+                    metrics.counterTotal(label: NodeMetric.messages) == Int64(transfers),
+                    "and under no other outcome"
+                )
+                #expect(metrics.counterTotal(label: NodeMetric.batchRetries, dimensions: [("reason", "conflict")]) >= 1)
+            }
+        )
+    }
+
+    /// Two nodes of one service, each on its own replica of the store and taking one command at a time, both
+    /// consuming before the commands are sent one by one (under their ids); `checking` looks at the outcome,
+    /// then the nodes stop and the stores close.
+    static func race<C: Command>(
+        _ commands: [(id: String, command: C)],
+        configuration: Node.Configuration,
+        handler: any NodeHandler,
+        logs: CapturedLogs,
+        preparing prepare: (PostgresStore) async throws -> Void = { _ in },
+        checking check: (PostgresStore) async throws -> Void
+    ) async throws {
+        let (first, second) = try await PostgresReplicaTests.replicas()
+        try await prepare(first)
+        let transport = InProcessTransport()
+        var configuration = configuration
         configuration.batchSize = 1
-        configuration.prefetch = 1  // one transfer at a time each: the two replicas take turns
+        configuration.prefetch = 1  // one command at a time each: the two replicas take turns
         let nodes = [first, second].map {
             Node(
                 configuration: configuration,
                 store: $0,
                 transport: transport,
-                handlers: [Self.transfer],
+                handlers: [handler],
                 logger: logs.makeLogger()
             )
         }
         try await transport.declare(nodes[0].topology)
         let running = nodes.map { node in Task { try await node.run() } }
         try await Task.sleep(for: .milliseconds(500))  // both consuming
-        let transfers = 12
-        for index in 0..<transfers {
-            let (from, to) = index.isMultiple(of: 2) ? ("a", "b") : ("b", "a")
+        for (id, command) in commands {
             let envelope = Envelope(
-                messageID: "t-\(index)",
-                messageType: Transfer.messageType,
+                messageID: id,
+                messageType: C.messageType,
                 timestamp: .now,
-                payload: MessageRegistry.encode(Transfer(from: from, to: to))
+                payload: MessageRegistry.encode(command)
             )
             _ = await transport.publish([
-                OutgoingMessage(exchange: Routing.commandExchange, routingKey: Transfer.messageName, envelope: envelope)
+                OutgoingMessage(exchange: Routing.commandExchange, routingKey: C.messageName, envelope: envelope)
             ])
         }
-        let handled = { @Sendable in
-            try await first.read { work in
-                try (0..<transfers).filter { try work.hasHandled("t-\($0)", consumer: "ledger") }.count
-            }
-        }
-        #expect(try await eventually(timeout: .seconds(60)) { try await handled() == transfers })
-        #expect(try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }.isEmpty)
-        let balances = try await first.read { work in
-            try ["a", "b"].map { try work.document([String: Int].self, in: "accounts", idOrAlias: $0)?["balance"] }
-        }
-        #expect(balances == [0, 0], "six transfers each way, none lost or doubled")
-        let races = logs.all.filter { $0.contains("lost a race") }
-        #expect(!races.isEmpty, "the replicas did deadlock (otherwise this test shows nothing)")
-        #expect(races.allSatisfy { $0.contains("40P01") })
-        // Counted once their transaction committed: the batches rolled back count nothing.
-        let counted = metrics.counterTotal(label: NodeMetric.messages, dimensions: [("outcome", "handled")])
-        #expect(counted == Int64(transfers), "each transfer counted once as handled")
-        #expect(metrics.counterTotal(label: NodeMetric.messages) == Int64(transfers), "and under no other outcome")
-        #expect(metrics.counterTotal(label: NodeMetric.batchRetries, dimensions: [("reason", "conflict")]) >= 1)
+        try await check(first)
         for task in running { task.cancel() }
         for task in running { try await task.value }
         await first.close()
@@ -448,52 +484,24 @@ import Testing
     /// attempt of the handler, retried after a delay, and no race is logged. (A replica that reads the stream
     /// after the other's commit but before its own check gets a ``ConcurrencyError``: a failed attempt, retried.)
     @Test func replicasAppendingAtOneVersionRaceAndLoseNoEvent() async throws {
-        let (first, second) = try await PostgresReplicaTests.replicas()
-        let transport = InProcessTransport()
         let logs = CapturedLogs()
         var configuration = Node.Configuration(name: "bank")
         configuration.retry = RetryPolicy(maxAttempts: 5, initialDelay: .milliseconds(10))
-        configuration.batchSize = 1
-        configuration.prefetch = 1
-        let nodes = [first, second].map {
-            Node(
-                configuration: configuration,
-                store: $0,
-                transport: transport,
-                handlers: [Self.deposit],
-                logger: logs.makeLogger()
-            )
-        }
-        try await transport.declare(nodes[0].topology)
-        let running = nodes.map { node in Task { try await node.run() } }
-        try await Task.sleep(for: .milliseconds(500))  // both consuming
         let deposits = 12
-        for index in 0..<deposits {
-            let envelope = Envelope(
-                messageID: "d-\(index)",
-                messageType: Deposit.messageType,
-                timestamp: .now,
-                payload: MessageRegistry.encode(Deposit(account: "account-a"))
+        let commands = (0..<deposits).map { ("d-\($0)", Deposit(account: "account-a")) }
+        try await Self.race(commands, configuration: configuration, handler: Self.deposit, logs: logs) { first in
+            #expect(
+                try await eventually(timeout: .seconds(60)) {
+                    try await first.read { try $0.streamVersion("account-a") } == Int64(deposits)
+                }
             )
-            _ = await transport.publish([
-                OutgoingMessage(exchange: Routing.commandExchange, routingKey: Deposit.messageName, envelope: envelope)
-            ])
+            let letters = try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }
+            #expect(letters.isEmpty, "\(letters.map(\.reason))")
+            let races = logs.all.filter { $0.contains("lost a race") }
+            #expect(!races.isEmpty, "the replicas did race (otherwise this test shows nothing)")
+            #expect(races.allSatisfy { $0.contains("23505") }, "\(races.prefix(2))")
+            let refusedAsFailures = logs.all.filter { $0.contains("handler failed") && $0.contains("23505") }
+            #expect(refusedAsFailures.isEmpty, "\(refusedAsFailures.prefix(2))")
         }
-        #expect(
-            try await eventually(timeout: .seconds(60)) {
-                try await first.read { try $0.streamVersion("account-a") } == Int64(deposits)
-            }
-        )
-        let letters = try await first.read { try $0.deadLetters(includeReplayed: true, limit: 10) }
-        #expect(letters.isEmpty, "\(letters.map(\.reason))")
-        let races = logs.all.filter { $0.contains("lost a race") }
-        #expect(!races.isEmpty, "the replicas did race (otherwise this test shows nothing)")
-        #expect(races.allSatisfy { $0.contains("23505") }, "\(races.prefix(2))")
-        let refusedAsFailures = logs.all.filter { $0.contains("handler failed") && $0.contains("23505") }
-        #expect(refusedAsFailures.isEmpty, "\(refusedAsFailures.prefix(2))")
-        for task in running { task.cancel() }
-        for task in running { try await task.value }
-        await first.close()
-        await second.close()
     }
 }
