@@ -58,7 +58,7 @@ def main():
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.on("console", lambda message: seen["errors"].append(message.text) if message.type == "error" else None)
         page.on("pageerror", lambda error: seen["errors"].append(str(error)))
-        page.on("requestfailed", lambda request: seen["errors"].append("failed: " + request.url))
+        page.on("requestfailed", lambda request: seen["errors"].append(f"failed: {request.url} ({request.failure})"))
         page.on("dialog", lambda dialog: (seen["dialogs"].append(dialog.message), dialog.dismiss()))
 
         # The counts per lifecycle (the node samples them every 5 s: wait for the open order to be counted).
