@@ -179,7 +179,9 @@ public struct Repartitioning: Sendable {
         // Again: a replica of the old count that reconnected since binds them anew.
         try await connection.unbind(AMQPTopology(Node.inputFeeds(configuration: old, handlers: handlers)))
         var kept: [String: String] = [:]
-        for queue in Node.inputQueues(old) {
+        // Back to one queue: nothing dead-letters into the delivery-limit queue any more, and nothing reads it.
+        let pastLimit = plan.from > 1 && plan.to == 1 ? [Node.deliveryLimitQueue(old.name)] : []
+        for queue in Node.inputQueues(old) + pastLimit {
             let counts: (messages: Int, consumers: Int)
             do {
                 counts = try await connection.inspectQueue(queue)
@@ -190,7 +192,10 @@ public struct Repartitioning: Sendable {
                 kept[queue] =
                     "\(counts.consumers) replica(s) of the old count still consume it: restart them with --partitions \(plan.to)"
             } else if counts.messages > 0 {
-                kept[queue] = "it holds \(counts.messages) message(s) that came after its marker"
+                kept[queue] =
+                    pastLimit.contains(queue)
+                    ? "it holds \(counts.messages) message(s) past the delivery limit that no replica recorded"
+                    : "it holds \(counts.messages) message(s) that came after its marker"
             } else {
                 try await connection.deleteQueue(queue)
             }

@@ -209,7 +209,8 @@ private struct Applied: Codable, Sendable {
     }
 
     /// From one queue to partitions: the single queue is the old count, drained by the replica that consumes
-    /// it, then deleted with its bindings. A replica with a count that is neither refuses to start.
+    /// it, then deleted with its bindings. A replica with a count that is neither refuses to start. Then back to
+    /// one queue: the partitions go, and the delivery-limit queue with them.
     @Test func aSingleQueueBecomesPartitions() async throws {
         try await Ledger.with(name: "repartition-single", partitions: 1) { ledger in
             try await ledger.declare()
@@ -239,7 +240,28 @@ private struct Applied: Codable, Sendable {
             #expect(more.allSatisfy { $0 == .confirmed })
             #expect(try await eventually { try await ledger.appliedCount() == 23 })
             #expect(try await ledger.applied()["acct-0"] == Array(0..<8))
+
+            // And back to one queue: the partitions, their exchange and the delivery-limit queue go.
+            let (back, returning) = try await ledger.startRepartitioning(to: 1, settle: .milliseconds(100))
+            let again = try await ledger.startReplica(partitions: 1)
+            guard case .switched = try await returning.value else {
+                Issue.record("the count did not change back")
+                return
+            }
             try await partitioned.stop()
+            // The replica of one queue lets the old queues go within a second of the switch.
+            #expect(
+                try await eventually { try await back.run(to: 1, waitingAtMost: .seconds(10)) == .switched(kept: [:]) }
+            )
+            for queue in (0..<4).map({ "ledger.p4.\($0)" }) + ["ledger.delivery-limit"] {
+                await #expect(throws: AMQPError.self, "\(queue) is deleted") {
+                    try await ledger.connection.inspectQueue(queue)
+                }
+            }
+            let last = await ledger.transport.publish([ledger.entry(account: "acct-0", number: 8)])
+            #expect(last == [.confirmed])
+            #expect(try await eventually { try await ledger.applied()["acct-0"] == Array(0..<9) })
+            try await again.stop()
         }
     }
 }
