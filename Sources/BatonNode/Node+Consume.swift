@@ -152,13 +152,14 @@ extension Node {
             return span
         }
         var parked = false
+        var nextTimer: Date?
         var results: [MessageResult] = []
         var failures = 0
         var started = ContinuousClock.now
         while true {
             do {
                 started = ContinuousClock.now
-                (parked, results) = try await commitBatch(prepared, now: businessNow())
+                (parked, nextTimer, results) = try await commitBatch(prepared, now: businessNow())
                 break
             } catch {
                 failures += 1
@@ -188,7 +189,7 @@ extension Node {
         }
         configuration.faultInjection?(.afterCommitBeforePublish)
         relay.wake()
-        if schedulesTimers || parked { deadlines.wake() }
+        if parked || nextTimer.map({ due in deadlineLoopWakesAt.withLock { due < $0 } }) == true { deadlines.wake() }
         metrics.committed(results, duration: ContinuousClock.now - started)
         if let tracer {
             for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, result, tracer: tracer) } }
@@ -208,9 +209,10 @@ extension Node {
         return min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
     }
 
-    /// Handles a batch in one transaction; returns whether the store holds messages afterwards, and what became
-    /// of each message.
-    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, [MessageResult]) {
+    /// Handles a batch in one transaction; returns whether the store holds messages afterwards, the earliest
+    /// timer stored after it (for a node that schedules timers: the deadline loop is woken only for one earlier
+    /// than the deadline it sleeps until), and what became of each message.
+    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, Date?, [MessageResult]) {
         try await commit(wakeRelay: false) { [self] work in
             var holdsMessages = try work.hasParkedMessages()
             var results: [MessageResult] = []
@@ -252,8 +254,9 @@ extension Node {
                     results.append(MessageResult(type: knownType(incoming), outcome: try gaveUp(incoming, work, now)))
                 }
             }
+            let nextTimer = schedulesTimers ? try work.nextTimer()?.nextAttemptAt : nil
             configuration.faultInjection?(.beforeCommit)
-            return (holdsMessages, results)
+            return (holdsMessages, nextTimer, results)
         }
     }
 

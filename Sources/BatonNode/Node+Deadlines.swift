@@ -5,9 +5,10 @@ import Logging
 /// Stored deadlines in business time: timers, and the next attempts of held messages.
 extension Node {
     /// Acts on what is due — timers, then held messages — and sleeps on the business clock until the next
-    /// deadline, or until a batch signals new ones.
+    /// deadline, or until a batch signals an earlier one (``deadlineLoopWakesAt``) or a held message.
     func deadlineLoop() async {
         while !deadlines.isStopping {
+            deadlineLoopWakesAt.withLock { $0 = .distantPast }
             let now = businessNow()
             do {
                 let (due, next) = try await store.read { work in
@@ -30,6 +31,9 @@ extension Node {
                 } else if let next {
                     let timeSource = self.timeSource
                     untilDue = { try? await timeSource.sleep(until: next) }
+                    deadlineLoopWakesAt.withLock { $0 = next }
+                } else {
+                    deadlineLoopWakesAt.withLock { $0 = .distantFuture }
                 }
                 await waitFor(deadlines.signal, orUntil: untilDue)
             } catch let conflict as any StoreConflict {

@@ -115,6 +115,10 @@ public final class Node: Service {
     /// last).
     let consumption = NodeLoop()
     let deadlines = NodeLoop()
+    /// The business time the deadline loop sleeps until: `.distantPast` while it reads the store (a batch
+    /// that commits a deadline then wakes it), `.distantFuture` when nothing is scheduled. A batch wakes it only
+    /// for an earlier deadline than this.
+    let deadlineLoopWakesAt = Mutex(Date.distantPast)
     let relay = NodeLoop()
     let sampling = NodeLoop()
     let housekeeping = NodeLoop()

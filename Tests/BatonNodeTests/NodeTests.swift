@@ -627,6 +627,42 @@ import Testing
 /// The wall clock stepped backwards and forwards under a running node (NTP, an operator, a VM resumed): a
 /// timer fires once, when business time reaches it, whatever the clock did before — never twice, never lost.
 @Suite struct ClockStepTests {
+    /// The deadline loop sleeps until the earliest stored timer and is woken only by a batch that stores an
+    /// earlier one: here a payment schedules a reminder 5 s out while the loop waits for a timeout 60 s out,
+    /// and the reminder fires when due, not when the loop would have woken.
+    @Test func aTimerEarlierThanTheOneTheLoopWaitsForFiresWhenDue() async throws {
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let process = ProcessManager<OrderProcess>(name: "order-process", listensTo: ["orders", "payments"]) { pm in
+            pm.start(on: OrderPlaced.self, correlation: .field(\.orderID)) { event, process in
+                process.state.orderID = event.orderID
+                process.schedule("payment-timeout", after: .seconds(60))
+            }
+            pm.on(PaymentReceived.self, correlation: .field(\.orderID)) { _, process in
+                process.schedule("reminder", after: .seconds(5))
+            }
+            pm.onTimer("payment-timeout") { process in process.send(VoidOrder(orderID: process.state.orderID)) }
+            pm.onTimer("reminder") { process in process.send(ShipOrder(orderID: process.state.orderID)) }
+        }
+        let node = try harness.makeNode(process: process)
+        func idle() async throws { try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock) }
+        try await withRunningNode(node, transport: harness.transport) {
+            try await harness.publish(OrderPlaced(orderID: "o-1"), id: "placed-1")
+            try await idle()
+            let sleeping = try await eventually {
+                let wakesAt = node.deadlineLoopWakesAt.withLock { $0 }
+                return wakesAt > harness.clock.now() && wakesAt < .distantFuture
+            }
+            #expect(sleeping, "the loop sleeps until the timeout")
+            try await harness.publish(PaymentReceived(orderID: "o-1"), id: "paid-1")
+            try await idle()
+            harness.clock.advance(by: .seconds(6))
+            #expect(try await eventually { types(harness.observed).contains(ShipOrder.messageType) })
+            #expect(!types(harness.observed).contains(VoidOrder.messageType), "the timeout is not due")
+        }
+    }
+
     @Test func timersFireOnceThroughClockStepsBothWays() async throws {
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
