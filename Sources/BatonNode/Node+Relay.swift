@@ -6,7 +6,6 @@ import Logging
 extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
-        var holds = KeyHolds()
         while true {
             let stopping = relay.isStopping
             let handed = handover.withLock { $0.take(upTo: schedule.limit) }
@@ -17,7 +16,8 @@ extension Node {
                 now: .now,
                 date: Date()
             )
-            if action == .readTable {
+            let readTable = action == .readTable
+            if readTable {
                 do {
                     let limit = schedule.limit
                     let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
@@ -36,7 +36,7 @@ extension Node {
                     continue
                 }
             }
-            let rows: [OutboxMessage]
+            var rows: [OutboxMessage]
             switch action {
             case .finish: return
             case .readTable: continue
@@ -45,17 +45,30 @@ extension Node {
                 continue
             case .publish(let ready): rows = ready
             }
-            // A row whose key has an earlier row waiting out a failure stays behind it.
-            let (pending, behind) = holds.split(rows, now: .now)
+            if !readTable {
+                // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
+                // their scope (waiting out a retry, or another process's): ask the table about those.
+                do {
+                    let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows) }
+                    if !held.isEmpty {
+                        rows.removeAll { held.contains($0.sequence) }
+                        schedule.roundFailed()  // they wait in the table; a read returns them once free
+                        if rows.isEmpty { continue }
+                    }
+                } catch {
+                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                    schedule.roundFailed()
+                    continue
+                }
+            }
             let started = ContinuousClock.now
-            let outcomes = await publish(pending)
+            let outcomes = await publishInOrder(rows)
             metrics.publishConfirmDuration.record(duration: ContinuousClock.now - started)
             var sent: [Int64] = []
             var failed: [Int64] = []
             var refused: [Int64] = []
             var firstError: String?
-            for (message, outcome) in zip(pending, outcomes) {
-                holds.record(message, confirmed: outcome == .confirmed, now: .now)
+            for (message, outcome) in zip(rows, outcomes) {
                 switch outcome {
                 case .confirmed:
                     sent.append(message.sequence)
@@ -65,17 +78,17 @@ extension Node {
                 case .failed(let reason), .unknown(let reason):
                     failed.append(message.sequence)
                     firstError = firstError ?? reason
+                case nil:
+                    break  // behind a row of its scope that failed: it waits in the table as that one does
                 }
             }
-            for message in behind { holds.keepBehind(message) }
             metrics.published.increment(by: sent.count)
             metrics.publishFailures.increment(by: failed.count + refused.count)
             do {
                 // Without an fsync: a deletion lost to a power failure only re-sends, under the same id.
-                // A row kept behind its key waits out a retry delay as a failed one does.
-                try await store.writeWithoutWaitingForDisk { [sent, failed, refused, behind] work in
+                try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
                     try work.removeSent(sent)
-                    try work.markFailed(failed + behind.map(\.sequence), at: Date())
+                    try work.markFailed(failed, at: Date())
                     try work.markFailed(refused, at: Date(), refused: true)
                 }
             } catch {
@@ -86,7 +99,7 @@ extension Node {
                 schedule.roundFailed()  // the failed rows wait out their retry delay in the table
                 logger.warning(
                     "relay publish failed; retrying those messages later",
-                    metadata: ["failed": "\(failed.count)", "error": "\(firstError)"]
+                    metadata: ["failed": "\(failed.count + refused.count)", "error": "\(firstError)"]
                 )
             }
         }
@@ -99,10 +112,36 @@ extension Node {
         return { try? await Task.sleep(for: .seconds(delay)) }
     }
 
+    /// Publishes rows (in sequence order) so that none goes out before an earlier one of its order scope is
+    /// confirmed: in waves, each with at most one row per scope, a wave after the one before it is confirmed.
+    /// A row whose scope had a row fail in an earlier wave is not published (its outcome is `nil`). Within a
+    /// wave, order does not matter, so rows the broker refused before go on their own (see ``publish(_:)``).
+    private func publishInOrder(_ rows: [OutboxMessage]) async -> [PublishOutcome?] {
+        var outcomes = [PublishOutcome?](repeating: nil, count: rows.count)
+        let scopes = rows.map(\.orderScope)
+        var failedScopes: Set<String> = []
+        var remaining = Array(rows.indices)
+        while !remaining.isEmpty {
+            var wave: [Int] = []
+            var later: [Int] = []
+            var inWave: Set<String> = []
+            for index in remaining where !failedScopes.contains(scopes[index]) {
+                if inWave.insert(scopes[index]).inserted { wave.append(index) } else { later.append(index) }
+            }
+            for (index, outcome) in zip(wave, await publish(wave.map { rows[$0] })) {
+                outcomes[index] = outcome
+                if outcome != .confirmed { failedScopes.insert(scopes[index]) }
+            }
+            remaining = later
+        }
+        return outcomes
+    }
+
     /// Publishes outbox rows: the ones never refused together, each row the broker refused before on its own.
     /// When the broker refuses one row of a batch it closes the channel over all of them, without saying which:
     /// those of unknown outcome go again one by one, so each gets its own answer.
     private func publish(_ rows: [OutboxMessage]) async -> [PublishOutcome] {
+        guard !rows.isEmpty else { return [] }
         let outgoing = rows.map { row in
             var envelope = row.envelope
             envelope.headers[BatonHeader.sequence] = String(row.sequence)
@@ -129,74 +168,6 @@ extension Node {
         while (try? await store.read({ try $0.pendingOutboxCount() })) != 0 {
             try? await Task.sleep(for: .milliseconds(10))
         }
-    }
-}
-
-/// The rows of each partition key that failed to go out (or wait behind one that did), in this process: a later
-/// row of such a key to the same place waits until every earlier one is confirmed, so that the relay never lets a
-/// message overtake an earlier one of its key — a partitioned receiver takes a key's messages in the order they
-/// were published. The same place: a command's service (commands are routed by their name, `<service>.<Name>`),
-/// or an event's exchange (any service may listen). A command no service takes holds back later commands of its
-/// key to that service, not those to others.
-///
-/// Kept in memory, so it holds nothing back after a restart. A hold lapses a minute after its key's last failure
-/// here: a failed row is tried at least every 30 s while it exists, and on a shared store another replica's relay
-/// may send it (and this one never hear of it).
-struct KeyHolds {
-    private struct Hold {
-        var sequences: Set<Int64>
-        var lastFailure: ContinuousClock.Instant
-    }
-
-    private var holds: [String: Hold] = [:]
-    static let lapse = Duration.seconds(60)
-
-    /// The rows that may go now, and the rows of a held key that must stay behind its earliest waiting row.
-    mutating func split(
-        _ rows: [OutboxMessage],
-        now: ContinuousClock.Instant
-    ) -> (ready: [OutboxMessage], behind: [OutboxMessage]) {
-        guard !holds.isEmpty else { return (rows, []) }
-        holds = holds.filter { now - $0.value.lastFailure < Self.lapse }
-        var ready: [OutboxMessage] = []
-        var behind: [OutboxMessage] = []
-        for row in rows {
-            if let earliest = holds[Self.scope(of: row)]?.sequences.min(), row.sequence > earliest {
-                behind.append(row)
-            } else {
-                ready.append(row)
-            }
-        }
-        return (ready, behind)
-    }
-
-    /// Records a published row's outcome: a confirmed one no longer holds its key back, a failed one does.
-    mutating func record(_ row: OutboxMessage, confirmed: Bool, now: ContinuousClock.Instant) {
-        let key = Self.scope(of: row)
-        if confirmed {
-            guard holds[key]?.sequences.remove(row.sequence) != nil else { return }
-            if holds[key]?.sequences.isEmpty == true { holds[key] = nil }
-        } else {
-            holds[key, default: Hold(sequences: [], lastFailure: now)].sequences.insert(row.sequence)
-            holds[key]?.lastFailure = now
-        }
-    }
-
-    /// Records a row kept behind its key's earliest waiting row: it holds the key back too (a row of it that
-    /// comes later must not pass it), without putting the hold off.
-    mutating func keepBehind(_ row: OutboxMessage) {
-        holds[Self.scope(of: row)]?.sequences.insert(row.sequence)
-    }
-
-    /// What a row keeps its order within: its partition key, and where it goes.
-    static func scope(of row: OutboxMessage) -> String {
-        let destination =
-            switch row.exchange {
-            case Routing.commandExchange: "\(row.exchange) \(row.routingKey.prefix { $0 != "." })"
-            case Routing.nodeExchange, Routing.deadLetterExchange: "\(row.exchange) \(row.routingKey)"
-            default: row.exchange
-            }
-        return "\(destination) \(row.envelope.partitionKey)"
     }
 }
 

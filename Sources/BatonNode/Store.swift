@@ -31,8 +31,10 @@ public protocol Store: Sendable {
     /// The relay's table read: the oldest pending rows ready at `now` (as ``UnitOfWork/pendingOutbox(limit:readyAt:)``)
     /// and when the earliest row waiting out a retry may go. A store that processes share (replicas of one
     /// service) leases the rows to this process, so another's relay skips them until they are marked or the
-    /// lease ends (its holder died); rows this process queued are leased to it from the start. A store that
-    /// one process owns just reads them (the default).
+    /// lease ends (its holder died); rows this process queued are leased to it from the start. Like the
+    /// waiting ones, a row another process holds keeps the later rows of its order scope back, and claims take
+    /// turns so that two never take rows of one scope at once. A store that one process owns just reads them
+    /// (the default).
     func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?)
 }
 
@@ -77,8 +79,14 @@ public protocol UnitOfWork {
     ///   - key: The de-duplication key; the message id when `nil`, another key when the same message is sent
     ///     on purpose again (a dead letter, a replay).
     func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws
-    /// The oldest messages not yet sent and not waiting out a retry delay at `now`, in the order queued.
+    /// The oldest messages not yet sent and not waiting out a retry delay at `now`, in the order queued —
+    /// without those behind an earlier row of their ``OutboxMessage/orderScope`` that waits out its delay.
     func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage]
+    /// How many messages not yet sent have a sequence up to `sequence`.
+    func unsentOutboxCount(through sequence: Int64) throws -> Int
+    /// The messages not yet sent of the given order scopes with a sequence up to `sequence`, as
+    /// (scope, sequence), in no particular order.
+    func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)]
     /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try;
     /// with `refused`, each is published on its own from then on.
     func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws
@@ -242,6 +250,22 @@ extension UnitOfWork {
     /// The oldest messages not yet sent, whatever their retry delays.
     public func pendingOutbox(limit: Int) throws -> [OutboxMessage] {
         try pendingOutbox(limit: limit, readyAt: .distantFuture)
+    }
+
+    /// The rows among `rows` (unsent, in order) that an earlier unsent row of their order scope holds back:
+    /// one that is not among `rows` — waiting out a retry, leased by another process, or queued by one — or
+    /// one of them that is held back itself. Usually one count over the rows' own range of the outbox.
+    public func outboxRowsHeldBack(_ rows: [OutboxMessage]) throws -> Set<Int64> {
+        guard let last = rows.map(\.sequence).max(), try unsentOutboxCount(through: last) != rows.count else {
+            return []
+        }
+        let own = Set(rows.map(\.sequence))
+        var earliest: [String: Int64] = [:]
+        for (scope, sequence) in try unsentOutbox(scopes: Set(rows.map(\.orderScope)), through: last)
+        where !own.contains(sequence) {
+            earliest[scope] = min(earliest[scope] ?? sequence, sequence)
+        }
+        return Set(rows.filter { row in earliest[row.orderScope].map { $0 < row.sequence } ?? false }.map(\.sequence))
     }
 
     /// Records failed publishes of rows the broker did not refuse.

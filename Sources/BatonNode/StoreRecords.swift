@@ -43,6 +43,27 @@ public struct OutboxMessage: Sendable, Hashable {
         self.envelope = envelope
         self.wasRefused = wasRefused
     }
+
+    /// What the row keeps its order within (see ``orderScope(exchange:routingKey:envelope:)``).
+    public var orderScope: String {
+        Self.orderScope(exchange: exchange, routingKey: routingKey, envelope: envelope)
+    }
+
+    /// What a message keeps its order within: its partition key, and where it goes — a command's service
+    /// (commands are routed by their name, `<service>.<Name>`), a node's or dead letters' routing key, or an
+    /// event's exchange (any service may listen). The relay never publishes a row while an earlier row of its
+    /// scope is unsent, so a partitioned receiver takes a key's messages in the order they were committed; a
+    /// command no service takes holds back later commands of its key to that service, not those to others.
+    /// Stores keep it in a column of the outbox, so that the check is a lookup.
+    public static func orderScope(exchange: String, routingKey: String, envelope: Envelope) -> String {
+        let destination =
+            switch exchange {
+            case Routing.commandExchange: "\(exchange) \(routingKey.prefix { $0 != "." })"
+            case Routing.nodeExchange, Routing.deadLetterExchange: "\(exchange) \(routingKey)"
+            default: exchange
+            }
+        return "\(destination) \(envelope.partitionKey)"
+    }
 }
 
 /// A timer that is due or pending.

@@ -45,7 +45,8 @@ public final class PostgresStore: Store {
     private let configuration: PostgresConnection.Configuration
     private let schema: String?
     private let access: Access
-    private let location: String
+    /// How errors name the database (never with its password).
+    let location: String
     private let logger: Logger
     /// Who holds an outbox lease: this store object (one per process).
     let owner = UUID().uuidString.lowercased()
@@ -179,6 +180,7 @@ public final class PostgresStore: Store {
             )
             if !upgrading.isEmpty { try work.execute(Self.retentionUpgrade) }
             try work.execute(Self.schema)
+            try work.fillOrderScopes()
         }
     }
 
@@ -223,7 +225,9 @@ public final class PostgresStore: Store {
             attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at BIGINT, refused BOOLEAN NOT NULL DEFAULT FALSE);
         ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_by TEXT;
         ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT;
+        ALTER TABLE outbox ADD COLUMN IF NOT EXISTS scope TEXT;
         CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (sequence) WHERE sent_at IS NULL;
+        CREATE INDEX IF NOT EXISTS outbox_scope ON outbox (scope, sequence) WHERE sent_at IS NULL;
         CREATE TABLE IF NOT EXISTS documents (
             collection TEXT NOT NULL, id TEXT NOT NULL, alias TEXT, status TEXT, body BYTEA NOT NULL,
             updated_at BIGINT NOT NULL, PRIMARY KEY (collection, id));
@@ -406,7 +410,7 @@ final class PostgresUnitOfWork: UnitOfWork {
         do {
             return try result.get().rows
         } catch {
-            let explained = PostgresStoreError.explaining(error, "PostgreSQL")
+            let explained = PostgresStoreError.explaining(error, "PostgreSQL at \(store.location)")
             throw PostgresConflict(explained) ?? explained
         }
     }
@@ -473,8 +477,8 @@ final class PostgresUnitOfWork: UnitOfWork {
     func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws {
         let rows = try query(
             """
-            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, claimed_by, claimed_until)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, claimed_by, claimed_until, scope)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             ON CONFLICT (message_id) DO NOTHING RETURNING sequence
             """,
             [
@@ -482,6 +486,7 @@ final class PostgresUnitOfWork: UnitOfWork {
                 .init(bytes: [UInt8](envelope.storedRecord)),
                 .init(int64: envelope.timestamp.millisecondsSince1970), .init(string: store.owner),
                 .init(int64: leaseEnd(from: Date())),
+                .init(string: OutboxMessage.orderScope(exchange: exchange, routingKey: routingKey, envelope: envelope)),
             ]
         )
         if let sequence = try rows.first?.decode(Int64.self) {
@@ -500,8 +505,12 @@ final class PostgresUnitOfWork: UnitOfWork {
     func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
         try query(
             """
-            SELECT sequence, exchange, routing_key, envelope, refused FROM outbox
+            SELECT sequence, exchange, routing_key, envelope, refused FROM outbox AS row
             WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $1)
+                AND NOT EXISTS (
+                    SELECT 1 FROM outbox AS earlier
+                    WHERE earlier.scope = row.scope AND earlier.sequence < row.sequence
+                        AND earlier.sent_at IS NULL AND earlier.next_attempt_at > $1)
             ORDER BY sequence LIMIT $2
             """,
             [.init(int64: now.millisecondsSince1970), .init(int: limit)]
@@ -509,21 +518,62 @@ final class PostgresUnitOfWork: UnitOfWork {
     }
 
     /// The oldest pending rows ready at `now` that no other store object holds a live lease on, leased to this
-    /// one; rows another transaction is claiming right now are skipped, not waited for.
+    /// one, without those behind an earlier row of their scope that waits out a retry or that another holds.
+    /// Claims take turns (an advisory lock): each sees the leases of those before it, so two replicas never
+    /// take rows of one scope at once. Rows another transaction is marking right now are skipped, not waited for.
     func claimOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
+        try query("SELECT pg_advisory_xact_lock(hashtext('baton.outbox.' || current_schema()))")
         let now = now.millisecondsSince1970
         return try query(
             """
             UPDATE outbox SET claimed_by = $1, claimed_until = $2
             WHERE sequence IN (
-                SELECT sequence FROM outbox
+                SELECT sequence FROM outbox AS row
                 WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= $3)
                     AND (claimed_until IS NULL OR claimed_until <= $3 OR claimed_by = $1)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM outbox AS earlier
+                        WHERE earlier.scope = row.scope AND earlier.sequence < row.sequence AND earlier.sent_at IS NULL
+                            AND (earlier.next_attempt_at > $3 OR (earlier.claimed_until > $3 AND earlier.claimed_by <> $1)))
                 ORDER BY sequence LIMIT $4 FOR UPDATE SKIP LOCKED)
             RETURNING sequence, exchange, routing_key, envelope, refused
             """,
             [.init(string: store.owner), .init(int64: leaseEnd(from: now)), .init(int64: now), .init(int: limit)]
         ).map(outboxMessage).sorted { $0.sequence < $1.sequence }
+    }
+
+    /// Gives rows an earlier release queued their order scope (at migration, before any relay runs).
+    func fillOrderScopes() throws {
+        for row in try query("SELECT sequence, exchange, routing_key, envelope FROM outbox WHERE scope IS NULL") {
+            let (sequence, exchange, routingKey, envelope) = try row.decode((Int64, String, String, Data).self)
+            let scope = OutboxMessage.orderScope(
+                exchange: exchange,
+                routingKey: routingKey,
+                envelope: try Envelope(storedRecord: envelope)
+            )
+            try query(
+                "UPDATE outbox SET scope = $1 WHERE sequence = $2",
+                [.init(string: scope), .init(int64: sequence)]
+            )
+        }
+    }
+
+    func unsentOutboxCount(through sequence: Int64) throws -> Int {
+        Int(
+            try query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= $1", [.init(int64: sequence)])
+                .first?.decode(Int64.self) ?? 0
+        )
+    }
+
+    func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)] {
+        guard !scopes.isEmpty else { return [] }
+        return try query(
+            "SELECT scope, sequence FROM outbox WHERE scope = ANY($1) AND sequence <= $2 AND sent_at IS NULL",
+            [.init(array: scopes.map { PostgresData(string: $0) }, elementType: .text), .init(int64: sequence)]
+        ).map { row in
+            let (scope, sequence) = try row.decode((String, Int64).self)
+            return (scope: scope, sequence: sequence)
+        }
     }
 
     /// When a lease taken at `time` ends, in milliseconds since 1970 (wall-clock time).

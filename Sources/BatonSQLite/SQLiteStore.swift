@@ -284,6 +284,23 @@ public final class SQLiteStore: Store {
                     """
             )
         }
+        // The relay keeps each message's order scope (its partition key and where it goes) with it: a row is
+        // published only when no earlier row of its scope is unsent, whichever process or run queued that one.
+        migrator.registerMigration("v8-outbox-order-scope") { db in
+            try db.execute(sql: "ALTER TABLE outbox ADD COLUMN scope TEXT NOT NULL DEFAULT ''")
+            for row in try Row.fetchAll(db, sql: "SELECT sequence, exchange, routing_key, envelope FROM outbox") {
+                let scope = OutboxMessage.orderScope(
+                    exchange: row["exchange"],
+                    routingKey: row["routing_key"],
+                    envelope: try Envelope(storedRecord: row["envelope"])
+                )
+                try db.execute(
+                    sql: "UPDATE outbox SET scope = ? WHERE sequence = ?",
+                    arguments: [scope, row["sequence"] as Int64]
+                )
+            }
+            try db.execute(sql: "CREATE INDEX outbox_scope ON outbox (scope, sequence) WHERE sent_at IS NULL")
+        }
         return migrator
     }
 }

@@ -85,12 +85,13 @@ struct SQLiteUnitOfWork: UnitOfWork {
     func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws {
         try run(
             """
-            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at)
-            VALUES (?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
+            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, scope)
+            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
             """,
             [
                 key ?? envelope.messageID, exchange, routingKey, envelope.storedRecord,
                 envelope.timestamp.timeIntervalSince1970,
+                OutboxMessage.orderScope(exchange: exchange, routingKey: routingKey, envelope: envelope),
             ]
         )
         if let queued, db.changesCount > 0 {
@@ -107,7 +108,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
     }
 
     /// The oldest messages not yet confirmed by the broker and not waiting out a retry delay, in the order
-    /// they were queued.
+    /// they were queued, without those behind an earlier row of their scope that waits (`outbox_scope`).
     /// - Parameters:
     ///   - limit: At most this many.
     ///   - now: Wall-clock time; rows whose next attempt is later are left for later.
@@ -115,9 +116,13 @@ struct SQLiteUnitOfWork: UnitOfWork {
         try Row.fetchAll(
             try statement(
                 """
-                SELECT sequence, exchange, routing_key, envelope, refused FROM outbox
-                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
-                ORDER BY sequence LIMIT ?
+                SELECT sequence, exchange, routing_key, envelope, refused FROM outbox AS row
+                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                    AND NOT EXISTS (
+                        SELECT 1 FROM outbox AS earlier
+                        WHERE earlier.scope = row.scope AND earlier.sequence < row.sequence
+                            AND earlier.sent_at IS NULL AND earlier.next_attempt_at > ?1)
+                ORDER BY sequence LIMIT ?2
                 """
             ),
             arguments: [now.millisecondsSince1970, limit]
@@ -130,6 +135,27 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 wasRefused: row["refused"]
             )
         }
+    }
+
+    /// How many messages not yet sent have a sequence up to `sequence` (a range of `outbox_pending`).
+    func unsentOutboxCount(through sequence: Int64) throws -> Int {
+        try Int.fetchOne(
+            try statement("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= ?"),
+            arguments: [sequence]
+        ) ?? 0
+    }
+
+    /// The messages not yet sent of the given scopes up to `sequence` (a range of `outbox_scope` per scope).
+    func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)] {
+        guard !scopes.isEmpty else { return [] }
+        return try Row.fetchAll(
+            db,
+            sql: """
+                SELECT scope, sequence FROM outbox
+                WHERE scope IN (\(scopes.map { _ in "?" }.joined(separator: ","))) AND sequence <= ? AND sent_at IS NULL
+                """,
+            arguments: StatementArguments(Array(scopes)) + [sequence]
+        ).map { (scope: $0[0], sequence: $0[1]) }
     }
 
     /// Records failed publishes: each row waits 0.1 s, doubling per failure up to 30 s, before its next try,

@@ -177,10 +177,27 @@ final class InMemoryUnitOfWork: UnitOfWork {
     }
 
     func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage] {
-        Array(
-            state.outbox.lazy.filter { $0.nextAttemptAt.map { $0 <= now } ?? true }
-                .map(\.message).prefix(limit)
-        )
+        var waiting: Set<String> = []
+        var ready: [OutboxMessage] = []
+        for row in state.outbox where ready.count < limit {
+            let scope = row.message.orderScope
+            if let next = row.nextAttemptAt, next > now {
+                waiting.insert(scope)
+            } else if !waiting.contains(scope) {
+                ready.append(row.message)
+            }
+        }
+        return ready
+    }
+
+    func unsentOutboxCount(through sequence: Int64) throws -> Int {
+        state.outbox.count { $0.message.sequence <= sequence }
+    }
+
+    func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)] {
+        state.outbox.lazy.filter { $0.message.sequence <= sequence }
+            .map { (scope: $0.message.orderScope, sequence: $0.message.sequence) }
+            .filter { scopes.contains($0.scope) }
     }
 
     func markFailed(_ sequences: [Int64], at now: Date, refused: Bool) throws {

@@ -12,6 +12,11 @@ private struct PostEntry: Command {
     var account: String
     var number: Int
 }
+private struct PostEntries: Command {
+    static let messageName = "ledger.PostEntries"
+    var account: String
+    var numbers: [Int]
+}
 private struct EntryPosted: Event {
     static let messageName = "ledger.EntryPosted"
     var account: String
@@ -54,7 +59,88 @@ private final class FlakyTransport: Transport {
     }
 }
 
-/// The relay keeps each partition key's order through failed publishes.
+/// A ledger node over a store and a transport, with an observer queue bound to its events.
+private struct Ledger {
+    let node: Node
+    let broker: InProcessTransport
+    let running: Task<Void, any Error>
+
+    init(store: any Store, transport: any Transport, broker: InProcessTransport) async throws {
+        node = Node(
+            configuration: Node.Configuration(name: "ledger"),
+            store: store,
+            transport: transport,
+            handlers: [
+                MessageHandlerHost.command(PostEntry.self, name: "post-entry") { entry, context in
+                    context.publish(EntryPosted(account: entry.account, number: entry.number))
+                },
+                MessageHandlerHost.command(PostEntries.self, name: "post-entries") { entries, context in
+                    for number in entries.numbers {
+                        context.publish(EntryPosted(account: entries.account, number: number))
+                    }
+                },
+            ],
+            logger: Logger(label: "relay-order")
+        )
+        self.broker = broker
+        try await transport.declare(node.topology)
+        try await broker.declare(
+            Topology(
+                queues: [.init("observer")],
+                bindings: [.init(queue: "observer", exchange: Routing.eventExchange, bindingKey: "ledger.#")]
+            )
+        )
+        running = Task { [node] in try await node.run() }
+    }
+
+    /// Sends the node a command, as another service would.
+    func send(_ command: some Command, id: String) async {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: type(of: command).messageType,
+            timestamp: Date(),
+            payload: MessageRegistry.encode(command)
+        )
+        let message = OutgoingMessage(
+            exchange: Routing.commandExchange,
+            routingKey: type(of: command).messageName,
+            envelope: envelope
+        )
+        #expect(await broker.publish([message]) == [.confirmed])
+    }
+
+    /// The entries the observer received once `count` have, in order (`a0`: account `a`, number 0).
+    func observed(_ count: Int) async throws -> [String] {
+        #expect(try await eventually { broker.readyCount("observer") >= count })
+        return try broker.readyMessages("observer").map {
+            let entry = try JSONDecoder.baton.decode(EntryPosted.self, from: $0.envelope.payload)
+            return "\(entry.account)\(entry.number)"
+        }
+    }
+
+    func stop() async throws {
+        node.stop()
+        try await running.value
+    }
+
+    /// Queues an entry in a store as the ledger's relay would find it: committed by another replica, or by a
+    /// run before a restart.
+    static func queue(_ account: String, _ number: Int, in store: any Store) async throws -> Int64 {
+        var envelope = Envelope(
+            messageID: "entry-\(account)-\(number)",
+            messageType: EntryPosted.messageType,
+            timestamp: Date(),
+            payload: MessageRegistry.encode(EntryPosted(account: account, number: number))
+        )
+        envelope.headers[partitionKeyHeader] = account
+        return try await store.writeHandingOverOutbox { [envelope] work in
+            try work.enqueue(envelope, exchange: Routing.eventExchange, routingKey: EntryPosted.messageName)
+        }.1[0].sequence
+    }
+}
+
+/// The relay keeps each partition key's order through failed publishes: whichever run or replica queued the
+/// earlier row, and within one publish round.
 @Suite struct RelayOrderTests {
     /// An event that fails to go out holds back the later events of its key (and only of its key) until it is
     /// confirmed: a partitioned receiver sees account `a`'s entries in the order they were posted. Without the
@@ -62,52 +148,81 @@ private final class FlakyTransport: Transport {
     @Test func aFailedPublishHoldsBackTheLaterMessagesOfItsKeyOnly() async throws {
         let firstEventID = MessageID.derived(from: "post-entry", "post-a-0", "0")
         let transport = FlakyTransport(failing: firstEventID, times: 3)
-        let node = Node(
-            configuration: Node.Configuration(name: "ledger"),
-            store: InMemoryStore(),
-            transport: transport,
-            handlers: [
-                MessageHandlerHost.command(PostEntry.self, name: "post-entry") { entry, context in
-                    context.publish(EntryPosted(account: entry.account, number: entry.number))
-                }
-            ],
-            logger: Logger(label: "relay-order")
-        )
-        try await transport.declare(node.topology)
-        try await transport.inner.declare(
-            Topology(
-                queues: [.init("observer")],
-                bindings: [.init(queue: "observer", exchange: Routing.eventExchange, bindingKey: "ledger.#")]
-            )
-        )
-        let running = Task { try await node.run() }
-        func post(_ account: String, _ number: Int) async {
-            let envelope = Envelope(
-                messageID: "post-\(account)-\(number)",
-                messageType: PostEntry.messageType,
-                timestamp: Date(),
-                payload: MessageRegistry.encode(PostEntry(account: account, number: number))
-            )
-            let message = OutgoingMessage(
-                exchange: Routing.commandExchange,
-                routingKey: PostEntry.messageName,
-                envelope: envelope
-            )
-            #expect(await transport.inner.publish([message]) == [.confirmed])
-        }
-
-        await post("a", 0)
+        let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
+        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
         #expect(try await eventually { transport.failures.load(ordering: .relaxed) >= 1 })
-        await post("a", 1)
-        await post("b", 0)
-        #expect(try await eventually { transport.inner.readyCount("observer") == 3 })
-        let observed = try transport.inner.readyMessages("observer").map {
-            let entry = try JSONDecoder.baton.decode(EntryPosted.self, from: $0.envelope.payload)
-            return "\(entry.account)\(entry.number)"
-        }
+        await ledger.send(PostEntry(account: "a", number: 1), id: "post-a-1")
+        await ledger.send(PostEntry(account: "b", number: 0), id: "post-b-0")
+        let observed = try await ledger.observed(3)
         #expect(observed == ["b0", "a0", "a1"], "a's entries in order, b's not held back: \(observed)")
         #expect(transport.failures.load(ordering: .relaxed) == 3)
-        node.stop()
-        try await running.value
+        try await ledger.stop()
+    }
+
+    /// A relay that starts over rows a run before it left — the first of a key waiting out its retry, a later
+    /// one ready — publishes the later one only after the first. The hold is the store's, not the relay's
+    /// memory: without it, `a1` goes out at once (the table read returns every ready row).
+    @Test func aRestartedRelayKeepsALaterRowBehindOneWaitingOutItsRetry() async throws {
+        let store = InMemoryStore()
+        let first = try await Ledger.queue("a", 0, in: store)
+        _ = try await Ledger.queue("a", 1, in: store)
+        _ = try await Ledger.queue("b", 0, in: store)
+        try await store.write { work in
+            for _ in 0..<5 { try work.markFailed([first], at: Date()) }  // the next try in 1.6 s
+        }
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        let observed = try await ledger.observed(3)
+        #expect(observed.filter { $0.hasPrefix("a") } == ["a0", "a1"] && observed.contains("b0"), "\(observed)")
+        try await ledger.stop()
+    }
+
+    /// A row the broker refused before goes on its own; a later row of its key read with it in one round
+    /// waits for its confirm. Without waves, the later row goes in the round's batch and the refused one
+    /// alone after it.
+    @Test func aRowRefusedBeforeGoesBeforeTheLaterRowsOfItsKeyReadWithIt() async throws {
+        let store = InMemoryStore()
+        let first = try await Ledger.queue("a", 0, in: store)
+        _ = try await Ledger.queue("a", 1, in: store)
+        try await store.write { work in try work.markFailed([first], at: Date(timeIntervalSinceNow: -60), refused: true)
+        }
+        #expect(try await store.read { try $0.pendingOutbox(limit: 10, readyAt: Date()) }.count == 2)
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        let observed = try await ledger.observed(2)
+        #expect(observed == ["a0", "a1"], "\(observed)")
+        try await ledger.stop()
+    }
+
+    /// A row this relay handed over to itself waits behind an earlier unsent row of its key in the table —
+    /// one another replica of the service queued and failed to publish. Without asking the table, the handed
+    /// over `a1` goes out at once.
+    @Test func aHandedOverRowWaitsBehindAnotherReplicasEarlierRow() async throws {
+        let store = InMemoryStore()
+        let first = try await Ledger.queue("a", 0, in: store)
+        try await store.write { work in
+            for _ in 0..<5 { try work.markFailed([first], at: Date()) }  // the next try in 1.6 s
+        }
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        await ledger.send(PostEntry(account: "a", number: 1), id: "post-a-1")
+        await ledger.send(PostEntry(account: "b", number: 0), id: "post-b-0")
+        let observed = try await ledger.observed(3)
+        #expect(observed.filter { $0.hasPrefix("a") } == ["a0", "a1"] && observed.contains("b0"), "\(observed)")
+        try await ledger.stop()
+    }
+
+    /// Two entries of one key committed together go out in one round; when the broker nacks the first, the
+    /// second is not published in that round (it would be taken before the first). Without waves, `a1` is
+    /// confirmed beside the nacked `a0`.
+    @Test func aNackInARoundHoldsBackTheLaterRowsOfItsKeyInThatRound() async throws {
+        let firstEventID = MessageID.derived(from: "post-entries", "post-a", "0")
+        let transport = FlakyTransport(failing: firstEventID, times: 1)
+        let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
+        await ledger.send(PostEntries(account: "a", numbers: [0, 1]), id: "post-a")
+        let observed = try await ledger.observed(2)
+        #expect(observed == ["a0", "a1"], "\(observed)")
+        #expect(transport.failures.load(ordering: .relaxed) == 1)
+        try await ledger.stop()
     }
 }

@@ -170,6 +170,28 @@ import Testing
         await second.close()
     }
 
+    /// A row of an order scope whose earlier row another replica holds (its lease runs) is neither claimed nor
+    /// handed on: the later one goes only once the earlier one is sent, whichever replica queued either.
+    @Test func aRowBehindAnotherReplicasLeasedRowOfItsScopeWaits() async throws {
+        let (first, second) = try await Self.replicas()
+        let (_, earlier) = try await first.writeHandingOverOutbox { work in
+            try work.enqueue(Conformance.envelope("a-0", key: "a"), exchange: Routing.eventExchange, routingKey: "x.E")
+        }
+        let (_, later) = try await second.writeHandingOverOutbox { work in
+            try work.enqueue(Conformance.envelope("a-1", key: "a"), exchange: Routing.eventExchange, routingKey: "x.E")
+            try work.enqueue(Conformance.envelope("b-0", key: "b"), exchange: Routing.eventExchange, routingKey: "x.E")
+        }
+        let claimed = try await second.claimOutbox(limit: 10, readyAt: Date()).rows
+        #expect(claimed.map(\.envelope.messageID) == ["b-0"], "a-1 waits behind the first replica's a-0")
+        #expect(try await second.read { try $0.outboxRowsHeldBack(later) } == [later[0].sequence])
+        try await first.write { try $0.removeSent(earlier.map(\.sequence)) }
+        let after = try await second.claimOutbox(limit: 10, readyAt: Date()).rows
+        #expect(after.map(\.envelope.messageID) == ["a-1", "b-0"])
+        #expect(try await second.read { try $0.outboxRowsHeldBack(later) }.isEmpty)
+        await first.close()
+        await second.close()
+    }
+
     @Test func readersCreateNothingAndCannotWrite() async throws {
         let schema = "absent_\(UInt32.random(in: 0...UInt32.max))"
         let configuration = try PostgresStoreTests.configuration
@@ -291,7 +313,9 @@ import Testing
         #expect(transport.unsettledCount("outage") == 3, "kept, unacknowledged, while the database is away")
         let attempts = logs.all.filter { $0.contains("batch not committed") }
         #expect((1...8).contains(attempts.count), "one line per backoff step, not a storm: \(attempts.count)")
-        #expect(attempts.allSatisfy { $0.contains("cannot reach PostgreSQL at postgres://baton:***@") })
+        // Each names the database without its password: "cannot reach PostgreSQL at …", or, when a connection
+        // the server closed was not known to be closed yet, "PostgreSQL at …: the connection failed".
+        #expect(attempts.allSatisfy { $0.contains("PostgreSQL at postgres://baton:***@") }, "\(attempts)")
         let problems = node.readiness.problems  // the deadline loop may have found the store away too
         #expect(problems.contains { $0.hasPrefix("store: a batch could not commit") }, "\(problems)")
         #expect(problems.allSatisfy { $0.hasPrefix("store: ") }, "\(problems)")

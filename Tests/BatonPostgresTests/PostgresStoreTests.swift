@@ -41,8 +41,9 @@ import Testing
         await store.close()
     }
 
-    /// Tables of the release before retention (an inbox without `issued_at`, sent outbox rows kept) are brought
-    /// under it when the store connects: old records count from when they were handled, sent rows go.
+    /// Tables of the release before retention (an inbox without `issued_at`, sent outbox rows kept, no order
+    /// scopes) are brought under it when the store connects: old records count from when they were handled,
+    /// sent rows go, pending rows get their scopes.
     @Test func tablesOfTheReleaseBeforeRetentionAreUpgraded() async throws {
         let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
         let first = try await Self.makeStore(schema: schema)
@@ -51,11 +52,29 @@ import Testing
             try work.execute(
                 """
                 ALTER TABLE inbox DROP COLUMN issued_at;
-                INSERT INTO inbox (consumer, message_id, handled_at) VALUES ('c', 'm-1', 100000);
-                INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, sent_at)
-                    VALUES ('sent', 'x', 'k', '', 1, 2), ('pending', 'x', 'k', '', 1, NULL)
+                ALTER TABLE outbox DROP COLUMN scope;
+                INSERT INTO inbox (consumer, message_id, handled_at) VALUES ('c', 'm-1', 100000)
                 """
             )
+            for (id, sent) in [("sent", 2 as Int64?), ("pending", nil), ("other", nil)] {
+                let envelope = Envelope(
+                    messageID: id,
+                    messageType: "t",
+                    correlationID: "key-\(id)",
+                    timestamp: Date(),
+                    payload: Data("{}".utf8)
+                )
+                try work.query(
+                    """
+                    INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, sent_at)
+                    VALUES ($1, 'x', 'k', $2, 1, $3)
+                    """,
+                    [
+                        .init(string: id), .init(bytes: [UInt8](envelope.storedRecord)),
+                        sent.map { .init(int64: $0) } ?? .null,
+                    ]
+                )
+            }
         }
         await first.close()
         let store = try await Self.makeStore(schema: schema)
@@ -63,7 +82,12 @@ import Testing
             let (handled, keys) = try await store.read {
                 (try $0.hasHandled("m-1", consumer: "c"), try $0.outboxMessageIDs())
             }
-            #expect(handled && keys == ["pending"], "the record stays, the sent row goes")
+            #expect(handled && keys == ["pending", "other"], "the record stays, the sent row goes")
+            let pending = try await store.read { try $0.pendingOutbox(limit: 10) }
+            let now = Date()
+            try await store.write { try $0.markFailed([pending[0].sequence], at: now) }
+            let ready = try await store.read { try $0.pendingOutbox(limit: 10, readyAt: now) }
+            #expect(ready.map(\.envelope.messageID) == ["other"], "the rows got their order scopes")
             let forgotten = try await store.write {
                 try $0.forgetHandled(issuedBefore: Date(timeIntervalSince1970: 101), limit: 10)
             }

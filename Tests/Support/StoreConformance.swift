@@ -18,6 +18,7 @@ public struct StoreConformance: Sendable {
         case theInboxForgetsMessagesIssuedBeforeItsWindow
         case theOutboxKeepsOneRowPerKeyInOrder
         case failedPublishesWaitOutTheirBackoff
+        case laterRowsOfAnOrderScopeWaitBehindAnEarlierUnsentOne
         case aWriterHandsOverExactlyWhatItCommitted
         case streamsAppendAtTheirExpectedVersion
         case instancesKeepTheirStateTimelineAndAssociations
@@ -54,6 +55,8 @@ public struct StoreConformance: Sendable {
             try await theInboxForgetsMessagesIssuedBeforeItsWindow(store)
         case .theOutboxKeepsOneRowPerKeyInOrder: try await theOutboxKeepsOneRowPerKeyInOrder(store)
         case .failedPublishesWaitOutTheirBackoff: try await failedPublishesWaitOutTheirBackoff(store)
+        case .laterRowsOfAnOrderScopeWaitBehindAnEarlierUnsentOne:
+            try await laterRowsOfAnOrderScopeWaitBehindAnEarlierUnsentOne(store)
         case .aWriterHandsOverExactlyWhatItCommitted: try await aWriterHandsOverExactlyWhatItCommitted(store)
         case .streamsAppendAtTheirExpectedVersion: try await streamsAppendAtTheirExpectedVersion(store)
         case .instancesKeepTheirStateTimelineAndAssociations:
@@ -247,6 +250,43 @@ public struct StoreConformance: Sendable {
         try await store.read { work throws in
             let ready = try work.pendingOutbox(limit: 10, readyAt: Self.epoch.addingTimeInterval(0.1))
             #expect(ready.map(\.envelope.messageID) == ["b"], "the second failure doubles the wait")
+        }
+    }
+
+    /// An envelope whose partition key is `key`.
+    public static func envelope(_ id: String, key: String) -> Envelope {
+        var envelope = envelope(id)
+        envelope.headers[partitionKeyHeader] = key
+        return envelope
+    }
+
+    func laterRowsOfAnOrderScopeWaitBehindAnEarlierUnsentOne(_ store: any Store) async throws {
+        // Key `a`: two events, and a command to each of two services; key `b`: one event.
+        let ((), rows) = try await store.writeHandingOverOutbox { work in
+            try work.enqueue(Self.envelope("a-0", key: "a"), exchange: Routing.eventExchange, routingKey: "x.E")
+            try work.enqueue(Self.envelope("b-0", key: "b"), exchange: Routing.eventExchange, routingKey: "x.E")
+            try work.enqueue(Self.envelope("a-1", key: "a"), exchange: Routing.eventExchange, routingKey: "x.F")
+            try work.enqueue(Self.envelope("a-2", key: "a"), exchange: Routing.commandExchange, routingKey: "one.Do")
+            try work.enqueue(Self.envelope("a-3", key: "a"), exchange: Routing.commandExchange, routingKey: "two.Do")
+        }
+        let (a0, b0, a1, toOne) = (rows[0], rows[1], rows[2], rows[3])
+        #expect(Set(rows.map(\.orderScope)).count == 4, "a's events share a scope; each service's commands have one")
+        try await store.write { try $0.markFailed([a0.sequence], at: Self.epoch) }
+        try await store.read { work throws in
+            let ready = try work.pendingOutbox(limit: 10, readyAt: Self.epoch)
+            #expect(ready.map(\.envelope.messageID) == ["b-0", "a-2", "a-3"], "a-1 waits behind a-0")
+            #expect(try work.pendingOutbox(limit: 2, readyAt: Self.epoch).map(\.envelope.messageID) == ["b-0", "a-2"])
+            let later = try work.pendingOutbox(limit: 10, readyAt: Self.epoch.addingTimeInterval(0.1))
+            #expect(later.map(\.envelope.messageID) == ["a-0", "b-0", "a-1", "a-2", "a-3"], "a-0's retry is due")
+            #expect(try work.outboxRowsHeldBack([a1, toOne]) == [a1.sequence], "a-0 is unsent and not among them")
+            #expect(try work.outboxRowsHeldBack([a0, b0, a1]).isEmpty, "a-0 goes first in the same round")
+            #expect(try work.outboxRowsHeldBack([b0]).isEmpty)
+        }
+        try await store.write { try $0.removeSent([a0.sequence]) }
+        try await store.read { work throws in
+            #expect(try work.outboxRowsHeldBack([a1]).isEmpty)
+            #expect(try work.pendingOutbox(limit: 10, readyAt: Self.epoch).map(\.envelope.messageID).first == "b-0")
+            #expect(try work.pendingOutbox(limit: 10, readyAt: Self.epoch).count == 4)
         }
     }
 
