@@ -212,6 +212,7 @@ let package = Package(
             dependencies: [
                 "BatonNode", "BatonTesting", "Baton", "BatonSQLite", "BatonTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
         .testTarget(

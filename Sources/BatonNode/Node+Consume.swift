@@ -163,7 +163,7 @@ extension Node {
                 break
             } catch {
                 failures += 1
-                metrics.batchRetried(conflict: error is any StoreConflict)
+                metrics.batchRetried(error is any StoreConflict ? .conflict : .failure)
                 if !(error is any StoreConflict) { health.withLock { $0.commitFailure = "\(error)" } }
                 var metadata: Logger.Metadata = [
                     "error": "\(error)", "size": "\(batch.count)", "attempts": "\(failures)",
@@ -212,7 +212,27 @@ extension Node {
     /// Handles a batch in one transaction; returns whether the store holds messages afterwards, the earliest
     /// timer stored after it (for a node that schedules timers: the deadline loop is woken only for one earlier
     /// than the deadline it sleeps until), and what became of each message.
+    ///
+    /// The batch runs first without savepoints; if a message's handlers fail, the transaction is rolled back and
+    /// the batch runs again at once with each message in its own savepoint (``Delivery/Isolation``). The failed
+    /// message's handlers do not run a second time in that attempt: it fails there with what they threw (on the
+    /// same state, since the messages before it do the same again), so the failure stays with its message and
+    /// counts as one attempt.
     private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, Date?, [MessageResult]) {
+        do {
+            return try await commitBatch(prepared, now: now, isolation: .none, failed: nil)
+        } catch let needed as Delivery.IsolationNeeded {
+            metrics.batchRetried(.isolation)
+            return try await commitBatch(prepared, now: now, isolation: .savepoint, failed: needed)
+        }
+    }
+
+    private func commitBatch(
+        _ prepared: [Prepared],
+        now: Date,
+        isolation: Delivery.Isolation,
+        failed: Delivery.IsolationNeeded?
+    ) async throws -> (Bool, Date?, [MessageResult]) {
         try await commit(wakeRelay: false) { [self] work in
             var holdsMessages = try work.hasParkedMessages()
             var results: [MessageResult] = []
@@ -227,6 +247,8 @@ extension Node {
                         message,
                         handlers,
                         checkingHeld: holdsMessages,
+                        isolation: isolation,
+                        failed: failed,
                         work,
                         now
                     )
@@ -267,9 +289,14 @@ extension Node {
         return type
     }
 
-    /// Handles one message in its own savepoint, unless it was handled before or must wait behind an earlier
-    /// message of its instance; a failure holds it for a retry (or dead-letters it).
-    /// - Parameter checkingHeld: The store holds messages: check whether this one or its instance is held.
+    /// Handles one message, unless it was handled before or must wait behind an earlier message of its instance;
+    /// a failure holds it for a retry (or dead-letters it).
+    /// - Parameters:
+    ///   - checkingHeld: The store holds messages: check whether this one or its instance is held.
+    ///   - isolation: Whether the message runs in its own savepoint; without, a failure throws
+    ///     ``Delivery/IsolationNeeded``.
+    ///   - failed: A failure of the batch's run without savepoints: if it is this message's, it fails with it
+    ///     without running its handlers again.
     /// - Returns: What became of it, and whether it is now held in the store.
     private func handleOrHold(
         _ incoming: IncomingMessage,
@@ -277,6 +304,8 @@ extension Node {
         _ message: any Message,
         _ handlers: [any NodeHandler],
         checkingHeld: Bool,
+        isolation: Delivery.Isolation,
+        failed: Delivery.IsolationNeeded?,
         _ work: any UnitOfWork,
         _ now: Date
     ) throws -> (MessageOutcome, held: Bool) {
@@ -304,26 +333,30 @@ extension Node {
             return (.waiting, true)
         }
         do {
-            try handle(message, envelope, handlers, work, now)
+            if let failed, failed.messageID == envelope.messageID { throw failed.failure }
+            try handle(message, envelope, handlers, isolation: isolation, work, now)
             return (.handled, false)
         } catch let conflict as any StoreConflict {
             throw conflict  // the batch is run again, no attempt counted
+        } catch let needed as Delivery.IsolationNeeded {
+            throw needed  // the batch is run again with savepoints, no attempt counted
         } catch {
             let key = checkingHeld ? heldKey : try orderingKey(message, envelope, handlers, work)
             return try firstAttemptFailed(incoming, envelope, handlers, key: key, error: error, work, now)
         }
     }
 
-    /// Runs the handlers and records the message in the inbox, in a savepoint: all of it or nothing.
+    /// Runs the handlers and records the message in the inbox: all of it or nothing (``Delivery/handle(_:_:by:in:now:logger:isolation:)``).
     func handle(
         _ message: any Message,
         _ envelope: Envelope,
         _ handlers: [any NodeHandler],
+        isolation: Delivery.Isolation = .savepoint,
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
         let logger = logger(for: envelope)
-        try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger)
+        try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger, isolation: isolation)
         logger.debug("handlers ran", metadata: ["type": "\(envelope.messageType)"])
     }
 

@@ -10,8 +10,9 @@ import Synchronization
 ///
 /// - **Consume** (`Node+Consume.swift`): messages are taken in batches (what the prefetch has buffered).
 ///   Each is checked at the edge (id, type, content type, size, schema); a bad one is dead-lettered at once.
-///   The rest are handled in **one** store transaction, each in its own savepoint: inbox check, handler
-///   effects, outbox, inbox record. Acks go out only after the commit.
+///   The rest are handled in **one** store transaction: inbox check, handler effects, outbox, inbox record.
+///   Acks go out only after the commit. The transaction runs without savepoints; if a message fails in it, it
+///   is rolled back and run again at once with each message in its own savepoint, so the failure stays alone.
 /// - **Failures** (`Node+Failures.swift`): a message whose handler throws is held in the store and
 ///   acknowledged, so the queue flows on; it is retried with backoff off the consume path, then dead-lettered
 ///   with the reason. Later messages of its instance wait behind it, in order, until it is handled or its

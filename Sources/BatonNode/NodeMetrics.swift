@@ -17,8 +17,7 @@ public enum NodeMetric {
     public static let batchDuration = "baton_batch_duration_seconds"
     /// Recorder (histogram): messages per committed batch, by `node`.
     public static let batchSize = "baton_batch_messages"
-    /// Counter: batches run again, by `node` and `reason` (`conflict`: a lost race; `failure`: the store
-    /// refused or could not be reached).
+    /// Counter: batches run again, by `node` and `reason` (``BatchRetry``).
     public static let batchRetries = "baton_batch_retries_total"
     /// Counter: messages the relay published and the broker confirmed, by `node`.
     public static let published = "baton_published_total"
@@ -71,6 +70,17 @@ public enum TimerOutcome: String, Sendable, CaseIterable {
     case deadLettered = "dead_lettered"
     /// Its instance is newer than this node: left for a node that knows it.
     case postponed
+}
+
+/// Why a batch ran again (the `reason` label of ``NodeMetric/batchRetries``).
+public enum BatchRetry: String, Sendable, CaseIterable {
+    /// It lost a race with another transaction (a deadlock, a serialization failure between replicas): run
+    /// again at once.
+    case conflict
+    /// The store refused it or could not be reached: run again after a backoff.
+    case failure
+    /// A message failed in the batch run without savepoints: run again at once, each message in its savepoint.
+    case isolation
 }
 
 /// The node's instruments, labelled with its name, made by its factory.
@@ -126,10 +136,10 @@ struct NodeMetrics: Sendable {
     }
 
     /// Counts a batch run again.
-    func batchRetried(conflict: Bool) {
+    func batchRetried(_ reason: BatchRetry) {
         Counter(
             label: NodeMetric.batchRetries,
-            dimensions: [("node", node), ("reason", conflict ? "conflict" : "failure")],
+            dimensions: [("node", node), ("reason", reason.rawValue)],
             factory: factory
         )
         .increment()

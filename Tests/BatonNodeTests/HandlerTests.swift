@@ -6,6 +6,8 @@ import BatonTesting
 import Foundation
 import GRDB
 import Logging
+import Metrics
+import MetricsTestKit
 import Testing
 
 // An external checkout (no Baton type on the wire), translated into an internal command that an
@@ -48,9 +50,15 @@ struct Order: Aggregate {
 }
 
 @Suite struct HandlerTests {
-    private func makeNode(_ harness: NodeHarness, handlers: [any NodeHandler]? = nil) throws -> Node {
-        Node(
-            configuration: Node.Configuration(name: "orders"),
+    private func makeNode(
+        _ harness: NodeHarness,
+        handlers: [any NodeHandler]? = nil,
+        metrics: (any MetricsFactory)? = nil
+    ) throws -> Node {
+        var configuration = Node.Configuration(name: "orders")
+        if let metrics { configuration.metricsFactory = metrics }
+        return Node(
+            configuration: configuration,
             store: try SQLiteStore(path: harness.directory.appendingPathComponent("orders.sqlite").path),
             transport: harness.transport,
             handlers: handlers ?? [
@@ -179,6 +187,66 @@ struct Order: Aggregate {
         #expect(letters.first?.handler == "checkout-subscriber")
         #expect(try await node.store.read { try $0.streamVersion("order-order-chk-2") } == 0)
         #expect(harness.observed.filter { $0.exchange == Routing.commandExchange }.count == 1, "no mail for Mallory")
+    }
+
+    @Test func aMessageFailingInABatchIsUndoneAloneAndTheOthersCommitOnce() async throws {
+        struct NotifyCustomer: Command {
+            static let messageName = "mail.NotifyCustomer"
+            var customer: String
+        }
+        let harness = try NodeHarness()
+        defer { harness.removeFiles() }
+        try await harness.declareObserver()
+        let metrics = TestMetrics()
+        let node = try makeNode(
+            harness,
+            handlers: [
+                MessageHandlerHost.subscriber(
+                    CheckoutCompleted.self,
+                    name: "checkout-subscriber",
+                    exchange: "storefront",
+                    routingKey: "checkout.completed"
+                ) { checkout, context in
+                    // The mail is queued first, then the order is refused for Mallory: half done when it fails.
+                    context.dispatch(NotifyCustomer(customer: checkout.customer))
+                    context.dispatch(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
+                },
+                MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
+                    var order = try context.load(Order.self, id: command.orderID)
+                    guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
+                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
+                },
+            ],
+            metrics: metrics
+        )
+        // Queued before the node starts, so that they come in one batch, Mallory's in the middle.
+        try await harness.transport.declare(node.topology)
+        let customers = ["Ada", "Bob", "Mallory", "Eve"]
+        for (index, customer) in customers.enumerated() {
+            let checkout =
+                #"{"checkout_id":"chk-\#(index)","customer":"\#(customer)","lines":[{"sku":"b","quantity":1}]}"#
+            try await publishCheckout(harness, checkout, id: "m-\(index)")
+        }
+        try await withRunningNode(node, transport: harness.transport) {
+            try await waitUntilIdle(node, transport: harness.transport, clock: harness.clock)
+        }
+        #expect(try metrics.expectRecorder(NodeMetric.batchSize, [("node", "orders")]).values == [4], "one batch")
+        #expect(
+            metrics.counterTotal(label: NodeMetric.batchRetries, dimensions: [("reason", "isolation")]) == 1,
+            "run without savepoints first, then again with them"
+        )
+        let mails = harness.observed.filter { $0.envelope.messageType == NotifyCustomer.messageType }
+        let decoded = try mails.map {
+            try JSONDecoder.baton.decode(NotifyCustomer.self, from: $0.envelope.payload).customer
+        }
+        #expect(decoded.sorted() == ["Ada", "Bob", "Eve"], "each once; Mallory's was undone with her order")
+        for index in [0, 1, 3] {
+            #expect(try await node.store.read { try $0.streamVersion("order-order-chk-\(index)") } == 1)
+        }
+        #expect(try await node.store.read { try $0.streamVersion("order-order-chk-2") } == 0)
+        let letters = try await node.store.read { try $0.deadLetters() }
+        #expect(letters.map(\.messageID) == ["m-2"] && letters.map(\.reason) == ["customer blocked"])
+        #expect(metrics.counterTotal(label: NodeMetric.messages, dimensions: [("outcome", "handled")]) == 3)
     }
 
     @Test func aSubscriberTakesItsContractOnlyFromItsOwnExchange() async throws {
