@@ -29,6 +29,13 @@ public struct CompensationStep: Sendable, Hashable, Codable {
     /// The command's ``Message/partitionKey``, if its type declares one (absent in states stored before it
     /// was kept).
     public var partitionKey: String?
+
+    /// A compensation step (``ProcessContext/onCompensation(_:)`` makes them).
+    public init(messageType: String, payload: Data, partitionKey: String? = nil) {
+        self.messageType = messageType
+        self.payload = payload
+        self.partitionKey = partitionKey
+    }
 }
 
 /// A change to an instance's timers.
@@ -147,12 +154,31 @@ public struct ProcessInstance<State: ProcessState>: Sendable, Equatable, Codable
 }
 
 extension ProcessInstance {
-    /// Decodes an instance as a store holds it, written by this release or an earlier one: a state of an older
-    /// version goes through ``ProcessState/stateUpcasters``; versions absent from old records are 1.
+    /// The instance as a store keeps it: a ``StoredRecord`` around its state's JSON (``JSONEncoder/baton``, the
+    /// shape upcasters read), without key conversion or base64 for anything else.
+    /// - Throws: What encoding the state throws.
+    public func storedRecord() throws -> Data {
+        StoredInstanceFields(
+            id: id,
+            stateVersion: stateVersion,
+            state: try JSONEncoder.baton.encode(state),
+            lifecycle: lifecycle,
+            version: version,
+            compensations: compensations,
+            timers: timers,
+            reason: reason,
+            definitionVersion: definitionVersion
+        ).storedRecord
+    }
+
+    /// Decodes an instance as a store holds it, written by this release or an earlier one (as a
+    /// ``storedRecord()`` or as the JSON of earlier releases): a state of an older version goes through
+    /// ``ProcessState/stateUpcasters``; versions absent from old records are 1.
     /// - Throws: ``NewerStateError`` for a state written by a later release (the node leaves it for one that
     ///   knows it); ``UpcastError`` when an upcaster is missing or fails; a decoding error for a broken record.
     public static func decodeStored(_ data: Data) throws -> ProcessInstance {
-        // The usual case, one parse: written by this release, in the current shape.
+        if data.first != UInt8(ascii: "{") { return try decode(StoredInstanceFields(storedRecord: data)) }
+        // Earlier releases' JSON. The usual case, one parse: in the current shape.
         if let instance = try? JSONDecoder.baton.decode(ProcessInstance.self, from: data),
             instance.stateVersion >= State.stateVersion
         {
@@ -189,6 +215,33 @@ extension ProcessInstance {
             ProcessInstance.self,
             from: JSONSerialization.data(withJSONObject: record)
         )
+    }
+}
+
+extension ProcessInstance {
+    /// An instance from its stored fields, its state upcast if it is of an older version.
+    private static func decode(_ fields: StoredInstanceFields) throws -> ProcessInstance {
+        guard fields.stateVersion <= State.stateVersion else {
+            throw NewerStateError(instanceID: fields.id, version: fields.stateVersion, known: State.stateVersion)
+        }
+        var state = fields.state
+        if fields.stateVersion < State.stateVersion {
+            state = try Upcaster.upcast(
+                state,
+                from: fields.stateVersion,
+                to: State.stateVersion,
+                using: Upcaster.chain(State.stateUpcasters, current: State.stateVersion, of: "\(State.self)"),
+                what: "the state \(State.self)"
+            )
+        }
+        var instance = ProcessInstance(id: fields.id, definitionVersion: fields.definitionVersion)
+        instance.state = try JSONDecoder.baton.decode(State.self, from: state)
+        instance.lifecycle = fields.lifecycle
+        instance.version = fields.version
+        instance.compensations = fields.compensations
+        instance.timers = fields.timers
+        instance.reason = fields.reason
+        return instance
     }
 }
 

@@ -1,7 +1,7 @@
 import Foundation
 
-/// Baton's compact binary form of its own records: the envelopes of outbox rows and the transition records of
-/// process instances, as stores keep them.
+/// Baton's compact binary form of its own records: the envelopes of outbox rows, the transition records of
+/// process instances and the instances themselves, as stores keep them.
 ///
 /// These records are written for every handled message and read back rarely (a relay after a restart, an
 /// operator's `show`, a replay check), so they are encoded once, without key conversion or a date closure, and
@@ -19,6 +19,7 @@ public enum StoredRecord {
     enum Kind: UInt8 {
         case envelope = 1
         case transition = 2
+        case instance = 3
     }
 
     /// A record that is neither this format nor the earlier JSON.
@@ -145,6 +146,136 @@ extension ProcessTransition {
             associations: try reader.readDictionary(),
             reason: try reader.readOptionalString()
         )
+    }
+}
+
+/// The fields of a stored process instance but its state, which only its process manager's `State` type
+/// reads: what ``ProcessInstance`` stores around the state's JSON.
+struct StoredInstanceFields {
+    var id: String
+    var stateVersion: Int
+    /// The state as JSON (``JSONEncoder/baton``), which upcasters and the console read as it is.
+    var state: Data
+    var lifecycle: ProcessLifecycle
+    var version: Int64
+    var compensations: [CompensationStep]
+    var timers: [String: Date]
+    var reason: String?
+    var definitionVersion: Int
+
+    /// The record (``StoredRecord``, kind `instance`).
+    var storedRecord: Data {
+        var capacity = 64 + id.utf8.count + state.count
+        for step in compensations { capacity += 32 + step.messageType.utf8.count + step.payload.count }
+        var writer = RecordWriter(.instance, capacity: capacity)
+        writer.write(id)
+        writer.write(count: stateVersion)
+        writer.write(state)
+        writer.write(lifecycle.rawValue)
+        writer.write(version)
+        writer.write(count: compensations.count)
+        for step in compensations {
+            writer.write(step.messageType)
+            writer.write(step.payload)
+            writer.write(step.partitionKey)
+        }
+        writer.write(count: timers.count)
+        for name in timers.keys.sorted() {
+            writer.write(name)
+            writer.write(timers[name]!)
+        }
+        writer.write(reason)
+        writer.write(count: definitionVersion)
+        return writer.data
+    }
+
+    /// Reads a record of kind `instance`.
+    init(storedRecord data: Data) throws {
+        var reader = try RecordReader(data, .instance)
+        id = try reader.readString()
+        stateVersion = try reader.readCount()
+        state = try reader.readData()
+        let lifecycleName = try reader.readString()
+        guard let lifecycle = ProcessLifecycle(rawValue: lifecycleName) else {
+            throw StoredRecord.FormatError(description: "unknown lifecycle '\(lifecycleName)'")
+        }
+        self.lifecycle = lifecycle
+        version = try reader.readInt64()
+        compensations = []
+        for _ in 0..<(try reader.readCount()) {
+            compensations.append(
+                CompensationStep(
+                    messageType: try reader.readString(),
+                    payload: try reader.readData(),
+                    partitionKey: try reader.readOptionalString()
+                )
+            )
+        }
+        timers = [:]
+        for _ in 0..<(try reader.readCount()) {
+            let name = try reader.readString()
+            timers[name] = try reader.readDate()
+        }
+        reason = try reader.readOptionalString()
+        definitionVersion = try reader.readCount()
+        try reader.finish()
+    }
+
+    init(
+        id: String,
+        stateVersion: Int,
+        state: Data,
+        lifecycle: ProcessLifecycle,
+        version: Int64,
+        compensations: [CompensationStep],
+        timers: [String: Date],
+        reason: String?,
+        definitionVersion: Int
+    ) {
+        self.id = id
+        self.stateVersion = stateVersion
+        self.state = state
+        self.lifecycle = lifecycle
+        self.version = version
+        self.compensations = compensations
+        self.timers = timers
+        self.reason = reason
+        self.definitionVersion = definitionVersion
+    }
+}
+
+extension StoredRecord {
+    /// A stored process instance as JSON, the shape earlier versions stored (snake_case keys, ISO 8601 dates,
+    /// payloads in base64): for operators' views, which know no `State` type. A record in that JSON already
+    /// is returned as it is.
+    /// - Throws: ``FormatError`` for a record that is neither.
+    public static func instanceJSON(_ data: Data) throws -> Data {
+        if data.first == UInt8(ascii: "{") { return data }
+        let fields = try StoredInstanceFields(storedRecord: data)
+        struct Shape: Encodable {
+            var id: String
+            var lifecycle: ProcessLifecycle
+            var version: Int64
+            var compensations: [CompensationStep]
+            var timers: [String: Date]
+            var reason: String?
+            var definitionVersion: Int
+            var stateVersion: Int
+        }
+        let shape = Shape(
+            id: fields.id,
+            lifecycle: fields.lifecycle,
+            version: fields.version,
+            compensations: fields.compensations,
+            timers: fields.timers,
+            reason: fields.reason,
+            definitionVersion: fields.definitionVersion,
+            stateVersion: fields.stateVersion
+        )
+        guard var object = try JSONSerialization.jsonObject(with: JSONEncoder.baton.encode(shape)) as? [String: Any]
+        else { throw FormatError(description: "an instance that is not a JSON object") }
+        object["state"] = try JSONSerialization.jsonObject(with: fields.state, options: .fragmentsAllowed)
+        return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
     }
 }
 

@@ -119,6 +119,7 @@ struct InstanceView {
     /// What the store holds of it.
     struct Stored: Sendable {
         var transitions: [ProcessTransition]
+        /// The instance's stored state as JSON (``StoredRecord/instanceJSON(_:)``).
         var state: Data?
         var heldBy: [DeadLetter]
 

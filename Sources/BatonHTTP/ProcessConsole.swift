@@ -222,7 +222,9 @@ public struct ProcessConsole: Sendable {
             let held = try host.failedSteps(of: id, in: work).compactMap { try work.deadLetter(id: $0) }
             return InstanceView.Stored(
                 transitions: try work.transitions(of: processManager, instance: id),
-                state: try work.storedInstance(id, processManager: processManager)?.state,
+                state: try work.storedInstance(id, processManager: processManager)?.state.map(
+                    StoredRecord.instanceJSON
+                ),
                 heldBy: held
             )
         }

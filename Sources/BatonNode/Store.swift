@@ -290,7 +290,7 @@ extension UnitOfWork {
             processManager: engine.definition.name,
             instanceID: instance.id,
             lifecycle: instance.lifecycle,
-            state: try JSONEncoder.baton.encode(instance),
+            state: try instance.storedRecord(),
             route: route
         )
     }

@@ -179,6 +179,7 @@ struct Ticket: ProcessState {
             let (status, body, _) = try await HTTPProbe.request(port: port, "console/instances/t-p")
             #expect(status == 200 && body.contains(#"id="purged""#), "\(body)")
             #expect(body.contains(#"id="lifecycle">completed<"#) && body.contains(#"id="version">2<"#))
+            #expect(body.contains("&quot;title&quot; : &quot;old&quot;"), "its state, as JSON")
         }
     }
 

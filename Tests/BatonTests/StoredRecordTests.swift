@@ -96,6 +96,74 @@ import Testing
         #expect(try ProcessTransition(storedRecord: try JSONEncoder.baton.encode(transition)) == transition)
     }
 
+    struct Parcel: ProcessState {
+        static let stateVersion = 2
+        static let stateUpcasters = [
+            Upcaster(from: 1) { json in json["destination"] = json.removeValue(forKey: "address") }
+        ]
+        var destination = ""
+        var trackingNumber: String?
+        var weights: [Double]?
+    }
+    struct ParcelV1: ProcessState {
+        var address = ""
+    }
+
+    var instance: ProcessInstance<Parcel> {
+        var instance = ProcessInstance<Parcel>(id: "ord-ü-1", definitionVersion: 3)
+        instance.state = Parcel(destination: "1 Main St", trackingNumber: "TRK-1", weights: [0.5, 2])
+        instance.lifecycle = .compensating
+        instance.version = 4
+        instance.compensations = [
+            CompensationStep(messageType: "inventory.ReleaseInventory.v1", payload: Data([0x7B, 0xFF, 0x7D])),
+            CompensationStep(messageType: "shipping.CancelShipment.v1", payload: Data(), partitionKey: "ord-1"),
+        ]
+        instance.timers = [
+            "step-timeout": Date(timeIntervalSince1970: 1_790_000_031.25), "reminder": Date(timeIntervalSince1970: 0),
+        ]
+        instance.reason = "shipment failed"
+        return instance
+    }
+
+    @Test func instancesReadBackAsTheyWereWritten() throws {
+        for instance in [instance, ProcessInstance<Parcel>(id: "new")] {
+            #expect(try ProcessInstance<Parcel>.decodeStored(try instance.storedRecord()) == instance)
+        }
+        // Earlier releases stored the whole instance as JSON; it still reads.
+        var json = instance
+        json.timers = ["step-timeout": Date(timeIntervalSince1970: 1_790_000_031.5)]  // JSON keeps milliseconds
+        #expect(try ProcessInstance<Parcel>.decodeStored(try JSONEncoder.baton.encode(json)) == json)
+    }
+
+    @Test func aStoredInstanceOfAnOlderStateIsUpcastAndOneOfANewerWaits() throws {
+        var old = ProcessInstance<ParcelV1>(id: "ord-1")
+        old.state.address = "2 Side St"
+        old.version = 2
+        let upcast = try ProcessInstance<Parcel>.decodeStored(try old.storedRecord())
+        #expect(upcast.state.destination == "2 Side St" && upcast.stateVersion == 2 && upcast.version == 2)
+        #expect(throws: NewerStateError.self) {
+            try ProcessInstance<ParcelV1>.decodeStored(try instance.storedRecord())
+        }
+    }
+
+    @Test func anInstanceRecordReadsAsJSONForOperators() throws {
+        let record = try instance.storedRecord()
+        #expect(record.firstRange(of: Data([0x7B, 0xFF, 0x7D])) != nil, "a compensation's payload, as its own bytes")
+        let object = try #require(
+            try JSONSerialization.jsonObject(with: StoredRecord.instanceJSON(record)) as? [String: Any]
+        )
+        let state = try #require(object["state"] as? [String: Any])
+        #expect(state["destination"] as? String == "1 Main St" && state["tracking_number"] as? String == "TRK-1")
+        #expect(object["lifecycle"] as? String == "compensating" && object["version"] as? Int == 4)
+        #expect(object["definition_version"] as? Int == 3 && object["state_version"] as? Int == 2)
+        #expect((object["compensations"] as? [Any])?.count == 2 && object["reason"] as? String == "shipment failed")
+        let earlier = try JSONEncoder.baton.encode(instance)
+        #expect(try StoredRecord.instanceJSON(earlier) == earlier, "JSON stored by earlier releases, as it is")
+        for length in 0..<record.count {
+            #expect(throws: (any Error).self) { try ProcessInstance<Parcel>.decodeStored(record.prefix(length)) }
+        }
+    }
+
     @Test func aTruncatedRecordIsRefusedAtEveryLength() throws {
         let record = transitions[0].storedRecord
         for length in 0..<record.count {
