@@ -7,7 +7,7 @@ import Logging
 struct MeshRun: Codable, Sendable {
     var name: String
     var result: WorkloadResult
-    /// CPU seconds per 1,000 workflows, per process (`orders`, …, `broker`).
+    /// CPU seconds per 1,000 workflows, per process (`orders`, …, `broker`, `driver`).
     var cpuPerThousand: [String: Double]
     /// Throughput relative to the ceiling measured in the same benchmark run.
     var ratioToCeiling: Double?
@@ -239,7 +239,8 @@ struct MeshSetup {
 
     // MARK: Runs
 
-    /// Runs a workload through `processes` and measures them and the broker.
+    /// Runs a workload through `processes` and measures them, the broker and this driver (which publishes the
+    /// checkouts and takes the completions).
     func measure(
         _ name: String,
         workload: Workload,
@@ -250,6 +251,7 @@ struct MeshSetup {
     ) async throws -> MeshRun {
         var pids = processes.mapValues(\.pid)
         if let brokerPID { pids["broker"] = brokerPID }
+        pids["driver"] = getpid()
         let meter = CPUMeter(pids)
         let result = try await workload.run(
             count: count,

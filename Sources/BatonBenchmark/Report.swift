@@ -46,7 +46,7 @@ struct BenchmarkReport: Codable, Sendable {
                 + String(format: "%.0f GiB, Linux %@", machine.memoryGiB, machine.kernel),
             "",
         ]
-        let processes = MeshSetup.services + ["broker"]
+        let processes = MeshSetup.services + ["broker", "driver"]
         lines.append(
             Self.row(
                 ["run", "workflows", "wf/s", "÷ceiling", "p50 ms", "p95 ms", "p99 ms", "max ms"]
@@ -77,7 +77,10 @@ struct BenchmarkReport: Codable, Sendable {
         lines.append(
             "  ÷ceiling: mesh max wf/s over ceiling max wf/s, same run. Latency: checkout published → completion"
         )
-        lines.append("  received (HdrHistogram). cpu: CPU seconds (user + system) per 1,000 workflows of each process.")
+        lines.append(
+            "  received (HdrHistogram). cpu: CPU seconds (user + system) per 1,000 workflows of each process; drive:"
+        )
+        lines.append("  this benchmark's own process (it publishes the checkouts and consumes the completions).")
         if let embedded { lines += ["", Self.embeddedLine(embedded)] }
         if let embedded, let embeddedWithMetrics {
             lines += [Self.embeddedLine(embeddedWithMetrics, metrics: true)]

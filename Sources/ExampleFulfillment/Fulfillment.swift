@@ -1,6 +1,6 @@
 import Baton
 
-struct Fulfillment: ProcessState {  // stored per instance, as JSON
+struct Fulfillment: ProcessState {  // stored per instance (as JSON, inside its record)
     var orderID = ""
     var address = ""
 }
