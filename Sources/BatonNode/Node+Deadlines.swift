@@ -50,12 +50,32 @@ extension Node {
         }
     }
 
-    /// Fires the timers due at `now` (100 at most) in one transaction, each in its own savepoint. A timer whose
-    /// handler throws is retried on its own with the node's retry policy (its next attempt stored with it, in
-    /// business time), then dead-lettered and parked: it never holds up the other timers.
+    /// Fires the timers due at `now` (100 at most) in one transaction. A timer whose handler throws is retried
+    /// on its own with the node's retry policy (its next attempt stored with it, in business time), then
+    /// dead-lettered and parked: it never holds up the other timers.
+    ///
+    /// As a batch of messages does, the round runs first without savepoints; if a timer's handler fails, the
+    /// transaction is rolled back and the round runs again at once with each timer in its own savepoint, the
+    /// failed timer failing there with what its handler threw (it does not run twice).
     /// - Returns: How many it claimed.
     func fireDueTimers(now: Date) async throws -> Int {
-        let timers = try await commit { [self] work in
+        let timers: [(outcome: TimerOutcome, lag: TimeInterval)]
+        do {
+            timers = try await fireDueTimers(now: now, isolation: .none, failed: nil)
+        } catch let needed as Delivery.IsolationNeeded {
+            metrics.batchRetried(.isolation)
+            timers = try await fireDueTimers(now: now, isolation: .savepoint, failed: needed)
+        }
+        metrics.fired(timers)
+        return timers.count
+    }
+
+    private func fireDueTimers(
+        now: Date,
+        isolation: Delivery.Isolation,
+        failed: Delivery.IsolationNeeded?
+    ) async throws -> [(outcome: TimerOutcome, lag: TimeInterval)] {
+        try await commit { [self] work in
             var timers: [(outcome: TimerOutcome, lag: TimeInterval)] = []
             for timer in try work.claimDueTimers(before: now, limit: 100) {
                 let key = instanceOrderingKey(processManager: timer.processManager, instanceID: timer.instanceID)
@@ -66,21 +86,30 @@ extension Node {
                     timers.append((.waiting, lag))
                     continue
                 }
+                let id = ProcessTrigger.timer(name: timer.name, dueAt: timer.dueAt)
+                    .messageID(processManager: timer.processManager, instanceID: timer.instanceID)
                 do {
-                    try work.inSavepoint {
-                        for handler in handlers { try handler.fire(timer, in: work, now: now, logger: logger) }
+                    if let failed, failed.messageID == id { throw failed.failure }
+                    let fire = {
+                        for handler in self.handlers {
+                            try handler.fire(timer, in: work, now: now, logger: self.logger)
+                        }
+                    }
+                    switch isolation {
+                    case .savepoint: try work.inSavepoint(fire)
+                    case .none: try fire()
                     }
                     timers.append((.fired, lag))
                 } catch let conflict as any StoreConflict {
                     throw conflict  // the round is run again, no attempt counted
+                } catch  where isolation == .none {
+                    throw Delivery.IsolationNeeded(messageID: id, failure: error)  // run again with savepoints
                 } catch {
                     timers.append((try timerFailed(timer, error: error, work, now), lag))
                 }
             }
             return timers
         }
-        metrics.fired(timers)
-        return timers.count
     }
 
     private func timerFailed(

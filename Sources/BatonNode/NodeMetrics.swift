@@ -79,7 +79,8 @@ public enum BatchRetry: String, Sendable, CaseIterable {
     case conflict
     /// The store refused it or could not be reached: run again after a backoff.
     case failure
-    /// A message failed in the batch run without savepoints: run again at once, each message in its savepoint.
+    /// A message failed in the batch (a timer in the round) run without savepoints: run again at once, each
+    /// in its own savepoint.
     case isolation
 }
 

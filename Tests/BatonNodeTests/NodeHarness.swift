@@ -5,6 +5,7 @@ import BatonTestSupport
 import BatonTesting
 import Foundation
 import Logging
+import Metrics
 import Synchronization
 
 // A small order process used by the node tests.
@@ -114,11 +115,13 @@ final class NodeHarness: Sendable {
         retry: RetryPolicy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(5)),
         store: (any Store)? = nil,
         process: ProcessManager<OrderProcess>? = nil,
-        retention: Retention = Retention()
+        retention: Retention = Retention(),
+        metrics: (any MetricsFactory)? = nil
     ) throws -> Node {
         var configuration = Node.Configuration(name: "orders-pm")
         configuration.retry = retry
         configuration.retention = retention
+        if let metrics { configuration.metricsFactory = metrics }
         return Node(
             configuration: configuration,
             store: try store ?? SQLiteStore(path: directory.appendingPathComponent("node.sqlite").path),

@@ -4,6 +4,7 @@ import BatonTestSupport
 import BatonTesting
 import Foundation
 import Logging
+import MetricsTestKit
 import Testing
 
 @testable import BatonNode
@@ -349,7 +350,8 @@ import Testing
         let harness = try NodeHarness(failures: failures)
         defer { harness.removeFiles() }
         try await harness.declareObserver()
-        let node = try harness.makeNode()
+        let metrics = TestMetrics()
+        let node = try harness.makeNode(metrics: metrics)
         func voided() -> [String?] {
             harness.observed.filter { $0.envelope.messageType == VoidOrder.messageType }.map(\.envelope.correlationID)
         }
@@ -364,6 +366,10 @@ import Testing
             harness.clock.advance(by: .seconds(60))
             #expect(try await eventually { voided().count == 5 }, "the other timers fire: \(voided())")
             #expect(!voided().contains("poisoned"))
+            let isolated = {
+                metrics.counterTotal(label: NodeMetric.batchRetries, dimensions: [("reason", "isolation")])
+            }
+            #expect(isolated() == 1, "the round ran without savepoints, then again with them")
 
             // Its retries are due in business time; the clock moves until the last one has failed.
             let dead = try await eventually {
@@ -374,6 +380,7 @@ import Testing
             let letter = try #require(try await node.store.read { try $0.deadLetters() }.first)
             #expect(letter.messageType == DueTimer.deadLetterType && letter.handler == "order-process")
             #expect(letter.attempts == 3 && letter.reason == "payment gateway unavailable")
+            #expect(isolated() == 3, "each failed attempt ran once without savepoints, once with")
             #expect(String(decoding: letter.body, as: UTF8.self).contains(#""instance_id":"poisoned""#))
             let parked = try await node.store.read { try $0.parkedTimers() }
             #expect(parked.map(\.instanceID) == ["poisoned"] && parked.first?.attempts == 3)
