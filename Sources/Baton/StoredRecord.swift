@@ -149,9 +149,10 @@ extension ProcessTransition {
     }
 }
 
-/// The fields of a stored process instance but its state, which only its process manager's `State` type
-/// reads: what ``ProcessInstance`` stores around the state's JSON.
-struct StoredInstanceFields {
+/// The fields of a stored process instance, its state as JSON (only its process manager's `State` type reads
+/// it): what ``ProcessInstance`` stores around the state. Encodes, without the state, as the JSON that earlier
+/// releases stored.
+struct StoredInstanceFields: Encodable {
     var id: String
     var stateVersion: Int
     /// The state as JSON (``JSONEncoder/baton``), which upcasters and the console read as it is.
@@ -162,6 +163,10 @@ struct StoredInstanceFields {
     var timers: [String: Date]
     var reason: String?
     var definitionVersion: Int
+
+    private enum CodingKeys: String, CodingKey {
+        case id, stateVersion, lifecycle, version, compensations, timers, reason, definitionVersion
+    }
 
     /// The record (``StoredRecord``, kind `instance`).
     var storedRecord: Data {
@@ -188,7 +193,9 @@ struct StoredInstanceFields {
         writer.write(count: definitionVersion)
         return writer.data
     }
+}
 
+extension StoredInstanceFields {
     /// Reads a record of kind `instance`.
     init(storedRecord data: Data) throws {
         var reader = try RecordReader(data, .instance)
@@ -220,28 +227,6 @@ struct StoredInstanceFields {
         definitionVersion = try reader.readCount()
         try reader.finish()
     }
-
-    init(
-        id: String,
-        stateVersion: Int,
-        state: Data,
-        lifecycle: ProcessLifecycle,
-        version: Int64,
-        compensations: [CompensationStep],
-        timers: [String: Date],
-        reason: String?,
-        definitionVersion: Int
-    ) {
-        self.id = id
-        self.stateVersion = stateVersion
-        self.state = state
-        self.lifecycle = lifecycle
-        self.version = version
-        self.compensations = compensations
-        self.timers = timers
-        self.reason = reason
-        self.definitionVersion = definitionVersion
-    }
 }
 
 extension StoredRecord {
@@ -252,27 +237,7 @@ extension StoredRecord {
     public static func instanceJSON(_ data: Data) throws -> Data {
         if data.first == UInt8(ascii: "{") { return data }
         let fields = try StoredInstanceFields(storedRecord: data)
-        struct Shape: Encodable {
-            var id: String
-            var lifecycle: ProcessLifecycle
-            var version: Int64
-            var compensations: [CompensationStep]
-            var timers: [String: Date]
-            var reason: String?
-            var definitionVersion: Int
-            var stateVersion: Int
-        }
-        let shape = Shape(
-            id: fields.id,
-            lifecycle: fields.lifecycle,
-            version: fields.version,
-            compensations: fields.compensations,
-            timers: fields.timers,
-            reason: fields.reason,
-            definitionVersion: fields.definitionVersion,
-            stateVersion: fields.stateVersion
-        )
-        guard var object = try JSONSerialization.jsonObject(with: JSONEncoder.baton.encode(shape)) as? [String: Any]
+        guard var object = try JSONSerialization.jsonObject(with: JSONEncoder.baton.encode(fields)) as? [String: Any]
         else { throw FormatError(description: "an instance that is not a JSON object") }
         object["state"] = try JSONSerialization.jsonObject(with: fields.state, options: .fragmentsAllowed)
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])

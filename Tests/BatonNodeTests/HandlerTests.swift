@@ -34,6 +34,11 @@ struct CheckoutCompleted: ValidatedMessage {
     }
 }
 
+struct NotifyCustomer: Command {
+    static let messageName = "mail.NotifyCustomer"
+    var customer: String
+}
+
 struct PlaceOrder: Command {
     static let messageName = "orders.PlaceOrder"
     var orderID: String
@@ -138,34 +143,35 @@ struct Order: Aggregate {
         )
     }
 
+    /// A subscriber that dispatches the order (placed here, refused for Mallory) and the customer's mail (another
+    /// service's command), in that order or mail first.
+    private func checkoutHandlers(mailFirst: Bool = false) -> [any NodeHandler] {
+        [
+            MessageHandlerHost.subscriber(
+                CheckoutCompleted.self,
+                name: "checkout-subscriber",
+                exchange: "storefront",
+                routingKey: "checkout.completed"
+            ) { checkout, context in
+                let mail = NotifyCustomer(customer: checkout.customer)
+                if mailFirst { context.dispatch(mail) }
+                context.dispatch(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
+                if !mailFirst { context.dispatch(mail) }
+            },
+            MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
+                var order = try context.load(Order.self, id: command.orderID)
+                guard !order.state.isPlaced else { return }
+                guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
+                try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
+            },
+        ]
+    }
+
     @Test func aSubscriberDispatchesInternalCommandsHandledInItsOwnTransactionOrSentOn() async throws {
-        struct NotifyCustomer: Command {
-            static let messageName = "mail.NotifyCustomer"
-            var customer: String
-        }
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
         try await harness.declareObserver()
-        let node = try makeNode(
-            harness,
-            handlers: [
-                MessageHandlerHost.subscriber(
-                    CheckoutCompleted.self,
-                    name: "checkout-subscriber",
-                    exchange: "storefront",
-                    routingKey: "checkout.completed"
-                ) { checkout, context in
-                    context.dispatch(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
-                    context.dispatch(NotifyCustomer(customer: checkout.customer))  // another service's
-                },
-                MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
-                    var order = try context.load(Order.self, id: command.orderID)
-                    guard !order.state.isPlaced else { return }
-                    guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
-                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
-                },
-            ]
-        )
+        let node = try makeNode(harness, handlers: checkoutHandlers())
         try await withRunningNode(node, transport: harness.transport) {
             let ada = #"{"checkout_id":"chk-1","customer":"Ada","lines":[{"sku":"b","quantity":1}]}"#
             try await publishCheckout(harness, ada, id: "m-1")
@@ -190,35 +196,12 @@ struct Order: Aggregate {
     }
 
     @Test func aMessageFailingInABatchIsUndoneAloneAndTheOthersCommitOnce() async throws {
-        struct NotifyCustomer: Command {
-            static let messageName = "mail.NotifyCustomer"
-            var customer: String
-        }
         let harness = try NodeHarness()
         defer { harness.removeFiles() }
         try await harness.declareObserver()
         let metrics = TestMetrics()
-        let node = try makeNode(
-            harness,
-            handlers: [
-                MessageHandlerHost.subscriber(
-                    CheckoutCompleted.self,
-                    name: "checkout-subscriber",
-                    exchange: "storefront",
-                    routingKey: "checkout.completed"
-                ) { checkout, context in
-                    // The mail is queued first, then the order is refused for Mallory: half done when it fails.
-                    context.dispatch(NotifyCustomer(customer: checkout.customer))
-                    context.dispatch(PlaceOrder(orderID: "order-\(checkout.checkoutID)", customer: checkout.customer))
-                },
-                MessageHandlerHost.command(PlaceOrder.self, name: "place-order") { command, context in
-                    var order = try context.load(Order.self, id: command.orderID)
-                    guard command.customer != "Mallory" else { throw Rejection("customer blocked") }
-                    try context.record([OrderPlaced(orderID: command.orderID)], to: &order)
-                },
-            ],
-            metrics: metrics
-        )
+        // The mail is queued first, then the order is refused for Mallory: half done when it fails.
+        let node = try makeNode(harness, handlers: checkoutHandlers(mailFirst: true), metrics: metrics)
         // Queued before the node starts, so that they come in one batch, Mallory's in the middle.
         try await harness.transport.declare(node.topology)
         let customers = ["Ada", "Bob", "Mallory", "Eve"]
