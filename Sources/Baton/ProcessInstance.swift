@@ -195,21 +195,11 @@ extension ProcessInstance {
             return try JSONDecoder.baton.decode(ProcessInstance.self, from: data)  // reports what is wrong
         }
         let stored = record["state_version"] as? Int ?? 1
-        guard stored <= State.stateVersion else {
-            throw NewerStateError(instanceID: record["id"] as? String ?? "", version: stored, known: State.stateVersion)
-        }
         record["definition_version"] = record["definition_version"] ?? 1
-        if stored < State.stateVersion {
-            let state = try JSONSerialization.data(withJSONObject: record["state"] ?? [String: Any]())
-            let upcast = try Upcaster.upcast(
-                state,
-                from: stored,
-                to: State.stateVersion,
-                using: Upcaster.chain(State.stateUpcasters, current: State.stateVersion, of: "\(State.self)"),
-                what: "the state \(State.self)"
-            )
-            record["state"] = try JSONSerialization.jsonObject(with: upcast)
-        }
+        let state = try JSONSerialization.data(withJSONObject: record["state"] ?? [String: Any]())
+        record["state"] = try JSONSerialization.jsonObject(
+            with: currentState(state, version: stored, instanceID: record["id"] as? String ?? "")
+        )
         record["state_version"] = State.stateVersion
         return try JSONDecoder.baton.decode(
             ProcessInstance.self,
@@ -219,21 +209,25 @@ extension ProcessInstance {
 }
 
 extension ProcessInstance {
+    /// A state's JSON stored at `version`, in the current shape: upcast if older.
+    /// - Throws: ``NewerStateError`` if it is newer than this release knows; ``UpcastError``.
+    private static func currentState(_ state: Data, version: Int, instanceID: String) throws -> Data {
+        guard version <= State.stateVersion else {
+            throw NewerStateError(instanceID: instanceID, version: version, known: State.stateVersion)
+        }
+        guard version < State.stateVersion else { return state }
+        return try Upcaster.upcast(
+            state,
+            from: version,
+            to: State.stateVersion,
+            using: Upcaster.chain(State.stateUpcasters, current: State.stateVersion, of: "\(State.self)"),
+            what: "the state \(State.self)"
+        )
+    }
+
     /// An instance from its stored fields, its state upcast if it is of an older version.
     private static func decode(_ fields: StoredInstanceFields) throws -> ProcessInstance {
-        guard fields.stateVersion <= State.stateVersion else {
-            throw NewerStateError(instanceID: fields.id, version: fields.stateVersion, known: State.stateVersion)
-        }
-        var state = fields.state
-        if fields.stateVersion < State.stateVersion {
-            state = try Upcaster.upcast(
-                state,
-                from: fields.stateVersion,
-                to: State.stateVersion,
-                using: Upcaster.chain(State.stateUpcasters, current: State.stateVersion, of: "\(State.self)"),
-                what: "the state \(State.self)"
-            )
-        }
+        let state = try currentState(fields.state, version: fields.stateVersion, instanceID: fields.id)
         var instance = ProcessInstance(id: fields.id, definitionVersion: fields.definitionVersion)
         instance.state = try JSONDecoder.baton.decode(State.self, from: state)
         instance.lifecycle = fields.lifecycle

@@ -31,11 +31,34 @@ public struct Delivery: Sendable {
         /// — nearly every batch — is cheaper without.
         case none
     }
+}
 
-    /// A message failed in a transaction run without savepoints (``Isolation/none``): roll it back and run it
-    /// again with each message in its own savepoint, so that the failure is kept to its message.
+extension Delivery.Isolation {
+    /// Runs the work of one message or timer (`id`) inside a batch's transaction: in a savepoint, where a
+    /// failure rolls back this work alone and is rethrown; or without, where a failure throws
+    /// ``Delivery/IsolationNeeded`` (a ``StoreConflict`` is rethrown as it is) and the caller must roll back the
+    /// transaction.
+    public func run(_ id: String, in work: any UnitOfWork, _ body: () throws -> Void) throws {
+        switch self {
+        case .savepoint:
+            try work.inSavepoint(body)
+        case .none:
+            do {
+                try body()
+            } catch let conflict as any StoreConflict {
+                throw conflict
+            } catch {
+                throw Delivery.IsolationNeeded(messageID: id, failure: error)
+            }
+        }
+    }
+}
+
+extension Delivery {
+    /// A message (or timer) failed in a transaction run without savepoints (``Isolation/none``): roll it back and
+    /// run it again with each in its own savepoint, so that the failure is kept to its message.
     public struct IsolationNeeded: Error, CustomStringConvertible {
-        /// The message that failed.
+        /// The message that failed (for a timer, its trigger's id).
         public let messageID: String
         /// What its handlers threw.
         public let failure: any Error
@@ -64,18 +87,7 @@ public struct Delivery: Sendable {
             }
             try work.markHandled(envelope.messageID, consumer: consumer, issuedAt: envelope.timestamp, at: now)
         }
-        switch isolation {
-        case .savepoint:
-            try work.inSavepoint(run)
-        case .none:
-            do {
-                try run()
-            } catch let conflict as any StoreConflict {
-                throw conflict
-            } catch {
-                throw IsolationNeeded(messageID: envelope.messageID, failure: error)
-            }
-        }
+        try isolation.run(envelope.messageID, in: work, run)
     }
 
     /// A command a handler dispatched.

@@ -219,11 +219,19 @@ extension Node {
     /// same state, since the messages before it do the same again), so the failure stays with its message and
     /// counts as one attempt.
     private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, Date?, [MessageResult]) {
+        try await isolatingFailures { try await commitBatch(prepared, now: now, isolation: $0, failed: $1) }
+    }
+
+    /// Runs `attempt` (a batch's or timer round's transaction) without savepoints and, if a message or timer
+    /// failed in it, once more at once with a savepoint each, told which failed and how.
+    func isolatingFailures<T>(
+        _ attempt: (Delivery.Isolation, Delivery.IsolationNeeded?) async throws -> T
+    ) async throws -> T {
         do {
-            return try await commitBatch(prepared, now: now, isolation: .none, failed: nil)
+            return try await attempt(.none, nil)
         } catch let needed as Delivery.IsolationNeeded {
             metrics.batchRetried(.isolation)
-            return try await commitBatch(prepared, now: now, isolation: .savepoint, failed: needed)
+            return try await attempt(.savepoint, needed)
         }
     }
 

@@ -59,13 +59,7 @@ extension Node {
     /// failed timer failing there with what its handler threw (it does not run twice).
     /// - Returns: How many it claimed.
     func fireDueTimers(now: Date) async throws -> Int {
-        let timers: [(outcome: TimerOutcome, lag: TimeInterval)]
-        do {
-            timers = try await fireDueTimers(now: now, isolation: .none, failed: nil)
-        } catch let needed as Delivery.IsolationNeeded {
-            metrics.batchRetried(.isolation)
-            timers = try await fireDueTimers(now: now, isolation: .savepoint, failed: needed)
-        }
+        let timers = try await isolatingFailures { try await fireDueTimers(now: now, isolation: $0, failed: $1) }
         metrics.fired(timers)
         return timers.count
     }
@@ -90,20 +84,16 @@ extension Node {
                     .messageID(processManager: timer.processManager, instanceID: timer.instanceID)
                 do {
                     if let failed, failed.messageID == id { throw failed.failure }
-                    let fire = {
+                    try isolation.run(id, in: work) {
                         for handler in self.handlers {
                             try handler.fire(timer, in: work, now: now, logger: self.logger)
                         }
                     }
-                    switch isolation {
-                    case .savepoint: try work.inSavepoint(fire)
-                    case .none: try fire()
-                    }
                     timers.append((.fired, lag))
                 } catch let conflict as any StoreConflict {
                     throw conflict  // the round is run again, no attempt counted
-                } catch  where isolation == .none {
-                    throw Delivery.IsolationNeeded(messageID: id, failure: error)  // run again with savepoints
+                } catch let needed as Delivery.IsolationNeeded {
+                    throw needed  // the round is run again with savepoints, no attempt counted
                 } catch {
                     timers.append((try timerFailed(timer, error: error, work, now), lag))
                 }
