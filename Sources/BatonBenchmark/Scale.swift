@@ -84,7 +84,7 @@ struct ScaleBenchmark {
         in store: any Store,
         seeded: Int
     ) async throws -> (first: Double, middle: Double, rare: Double) {
-        let process = fourSteps(stepTimeout: Self.stepTimeout).name
+        let process = fourSteps().name
         let middle = try await store.read { work in
             try work.transitions(of: process, instance: "wf-\(seeded / 2)").last.map {
                 InstancePosition(updatedAt: $0.at, instanceID: "wf-\(seeded / 2)")
@@ -161,7 +161,7 @@ struct ScaleBenchmark {
     private func seed(from first: Int, to last: Int, logger: Logger) async throws {
         guard last > first else { return }
         let store = try SQLiteStore(path: path)
-        let definition = fourSteps(stepTimeout: Self.stepTimeout)
+        let definition = fourSteps()
         let registry = definition.registry
         let host = try ProcessManagerHost(definition)
         let progress = ProgressBar("seeding instances", total: last)
@@ -181,11 +181,8 @@ struct ScaleBenchmark {
         }
     }
 
-    /// Long enough that no deadline fires during the benchmark.
-    static let stepTimeout = Duration.seconds(86_400)
-
     static func node(transport: any Transport, path: String, logger: Logger) throws -> Node {
-        try EmbeddedBenchmark.coordinator(transport: transport, path: path, stepTimeout: stepTimeout, logger: logger)
+        try EmbeddedBenchmark.coordinator(transport: transport, path: path, logger: logger)
     }
 }
 
