@@ -161,7 +161,7 @@ extension ProcessInstance {
         StoredInstanceFields(
             id: id,
             stateVersion: stateVersion,
-            state: try JSONEncoder.baton.encode(state),
+            state: try WireJSON.encode(state),
             lifecycle: lifecycle,
             version: version,
             compensations: compensations,
@@ -229,7 +229,7 @@ extension ProcessInstance {
     private static func decode(_ fields: StoredInstanceFields) throws -> ProcessInstance {
         let state = try currentState(fields.state, version: fields.stateVersion, instanceID: fields.id)
         var instance = ProcessInstance(id: fields.id, definitionVersion: fields.definitionVersion)
-        instance.state = try JSONDecoder.baton.decode(State.self, from: state)
+        instance.state = try WireJSON.decode(State.self, from: state)
         instance.lifecycle = fields.lifecycle
         instance.version = fields.version
         instance.compensations = fields.compensations

@@ -237,7 +237,7 @@ extension StoredRecord {
     public static func instanceJSON(_ data: Data) throws -> Data {
         if data.first == UInt8(ascii: "{") { return data }
         let fields = try StoredInstanceFields(storedRecord: data)
-        guard var object = try JSONSerialization.jsonObject(with: JSONEncoder.baton.encode(fields)) as? [String: Any]
+        guard var object = try JSONSerialization.jsonObject(with: WireJSON.encode(fields)) as? [String: Any]
         else { throw FormatError(description: "an instance that is not a JSON object") }
         object["state"] = try JSONSerialization.jsonObject(with: fields.state, options: .fragmentsAllowed)
         return try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])

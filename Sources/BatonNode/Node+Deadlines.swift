@@ -126,7 +126,7 @@ extension Node {
             return .retrying
         }
         let trigger = ProcessTrigger.timer(name: timer.name, dueAt: timer.dueAt)
-        let body = try JSONEncoder.baton.encode(
+        let body = try WireJSON.encode(
             TimerDeadLetter(
                 processManager: timer.processManager,
                 instanceID: timer.instanceID,

@@ -372,7 +372,7 @@ extension UnitOfWork {
         at time: Date
     ) throws {
         try saveDocument(
-            try JSONEncoder.baton.encode(document),
+            try WireJSON.encode(document),
             in: collection,
             id: id,
             alias: alias,
@@ -383,7 +383,7 @@ extension UnitOfWork {
 
     /// The document with this id or, if none has it, the one with this alias.
     public func document<D: Decodable>(_ type: D.Type, in collection: String, idOrAlias key: String) throws -> D? {
-        try documentBody(in: collection, idOrAlias: key).map { try JSONDecoder.baton.decode(D.self, from: $0) }
+        try documentBody(in: collection, idOrAlias: key).map { try WireJSON.decode(D.self, from: $0) }
     }
 
     /// The documents of a collection, optionally with one status, ordered by id.
@@ -394,7 +394,7 @@ extension UnitOfWork {
         limit: Int = 100_000
     ) throws -> [D] {
         try documentBodies(in: collection, status: status, limit: limit).map {
-            try JSONDecoder.baton.decode(D.self, from: $0)
+            try WireJSON.decode(D.self, from: $0)
         }
     }
 }

@@ -14,7 +14,7 @@ extension ParkedMessage {
             contentType: row["content_type"],
             correlationID: row["correlation_id"],
             timestamp: (row["timestamp"] as Int64?).map(Date.init(millisecondsSince1970:)),
-            headers: try JSONDecoder.baton.decode([String: String].self, from: row["headers"]),
+            headers: try WireJSON.decode([String: String].self, from: row["headers"]),
             body: row["body"],
             attempts: row["attempts"],
             nextAttemptAt: (row["next_attempt_at"] as Int64?).map(Date.init(millisecondsSince1970:)),
@@ -41,7 +41,7 @@ extension SQLiteUnitOfWork {
             [
                 message.orderingKey, message.messageID, message.exchange, message.routingKey, message.messageType,
                 message.contentType, message.correlationID, message.timestamp?.millisecondsSince1970,
-                try JSONEncoder.baton.encode(message.headers), message.body, message.attempts,
+                try WireJSON.encode(message.headers), message.body, message.attempts,
                 message.nextAttemptAt?.millisecondsSince1970, message.deadLetterID, message.lastError,
                 now.millisecondsSince1970,
             ]

@@ -19,7 +19,7 @@ extension SQLiteUnitOfWork {
             """,
             [
                 letter.messageID, letter.messageType, letter.exchange, letter.routingKey,
-                try JSONEncoder.baton.encode(letter.headers),
+                try WireJSON.encode(letter.headers),
                 letter.body, letter.reason, letter.handler, letter.attempts, letter.deadAt.timeIntervalSince1970,
             ]
         )

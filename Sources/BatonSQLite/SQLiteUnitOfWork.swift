@@ -251,7 +251,7 @@ extension DeadLetter {
             messageType: row["message_type"],
             exchange: row["exchange"],
             routingKey: row["routing_key"],
-            headers: try JSONDecoder.baton.decode([String: String].self, from: row["headers"]),
+            headers: try WireJSON.decode([String: String].self, from: row["headers"]),
             body: row["body"],
             reason: row["reason"],
             handler: row["handler"],

@@ -66,6 +66,26 @@ let benchmarks: @Sendable () -> Void = {
         for _ in benchmark.scaledIterations { blackHole(try! JSONEncoder.baton.encode(envelope)) }
     }
 
+    let payload = OrderConfirmed(orderID: "ord-1", address: "221B Baker Street, London")
+    Benchmark("Payload encode (JSONEncoder.baton)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! JSONEncoder.baton.encode(payload)) }
+    }
+
+    Benchmark("Payload encode (WireJSON)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! WireJSON.encode(payload)) }
+    }
+
+    let payloadJSON = try! WireJSON.encode(payload)
+    Benchmark("Payload decode (JSONDecoder.baton)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(try! JSONDecoder.baton.decode(OrderConfirmed.self, from: payloadJSON))
+        }
+    }
+
+    Benchmark("Payload decode (WireJSON)") { benchmark in
+        for _ in benchmark.scaledIterations { blackHole(try! WireJSON.decode(OrderConfirmed.self, from: payloadJSON)) }
+    }
+
     Benchmark("Envelope decode (JSON)") { benchmark in
         for _ in benchmark.scaledIterations { blackHole(try! JSONDecoder.baton.decode(Envelope.self, from: json)) }
     }
