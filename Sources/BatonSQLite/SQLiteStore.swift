@@ -38,6 +38,12 @@ public final class SQLiteStore: Store {
             // that a message's transaction touches at random (inbox, instances, outbox keys) instead of reading
             // them again from the file. A cache grows only as pages are used.
             try db.execute(sql: "PRAGMA cache_size = -65536")
+            // A checkpoint copies every page changed since the last one from the WAL back into the file and syncs
+            // both, in the commit that crosses the threshold: every 10,000 pages (a WAL of up to 40 MB) instead
+            // of SQLite's 1,000, a page that messages change again and again (an index's, an instance's) is
+            // copied once where it was copied ten times. Durability does not change (commits still sync the
+            // WAL); the embedded benchmark gained 3–17%.
+            try db.execute(sql: "PRAGMA wal_autocheckpoint = 10000")
         }
         self.path = path
         pool = try DatabasePool(path: path, configuration: configuration)
