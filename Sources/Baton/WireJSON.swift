@@ -7,8 +7,9 @@ import Synchronization
 /// so its cost is paid several times per message. Foundation's encoder converts each key to snake_case on every
 /// encode and formats dates through a closure and a nested container; this one converts a key once (with
 /// Foundation's own conversion, so the names are the same) and keeps it, and writes dates and scalars directly.
-/// The bytes are the same as ``JSONEncoder/baton``'s — `WireJSONTests` compares the two over the contracts and
-/// the corner cases (escapes, unicode, key order, dictionaries, floats, dates, class hierarchies) — so either may
+/// The bytes are the same as ``JSONEncoder/baton``'s — `WireJSONTests` compares the two over values of every
+/// kind and their corner cases (escapes, unicode, key order, dictionaries, floats, dates, class hierarchies,
+/// seeded random strings) — so either may
 /// write what the other reads, and values written before this encoder existed compare equal to values written
 /// after. Floating-point and `Decimal` numbers, rare in messages, are formatted by Foundation itself.
 public enum WireJSON {
@@ -57,6 +58,8 @@ private enum WireValue {
         }
     }
 
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
     /// A JSON string as Foundation escapes it with `.withoutEscapingSlashes`: quote, backslash and the control
     /// characters, the five with short escapes, the rest as lowercase `\u00xx`.
     private static func write(string: String, to bytes: inout [UInt8]) {
@@ -71,10 +74,9 @@ private enum WireValue {
             case 0x0C: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "f")])
             case 0x0D: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
             case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                bytes.append(contentsOf: Array("\\u00".utf8))
-                bytes.append(hex[Int(byte >> 4)])
-                bytes.append(hex[Int(byte & 0x0F)])
+                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+                bytes.append(Self.hexDigits[Int(byte >> 4)])
+                bytes.append(Self.hexDigits[Int(byte & 0x0F)])
             default: bytes.append(byte)
             }
         }
