@@ -233,25 +233,11 @@ struct SwiftKey: CodingKey {
     init(stringValue: String) { self.stringValue = stringValue }
     init?(intValue: Int) { nil }
 
-    /// Conversions made before, by key (every message of a type has the same keys); bounded, since the keys
-    /// come from the wire.
-    private static let converted = Mutex<[String: String]>([:])
-    private static let convertedCapacity = 4_096
+    /// Conversions made before (bounded: the keys come from the wire).
+    private static let converted = ConvertedKeys(capacity: 4_096, by: camelCase(fromSnakeCase:))
 
     init(camelCaseFromSnakeCase key: String) {
-        guard key.utf8.contains(UInt8(ascii: "_")) else {
-            stringValue = key
-            return
-        }
-        if let known = Self.converted.withLock({ $0[key] }) {
-            stringValue = known
-            return
-        }
-        let converted = Self.camelCase(fromSnakeCase: key)
-        Self.converted.withLock { known in
-            if known.count < Self.convertedCapacity { known[key] = converted }
-        }
-        stringValue = converted
+        stringValue = key.utf8.contains(UInt8(ascii: "_")) ? Self.converted.name(for: key) : key
     }
 
     private static func camelCase(fromSnakeCase key: String) -> String {
@@ -262,5 +248,25 @@ struct SwiftKey: CodingKey {
                 acronyms.contains(part.lowercased())
                     ? part.uppercased() : part.prefix(1).uppercased() + part.dropFirst()
             }.joined()
+    }
+}
+
+/// Key names converted once and kept, by key: every message of a type has the same keys. Bounded, since keys may
+/// come from the wire or be a dictionary's ever new values: past `capacity` a key is converted each time.
+final class ConvertedKeys: Sendable {
+    private let converted = Mutex<[String: String]>([:])
+    private let capacity: Int
+    private let convert: @Sendable (String) -> String
+
+    init(capacity: Int, by convert: @escaping @Sendable (String) -> String) {
+        self.capacity = capacity
+        self.convert = convert
+    }
+
+    func name(for key: String) -> String {
+        if let name = converted.withLock({ $0[key] }) { return name }
+        let name = convert(key)
+        converted.withLock { if $0.count < capacity { $0[key] = name } }
+        return name
     }
 }

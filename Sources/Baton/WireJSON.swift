@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 
 /// The wire's JSON (``JSONEncoder/baton``'s bytes), written without Foundation's encoder on the hot path.
 ///
@@ -351,17 +350,12 @@ private struct WireKey: CodingKey {
 
 /// Keys in snake_case as Foundation's `convertToSnakeCase` writes them, each converted once.
 private enum SnakeCaseKeys {
-    private static let converted = Mutex<[String: String]>([:])
-    /// Keys beyond this many (a dictionary keyed by ever new values) are converted each time, not kept.
-    private static let capacity = 10_000
+    private static let converted = ConvertedKeys(capacity: 10_000, by: foundationName)
 
     static func name(_ key: String) -> String {
         // Without an uppercase letter (`sku`, `order_id`, `42`) the conversion changes nothing.
         if key.utf8.allSatisfy({ $0 < 0x80 && !(UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) { return key }
-        if let name = converted.withLock({ $0[key] }) { return name }
-        let name = foundationName(key)
-        converted.withLock { if $0.count < capacity { $0[key] = name } }
-        return name
+        return converted.name(for: key)
     }
 
     /// Foundation's conversion of `key`, read back from the object it writes around it.
