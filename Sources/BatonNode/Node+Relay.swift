@@ -2,7 +2,8 @@ import Baton
 import Foundation
 import Logging
 
-/// The relay: publishes the outbox in order with publisher confirms and marks what the broker confirmed.
+/// The relay: publishes the outbox in order with publisher confirms; what the broker confirmed is deleted by
+/// the node's next transaction (``SentMarks``).
 extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
@@ -19,6 +20,7 @@ extension Node {
             let readTable = action == .readTable
             if readTable {
                 do {
+                    try await writeSentMarks()  // a read must not return a row already sent
                     let limit = schedule.limit
                     let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
                     action = schedule.tableRead(
@@ -38,10 +40,19 @@ extension Node {
             }
             var rows: [OutboxMessage]
             switch action {
-            case .finish: return
+            case .finish: return  // after a table read, which wrote the marks
             case .readTable: continue
             case .wait(let until):
-                await waitFor(relay.signal, orUntil: Self.sleep(until: until))
+                let marksDue = sentMarks.withLock { $0.oldest }.map { $0 + SentMarks.delay }
+                if let marksDue, marksDue <= .now {
+                    // No transaction of the node came to delete them: the relay does.
+                    do { try await writeSentMarks() } catch {
+                        logger.error("outbox mark failed; tried again", metadata: ["error": "\(error)"])
+                        await waitFor(relay.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
+                    }
+                } else {
+                    await waitFor(relay.signal, orUntil: Self.sleep(until: until, orUntil: marksDue))
+                }
                 continue
             case .publish(let ready): rows = ready
             }
@@ -49,7 +60,8 @@ extension Node {
                 // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
                 // their scope (waiting out a retry, or another process's): ask the table about those.
                 do {
-                    let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows) }
+                    let sent = Set(sentMarks.withLock { $0.pending.sequences })
+                    let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows, sent: sent) }
                     if !held.isEmpty {
                         rows.removeAll { held.contains($0.sequence) }
                         schedule.roundFailed()  // they wait in the table; a read returns them once free
@@ -84,18 +96,13 @@ extension Node {
             }
             metrics.published.increment(by: sent.count)
             metrics.publishFailures.increment(by: failed.count + refused.count)
-            do {
-                // Without an fsync: a deletion lost to a power failure only re-sends, under the same id.
-                try await store.writeWithoutWaitingForDisk { [sent, failed, refused] work in
-                    try work.removeSent(sent)
-                    try work.markFailed(failed, at: Date())
-                    try work.markFailed(refused, at: Date(), refused: true)
-                }
-            } catch {
-                logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
-                schedule.roundFailed()
-            }
+            sentMarks.withLock { $0.add(sent, at: .now) }
             if let firstError {
+                do {
+                    try await writeSentMarks(failed: failed, refused: refused)
+                } catch {
+                    logger.error("outbox mark failed; the messages will be sent again", metadata: ["error": "\(error)"])
+                }
                 schedule.roundFailed()  // the failed rows wait out their retry delay in the table
                 logger.warning(
                     "relay publish failed; retrying those messages later",
@@ -105,11 +112,29 @@ extension Node {
         }
     }
 
-    /// A sleep until a retry is due (wall-clock time, not business time), or none.
-    private static func sleep(until date: Date?) -> (@Sendable () async -> Void)? {
-        guard let date else { return nil }
-        let delay = max(0.001, date.timeIntervalSinceNow)
-        return { try? await Task.sleep(for: .seconds(delay)) }
+    /// Deletes the sent rows that no transaction of the node has deleted yet and records failed publishes, in
+    /// a transaction of the relay's own. Without an fsync: a deletion lost to a power failure only re-sends,
+    /// under the same id.
+    private func writeSentMarks(failed: [Int64] = [], refused: [Int64] = []) async throws {
+        let sent = sentMarks.withLock { $0.pending }
+        guard !sent.sequences.isEmpty || !failed.isEmpty || !refused.isEmpty else { return }
+        try await store.writeWithoutWaitingForDisk { work in
+            try work.removeSent(sent.sequences)
+            try work.markFailed(failed, at: Date())
+            try work.markFailed(refused, at: Date(), refused: true)
+        }
+        sentMarks.withLock { $0.remove(through: sent, at: .now) }
+    }
+
+    /// A sleep until a retry is due (wall-clock time, not business time) or until the sent marks are due
+    /// (monotonic), whichever comes first; or none.
+    private static func sleep(
+        until date: Date?,
+        orUntil marksDue: ContinuousClock.Instant?
+    ) -> (@Sendable () async -> Void)? {
+        let delays = [date.map { Duration.seconds($0.timeIntervalSinceNow) }, marksDue.map { $0 - .now }]
+        guard let delay = delays.compactMap({ $0 }).min() else { return nil }
+        return { try? await Task.sleep(for: max(.milliseconds(1), delay)) }
     }
 
     /// Publishes rows (in sequence order) so that none goes out before an earlier one of its order scope is

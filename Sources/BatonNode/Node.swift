@@ -111,6 +111,8 @@ public final class Node: Service {
     let timeSource: any TimeSource
     let logger: Logger
     let handover = Mutex(Handover())
+    /// Rows the broker confirmed whose deletion waits for the node's next transaction.
+    let sentMarks = Mutex(SentMarks())
     let schedulesTimers: Bool
     /// The node's loops, each stopped by its service's graceful shutdown (consumption first, the relay
     /// last).
@@ -301,12 +303,18 @@ public final class Node: Service {
     }
 
     /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it (unless
-    /// `wakeRelay` is false: the caller does, after its fault-injection point).
+    /// `wakeRelay` is false: the caller does, after its fault-injection point). The transaction also deletes
+    /// the rows the relay has sent since the last one (``SentMarks``).
     func commit<T: Sendable>(
         wakeRelay: Bool = true,
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T {
-        let (value, queued) = try await store.writeHandingOverOutbox(body)
+        let sent = sentMarks.withLock { $0.pending }
+        let (value, queued) = try await store.writeHandingOverOutbox { work in
+            try work.removeSent(sent.sequences)
+            return try body(work)
+        }
+        sentMarks.withLock { $0.remove(through: sent, at: .now) }
         handover.withLock { $0.add(queued) }
         if wakeRelay { relay.wake() }
         return value

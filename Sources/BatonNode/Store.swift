@@ -82,8 +82,9 @@ public protocol UnitOfWork {
     /// The oldest messages not yet sent and not waiting out a retry delay at `now`, in the order queued —
     /// without those behind an earlier row of their ``OutboxMessage/orderScope`` that waits out its delay.
     func pendingOutbox(limit: Int, readyAt now: Date) throws -> [OutboxMessage]
-    /// How many messages not yet sent have a sequence up to `sequence`.
-    func unsentOutboxCount(through sequence: Int64) throws -> Int
+    /// How many messages not yet sent have a sequence up to `sequence`, not counting `sent` (rows the relay
+    /// sent whose deletion has not committed yet).
+    func unsentOutboxCount(through sequence: Int64, excluding sent: Set<Int64>) throws -> Int
     /// The messages not yet sent of the given order scopes with a sequence up to `sequence`, as
     /// (scope, sequence), in no particular order.
     func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)]
@@ -255,14 +256,17 @@ extension UnitOfWork {
     /// The rows among `rows` (unsent, in order) that an earlier unsent row of their order scope holds back:
     /// one that is not among `rows` — waiting out a retry, leased by another process, or queued by one — or
     /// one of them that is held back itself. Usually one count over the rows' own range of the outbox.
-    public func outboxRowsHeldBack(_ rows: [OutboxMessage]) throws -> Set<Int64> {
-        guard let last = rows.map(\.sequence).max(), try unsentOutboxCount(through: last) != rows.count else {
-            return []
-        }
-        let own = Set(rows.map(\.sequence))
+    /// - Parameters:
+    ///   - rows: The rows, in order.
+    ///   - sent: Rows already sent, which a transaction may not have deleted yet: they hold nothing back.
+    public func outboxRowsHeldBack(_ rows: [OutboxMessage], sent: Set<Int64> = []) throws -> Set<Int64> {
+        guard let last = rows.map(\.sequence).max(),
+            try unsentOutboxCount(through: last, excluding: sent.filter { $0 <= last }) != rows.count
+        else { return [] }
+        let skipped = sent.union(rows.map(\.sequence))
         var earliest: [String: Int64] = [:]
         for (scope, sequence) in try unsentOutbox(scopes: Set(rows.map(\.orderScope)), through: last)
-        where !own.contains(sequence) {
+        where !skipped.contains(sequence) {
             earliest[scope] = min(earliest[scope] ?? sequence, sequence)
         }
         return Set(rows.filter { row in earliest[row.orderScope].map { $0 < row.sequence } ?? false }.map(\.sequence))

@@ -558,10 +558,13 @@ final class PostgresUnitOfWork: UnitOfWork {
         }
     }
 
-    func unsentOutboxCount(through sequence: Int64) throws -> Int {
+    func unsentOutboxCount(through sequence: Int64, excluding sent: Set<Int64>) throws -> Int {
         Int(
-            try query("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= $1", [.init(int64: sequence)])
-                .first?.decode(Int64.self) ?? 0
+            try query(
+                "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= $1 AND NOT (sequence = ANY($2))",
+                [.init(int64: sequence), .init(array: sent.map { PostgresData(int64: $0) }, elementType: .int8)]
+            )
+            .first?.decode(Int64.self) ?? 0
         )
     }
 

@@ -137,11 +137,24 @@ struct SQLiteUnitOfWork: UnitOfWork {
         }
     }
 
-    /// How many messages not yet sent have a sequence up to `sequence` (a range of `outbox_pending`).
-    func unsentOutboxCount(through sequence: Int64) throws -> Int {
-        try Int.fetchOne(
-            try statement("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= ?"),
-            arguments: [sequence]
+    /// How many messages not yet sent have a sequence up to `sequence`, without `sent` (a range of
+    /// `outbox_pending`; the exclusions as one JSON array, so that the statement stays the same).
+    func unsentOutboxCount(through sequence: Int64, excluding sent: Set<Int64>) throws -> Int {
+        guard !sent.isEmpty else {
+            return try Int.fetchOne(
+                try statement("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= ?"),
+                arguments: [sequence]
+            ) ?? 0
+        }
+        let excluded = "[" + sent.map(String.init).joined(separator: ",") + "]"
+        return try Int.fetchOne(
+            try statement(
+                """
+                SELECT COUNT(*) FROM outbox
+                WHERE sent_at IS NULL AND sequence <= ? AND sequence NOT IN (SELECT value FROM json_each(?))
+                """
+            ),
+            arguments: [sequence, excluded]
         ) ?? 0
     }
 

@@ -190,8 +190,8 @@ final class InMemoryUnitOfWork: UnitOfWork {
         return ready
     }
 
-    func unsentOutboxCount(through sequence: Int64) throws -> Int {
-        state.outbox.count { $0.message.sequence <= sequence }
+    func unsentOutboxCount(through sequence: Int64, excluding sent: Set<Int64>) throws -> Int {
+        state.outbox.count { $0.message.sequence <= sequence && !sent.contains($0.message.sequence) }
     }
 
     func unsentOutbox(scopes: Set<String>, through sequence: Int64) throws -> [(scope: String, sequence: Int64)] {

@@ -139,6 +139,35 @@ private struct Ledger {
     }
 }
 
+/// A store that counts the transactions written without waiting for the disk (the relay's own, retention's).
+private final class CountingStore: Store {
+    let inner: any Store
+    let writesWithoutWaiting = Atomic<Int>(0)
+
+    init(_ inner: any Store) { self.inner = inner }
+
+    func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await inner.write(body)
+    }
+    func writeHandingOverOutbox<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage]) {
+        try await inner.writeHandingOverOutbox(body)
+    }
+    func writeWithoutWaitingForDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> T {
+        writesWithoutWaiting.add(1, ordering: .relaxed)
+        return try await inner.writeWithoutWaitingForDisk(body)
+    }
+    func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await inner.read(body)
+    }
+    func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?) {
+        try await inner.claimOutbox(limit: limit, readyAt: now)
+    }
+}
+
 /// The relay keeps each partition key's order through failed publishes: whichever run or replica queued the
 /// earlier row, and within one publish round.
 @Suite struct RelayOrderTests {
@@ -209,6 +238,28 @@ private struct Ledger {
         await ledger.send(PostEntry(account: "b", number: 0), id: "post-b-0")
         let observed = try await ledger.observed(3)
         #expect(observed.filter { $0.hasPrefix("a") } == ["a0", "a1"] && observed.contains("b0"), "\(observed)")
+        try await ledger.stop()
+    }
+
+    /// The rows the broker confirmed are deleted by the node's next transaction, not by one of the relay's own:
+    /// while commands keep coming (each 25 ms after the event of the one before went out, so each publish
+    /// round has rows to delete) the relay writes next to nothing, and when they stop it deletes the last rows
+    /// itself. Without the deletions riding along, it writes once per round (40), or once per wait for them
+    /// (about 20).
+    @Test func theNextTransactionDeletesTheRowsTheBrokerConfirmed() async throws {
+        let store = CountingStore(InMemoryStore())
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        for number in 0..<40 {
+            await ledger.send(PostEntry(account: "a", number: number), id: "post-a-\(number)")
+            _ = try await ledger.observed(number + 1)
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        let ownWrites = store.writesWithoutWaiting.load(ordering: .relaxed)
+        #expect(ownWrites < 10, "\(ownWrites) transactions of the relay's own for 40 rounds")
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
+        #expect(store.writesWithoutWaiting.load(ordering: .relaxed) > ownWrites, "the last rows: by the relay")
+        #expect(try await ledger.observed(40).count == 40, "each row sent once")
         try await ledger.stop()
     }
 

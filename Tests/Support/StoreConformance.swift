@@ -281,6 +281,12 @@ public struct StoreConformance: Sendable {
             #expect(try work.outboxRowsHeldBack([a1, toOne]) == [a1.sequence], "a-0 is unsent and not among them")
             #expect(try work.outboxRowsHeldBack([a0, b0, a1]).isEmpty, "a-0 goes first in the same round")
             #expect(try work.outboxRowsHeldBack([b0]).isEmpty)
+            // A row the relay sent, whose deletion rides in a transaction not committed yet, holds nothing back.
+            #expect(try work.outboxRowsHeldBack([a1], sent: [a0.sequence]).isEmpty, "a-0 was sent")
+            #expect(
+                try work.outboxRowsHeldBack([a1, toOne], sent: [b0.sequence]) == [a1.sequence],
+                "b-0's sending frees no a"
+            )
         }
         try await store.write { try $0.removeSent([a0.sequence]) }
         try await store.read { work throws in
