@@ -215,7 +215,8 @@ public final class Node: Service {
     /// (commit, then ack), stops its deadlines, flushes the outbox, and returns.
     ///
     /// Its loops are services of a group of their own — the relay, the deadlines, the consumer — which shuts
-    /// them down in reverse order, each after the one before has finished.
+    /// them down in reverse order, each after the one before has finished. The consumer and the deadlines run
+    /// on the node's own thread (``NodeExecutor``), the relay on the shared pool.
     /// - Throws: If the topology cannot be declared (or, owned by the broker, is missing) or the queue
     ///   consumed.
     public func run() async throws {
@@ -228,17 +229,25 @@ public final class Node: Service {
         case .broker: try await transport.verify(topology)
         }
         let source = try await subscribe(input.queues)
+        let executor = NodeExecutor(name: configuration.name)
+        defer { executor.shutdown() }
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
                 services: [
                     .init(service: LoopService("relay", relay) { await self.relayLoop() }),
-                    .init(service: LoopService("deadlines", deadlines) { await self.deadlineLoop() }),
+                    .init(
+                        service: LoopService("deadlines", deadlines) {
+                            await withTaskExecutorPreference(executor) { await self.deadlineLoop() }
+                        }
+                    ),
                     .init(service: LoopService("sampling", sampling) { await self.samplingLoop() }),
                     .init(service: LoopService("retention", housekeeping) { await self.retentionLoop() }),
                     // A consumer that ends (its connection gave up) stops the node gracefully: what it
                     // committed is still relayed.
                     .init(
-                        service: LoopService("consumption", consumption) { await self.consume(source, input) },
+                        service: LoopService("consumption", consumption) {
+                            await withTaskExecutorPreference(executor) { await self.consume(source, input) }
+                        },
                         successTerminationBehavior: .gracefullyShutdownGroup,
                         failureTerminationBehavior: .gracefullyShutdownGroup
                     ),
