@@ -270,6 +270,7 @@ let package = Package(
             dependencies: ["ExampleFulfillment", "BatonNode", "BatonTesting"]
         ),
         .testTarget(name: "ChildProcessesTests", dependencies: ["ChildProcesses"]),
+        .testTarget(name: "BatonBenchmarkTests", dependencies: ["BatonBenchmark"]),
         .testTarget(
             name: "BatonHTTPTests",
             dependencies: [

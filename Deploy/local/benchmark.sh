@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The benchmark, in one run on a private RabbitMQ node: the broker's ceiling (bare C relays through the
 # same hops and durability as a workflow), the four services at maximum and at 25/50/75% of it, the
-# embedded mode, and the process-manager node from 10k to 1M stored instances. Prints the table; the JSON
+# embedded mode, and the process-manager node from 10k to 1M stored instances. Prints the table and the
+# performance targets, each met, missed or not measured by this run; the JSON
 # goes to .build-bench/benchmark.json. Takes about 15 minutes on 2 cores. Deploy/BENCHMARKS.md has the last figures.
 #
 #   Deploy/local/benchmark.sh                      the full run (release build)
 #   Deploy/local/benchmark.sh --smoke              seconds: tiny sizes, the debug build (CI runs it)
+#   Deploy/local/benchmark.sh --profile            also where the CPU goes during the mesh's run at 50%, per
+#                                                  process (perf record -a -g; needs perf: Debian's linux-perf)
 #   Deploy/local/benchmark.sh --soak               the long haul: an hour at half the maximum rate, a service
 #                                                  kill -9'd every 3 minutes, a short retention policy; samples
 #                                                  in .build-bench/soak.csv, the plot in .build-bench/soak.png

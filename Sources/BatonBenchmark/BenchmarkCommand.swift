@@ -57,14 +57,24 @@ struct All: AsyncParsableCommand {
     @Option(help: "Also write the results as JSON to this file.")
     var json: String?
 
+    @Flag(
+        help:
+            "Record where the machine's CPU goes during the mesh's run at 50% (perf record -a; needs perf and a rate of 50) and print it per process."
+    )
+    var profile = false
+
     func validate() throws {
         guard url != nil else { throw ValidationError("no broker: give --amqp-url or set BATON_AMQP_URL") }
         guard workflows > 0, embeddedWorkflows > 0 else {
             throw ValidationError("--workflows and --embedded-workflows must be positive")
         }
+        guard !profile || rates.contains(50) else {
+            throw ValidationError("--profile records the mesh's run at 50%: keep 50 among --rates")
+        }
     }
 
     func run() async throws {
+        if profile { try await MachineProfile.checkRecorder() }
         let setup = try MeshSetup.make(
             name: "baton-benchmark",
             url: url!,
@@ -83,7 +93,11 @@ struct All: AsyncParsableCommand {
         let ceilingMaximum = try await ceiling(setup, connection, runs: [("max", nil)])[0]
 
         note("mesh: orders, inventory, shipping, fulfillment on the same broker")
-        report.mesh = try await mesh(setup, connection, ceiling: ceilingMaximum.result.workflowsPerSecond)
+        (report.mesh, report.profile) = try await mesh(
+            setup,
+            connection,
+            ceiling: ceilingMaximum.result.workflowsPerSecond
+        )
 
         note("ceiling again at the mesh's fixed rates: the broker's own latency there")
         let paced = zip(rates.sorted(by: >), report.mesh.dropFirst()).map { ("\($0)%", $1.result.offeredRate) }
@@ -154,7 +168,11 @@ struct All: AsyncParsableCommand {
         }
     }
 
-    private func mesh(_ setup: MeshSetup, _ connection: AMQPConnection, ceiling: Double) async throws -> [MeshRun] {
+    private func mesh(
+        _ setup: MeshSetup,
+        _ connection: AMQPConnection,
+        ceiling: Double
+    ) async throws -> ([MeshRun], MachineProfile?) {
         let services = try await setup.startServices(stock: workflows * (rates.count + 1))
         return try await ChildProcess.stopping(services.values) {
             try await mesh(setup, connection, ceiling: ceiling, services: services)
@@ -166,7 +184,7 @@ struct All: AsyncParsableCommand {
         _ connection: AMQPConnection,
         ceiling: Double,
         services: [String: ChildProcess]
-    ) async throws -> [MeshRun] {
+    ) async throws -> ([MeshRun], MachineProfile?) {
         let sink = "bench.completed"
         try await MeshSetup.declareSink(sink, on: connection)
         defer { Task { _ = try? await connection.deleteQueue(sink) } }
@@ -190,10 +208,22 @@ struct All: AsyncParsableCommand {
         }
         let maximum = try await run("max", rate: nil)
         var runs = [maximum]
+        var profile: MachineProfile?
         for percent in rates.sorted(by: >) {
-            runs.append(try await run("\(percent)%", rate: maximum.result.workflowsPerSecond * Double(percent) / 100))
+            let rate = maximum.result.workflowsPerSecond * Double(percent) / 100
+            guard self.profile, percent == 50 else {
+                runs.append(try await run("\(percent)%", rate: rate))
+                continue
+            }
+            let path = setup.workDirectory.appendingPathComponent("mesh-50.perf.data").path
+            let recording = try MachineProfile.start(writingTo: path)
+            runs.append(try await run("\(percent)%", rate: rate))
+            var names = services.reduce(into: [pid_t: String]()) { $0[$1.value.pid] = $1.key }
+            names[getpid()] = "driver"
+            if let broker = setup.brokerPID { names[broker] = "broker" }
+            profile = try await MachineProfile.finish(recording, path: path, names: names)
         }
-        return runs
+        return (runs, profile)
     }
 
     private func waitForConsumers(_ queues: [String], _ connection: AMQPConnection) async throws {

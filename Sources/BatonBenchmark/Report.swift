@@ -15,6 +15,8 @@ struct BenchmarkReport: Codable, Sendable {
     var embeddedWithTracing: EmbeddedResult?
     var spansExported: Int?
     var scale: ScaleResult?
+    /// Where the machine's CPU went during the mesh's run at 50% (`--profile`).
+    var profile: MachineProfile?
 
     struct Machine: Codable, Sendable {
         var cpu: String
@@ -91,6 +93,8 @@ struct BenchmarkReport: Codable, Sendable {
             lines += [Self.metricsCostLine(off: embedded, on: embeddedWithTracing, what: "tracing")]
         }
         if let scale { lines += [""] + Self.scaleLines(scale) }
+        if let profile { lines += [""] + profile.lines }
+        lines += [""] + targetLines
         return lines.joined(separator: "\n")
     }
 
