@@ -146,7 +146,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 arguments: [sequence]
             ) ?? 0
         }
-        let excluded = "[" + sent.map(String.init).joined(separator: ",") + "]"
+        let excluded = Self.jsonArray(sent)
         return try Int.fetchOne(
             try statement(
                 """
@@ -200,13 +200,15 @@ struct SQLiteUnitOfWork: UnitOfWork {
         ).map(Date.init(millisecondsSince1970:))
     }
 
-    /// Deletes relayed messages.
+    /// Deletes relayed messages (the sequences as one JSON array: one cached statement for any number).
     func removeSent(_ sequences: [Int64]) throws {
         guard !sequences.isEmpty else { return }
-        try db.execute(
-            sql: "DELETE FROM outbox WHERE sequence IN (\(sequences.map { _ in "?" }.joined(separator: ",")))",
-            arguments: StatementArguments(sequences)
-        )
+        try run("DELETE FROM outbox WHERE sequence IN (SELECT value FROM json_each(?))", [Self.jsonArray(sequences)])
+    }
+
+    /// Sequences as a JSON array, for `json_each`.
+    static func jsonArray(_ sequences: some Collection<Int64>) -> String {
+        "[" + sequences.map(String.init).joined(separator: ",") + "]"
     }
 
     /// How many messages wait for the relay.
