@@ -71,7 +71,7 @@ struct MachineProfile: Codable, Sendable {
     ///   - names: The processes to tell apart, by pid.
     ///   - readable: Symbols' readable names (Swift's demangled); the samples of the names that a symbol's
     ///     several parts share (an async function's partial functions) count together.
-    ///   - top: How many libraries and functions per process.
+    ///   - top: How many libraries and functions per process (twice as many on the call chains).
     static func parse(
         _ script: String,
         names: [pid_t: String],
@@ -121,7 +121,7 @@ struct MachineProfile: Codable, Sendable {
             chain.append((readable[function] ?? function, library))
         }
         count()
-        func shares(_ counts: [String: Int], of total: Int, below limit: Double = 101) -> [Share] {
+        func shares(_ counts: [String: Int], of total: Int, below limit: Double = 101, top: Int = top) -> [Share] {
             counts.map { Share(name: $0.key, percent: 100 * Double($0.value) / Double(total)) }
                 .filter { $0.percent < limit }
                 .sorted { ($0.percent, $1.name) > ($1.percent, $0.name) }
@@ -133,17 +133,19 @@ struct MachineProfile: Codable, Sendable {
                 percent: 100 * Double(entry.total) / Double(max(samples, 1)),
                 libraries: shares(entry.libraries, of: entry.total),
                 functions: shares(entry.functions, of: entry.total),
-                inclusive: shares(entry.inclusive, of: entry.total, below: 90)
+                inclusive: shares(entry.inclusive, of: entry.total, below: 90, top: top * 2)
             )
         }
         return MachineProfile(samples: samples, processes: processes.sorted { $0.percent > $1.percent })
     }
 
-    /// Whether a function on a call chain says where the time goes: not an unknown address, nor a compiler's
-    /// wrapper (a thunk, a partial application, a witness), which stands on the chain beside what it wraps.
+    /// Whether a function on a call chain says where the time goes: not an unknown address, a compiler's
+    /// wrapper (a thunk, a partial application, a witness) nor an anonymous closure, which stand on the chain
+    /// beside the function they wrap or are written in.
     static func isNamed(_ function: String) -> Bool {
         let wrappers = [
             "[unknown]", "partial apply for ", "thunk for ", "reabstraction thunk", "protocol witness for ",
+            "closure #", "specialized closure #", "implicit closure #",
         ]
         return !wrappers.contains { function.hasPrefix($0) }
     }

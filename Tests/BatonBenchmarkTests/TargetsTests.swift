@@ -98,6 +98,7 @@ import Testing
             "\t5556 main (/opt/bin/fulfillment)", "",
             "   101 ", "\t7ff9 sqlite3VdbeExec \(sqlite)", "\t5557 $relayLoopPart1 (/opt/bin/fulfillment)",
             "\t5558 partial apply for relayLoop (/opt/bin/fulfillment)",
+            "\t5560 closure #1 in run() (/opt/bin/fulfillment)",
             "\t5559 $relayLoopPart2 (/opt/bin/fulfillment)",
             "\t5556 main (/opt/bin/fulfillment)", "",
             "   101 ", "\tffff __x64_sys_fdatasync ([kernel.kallsyms])", "\t5555 commitBatch (/opt/bin/fulfillment)",
@@ -126,7 +127,7 @@ import Testing
         #expect(
             byName["fulfillment"]?.inclusive
                 == [.init(name: "commitBatch", percent: 200.0 / 3), .init(name: "relayLoop", percent: 100.0 / 3)],
-            "a function counts once per chain, its parts together; main, on every chain, and wrappers left out"
+            "a function counts once per chain, its parts together; main, on every chain, wrappers and closures left out"
         )
         #expect(byName["orders"]?.functions.first?.name == "[unknown] in libswiftCore.so")
         #expect(byName["idle"]?.percent == 100.0 / 6)
