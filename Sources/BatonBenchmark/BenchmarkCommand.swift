@@ -59,7 +59,7 @@ struct All: AsyncParsableCommand {
 
     @Flag(
         help:
-            "Record where the machine's CPU goes during the mesh's run at 50% (perf record -a; needs perf and a rate of 50) and print it per process."
+            "Record where the machine's CPU goes during the mesh's run at 50% (perf record -a -g; needs perf and a rate of 50) and print it per process."
     )
     var profile = false
 
@@ -217,7 +217,13 @@ struct All: AsyncParsableCommand {
             }
             let path = setup.workDirectory.appendingPathComponent("mesh-50.perf.data").path
             let recording = try MachineProfile.start(writingTo: path)
-            runs.append(try await run("\(percent)%", rate: rate))
+            do {
+                runs.append(try await run("\(percent)%", rate: rate))
+            } catch {
+                recording.send(SIGINT)  // no recorder left behind
+                await recording.wait()
+                throw error
+            }
             var names = services.reduce(into: [pid_t: String]()) { $0[$1.value.pid] = $1.key }
             names[getpid()] = "driver"
             if let broker = setup.brokerPID { names[broker] = "broker" }

@@ -9,7 +9,7 @@ import Synchronization
 /// A store may then run a transaction on the calling thread, blocking it until the commit, instead of handing
 /// it to a queue of its own and resuming the caller afterwards: two thread hops per batch fewer, and no
 /// cooperative thread of the process blocked (the SQLite store does so: the embedded benchmark ran about a
-/// fifth faster). The relay, the transport's connections and everything else stay on the shared pool, so a
+/// quarter faster). The relay, the transport's connections and everything else stay on the shared pool, so a
 /// node publishes while it handles.
 ///
 /// Tasks run on it with `withTaskExecutorPreference(_:operation:)`; child tasks inherit it. After

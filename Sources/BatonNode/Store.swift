@@ -17,7 +17,8 @@ public protocol Store: Sendable {
     func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T
     /// Like ``write(_:)``, and also returns the outbox rows the transaction queued — committed, not yet sent,
     /// in order, without those of savepoints that rolled back — so that a relay can publish them without
-    /// reading them back.
+    /// reading them back. The node's transactions come through here, from the node's own thread: an adapter
+    /// may run the body on the calling thread and block it until the commit (the SQLite one does).
     func writeHandingOverOutbox<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage])

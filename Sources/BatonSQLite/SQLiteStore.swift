@@ -89,7 +89,7 @@ public final class SQLiteStore: Store {
     ///
     /// The node's transaction: it runs on the calling thread, which it blocks until the commit — the node's own
     /// thread (`NodeExecutor`), which saves the two thread hops of handing it to the writer's queue and
-    /// resuming the caller (the embedded benchmark ran about a fifth faster). Another caller blocks its thread
+    /// resuming the caller (the embedded benchmark ran about a quarter faster). Another caller blocks its thread
     /// as long (a cooperative one of the process, for a handler-sized transaction).
     /// - Returns: What `body` returns, and the rows.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
