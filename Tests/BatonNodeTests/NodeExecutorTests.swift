@@ -77,19 +77,7 @@ private final class Overlap: Sendable {
         )
         try await withRunningNode(node, transport: harness.transport) {
             for index in 0..<3 {
-                let envelope = Envelope(
-                    messageID: "place-\(index)",
-                    messageType: PlaceOrder.messageType,
-                    timestamp: harness.clock.now(),
-                    payload: MessageRegistry.encode(PlaceOrder(orderID: "o-\(index)", customer: "Ada"))
-                )
-                try await harness.transport.publish([
-                    OutgoingMessage(
-                        exchange: Routing.commandExchange,
-                        routingKey: PlaceOrder.messageName,
-                        envelope: envelope
-                    )
-                ])[0].get()
+                try await harness.send(PlaceOrder(orderID: "o-\(index)", customer: "Ada"), id: "place-\(index)")
             }
             #expect(try await eventually { threads.withLock { $0.count } == 3 })
         }

@@ -158,6 +158,19 @@ final class NodeHarness: Sendable {
         ])[0].get()
     }
 
+    /// Sends a command the way another node would (on the command exchange, under its name).
+    func send<C: Command>(_ command: C, id: String) async throws {
+        let envelope = Envelope(
+            messageID: id,
+            messageType: C.messageType,
+            timestamp: clock.now(),
+            payload: MessageRegistry.encode(command)
+        )
+        try await transport.publish([
+            OutgoingMessage(exchange: Routing.commandExchange, routingKey: C.messageName, envelope: envelope)
+        ])[0].get()
+    }
+
     /// Sends an operator's command to a running node directly (on its node exchange), then waits until the node
     /// is idle.
     func administer<C: Command>(_ node: Node, _ command: C, id: String) async throws {

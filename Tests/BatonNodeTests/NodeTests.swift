@@ -148,19 +148,7 @@ import Testing
         defer { harness.removeFiles() }
         try await harness.declareObserver()
         func publishV2(_ orderID: String, id: String) async throws {
-            let envelope = Envelope(
-                messageID: id,
-                messageType: OrderPlacedV2.messageType,
-                timestamp: harness.clock.now(),
-                payload: MessageRegistry.encode(OrderPlacedV2(orderID: orderID, customer: "Ada"))
-            )
-            try await harness.transport.publish([
-                OutgoingMessage(
-                    exchange: Routing.eventExchange,
-                    routingKey: OrderPlacedV2.messageName,
-                    envelope: envelope
-                )
-            ])[0].get()
+            try await harness.publish(OrderPlacedV2(orderID: orderID, customer: "Ada"), id: id)
         }
         // The old release meets a v2 event during a rolling deploy: it keeps it, it does not dead-letter it.
         let old = try harness.makeNode()
