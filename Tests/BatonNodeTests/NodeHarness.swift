@@ -147,43 +147,39 @@ final class NodeHarness: Sendable {
 
     /// Publishes an event the way another node would: issued now, or at `issuedAt` (a copy of an earlier one).
     func publish<E: Event>(_ event: E, id: String, issuedAt: Date? = nil) async throws {
-        let envelope = Envelope(
-            messageID: id,
-            messageType: E.messageType,
-            timestamp: issuedAt ?? clock.now(),
-            payload: MessageRegistry.encode(event)
-        )
-        try await transport.publish([
-            OutgoingMessage(exchange: Routing.eventExchange, routingKey: E.messageName, envelope: envelope)
-        ])[0].get()
+        try await publish(event, id: id, to: Routing.eventExchange, routingKey: E.messageName, issuedAt: issuedAt)
     }
 
     /// Sends a command the way another node would (on the command exchange, under its name).
     func send<C: Command>(_ command: C, id: String) async throws {
-        let envelope = Envelope(
-            messageID: id,
-            messageType: C.messageType,
-            timestamp: clock.now(),
-            payload: MessageRegistry.encode(command)
-        )
-        try await transport.publish([
-            OutgoingMessage(exchange: Routing.commandExchange, routingKey: C.messageName, envelope: envelope)
-        ])[0].get()
+        try await publish(command, id: id, to: Routing.commandExchange, routingKey: C.messageName)
     }
 
     /// Sends an operator's command to a running node directly (on its node exchange), then waits until the node
     /// is idle.
     func administer<C: Command>(_ node: Node, _ command: C, id: String) async throws {
+        try await publish(command, id: id, to: Routing.nodeExchange, routingKey: node.configuration.name)
+        try await waitUntilIdle(node, transport: transport, clock: clock)
+    }
+
+    /// Publishes a message in its envelope, issued now or at `issuedAt`, and waits for the broker's confirm.
+    private func publish<M: Message>(
+        _ message: M,
+        id: String,
+        to exchange: String,
+        routingKey: String,
+        issuedAt: Date? = nil
+    ) async throws {
         let envelope = Envelope(
             messageID: id,
-            messageType: C.messageType,
-            timestamp: clock.now(),
-            payload: MessageRegistry.encode(command)
+            messageType: M.messageType,
+            timestamp: issuedAt ?? clock.now(),
+            payload: MessageRegistry.encode(message)
         )
-        try await transport.publish([
-            OutgoingMessage(exchange: Routing.nodeExchange, routingKey: node.configuration.name, envelope: envelope)
-        ])[0].get()
-        try await waitUntilIdle(node, transport: transport, clock: clock)
+        try await transport.publish([OutgoingMessage(exchange: exchange, routingKey: routingKey, envelope: envelope)])[
+            0
+        ]
+        .get()
     }
 
     /// Publishes raw bytes with arbitrary properties (hostile input), on a route the node consumes.
