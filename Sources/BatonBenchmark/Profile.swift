@@ -110,7 +110,7 @@ struct MachineProfile: Codable, Sendable {
                 }
                 continue
             }
-            var frame = line.drop { $0 == "\t" || $0 == " " }.drop { $0 != " " }.dropFirst()  // the ip
+            var frame = symbolAndLibrary(of: line)
             if frame.hasSuffix(" (deleted))") { frame = frame.dropLast(" (deleted))".count) + ")" }
             var (function, library) = (String(frame), "[unknown]")
             if frame.hasSuffix(")"), let open = frame.lastIndex(of: "(") {
@@ -150,11 +150,16 @@ struct MachineProfile: Codable, Sendable {
         return !wrappers.contains { function.hasPrefix($0) }
     }
 
+    /// A frame line of `perf script` output (`\t<ip> <symbol> (<library>)`) without its indent and address.
+    private static func symbolAndLibrary(of line: Substring) -> Substring {
+        line.drop { $0 == "\t" || $0 == " " }.drop { $0 != " " }.dropFirst()
+    }
+
     /// The Swift symbols (`$s…`) on the frames of `perf script` output.
     static func swiftSymbols(in script: String) -> Set<String> {
         var symbols: Set<String> = []
         for line in script.split(separator: "\n") where line.first == "\t" {
-            let frame = line.drop { $0 == "\t" || $0 == " " }.drop { $0 != " " }.dropFirst()
+            let frame = symbolAndLibrary(of: line)
             if frame.hasPrefix("$s"), let end = frame.firstIndex(of: " ") { symbols.insert(String(frame[..<end])) }
         }
         return symbols

@@ -21,10 +21,9 @@ struct SentMarks {
     private var sequences: [Int64] = []
     /// How many marks were ever removed: the position of `sequences.first` among all marks ever added.
     private var removed = 0
-    /// When the oldest of `sequences` was added (or the last removal left it the oldest).
+    /// When the oldest of `sequences` was added (or the last removal left it the oldest); `nil` when there are
+    /// none.
     private(set) var oldest: ContinuousClock.Instant?
-
-    var isEmpty: Bool { sequences.isEmpty }
 
     /// Adds the rows of a publish round the broker confirmed.
     mutating func add(_ confirmed: [Int64], at now: ContinuousClock.Instant) {
