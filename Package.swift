@@ -68,7 +68,10 @@ let package = Package(
         // The store port's SQLite adapter: streams, inbox, outbox, timers, dead letters in one transaction.
         .target(
             name: "BatonSQLite",
-            dependencies: ["Baton", "BatonNode", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "Baton", "BatonNode", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ]
         ),
         // The runtime: a node's consume loop, outbox relay and deadlines over the transport port.
         .target(
@@ -162,11 +165,14 @@ let package = Package(
         .executableTarget(
             name: "BatonCrashProbe",
             dependencies: [
-                "BatonNode", "BatonAMQPTransport", "BatonSQLite", .product(name: "Logging", package: "swift-log"),
+                "BatonNode", "BatonAMQPTransport", "BatonSQLite", "CPowerLossVFS",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // A SQLite VFS that drops every write no sync covered, for the crash probe's power-loss runs: not shipped.
+        .target(name: "CPowerLossVFS", linkerSettings: [.linkedLibrary("sqlite3")]),
         // Child processes for tools and tests (services, probes, scripts): one helper, not shipped.
         .target(name: "ChildProcesses"),
         // rabbitmq-c (Debian's librabbitmq-dev), wrapped once and imported only by BatonAMQP.

@@ -15,18 +15,28 @@
 //   dependency would): it is held in the store and retried off the consume path, then moves the instance and
 //   issues a command. Held twice, or retried after it succeeded, the command goes out twice.
 //
-//   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]
+//   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|power-loss:N|none [PREFETCH]
 //
 // With PREFETCH (e.g. 1), the node takes one message per batch: several probes on one store and queue then
 // take turns, which the replica tests use.
+//
+// With `power-loss:N`, the store's files go through a VFS that keeps what every write since the last sync
+// overwrote (`CPowerLossVFS`, on a disk slowed to 5 ms per sync), each message is a transaction of its own
+// with up to 64 unacknowledged, each bump takes 2 ms (so the relay keeps up with the commits), and while
+// handling its N-th `counter.BumpCounter` the probe loses power: every write no sync covered is dropped, then
+// it kills itself. It prints how many bytes were dropped. Each `counter.CounterBumped` names the process that
+// recorded it, so that a copy published from a transaction the power loss took back differs from the one the
+// store keeps.
 import Baton
 import BatonAMQP
 import BatonAMQPTransport
 import BatonNode
 import BatonSQLite
+import CPowerLossVFS
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 struct ProbeStarted: Event {
@@ -79,6 +89,7 @@ struct CounterBumped: Event {
     static let messageName = "counter.CounterBumped"
     var counterID: String
     var value: Int
+    var recordedBy: Int32
 }
 struct Counter: Aggregate {
     static let category = "counter"
@@ -123,9 +134,22 @@ let refuseStep = MessageHandlerHost.command(RefusedStep.self, name: "refuse-step
     throw Rejection("the probe refuses every step")
 }
 
+/// The `counter.BumpCounter` the power fails in (from `power-loss:N`).
+let powerLossAt =
+    CommandLine.arguments.count > 4 && CommandLine.arguments[4].hasPrefix("power-loss:")
+    ? Int(CommandLine.arguments[4].dropFirst("power-loss:".count)) : nil
+let bumpsHandled = Atomic(0)
+
 let bumpCounter = MessageHandlerHost.command(BumpCounter.self, name: "bump-counter") { command, context in
+    if let powerLossAt, bumpsHandled.add(1, ordering: .relaxed).newValue == powerLossAt {
+        let dropped = baton_power_loss_cut()
+        FileHandle.standardOutput.write(Data("power lost: \(dropped) bytes dropped\n".utf8))
+        kill(getpid(), SIGKILL)
+    }
+    if powerLossAt != nil { usleep(2_000) }  // work that leaves the relay time to publish each commit's rows
     var counter = try context.load(Counter.self, id: command.counterID)
-    try context.record([CounterBumped(counterID: command.counterID, value: counter.state.value + 1)], to: &counter)
+    let bumped = CounterBumped(counterID: command.counterID, value: counter.state.value + 1, recordedBy: getpid())
+    try context.record([bumped], to: &counter)
 }
 
 let arguments = CommandLine.arguments
@@ -136,7 +160,7 @@ guard arguments.count == 5 || arguments.count == 6 else {
     exit(2)
 }
 let fault = Node.FaultPoint(rawValue: arguments[4])
-guard fault != nil || arguments[4] == "none" else {
+guard fault != nil || arguments[4] == "none" || (powerLossAt ?? 0) >= 1 else {
     FileHandle.standardError.write(Data("unknown fault point \(arguments[4])\n".utf8))
     exit(2)
 }
@@ -147,12 +171,22 @@ guard arguments.count == 5 || (prefetch ?? 0) >= 1 else {
 }
 
 var configuration = Node.Configuration(name: arguments[3])
+if powerLossAt != nil {
+    guard baton_power_loss_install(5_000) == 0 else {  // SQLITE_OK
+        FileHandle.standardError.write(Data("cannot install the power-loss VFS\n".utf8))
+        exit(1)
+    }
+    configuration.prefetch = 64
+    configuration.batchSize = 1
+}
 if let prefetch {
     configuration.prefetch = prefetch
     configuration.batchSize = prefetch
 }
-configuration.faultInjection = { point in
-    if point == fault { kill(getpid(), SIGKILL) }
+if let fault {
+    configuration.faultInjection = { point in
+        if point == fault { kill(getpid(), SIGKILL) }
+    }
 }
 let logger = Logger(label: "crash-probe")
 let connection = try await AMQPConnection.connect(

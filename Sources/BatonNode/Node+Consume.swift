@@ -90,6 +90,13 @@ extension Node {
             guard let batch, !batch.isEmpty else { continue }
             await process(batch)
         }
+        // The batches committed last are acknowledged once on the disk: before the consumer goes.
+        do { try await store.waitForDisk() } catch {
+            logger.error(
+                "the last batches did not reach the disk; left unacknowledged",
+                metadata: ["error": "\(error)"]
+            )
+        }
         await source.cancel()
         return finished
     }
@@ -151,15 +158,13 @@ extension Node {
             prepared[index] = .handle(incoming, traced, message, takers)
             return span
         }
-        var parked = false
-        var nextTimer: Date?
-        var results: [MessageResult] = []
+        var committed: BatchCommit?
         var failures = 0
         var started = ContinuousClock.now
         while true {
             do {
                 started = ContinuousClock.now
-                (parked, nextTimer, results) = try await commitBatch(prepared, now: businessNow())
+                committed = try await commitBatch(prepared, now: businessNow())
                 break
             } catch {
                 failures += 1
@@ -187,19 +192,51 @@ extension Node {
                 await waitFor(consumption.signal, orUntil: { try? await Task.sleep(for: delay) })
             }
         }
+        guard var committed else { return }
         configuration.faultInjection?(.afterCommitBeforePublish)
-        relay.wake()
-        if parked || nextTimer.map({ due in deadlineLoopWakesAt.withLock { due < $0 } }) == true { deadlines.wake() }
-        metrics.committed(results, duration: ContinuousClock.now - started)
+        if committed.holdsMessages
+            || committed.nextTimer.map({ due in deadlineLoopWakesAt.withLock { due < $0 } }) == true
+        {
+            deadlines.wake()
+        }
+        metrics.committed(committed.results, duration: ContinuousClock.now - started)
         if let tracer {
-            for (span, result) in zip(spans, results) { if let span { NodeTracing.end(span, result, tracer: tracer) } }
+            for (span, result) in zip(spans, committed.results) {
+                if let span { NodeTracing.end(span, result, tracer: tracer) }
+            }
         }
         health.withLock { $0.commitFailure = nil }
         if let fault = configuration.faultInjection {
+            handOver(committed.queued, once: committed.durability)
+            committed.queued = []
             await waitForEmptyOutbox()
             fault(.afterPublishBeforeAck)
         }
-        for item in prepared { item.incoming.acknowledge() }
+        // Acknowledged once the commit is on the disk; the node goes on with its next batch meanwhile.
+        handOver(committed.queued, once: committed.durability) { [self] result in
+            switch result {
+            case .success:
+                for incoming in batch { incoming.acknowledge() }
+            case .failure(let error):
+                health.withLock { $0.commitFailure = "\(error)" }
+                logger.error(
+                    "a committed batch did not reach the disk; requeued, and the store takes no more",
+                    metadata: ["error": "\(error)", "size": "\(batch.count)"]
+                )
+                for incoming in batch { incoming.requeue() }
+            }
+        }
+    }
+
+    /// A batch's committed transaction: whether the store holds messages after it, the earliest timer stored
+    /// after it (for a node that schedules timers: the deadline loop is woken only for one earlier than the
+    /// deadline it sleeps until), what became of each message, and the outbox rows and durability of its commit.
+    struct BatchCommit: Sendable {
+        var holdsMessages: Bool
+        var nextTimer: Date?
+        var results: [MessageResult]
+        var queued: [OutboxMessage]
+        var durability: Durability
     }
 
     /// The wait before handling an uncommitted batch again: 100 ms, doubling, at most 10 s; after a lost race
@@ -209,16 +246,14 @@ extension Node {
         return min(.milliseconds(100 << min(failures - 1, 7)), .seconds(10))
     }
 
-    /// Handles a batch in one transaction; returns whether the store holds messages afterwards, the earliest
-    /// timer stored after it (for a node that schedules timers: the deadline loop is woken only for one earlier
-    /// than the deadline it sleeps until), and what became of each message.
+    /// Handles a batch in one transaction and returns once it commits.
     ///
     /// The batch runs first without savepoints; if a message's handlers fail, the transaction is rolled back and
     /// the batch runs again at once with each message in its own savepoint (``Delivery/Isolation``). The failed
     /// message's handlers do not run a second time in that attempt: it fails there with what they threw (on the
     /// same state, since the messages before it do the same again), so the failure stays with its message and
     /// counts as one attempt.
-    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> (Bool, Date?, [MessageResult]) {
+    private func commitBatch(_ prepared: [Prepared], now: Date) async throws -> BatchCommit {
         try await isolatingFailures { try await commitBatch(prepared, now: now, isolation: $0, failed: $1) }
     }
 
@@ -240,8 +275,8 @@ extension Node {
         now: Date,
         isolation: Delivery.Isolation,
         failed: Delivery.IsolationNeeded?
-    ) async throws -> (Bool, Date?, [MessageResult]) {
-        try await commit(wakeRelay: false) { [self] work in
+    ) async throws -> BatchCommit {
+        let ((holdsMessages, nextTimer, results), queued, durability) = try await commitBeforeDisk { [self] work in
             var holdsMessages = try work.hasParkedMessages()
             var results: [MessageResult] = []
             for item in prepared {
@@ -288,6 +323,13 @@ extension Node {
             configuration.faultInjection?(.beforeCommit)
             return (holdsMessages, nextTimer, results)
         }
+        return BatchCommit(
+            holdsMessages: holdsMessages,
+            nextTimer: nextTimer,
+            results: results,
+            queued: queued,
+            durability: durability
+        )
     }
 
     /// A delivery's message type as a metric label: one the node knows, else `unknown` (a label's values must

@@ -23,6 +23,9 @@ extension Node {
                     try await writeSentMarks()  // a read must not return a row already sent
                     let limit = schedule.limit
                     let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
+                    // The read may return rows of a commit not on the disk yet (the node's latest): none goes
+                    // out before it is.
+                    if !rows.isEmpty { try await store.waitForDisk() }
                     action = schedule.tableRead(
                         rows,
                         nextAttempt: nextAttempt,

@@ -311,22 +311,47 @@ public final class Node: Service {
         timeSource.now().roundedToMilliseconds
     }
 
-    /// Runs one write transaction, hands the outbox rows it committed to the relay and wakes it (unless
-    /// `wakeRelay` is false: the caller does, after its fault-injection point). The transaction also deletes
-    /// the rows the relay has sent since the last one (``SentMarks``).
-    func commit<T: Sendable>(
-        wakeRelay: Bool = true,
+    /// Runs one write transaction and returns once it is on the disk, its outbox rows handed to the relay. The
+    /// transaction also deletes the rows the relay has sent since the last one (``SentMarks``).
+    func commit<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        let (value, queued, durability) = try await commitBeforeDisk(body)
+        handOver(queued, once: durability)
+        try await durability.reached()
+        return value
+    }
+
+    /// Like ``commit(_:)``, returning as soon as the transaction commits (a store that groups its syncs lets the
+    /// node's thread go on while the disk works): its outbox rows are the caller's to hand over
+    /// (``handOver(_:once:then:)``), and nothing outside the store may act on it before its durability.
+    func commitBeforeDisk<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
-    ) async throws -> T {
+    ) async throws -> (T, [OutboxMessage], Durability) {
         let sent = sentMarks.withLock { $0.pending }
-        let (value, queued) = try await store.writeHandingOverOutbox { work in
+        let (value, queued, durability) = try await store.writeHandingOverOutboxBeforeDisk { work in
             try work.removeSent(sent.sequences)
             return try body(work)
         }
+        // Deleted in a commit that a power failure could take back: the rows would be sent again, under their ids.
         sentMarks.withLock { $0.remove(through: sent, at: .now) }
-        handover.withLock { $0.add(queued) }
-        if wakeRelay { relay.wake() }
-        return value
+        return (value, queued, durability)
+    }
+
+    /// Hands a commit's outbox rows to the relay and wakes it once the commit is on the disk, then runs `then`
+    /// (on the thread that synced, in commit order). If the sync failed, the rows stay in the table, unsent
+    /// until a restarted node finds them there.
+    func handOver(
+        _ queued: [OutboxMessage],
+        once durability: Durability,
+        then: (@Sendable (Result<Void, any Error>) -> Void)? = nil
+    ) {
+        guard !queued.isEmpty || then != nil else { return }
+        durability.whenReached { [self] result in
+            if case .success = result, !queued.isEmpty {
+                handover.withLock { $0.add(queued) }
+                relay.wake()
+            }
+            then?(result)
+        }
     }
 
     /// Waits for `signal` (which the node's stop also raises), or until `sleep` returns.

@@ -17,11 +17,23 @@ public protocol Store: Sendable {
     func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T
     /// Like ``write(_:)``, and also returns the outbox rows the transaction queued — committed, not yet sent,
     /// in order, without those of savepoints that rolled back — so that a relay can publish them without
-    /// reading them back. The node's transactions come through here, from the node's own thread: an adapter
-    /// may run the body on the calling thread and block it until the commit (the SQLite one does).
+    /// reading them back.
     func writeHandingOverOutbox<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage])
+    /// Like ``writeHandingOverOutbox(_:)``, and may return as soon as the transaction commits, before it is on
+    /// the disk: the ``Durability`` says when it is. Until then nothing outside the store may act on the commit —
+    /// no acknowledgement of what it handled, no publishing of its rows — since a power failure could still
+    /// take it back. A store that syncs every commit returns ``Durability/reached`` (the default). The node's
+    /// transactions come through here, from the node's own thread: an adapter may run the body on the calling
+    /// thread and block it until the commit (the SQLite one does).
+    func writeHandingOverOutboxBeforeDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage], Durability)
+    /// Waits until every transaction that committed before the call is on the disk: a relay that read rows from
+    /// the table waits for this before it publishes them. Nothing to wait for in a store that syncs every
+    /// commit (the default).
+    func waitForDisk() async throws
     /// Like ``write(_:)``, for bookkeeping whose loss on power failure costs only a repeat (the relay's deletion
     /// of sent rows, retention): the adapter may commit it without waiting for the disk.
     func writeWithoutWaitingForDisk<T: Sendable>(
@@ -40,6 +52,15 @@ public protocol Store: Sendable {
 }
 
 extension Store {
+    public func writeHandingOverOutboxBeforeDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage], Durability) {
+        let (value, queued) = try await writeHandingOverOutbox(body)
+        return (value, queued, .reached)
+    }
+
+    public func waitForDisk() async throws {}
+
     public func claimOutbox(limit: Int, readyAt now: Date) async throws -> (rows: [OutboxMessage], nextAttempt: Date?) {
         try await read { (try $0.pendingOutbox(limit: limit, readyAt: now), try $0.nextOutboxAttempt()) }
     }
@@ -400,6 +421,44 @@ extension UnitOfWork {
     ) throws -> [D] {
         try documentBodies(in: collection, status: status, limit: limit).map {
             try WireJSON.decode(D.self, from: $0)
+        }
+    }
+}
+
+/// When a committed transaction is on the disk: at once, or once a sync that began after its commit ended (a
+/// store that syncs many commits at once).
+public struct Durability: Sendable {
+    /// Registers an action to run once the commit is on the disk, or with the error that keeps it from there.
+    public typealias Notify = @Sendable (_ action: @escaping @Sendable (Result<Void, any Error>) -> Void) -> Void
+
+    private let notify: Notify?
+
+    /// A commit on the disk already.
+    public static let reached = Durability(notify: nil)
+
+    /// A commit on its way to the disk: `notify` runs each action once it is there (at once, on the caller's
+    /// thread, if it is already; else on the thread that syncs), in the order of their commits.
+    public init(whenReached notify: @escaping Notify) {
+        self.notify = notify
+    }
+
+    private init(notify: Notify?) {
+        self.notify = notify
+    }
+
+    /// Runs `action` once the commit is on the disk, or with the error of the sync that failed to put it there.
+    /// It must be short: it runs on the thread that syncs.
+    public func whenReached(_ action: @escaping @Sendable (Result<Void, any Error>) -> Void) {
+        guard let notify else { return action(.success(())) }
+        notify(action)
+    }
+
+    /// Waits until the commit is on the disk.
+    /// - Throws: The error of the sync that failed to put it there.
+    public func reached() async throws {
+        guard notify != nil else { return }
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            whenReached { continuation.resume(with: $0) }
         }
     }
 }

@@ -2,14 +2,29 @@ import Baton
 import BatonNode
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// The store port's embedded adapter: one SQLite file in WAL mode holding its aggregate streams, process-manager
-/// streams, inbox, outbox, timers, dead letters and read models (documents). Every handled message is one transaction
-/// (``write(_:)``); the outbox relay and the timer scheduler read it concurrently.
+/// streams, inbox, outbox, timers, dead letters and read models (documents). Every batch of handled messages is
+/// one transaction; the outbox relay and the timer scheduler read it concurrently. Its commits reach the disk
+/// in groups by default (``SyncMode/grouped``).
 public final class SQLiteStore: Store {
+    /// How a store's commits reach the disk.
+    public enum SyncMode: Sendable {
+        /// Each transaction syncs the WAL as it commits (`synchronous=FULL`): the writer waits for the disk.
+        case eachCommit
+        /// Transactions commit without a sync (`synchronous=NORMAL`) and a thread of the store syncs the WAL,
+        /// one sync for every commit since the last: the node's thread goes on with its next batch meanwhile,
+        /// and acknowledges and relays a batch once the sync that covers it ends. ``write(_:)`` and
+        /// ``writeHandingOverOutbox(_:)`` return once their commit is on the disk, as with the other.
+        case grouped
+    }
+
     /// The path of the database file.
     public let path: String
     private let pool: DatabasePool
+    /// The syncing thread, when commits are grouped.
+    private let walSync: WALSync?
 
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     ///
@@ -19,17 +34,23 @@ public final class SQLiteStore: Store {
     /// - Parameters:
     ///   - path: The database file; its directory must exist.
     ///   - readOnly: Open for reading only (operator tools reading a running service's store).
+    ///   - sync: How commits reach the disk; grouped by default. Either way, what a node acknowledges
+    ///     or publishes was on the disk first.
     /// - Throws: ``SQLiteStoreError`` for a file that is not a Baton store this release can use; the SQLite
     ///   error if the file cannot be opened or migrated.
-    public init(path: String, readOnly: Bool = false) throws {
+    public init(path: String, readOnly: Bool = false, sync: SyncMode = .grouped) throws {
         try Self.check(existingFileAt: path, thoroughly: !readOnly)
         var configuration = Configuration()
         configuration.readonly = readOnly
         configuration.busyMode = .timeout(10)
+        let grouped = sync == .grouped && !readOnly
         configuration.prepareDatabase { db in
-            // WAL (set by DatabasePool) with synchronous=FULL: a committed transaction survives power loss,
-            // which the ack-after-commit promise relies on.
-            if !db.configuration.readonly { try db.execute(sql: "PRAGMA synchronous = FULL") }
+            // WAL (set by DatabasePool): with synchronous=FULL a transaction syncs the WAL as it commits; with
+            // NORMAL, `WALSync` syncs it for many. Either way a commit is on the disk before anything acts on
+            // it outside the store, which the ack-after-commit promise relies on.
+            if !db.configuration.readonly {
+                try db.execute(sql: grouped ? "PRAGMA synchronous = NORMAL" : "PRAGMA synchronous = FULL")
+            }
             // Savepoints (one per handled message) journal the pages they change: in memory, not in a temporary
             // file created, written and deleted per transaction (with the default, the statement journal spilled
             // to such a file past 64 KiB: three times the WAL's writes, found by the benchmark's profile).
@@ -41,20 +62,51 @@ public final class SQLiteStore: Store {
             // A checkpoint copies every page changed since the last one from the WAL back into the file and syncs
             // both, in the commit that crosses the threshold: every 10,000 pages (a WAL of up to 40 MB) instead
             // of SQLite's 1,000, a page that messages change again and again (an index's, an instance's) is
-            // copied once where it was copied ten times. Durability does not change (commits still sync the
-            // WAL); the embedded benchmark gained 6–12%.
+            // copied once where it was copied ten times. Durability does not change (a commit is synced before
+            // anything acts on it); the embedded benchmark gained 6–12%.
             try db.execute(sql: "PRAGMA wal_autocheckpoint = 10000")
         }
         self.path = path
         pool = try DatabasePool(path: path, configuration: configuration)
+        if grouped {
+            // The file SQLite opened, links resolved: its WAL is beside it.
+            let file = pool.writeWithoutTransaction { db in
+                sqlite3_db_filename(db.sqliteConnection, "main").map { String(cString: $0) } ?? path
+            }
+            walSync = WALSync(databasePath: file)
+        } else {
+            walSync = nil
+        }
         if !readOnly { try Self.migrator.migrate(pool) }
     }
 
-    /// Runs `body` in one write transaction: everything it does commits together or not at all.
+    deinit {
+        walSync?.stop()
+    }
+
+    /// Runs `body` in one write transaction: everything it does commits together or not at all. Returns once
+    /// the commit is on the disk.
     /// - Returns: What `body` returns.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
-        try await pool.write { db in try body(SQLiteUnitOfWork(db: db)) }
+        let (value, durability) = try await pool.writeWithoutTransaction { db in
+            try self.transaction(db) { try body(SQLiteUnitOfWork(db: db)) }
+        }
+        try await durability.reached()
+        return value
+    }
+
+    /// Runs `body` in a transaction on the writer, `db`; with grouped syncs, takes the commit's ticket before
+    /// another transaction can commit. After a failed sync, refuses to: nothing it commits could be trusted to
+    /// reach the disk.
+    private func transaction<T>(_ db: Database, _ body: () throws -> T) throws -> (T, BatonNode.Durability) {
+        if let failure = walSync?.failure { throw failure }
+        var value: T?
+        try db.inTransaction {
+            value = try body()
+            return .commit
+        }
+        return (value!, walSync?.committed() ?? .reached)
     }
 
     /// Like ``write(_:)``, without waiting for the disk: the transaction commits, and reaches the disk with the
@@ -66,7 +118,9 @@ public final class SQLiteStore: Store {
     public func writeWithoutWaitingForDisk<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T {
-        try await pool.writeWithoutTransaction { db in
+        // Grouped, every commit is NORMAL and the next sync covers this one.
+        if walSync != nil { return try await pool.write { db in try body(SQLiteUnitOfWork(db: db)) } }
+        return try await pool.writeWithoutTransaction { db in
             // In WAL mode, synchronous=NORMAL commits without an fsync; the next FULL commit syncs the log
             // with this transaction in it.
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
@@ -86,28 +140,48 @@ public final class SQLiteStore: Store {
     /// Like ``write(_:)``, and also returns the outbox rows the transaction queued — committed, not yet sent,
     /// in order — so that a relay can publish them without reading them back. Rows of a savepoint that rolled
     /// back are not among them.
-    ///
-    /// The node's transaction: it runs on the calling thread, which it blocks until the commit — the node's own
-    /// thread (`NodeExecutor`), which saves the two thread hops of handing it to the writer's queue and
-    /// resuming the caller (the embedded benchmark ran about a quarter faster). Another caller blocks its thread
-    /// as long (a cooperative one of the process, for a handler-sized transaction).
     /// - Returns: What `body` returns, and the rows.
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func writeHandingOverOutbox<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage]) {
-        try writeOnThisThread { db in
+        let (value, queued, durability) = try await writeHandingOverOutboxBeforeDisk(body)
+        try await durability.reached()
+        return (value, queued)
+    }
+
+    /// Like ``writeHandingOverOutbox(_:)``, returning once the transaction commits: with grouped syncs, its
+    /// ``BatonNode/Durability`` is reached when the sync that covers it ends.
+    ///
+    /// The node's transaction: it runs on the calling thread, which it blocks until the commit — the node's own
+    /// thread (`NodeExecutor`), which saves the two thread hops of handing it to the writer's queue and
+    /// resuming the caller (the embedded benchmark ran about a quarter faster). Another caller blocks its thread
+    /// as long (a cooperative one of the process, for a handler-sized transaction).
+    public func writeHandingOverOutboxBeforeDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage], BatonNode.Durability) {
+        let ((value, queued), durability) = try writeOnThisThread { db in
             let queued = QueuedMessages()
             let value = try body(SQLiteUnitOfWork(db: db, queued: queued))
             return (value, queued.messages)
         }
+        return (value, queued, durability)
+    }
+
+    /// Waits until a sync that begins after the call ends (with grouped durability; else every commit synced
+    /// itself).
+    public func waitForDisk() async throws {
+        try await walSync?.waitForSync()
     }
 
     /// GRDB's synchronous write (which runs on the calling thread when the writer is free), out of an
-    /// asynchronous context that would pick the asynchronous one.
-    private func writeOnThisThread<T>(_ body: (Database) throws -> T) throws -> T {
-        try pool.write(body)
+    /// asynchronous context that would pick the asynchronous one; with the commit's ticket.
+    private func writeOnThisThread<T>(_ body: (Database) throws -> T) throws -> (T, BatonNode.Durability) {
+        try pool.writeWithoutTransaction { db in try transaction(db) { try body(db) } }
     }
+
+    /// How many syncs the syncing thread ran, when commits are grouped.
+    var syncCount: Int? { walSync?.syncCount }
 
     /// Runs `body` on a read-only snapshot, concurrently with writes.
     public func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {

@@ -25,6 +25,8 @@ import Testing
 /// ids again and the outbox takes each once. (An aggregate's stream has the same guard in its unique event ids:
 /// with the inbox removed, the counter's second append is refused, not doubled.)
 /// | the instance version check (a cached instance used without comparing it with the committed version) | `replicasOnOneStoreNeverWriteFromAStaleInstance` |
+/// | acknowledging a batch once its commit is on the disk (grouped syncs: acknowledged at the commit) | `aPowerLossLosesNothingAcknowledgedAndSendsNothingItTakesBack` |
+/// | handing a commit's rows to the relay once it is on the disk (handed over at the commit) | the same |
 @Suite(.serialized) struct CrashInjectionTests {
     /// The message a crash run delivers to the probe armed with a fault.
     enum Target: String, CaseIterable, Sendable {
@@ -97,6 +99,43 @@ import Testing
             #expect(letters.count == (target == .refuse ? 1 : 0), "the refused step was dead-lettered once")
             // Each message was published once (above) and its row deleted once the broker confirmed it.
             #expect(outbox.isEmpty && pending == 0, "everything was relayed: \(outbox)")
+        }
+    }
+
+    /// The power fails while the probe handles a stream of counter bumps, each a transaction of its own on a
+    /// slow disk, many of them unacknowledged at once: every write no sync covered is dropped (`power-loss:N`,
+    /// a VFS that keeps what each write overwrote), the probe dies, and a new one on the same files finishes.
+    /// kill -9 cannot show this: the page cache outlives the process. A node that acknowledged a commit before
+    /// the sync that covers it loses a bump (the broker does not deliver it again); one that published a
+    /// commit's rows before that sync sends an event the store does not keep (each names the process that
+    /// recorded it).
+    @Test func aPowerLossLosesNothingAcknowledgedAndSendsNothingItTakesBack() async throws {
+        try await ProbeRun.with(name: "power-loss") { run in
+            let bumps = 60
+            for index in 1...bumps {
+                try await run.publishCommand("counter.BumpCounter", id: "bump-\(index)-\(run.probeID)")
+            }
+            let armed = try await run.probe(fault: "power-loss:\(bumps / 2)")
+            let end = try await armed.end(within: .seconds(30))
+            #expect(end?.signal == SIGKILL, "the probe must lose power and die, not \(String(describing: end))")
+            let dropped = armed.output.split(separator: "\n").lazy
+                .compactMap { $0.firstMatch(of: /power lost: (\d+) bytes dropped/).flatMap { Int($0.1) } }.first
+            #expect((dropped ?? 0) > 0, "commits no sync covered yet were dropped: \(armed.output)")
+
+            let restarted = try await run.probe(fault: "none")
+            #expect(try await run.eventually { try await run.eventCount() >= bumps })
+            #expect(try await run.isSettled())
+            #expect(try await restarted.stop()?.isSuccess == true)
+
+            let published = try await run.drainEventBodies()
+            let stream = try await run.store().read { try $0.readStream("counter-\(run.probeID)") }
+            let kept = try stream.map { try JSONDecoder.baton.decode(CounterBumped.self, from: $0.payload) }
+            #expect(kept.map(\.value) == Array(1...bumps), "every bump was counted once")
+            #expect(published.count == bumps, "an event for every bump was published")
+            for (id, copies) in published {
+                let bodies = try copies.map { try JSONDecoder.baton.decode(CounterBumped.self, from: Data($0)) }
+                #expect(bodies.allSatisfy(kept.contains), "\(id) was sent from a commit the power loss took back")
+            }
         }
     }
 
@@ -248,13 +287,15 @@ private struct ProbeRun {
 
     func commandCount() async throws -> Int { try await connection.inspectQueue(commandObserver).messages }
     func eventCount() async throws -> Int { try await connection.inspectQueue(eventObserver).messages }
-    func drainCommands() async throws -> [String: Int] { try await drain(commandObserver) }
-    func drainEvents() async throws -> [String: Int] { try await drain(eventObserver) }
+    func drainCommands() async throws -> [String: Int] { try await drain(commandObserver).mapValues(\.count) }
+    func drainEvents() async throws -> [String: Int] { try await drain(eventObserver).mapValues(\.count) }
+    func drainEventBodies() async throws -> [String: [[UInt8]]] { try await drain(eventObserver) }
 
-    /// Takes every message of a queue (call it once no process publishes any more): how often each id came.
-    private func drain(_ queue: String) async throws -> [String: Int] {
+    /// Takes every message of a queue (call it once no process publishes any more): the body of each copy of
+    /// each id.
+    private func drain(_ queue: String) async throws -> [String: [[UInt8]]] {
         let count = try await connection.inspectQueue(queue).messages
-        var ids: [String: Int] = [:]
+        var ids: [String: [[UInt8]]] = [:]
         guard count > 0 else { return ids }
         let consumer = try await connection.consume(queue: queue, prefetch: 500)
         for _ in 0..<count {
@@ -262,7 +303,7 @@ private struct ProbeRun {
                 Issue.record("\(queue) said it held \(count) messages; fewer came")
                 break
             }
-            ids[delivery.properties.messageID ?? "?", default: 0] += 1
+            ids[delivery.properties.messageID ?? "?", default: []].append(delivery.body)
             delivery.ack()
         }
         await consumer.cancel()
@@ -284,6 +325,9 @@ private struct ProbeRun {
 /// A running `BatonCrashProbe` process.
 private struct ProbeProcess {
     private let process: ChildProcess
+
+    /// What it printed so far.
+    var output: String { process.output }
 
     /// Starts the probe and waits (30 s at most) until it prints "ready": connected and about to consume.
     static func start(arguments: [String]) async throws -> ProbeProcess {
@@ -317,4 +361,11 @@ private struct ProbeProcess {
     func kill() async {
         await process.kill()
     }
+}
+
+/// The probe's `counter.CounterBumped`, as its JSON says: the counter's value after it, and the process that
+/// recorded it.
+private struct CounterBumped: Decodable, Equatable {
+    var value: Int
+    var recordedBy: Int32
 }
