@@ -168,6 +168,62 @@ private final class CountingStore: Store {
     }
 }
 
+/// A store whose batch commits reach the disk only when the test says so: one that groups its syncs, on a disk
+/// that has stalled.
+private final class StalledDiskStore: Store {
+    let inner = InMemoryStore()
+    private let disk = Mutex<(stalled: Bool, waiting: [@Sendable (Result<Void, any Error>) -> Void])>((true, []))
+
+    /// The disk catches up: every commit so far, and every later one at once, is on it.
+    func resume() {
+        let waiting = disk.withLock { disk in
+            disk.stalled = false
+            defer { disk.waiting = [] }
+            return disk.waiting
+        }
+        for action in waiting { action(.success(())) }
+    }
+
+    private var durability: Durability {
+        Durability { [self] action in
+            let now = disk.withLock { disk in
+                if disk.stalled { disk.waiting.append(action) }
+                return !disk.stalled
+            }
+            if now { action(.success(())) }
+        }
+    }
+
+    /// Not held: the node's start writes through here before the stall begins.
+    func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await inner.write(body)
+    }
+    func writeHandingOverOutbox<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage]) {
+        let (value, queued, durability) = try await writeHandingOverOutboxBeforeDisk(body)
+        try await durability.reached()
+        return (value, queued)
+    }
+    func writeHandingOverOutboxBeforeDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> (T, [OutboxMessage], Durability) {
+        let (value, queued) = try await inner.writeHandingOverOutbox(body)
+        return (value, queued, durability)
+    }
+    func waitForDisk() async throws {
+        try await durability.reached()
+    }
+    func writeWithoutWaitingForDisk<T: Sendable>(
+        _ body: @escaping @Sendable (any UnitOfWork) throws -> T
+    ) async throws -> T {
+        try await inner.writeWithoutWaitingForDisk(body)
+    }
+    func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
+        try await inner.read(body)
+    }
+}
+
 /// The relay keeps each partition key's order through failed publishes: whichever run or replica queued the
 /// earlier row, and within one publish round.
 @Suite struct RelayOrderTests {
@@ -185,6 +241,25 @@ private final class CountingStore: Store {
         let observed = try await ledger.observed(3)
         #expect(observed == ["b0", "a0", "a1"], "a's entries in order, b's not held back: \(observed)")
         #expect(transport.failures.load(ordering: .relaxed) == 3)
+        try await ledger.stop()
+    }
+
+    /// A commit that is not on the disk yet is neither acknowledged nor published, though the relay reads the
+    /// table meanwhile (at least once a second) and finds its row; once the disk catches up, both go. Fails
+    /// with the relay's wait after a table read removed (the read publishes the row), and with the row handed
+    /// over or the delivery acknowledged at the commit.
+    @Test func nothingOfACommitGoesOutBeforeItIsOnTheDisk() async throws {
+        let store = StalledDiskStore()
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 1 }, "committed")
+        try await Task.sleep(for: .milliseconds(1_500))  // past the relay's table read of every second
+        #expect(broker.readyCount("observer") == 0, "nothing published before its commit is on the disk")
+        #expect(broker.unsettledCount("ledger") == 1, "the command is not acknowledged before then either")
+        store.resume()
+        #expect(try await ledger.observed(1) == ["a0"])
+        #expect(try await eventually { broker.unsettledCount("ledger") == 0 }, "acknowledged once on the disk")
         try await ledger.stop()
     }
 
