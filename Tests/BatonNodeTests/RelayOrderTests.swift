@@ -171,26 +171,37 @@ private final class CountingStore: Store {
 /// A store whose batch commits reach the disk only when the test says so: one that groups its syncs, on a disk
 /// that has stalled.
 private final class StalledDiskStore: Store {
+    struct SyncFailed: Error {}
+
     let inner = InMemoryStore()
-    private let disk = Mutex<(stalled: Bool, waiting: [@Sendable (Result<Void, any Error>) -> Void])>((true, []))
+    private let disk = Mutex<
+        (outcome: Result<Void, any Error>?, waiting: [@Sendable (Result<Void, any Error>) -> Void])
+    >(
+        (nil, [])
+    )
 
     /// The disk catches up: every commit so far, and every later one at once, is on it.
-    func resume() {
+    func resume() { settle(.success(())) }
+
+    /// The sync fails: no commit so far is on the disk, and the store takes no more (as the SQLite store does).
+    func failSync() { settle(.failure(SyncFailed())) }
+
+    private func settle(_ outcome: Result<Void, any Error>) {
         let waiting = disk.withLock { disk in
-            disk.stalled = false
+            disk.outcome = outcome
             defer { disk.waiting = [] }
             return disk.waiting
         }
-        for action in waiting { action(.success(())) }
+        for action in waiting { action(outcome) }
     }
 
     private var durability: Durability {
         Durability { [self] action in
-            let now = disk.withLock { disk in
-                if disk.stalled { disk.waiting.append(action) }
-                return !disk.stalled
+            let outcome = disk.withLock { disk in
+                if disk.outcome == nil { disk.waiting.append(action) }
+                return disk.outcome
             }
-            if now { action(.success(())) }
+            if let outcome { action(outcome) }
         }
     }
 
@@ -208,6 +219,7 @@ private final class StalledDiskStore: Store {
     func writeHandingOverOutboxBeforeDisk<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> (T, [OutboxMessage], Durability) {
+        if case .failure(let error) = disk.withLock({ $0.outcome }) { throw error }
         let (value, queued) = try await inner.writeHandingOverOutbox(body)
         return (value, queued, durability)
     }
@@ -261,6 +273,23 @@ private final class StalledDiskStore: Store {
         #expect(try await ledger.observed(1) == ["a0"])
         #expect(try await eventually { broker.unsettledCount("ledger") == 0 }, "acknowledged once on the disk")
         try await ledger.stop()
+    }
+
+    /// A batch whose sync fails is neither acknowledged nor published: it is requeued, and since the store takes
+    /// no more commits it stays unacknowledged (tried again with a backoff) instead of being acknowledged on a
+    /// commit that may not be on the disk. Fails with the batch acknowledged when its sync fails.
+    @Test func aBatchWhoseSyncFailsIsNeitherAcknowledgedNorPublished() async throws {
+        let store = StalledDiskStore()
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 1 }, "committed")
+        store.failSync()
+        try await Task.sleep(for: .milliseconds(1_500))  // the requeued command delivered again, the relay's read
+        #expect(broker.readyCount("observer") == 0, "nothing published from a commit that did not reach the disk")
+        #expect(broker.unsettledCount("ledger") == 1, "the command is not acknowledged")
+        try await ledger.stop()
+        #expect(broker.readyCount("ledger") == 1, "the stopped node gave it back")
     }
 
     /// A relay that starts over rows a run before it left — the first of a key waiting out its retry, a later
