@@ -261,11 +261,7 @@ private final class StalledDiskStore: Store {
     /// with the relay's wait after a table read removed (the read publishes the row), and with the row handed
     /// over or the delivery acknowledged at the commit.
     @Test func nothingOfACommitGoesOutBeforeItIsOnTheDisk() async throws {
-        let store = StalledDiskStore()
-        let broker = InProcessTransport()
-        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
-        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
-        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 1 }, "committed")
+        let (store, broker, ledger) = try await Self.commandCommittedOnAStalledDisk()
         try await Task.sleep(for: .milliseconds(1_500))  // past the relay's table read of every second
         #expect(broker.readyCount("observer") == 0, "nothing published before its commit is on the disk")
         #expect(broker.unsettledCount("ledger") == 1, "the command is not acknowledged before then either")
@@ -279,17 +275,26 @@ private final class StalledDiskStore: Store {
     /// no more commits it stays unacknowledged (tried again with a backoff) instead of being acknowledged on a
     /// commit that may not be on the disk. Fails with the batch acknowledged when its sync fails.
     @Test func aBatchWhoseSyncFailsIsNeitherAcknowledgedNorPublished() async throws {
-        let store = StalledDiskStore()
-        let broker = InProcessTransport()
-        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
-        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
-        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 1 }, "committed")
+        let (store, broker, ledger) = try await Self.commandCommittedOnAStalledDisk()
         store.failSync()
         try await Task.sleep(for: .milliseconds(1_500))  // the requeued command delivered again, the relay's read
         #expect(broker.readyCount("observer") == 0, "nothing published from a commit that did not reach the disk")
         #expect(broker.unsettledCount("ledger") == 1, "the command is not acknowledged")
         try await ledger.stop()
         #expect(broker.readyCount("ledger") == 1, "the stopped node gave it back")
+    }
+
+    /// A ledger on a store whose disk has stalled, once it has committed a command (its event's row in the
+    /// outbox) that is not on the disk yet.
+    private static func commandCommittedOnAStalledDisk() async throws
+        -> (StalledDiskStore, InProcessTransport, Ledger)
+    {
+        let store = StalledDiskStore()
+        let broker = InProcessTransport()
+        let ledger = try await Ledger(store: store, transport: broker, broker: broker)
+        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
+        #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 1 }, "committed")
+        return (store, broker, ledger)
     }
 
     /// A relay that starts over rows a run before it left — the first of a key waiting out its retry, a later
