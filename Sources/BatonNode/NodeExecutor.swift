@@ -29,10 +29,8 @@ final class NodeExecutor: TaskExecutor {
     /// Starts the thread, named `name` as `top -H` and debuggers show it (Linux keeps 15 bytes: the name is cut
     /// to its first 15 bytes' characters; a longer one would not be set at all).
     init(name: String) {
-        var short = Substring(name)
-        while short.utf8.count > 15 { short.removeLast() }
-        Thread { [self, short] in
-            Thread.current.name = String(short)  // set from the thread itself, the system's name changes too
+        Thread { [self] in
+            nameThisThread(name)
             run()
         }.start()
     }
@@ -73,4 +71,21 @@ final class NodeExecutor: TaskExecutor {
             next?.runSynchronously(on: asUnownedTaskExecutor())
         }
     }
+}
+
+/// Names the calling thread as `top -H`, `perf` and debuggers show it: the system's name, set directly (a thread
+/// otherwise keeps the name of the one that started it, a pool thread's), and Foundation's. Linux keeps 15 bytes:
+/// the name is cut to its first 15 bytes' characters (a longer one would not be set at all).
+package func nameThisThread(_ name: String) {
+    var short = Substring(name)
+    while short.utf8.count > 15 { short.removeLast() }
+    #if os(Linux)
+    // The calling thread's own entry, which `pthread_setname_np` writes (Swift's Glibc does not export it).
+    let file = open("/proc/thread-self/comm", O_WRONLY)
+    if file >= 0 {
+        _ = Array(short.utf8).withUnsafeBytes { write(file, $0.baseAddress, $0.count) }
+        close(file)
+    }
+    #endif
+    Thread.current.name = String(short)
 }

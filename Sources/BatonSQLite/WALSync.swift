@@ -35,9 +35,10 @@ final class WALSync: @unchecked Sendable {
     init(databasePath: String) {
         self.databasePath = databasePath
         walPath = databasePath + "-wal"
-        let thread = Thread { [self] in run() }
-        thread.name = "baton-wal-sync"
-        thread.start()
+        Thread { [self] in
+            nameThisThread("baton-wal-sync")
+            run()
+        }.start()
     }
 
     /// Stops the thread once the commits so far are synced.

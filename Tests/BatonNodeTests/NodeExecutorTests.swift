@@ -11,7 +11,8 @@ import Testing
 
 /// The name of the thread this runs on (`Thread.name`: "" for an unnamed one).
 private func currentThreadName() -> String {
-    Thread.current.name ?? ""
+    let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8)) ?? ""
+    return name.trimmingCharacters(in: .newlines)
 }
 
 /// How many jobs ran at once, at most.
