@@ -26,8 +26,7 @@ final class NodeExecutor: TaskExecutor {
     private let state = Mutex(State())
     private let wake = DispatchSemaphore(value: 0)
 
-    /// Starts the thread, named `name` as `top -H` and debuggers show it (Linux keeps 15 bytes: the name is cut
-    /// to its first 15 bytes' characters; a longer one would not be set at all).
+    /// Starts the thread, named `name` (``nameThisThread(_:)``).
     init(name: String) {
         Thread { [self] in
             nameThisThread(name)

@@ -20,7 +20,6 @@ final class WALSync: @unchecked Sendable {
         var action: @Sendable (Result<Void, any Error>) -> Void
     }
 
-    private let walPath: String
     private let databasePath: String
     private let condition = NSCondition()
     // Guarded by `condition`.
@@ -34,7 +33,6 @@ final class WALSync: @unchecked Sendable {
     /// Starts the syncing thread for the store at `databasePath`.
     init(databasePath: String) {
         self.databasePath = databasePath
-        walPath = databasePath + "-wal"
         Thread { [self] in
             nameThisThread("baton-wal-sync")
             run()
@@ -98,7 +96,7 @@ final class WALSync: @unchecked Sendable {
             condition.unlock()
 
             let result = Result {
-                if wal == nil { wal = try WALFile(walPath: walPath, databasePath: databasePath) }
+                if wal == nil { wal = try WALFile(databasePath: databasePath) }
                 try wal!.sync()
             }
             let ready: [Waiter] = condition.withLock {
@@ -123,7 +121,7 @@ final class WALSync: @unchecked Sendable {
     }
 }
 
-/// The WAL file opened through SQLite's default VFS, for syncing.
+/// The WAL file beside a database file, opened through SQLite's default VFS, for syncing.
 private final class WALFile {
     private let walPath: String
     private let file: UnsafeMutablePointer<sqlite3_file>
@@ -131,7 +129,8 @@ private final class WALFile {
     /// a pointer into them while the file is open.
     private let names: sqlite3_filename
 
-    init(walPath: String, databasePath: String) throws {
+    init(databasePath: String) throws {
+        let walPath = databasePath + "-wal"
         // The WAL's directory entry, once: a WAL created since the directory was last synced must survive too.
         let directory = open(URL(fileURLWithPath: walPath).deletingLastPathComponent().path, O_RDONLY)
         if directory >= 0 {
