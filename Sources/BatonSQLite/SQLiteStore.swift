@@ -118,8 +118,13 @@ public final class SQLiteStore: Store {
     public func writeWithoutWaitingForDisk<T: Sendable>(
         _ body: @escaping @Sendable (any UnitOfWork) throws -> T
     ) async throws -> T {
-        // Grouped, every commit is NORMAL and the next sync covers this one.
-        if walSync != nil { return try await pool.write { db in try body(SQLiteUnitOfWork(db: db)) } }
+        // Grouped, every commit is NORMAL and the next sync covers this one; after a failed sync it is refused
+        // like any other.
+        if walSync != nil {
+            return try await pool.writeWithoutTransaction { db in
+                try self.transaction(db) { try body(SQLiteUnitOfWork(db: db)) }.0
+            }
+        }
         return try await pool.writeWithoutTransaction { db in
             // In WAL mode, synchronous=NORMAL commits without an fsync; the next FULL commit syncs the log
             // with this transaction in it.
