@@ -127,9 +127,9 @@ public protocol UnitOfWork {
 
     // MARK: Aggregate streams
 
-    /// Appends events to a stream, checking that nobody appended since the writer read it.
-    /// - Throws: ``ConcurrencyError`` if the stream is not at `expectedVersion`; an error if an event id is
-    ///   in a stream already.
+    /// Appends events to a stream, checking that nobody appended since the writer read it. Event ids are not
+    /// checked: each derives from the message that caused it, which the inbox records in the same transaction.
+    /// - Throws: ``ConcurrencyError`` if the stream is not at `expectedVersion`.
     func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws
     /// The number of events in a stream (0 if it does not exist).
     func streamVersion(_ stream: String) throws -> Int64

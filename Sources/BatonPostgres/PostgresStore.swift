@@ -234,9 +234,11 @@ public final class PostgresStore: Store {
         CREATE INDEX IF NOT EXISTS documents_alias ON documents (collection, alias);
         CREATE INDEX IF NOT EXISTS documents_status ON documents (collection, status, id);
         CREATE TABLE IF NOT EXISTS streams (
-            stream TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL UNIQUE,
+            stream TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL,
             message_type TEXT NOT NULL, payload BYTEA NOT NULL, recorded_at BIGINT NOT NULL,
             PRIMARY KEY (stream, position));
+        -- An event's id derives from its cause, which the inbox records in the same transaction: no unique index.
+        ALTER TABLE streams DROP CONSTRAINT IF EXISTS streams_message_id_key;
         CREATE TABLE IF NOT EXISTS process_instances (
             process_manager TEXT NOT NULL, instance_id TEXT NOT NULL, lifecycle TEXT NOT NULL, version BIGINT NOT NULL,
             started_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, state BYTEA NOT NULL,

@@ -91,7 +91,6 @@ struct StoreState {
     var outbox: [OutboxRow] = []
     var nextOutboxSequence: Int64 = 1
     var streams: [String: [(messageType: String, payload: Data)]] = [:]
-    var eventIDs: Set<String> = []
     var instances: [InstanceKey: Instance] = [:]
     var associations: [String: String] = [:]
     var timers: [TimerKey: Timer] = [:]

@@ -12,12 +12,7 @@ extension InMemoryUnitOfWork {
             guard current == expectedVersion else {
                 throw ConcurrencyError(stream: stream, expectedVersion: expectedVersion, actualVersion: current)
             }
-            for event in events {
-                guard state.eventIDs.insert(event.messageID).inserted else {
-                    throw InMemoryStoreError(description: "streams: event \(event.messageID) is recorded already")
-                }
-                state.streams[stream, default: []].append((event.messageType, event.payload))
-            }
+            state.streams[stream, default: []].append(contentsOf: events.map { ($0.messageType, $0.payload) })
         }
     }
 

@@ -326,9 +326,6 @@ public struct StoreConformance: Sendable {
         await #expect(throws: ConcurrencyError(stream: "s", expectedVersion: 1, actualVersion: 2)) {
             try await store.write { try $0.append([Self.envelope("e-3")], to: "s", expectedVersion: 1) }
         }
-        await #expect(throws: (any Error).self, "an event id is recorded once") {
-            try await store.write { try $0.append([Self.envelope("e-1")], to: "t", expectedVersion: 0) }
-        }
         try await store.write { try $0.append([Self.envelope("e-3")], to: "s", expectedVersion: 2) }
         try await store.read { work throws in
             #expect(try work.streamVersion("s") == 3 && work.streamVersion("t") == 0)
