@@ -2,88 +2,125 @@ import Baton
 import Foundation
 import Logging
 
-/// The relay: publishes the outbox in order with publisher confirms; what the broker confirmed is deleted by
-/// the node's next transaction (``SentMarks``).
+/// The relay: publishes the outbox in order with publisher confirms, up to ``Node/Configuration/relayWindow``
+/// rounds at once; what the broker confirmed is deleted by the node's next transaction (``SentMarks``).
 extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
-        while true {
-            let stopping = relay.isStopping
-            let handed = handover.withLock { $0.take(upTo: schedule.limit) }
-            var action = schedule.next(
-                handedOver: handed.rows,
-                overflowed: handed.overflowed,
-                stopping: stopping,
-                now: .now,
-                date: Date()
-            )
-            let readTable = action == .readTable
-            if readTable {
-                do {
-                    try await writeSentMarks()  // a read must not return a row already sent
-                    let limit = schedule.limit
-                    let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
-                    // The read may return rows of a commit not on the disk yet (the node's latest): none goes
-                    // out before it is.
-                    if !rows.isEmpty { try await store.waitForDisk() }
-                    action = schedule.tableRead(
-                        rows,
-                        nextAttempt: nextAttempt,
-                        stopping: stopping,
-                        now: .now,
-                        date: Date()
-                    )
-                    handover.withLock { [readThrough = schedule.readThrough] in $0.drop(through: readThrough) }
-                } catch {
-                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                    if stopping { return }
-                    try? await Task.sleep(for: .seconds(1))
+        await withDiscardingTaskGroup { publishing in
+            while true {
+                await settleEndedRounds(&schedule)
+                let (inFlight, full) = relayRounds.withLock { ($0.count > 0, $0.count >= configuration.relayWindow) }
+                if full {  // a round's end wakes the loop
+                    await waitFor(relay.signal, orUntil: nil)
                     continue
                 }
-            }
-            var rows: [OutboxMessage]
-            switch action {
-            case .finish: return  // after a table read, which wrote the marks
-            case .readTable: continue
-            case .wait(let until):
-                let marksDue = sentMarks.withLock { $0.oldest }.map { $0 + SentMarks.delay }
-                if let marksDue, marksDue <= .now {
-                    // No transaction of the node came to delete them: the relay does.
-                    do { try await writeSentMarks() } catch {
-                        logger.error("outbox mark failed; tried again", metadata: ["error": "\(error)"])
-                        await waitFor(relay.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
+                let stopping = relay.isStopping
+                let handed = handover.withLock { $0.take(upTo: schedule.limit) }
+                var action = schedule.next(
+                    handedOver: handed.rows,
+                    overflowed: handed.overflowed,
+                    stopping: stopping,
+                    now: .now,
+                    date: Date()
+                )
+                let readTable = action == .readTable
+                if readTable {
+                    // The table still has the rows of the rounds in flight: it is read once they have ended (the
+                    // handed-over rows it returns as well).
+                    if inFlight {
+                        await waitFor(relay.signal, orUntil: nil)
+                        continue
                     }
-                } else {
-                    await waitFor(relay.signal, orUntil: Self.sleep(until: until, orUntil: marksDue))
+                    do {
+                        try await writeSentMarks()  // a read must not return a row already sent
+                        let limit = schedule.limit
+                        let (rows, nextAttempt) = try await store.claimOutbox(limit: limit, readyAt: Date())
+                        // The read may return rows of a commit not on the disk yet (the node's latest): none goes
+                        // out before it is.
+                        if !rows.isEmpty { try await store.waitForDisk() }
+                        action = schedule.tableRead(
+                            rows,
+                            nextAttempt: nextAttempt,
+                            stopping: stopping,
+                            now: .now,
+                            date: Date()
+                        )
+                        handover.withLock { [readThrough = schedule.readThrough] in $0.drop(through: readThrough) }
+                    } catch {
+                        logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                        if stopping { return }
+                        try? await Task.sleep(for: .seconds(1))
+                        continue
+                    }
                 }
-                continue
-            case .publish(let ready): rows = ready
-            }
-            if !readTable {
-                // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
-                // their scope (waiting out a retry, or another process's): ask the table about those.
-                do {
-                    let sent = Set(sentMarks.withLock { $0.pending.sequences })
-                    let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows, sent: sent) }
-                    if !held.isEmpty {
-                        rows.removeAll { held.contains($0.sequence) }
-                        schedule.roundFailed()  // they wait in the table; a read returns them once free
-                        if rows.isEmpty { continue }
+                var rows: [OutboxMessage]
+                switch action {
+                case .finish: return  // after a table read, which wrote the marks
+                case .readTable: continue
+                case .wait(let until):
+                    let marksDue = sentMarks.withLock { $0.oldest }.map { $0 + SentMarks.delay }
+                    if let marksDue, marksDue <= .now {
+                        // No transaction of the node came to delete them: the relay does.
+                        do { try await writeSentMarks() } catch {
+                            logger.error("outbox mark failed; tried again", metadata: ["error": "\(error)"])
+                            await waitFor(relay.signal, orUntil: { try? await Task.sleep(for: .seconds(1)) })
+                        }
+                    } else {
+                        await waitFor(relay.signal, orUntil: Self.sleep(until: until, orUntil: marksDue))
                     }
-                } catch {
-                    logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                    schedule.roundFailed()
                     continue
+                case .publish(let ready): rows = ready
+                }
+                if !readTable {
+                    // A row goes out only once every earlier row of its scope is confirmed: those behind a round
+                    // in flight go back to wait for its end.
+                    let behind = relayRounds.withLock { rounds in rows.filter { rounds.isInFlight($0.orderScope) } }
+                    if !behind.isEmpty {
+                        handover.withLock { $0.putBack(behind) }
+                        rows.removeAll { row in behind.contains { $0.sequence == row.sequence } }
+                        if rows.isEmpty {
+                            await waitFor(relay.signal, orUntil: nil)
+                            continue
+                        }
+                    }
+                    // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
+                    // their scope (waiting out a retry, or another process's): ask the table about those.
+                    do {
+                        let sent = Set(sentMarks.withLock { $0.pending.sequences })
+                        let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows, sent: sent) }
+                        if !held.isEmpty {
+                            rows.removeAll { held.contains($0.sequence) }
+                            schedule.roundFailed()  // they wait in the table; a read returns them once free
+                            if rows.isEmpty { continue }
+                        }
+                    } catch {
+                        logger.error("outbox read failed", metadata: ["error": "\(error)"])
+                        schedule.roundFailed()
+                        continue
+                    }
+                }
+                relayRounds.withLock { $0.start(rows) }
+                publishing.addTask { [rows] in
+                    let started = ContinuousClock.now
+                    let outcomes = await self.publishInOrder(rows)
+                    self.relayRounds.withLock { $0.end(rows, outcomes, after: ContinuousClock.now - started) }
+                    self.relay.wake()
                 }
             }
-            let started = ContinuousClock.now
-            let outcomes = await publishInOrder(rows)
-            metrics.publishConfirmDuration.record(duration: ContinuousClock.now - started)
+        }
+    }
+
+    /// Takes the outcomes of the rounds that ended: the confirmed rows wait for deletion, the failed ones are
+    /// marked for their retry (and the table read again).
+    private func settleEndedRounds(_ schedule: inout RelaySchedule) async {
+        for round in relayRounds.withLock({ $0.takeEnded() }) {
+            metrics.publishConfirmDuration.record(duration: round.duration)
             var sent: [Int64] = []
             var failed: [Int64] = []
             var refused: [Int64] = []
             var firstError: String?
-            for (message, outcome) in zip(rows, outcomes) {
+            for (message, outcome) in zip(round.rows, round.outcomes) {
                 switch outcome {
                 case .confirmed:
                     sent.append(message.sequence)
@@ -225,9 +262,58 @@ struct Handover {
         return (taken, overflowed)
     }
 
+    /// Returns rows taken that cannot go out yet to the front, in their order (unless rows were dropped since:
+    /// then the table has them).
+    mutating func putBack(_ taken: [OutboxMessage]) {
+        guard !overflowed else { return }
+        rows.insert(contentsOf: taken, at: 0)
+    }
+
     /// Forgets the rows a table read returned (up to and including `sequence`).
     mutating func drop(through sequence: Int64) {
         rows.removeAll { $0.sequence <= sequence }
+    }
+}
+
+/// The relay's publish rounds whose confirms are outstanding (by the order scopes of their rows), and the
+/// outcomes of those that ended, for the relay loop to settle.
+struct RelayRounds {
+    struct Ended {
+        var rows: [OutboxMessage]
+        /// Per row; `nil` for a row not published (behind a failed row of its scope).
+        var outcomes: [PublishOutcome?]
+        var duration: Duration
+    }
+
+    /// Rounds started and not settled.
+    private(set) var count = 0
+    /// Rows in rounds not settled, by order scope.
+    private var scopes: [String: Int] = [:]
+    private var ended: [Ended] = []
+
+    /// Whether a row of `scope` is in a round not settled yet.
+    func isInFlight(_ scope: String) -> Bool { scopes[scope] != nil }
+
+    mutating func start(_ rows: [OutboxMessage]) {
+        count += 1
+        for row in rows { scopes[row.orderScope, default: 0] += 1 }
+    }
+
+    mutating func end(_ rows: [OutboxMessage], _ outcomes: [PublishOutcome?], after duration: Duration) {
+        ended.append(Ended(rows: rows, outcomes: outcomes, duration: duration))
+    }
+
+    /// The rounds that ended since the last call; their scopes are free from now on.
+    mutating func takeEnded() -> [Ended] {
+        defer { ended = [] }
+        for round in ended {
+            count -= 1
+            for row in round.rows {
+                scopes[row.orderScope, default: 1] -= 1
+                if scopes[row.orderScope] == 0 { scopes[row.orderScope] = nil }
+            }
+        }
+        return ended
     }
 }
 

@@ -39,6 +39,10 @@ public final class Node: Service {
         public var retry: RetryPolicy
         /// Outbox messages per relay round.
         public var relayBatchSize: Int
+        /// Relay rounds whose confirms may be outstanding at once: the relay keeps publishing new rows while the
+        /// broker confirms earlier ones (1: each round waits for the one before it). A row waits only for the
+        /// rows of its order scope.
+        public var relayWindow: Int
         /// The largest message body accepted, in bytes; a larger one is dead-lettered at the edge.
         public var maximumPayloadSize: Int
         /// Who declares the node's exchanges, queues and bindings: the node itself (the default) or the
@@ -77,6 +81,7 @@ public final class Node: Service {
             self.batchSize = 128
             self.retry = RetryPolicy()
             self.relayBatchSize = 500
+            self.relayWindow = 4
             self.maximumPayloadSize = 256 * 1024
             self.topologyOwnership = .node
             self.faultInjection = nil
@@ -111,6 +116,8 @@ public final class Node: Service {
     let timeSource: any TimeSource
     let logger: Logger
     let handover = Mutex(Handover())
+    /// The relay's publish rounds whose confirms are outstanding, and those that ended.
+    let relayRounds = Mutex(RelayRounds())
     /// Rows the broker confirmed whose deletion waits for the node's next transaction.
     let sentMarks = Mutex(SentMarks())
     let schedulesTimers: Bool

@@ -59,6 +59,46 @@ private final class FlakyTransport: Transport {
     }
 }
 
+/// The in-process broker, but the confirms of chosen messages are held until the test releases them (a slow
+/// broker): every message is delivered at once.
+private final class SlowConfirmsTransport: Transport {
+    let inner = InProcessTransport()
+    private let held: Mutex<(ids: Set<String>, waiting: [CheckedContinuation<Void, Never>])>
+
+    init(holding messageIDs: Set<String>) {
+        held = Mutex((messageIDs, []))
+    }
+
+    /// Confirms the held messages, and every later one at once.
+    func release() {
+        let waiting = held.withLock { held in
+            held.ids = []
+            defer { held.waiting = [] }
+            return held.waiting
+        }
+        for continuation in waiting { continuation.resume() }
+    }
+
+    func declare(_ topology: Topology) async throws { try await inner.declare(topology) }
+    func verify(_ topology: Topology) async throws { try await inner.verify(topology) }
+    func subscribe(queues: [String], prefetch: Int) async throws -> any MessageSource {
+        try await inner.subscribe(queues: queues, prefetch: prefetch)
+    }
+
+    func publish(_ messages: [OutgoingMessage]) async -> [PublishOutcome] {
+        let outcomes = await inner.publish(messages)
+        await withCheckedContinuation { continuation in
+            let hold = held.withLock { held in
+                guard messages.contains(where: { held.ids.contains($0.envelope.messageID) }) else { return false }
+                held.waiting.append(continuation)
+                return true
+            }
+            if !hold { continuation.resume() }
+        }
+        return outcomes
+    }
+}
+
 /// A ledger node over a store and a transport, with an observer queue bound to its events.
 private struct Ledger {
     let node: Node
@@ -383,6 +423,25 @@ private final class StalledDiskStore: Store {
         let observed = try await ledger.observed(2)
         #expect(observed == ["a0", "a1"], "\(observed)")
         #expect(transport.failures.load(ordering: .relaxed) == 1)
+        try await ledger.stop()
+    }
+
+    /// While the broker has not confirmed a round, the relay publishes the next rows (a window, not a round
+    /// trip), except those of an order scope the outstanding round has a row of: `b0` goes out while `a0`'s
+    /// confirm is outstanding, `a1` only after it. Fails with one round at a time (`b0` waits too), and with
+    /// the window but no hold by scope (`a1` goes out before `a0` is confirmed).
+    @Test func theRelayPublishesWhileAConfirmIsOutstandingButNotTheRowsOfItsScope() async throws {
+        let transport = SlowConfirmsTransport(holding: [MessageID.derived(from: "post-entry", "post-a-0", "0")])
+        let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
+        await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
+        #expect(try await ledger.observed(1) == ["a0"], "published; its confirm is held")
+        await ledger.send(PostEntry(account: "a", number: 1), id: "post-a-1")
+        await ledger.send(PostEntry(account: "b", number: 0), id: "post-b-0")
+        #expect(try await ledger.observed(2) == ["a0", "b0"], "b0 does not wait for a0's confirm")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await ledger.observed(2) == ["a0", "b0"], "a1 waits for a0's confirm")
+        transport.release()
+        #expect(try await ledger.observed(3) == ["a0", "b0", "a1"])
         try await ledger.stop()
     }
 }
