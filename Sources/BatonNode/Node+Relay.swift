@@ -87,7 +87,9 @@ extension Node {
                     // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
                     // their scope (waiting out a retry, or another process's): ask the table about those.
                     do {
+                        // Rows in flight are as good as sent here: none is of these rows' scopes.
                         let sent = Set(sentMarks.withLock { $0.pending.sequences })
+                            .union(relayRounds.withLock { $0.sequences })
                         let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows, sent: sent) }
                         if !held.isEmpty {
                             rows.removeAll { held.contains($0.sequence) }
@@ -287,6 +289,8 @@ struct RelayRounds {
 
     /// Rounds started and not settled.
     private(set) var count = 0
+    /// The rows in rounds not settled.
+    private(set) var sequences: Set<Int64> = []
     /// Rows in rounds not settled, by order scope.
     private var scopes: [String: Int] = [:]
     private var ended: [Ended] = []
@@ -296,7 +300,10 @@ struct RelayRounds {
 
     mutating func start(_ rows: [OutboxMessage]) {
         count += 1
-        for row in rows { scopes[row.orderScope, default: 0] += 1 }
+        for row in rows {
+            scopes[row.orderScope, default: 0] += 1
+            sequences.insert(row.sequence)
+        }
     }
 
     mutating func end(_ rows: [OutboxMessage], _ outcomes: [PublishOutcome?], after duration: Duration) {
@@ -309,6 +316,7 @@ struct RelayRounds {
         for round in ended {
             count -= 1
             for row in round.rows {
+                sequences.remove(row.sequence)
                 scopes[row.orderScope, default: 1] -= 1
                 if scopes[row.orderScope] == 0 { scopes[row.orderScope] = nil }
             }
