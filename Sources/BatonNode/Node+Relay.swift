@@ -21,6 +21,7 @@ extension Node {
                     handedOver: handed.rows,
                     overflowed: handed.overflowed,
                     stopping: stopping,
+                    roundsInFlight: inFlight,
                     now: .now,
                     date: Date()
                 )

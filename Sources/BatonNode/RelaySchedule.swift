@@ -7,6 +7,10 @@ import Foundation
 /// (rows an earlier run left), when the handover overflowed, when a retry is due, after a failed round, at
 /// least once a second (rows another process queued) and once more when the node stops. A table read returns
 /// rows up to some sequence: handed-over copies of those are skipped, so no row goes out twice from one node.
+///
+/// A read waits for the publish rounds in flight to end (the table still has their rows). The read of every
+/// second is the only one that may wait for that: while rounds are in flight it lets handed-over rows go on for up
+/// to ``readDeferral`` more, so that a slow confirm does not stop the relay each second.
 struct RelaySchedule {
     /// What the relay does next.
     enum Action: Equatable {
@@ -28,6 +32,8 @@ struct RelaySchedule {
     private var nextAttempt: Date?
     /// The highest sequence a table read returned.
     private(set) var readThrough: Int64 = 0
+    /// How long the read of every second waits for a moment with no publish round in flight.
+    static let readDeferral = Duration.seconds(5)
 
     /// A schedule for a relay that starts at `now`.
     init(limit: Int, now: ContinuousClock.Instant) {
@@ -41,18 +47,21 @@ struct RelaySchedule {
     ///   - handedOver: The rows, oldest first.
     ///   - overflowed: Rows were dropped from the handover since the last call (the table has them).
     ///   - stopping: The node is stopping.
+    ///   - roundsInFlight: Publish rounds have not ended.
     ///   - now: The monotonic clock.
     ///   - date: The wall clock (retry times are stored in it).
     mutating func next(
         handedOver: [OutboxMessage],
         overflowed: Bool,
         stopping: Bool,
+        roundsInFlight: Bool = false,
         now: ContinuousClock.Instant,
         date: Date
     ) -> Action {
         let pending = handedOver.filter { $0.sequence > readThrough }
-        if overflowed || now - lastRead > .seconds(1) || (stopping && pending.isEmpty)
-            || nextAttempt.map({ $0 <= date }) == true
+        let sinceRead = now - lastRead
+        if overflowed || (stopping && pending.isEmpty) || nextAttempt.map({ $0 <= date }) == true
+            || (sinceRead > .seconds(1) && (!roundsInFlight || sinceRead > .seconds(1) + Self.readDeferral))
         {
             mustRead = true
         }

@@ -122,4 +122,59 @@ import Testing
         #expect(schedule.next(handedOver: [], overflowed: false, stopping: true, now: start, date: date) == .readTable)
         #expect(schedule.tableRead([], nextAttempt: nil, stopping: true, now: start, date: date) == .finish)
     }
+
+    /// The read of every second waits for the publish rounds in flight to end, letting handed-over rows go
+    /// meanwhile, for a few seconds at most; a read for another reason (here a retry that is due) does not.
+    @Test func theReadOfEverySecondLetsHandedOverRowsGoWhileRoundsAreInFlightForAWhile() {
+        var schedule = RelaySchedule(limit: 10, now: start)
+        _ = schedule.next(handedOver: [], overflowed: false, stopping: false, now: start, date: date)
+        _ = schedule.tableRead(rows(1...1), nextAttempt: nil, stopping: false, now: start, date: date)
+        let due = start + .milliseconds(1_500)
+        #expect(
+            schedule.next(
+                handedOver: rows(2...2),
+                overflowed: false,
+                stopping: false,
+                roundsInFlight: true,
+                now: due,
+                date: date
+            )
+                == .publish(rows(2...2))
+        )
+        #expect(
+            schedule.next(handedOver: rows(3...3), overflowed: false, stopping: false, now: due, date: date)
+                == .readTable,
+            "no round in flight: the read"
+        )
+        var overdue = RelaySchedule(limit: 10, now: start)
+        _ = overdue.next(handedOver: [], overflowed: false, stopping: false, now: start, date: date)
+        _ = overdue.tableRead(rows(1...1), nextAttempt: nil, stopping: false, now: start, date: date)
+        let late = start + .seconds(1) + RelaySchedule.readDeferral + .milliseconds(1)
+        #expect(
+            overdue.next(
+                handedOver: rows(2...2),
+                overflowed: false,
+                stopping: false,
+                roundsInFlight: true,
+                now: late,
+                date: date
+            )
+                == .readTable
+        )
+        var retrying = RelaySchedule(limit: 10, now: start)
+        _ = retrying.next(handedOver: [], overflowed: false, stopping: false, now: start, date: date)
+        _ = retrying.tableRead([], nextAttempt: date.addingTimeInterval(0.1), stopping: false, now: start, date: date)
+        let retryDue = date.addingTimeInterval(0.2)
+        #expect(
+            retrying.next(
+                handedOver: rows(2...2),
+                overflowed: false,
+                stopping: false,
+                roundsInFlight: true,
+                now: start,
+                date: retryDue
+            )
+                == .readTable
+        )
+    }
 }
