@@ -55,9 +55,7 @@ extension SQLiteUnitOfWork {
         try Row.fetchOne(
             try statement(
                 """
-                SELECT i.version, s.version AS state_version, s.instance FROM process_instances i
-                LEFT JOIN process_snapshots s ON s.process_manager = i.process_manager AND s.instance_id = i.instance_id
-                WHERE i.process_manager = ? AND i.instance_id = ?
+                SELECT version, state_version, state FROM process_instances WHERE process_manager = ? AND instance_id = ?
                 """
             ),
             arguments: [processManager, instanceID]
@@ -66,8 +64,8 @@ extension SQLiteUnitOfWork {
             let stateVersion: Int64? = row["state_version"]
             return StoredInstance(
                 version: version,
-                state: stateVersion == version ? row["instance"] : nil,
-                earlierState: stateVersion != version ? row["instance"] : nil
+                state: stateVersion == version ? row["state"] : nil,
+                earlierState: stateVersion != version ? row["state"] : nil
             )
         }
     }
@@ -116,20 +114,14 @@ extension SQLiteUnitOfWork {
         )
         try run(
             """
-            INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at, updated_at)
-            VALUES (?, ?, ?, ?, ?, ?)
+            INSERT INTO process_instances
+                (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at
+                lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at,
+                state_version = excluded.state_version, state = excluded.state
             """,
-            [name, instanceID, lifecycle.rawValue, transition.version, time, time]
-        )
-        try run(
-            """
-            INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES (?, ?, ?, ?)
-            ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                version = excluded.version, instance = excluded.instance
-            """,
-            [name, instanceID, transition.version, state]
+            [name, instanceID, lifecycle.rawValue, transition.version, time, time, transition.version, state]
         )
         for operation in transition.timers {
             switch operation {
@@ -276,7 +268,7 @@ extension SQLiteUnitOfWork {
                 of: instanceID,
                 processManager,
                 from: [
-                    "process_instances", "process_transitions", "process_snapshots", "process_associations", "timers",
+                    "process_instances", "process_transitions", "process_associations", "timers",
                 ]
             )
         }

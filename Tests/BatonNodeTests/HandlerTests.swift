@@ -326,11 +326,11 @@ struct Order: Aggregate {
             try await DatabaseQueue(path: path).write { db in
                 if let keptState {
                     try db.execute(
-                        sql: "UPDATE process_snapshots SET version = ?, instance = ?",
+                        sql: "UPDATE process_instances SET state_version = ?, state = ?",
                         arguments: [keptVersion, keptState]
                     )
                 } else {
-                    try db.execute(sql: "DELETE FROM process_snapshots")
+                    try db.execute(sql: "UPDATE process_instances SET state_version = NULL, state = NULL")
                 }
             }
         }

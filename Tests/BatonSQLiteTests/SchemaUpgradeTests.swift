@@ -6,9 +6,10 @@ import Testing
 
 @testable import BatonSQLite
 
-/// A store an earlier release wrote (schema v8) loses its streams' unique index on event ids when it is
-/// opened, and keeps every event, in order.
-@Suite struct StreamsUpgradeTests {
+/// A store an earlier release wrote is brought to this release's schema when it is opened, and keeps what it
+/// holds. (The retention upgrade has its own suite.)
+@Suite struct SchemaUpgradeTests {
+    /// v8 → v9: the streams lose their unique index on event ids, and keep every event, in order.
     @Test func aStoreWithTheEventIdIndexKeepsItsStreamsWithoutIt() async throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
         defer { try? FileManager.default.removeItem(at: path) }
@@ -43,5 +44,49 @@ import Testing
         let upgraded = try DatabaseQueue(path: path.path)
         defer { try? upgraded.close() }
         #expect(try upgraded.read(indexes) == ["pk"], "only the key's")
+    }
+
+    /// v9 → v10: the states in their own table move into the instances' rows, each with the version it is of
+    /// (an older store's earlier state stays an earlier state, for the transitions after it to complete).
+    @Test func aStoreWithStatesInTheirOwnTableKeepsThemInTheInstancesRows() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
+        defer { try? FileManager.default.removeItem(at: path) }
+        let database = try DatabasePool(path: path.path)
+        try SQLiteStore.migrator.migrate(database, upTo: "v9-streams-without-message-index")
+        try await database.write { db in
+            for (instance, stateVersion) in [("current", 3), ("earlier", 1), ("none", nil)] as [(String, Int?)] {
+                try db.execute(
+                    sql: """
+                        INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                            updated_at) VALUES ('p', ?, 'running', 3, 100, 100)
+                        """,
+                    arguments: [instance]
+                )
+                if let stateVersion {
+                    try db.execute(
+                        sql:
+                            "INSERT INTO process_snapshots (process_manager, instance_id, version, instance) VALUES ('p', ?, ?, ?)",
+                        arguments: [instance, stateVersion, Data("state of \(instance)".utf8)]
+                    )
+                }
+            }
+        }
+        try database.close()
+
+        let store = try SQLiteStore(path: path.path)
+        let stored = try await store.read { work in
+            try ["current", "earlier", "none"].map { try work.storedInstance($0, processManager: "p") }
+        }
+        #expect(
+            stored == [
+                StoredInstance(version: 3, state: Data("state of current".utf8)),
+                StoredInstance(version: 3, state: nil, earlierState: Data("state of earlier".utf8)),
+                StoredInstance(version: 3, state: nil),
+            ]
+        )
+        let upgraded = try DatabaseQueue(path: path.path)
+        defer { try? upgraded.close() }
+        let stateTableLeft = try await upgraded.read { db in try db.tableExists("process_snapshots") }
+        #expect(!stateTableLeft)
     }
 }
