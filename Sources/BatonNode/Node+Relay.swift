@@ -74,34 +74,10 @@ extension Node {
                 case .publish(let ready): rows = ready
                 }
                 if !readTable {
-                    // A row goes out only once every earlier row of its scope is confirmed: those behind a round
-                    // in flight go back to wait for its end.
-                    let behind = relayRounds.withLock { rounds in rows.filter { rounds.isInFlight($0.orderScope) } }
-                    if !behind.isEmpty {
-                        handover.withLock { $0.putBack(behind) }
-                        rows.removeAll { row in behind.contains { $0.sequence == row.sequence } }
-                        if rows.isEmpty {
-                            await waitFor(relay.signal, orUntil: nil)
-                            continue
-                        }
-                    }
-                    // Handed-over rows skip the table read, which leaves out rows behind an earlier unsent row of
-                    // their scope (waiting out a retry, or another process's): ask the table about those.
-                    do {
-                        // Rows in flight are as good as sent here: none is of these rows' scopes.
-                        let sent = Set(sentMarks.withLock { $0.pending.sequences })
-                            .union(relayRounds.withLock { $0.sequences })
-                        let held = try await store.read { [rows] in try $0.outboxRowsHeldBack(rows, sent: sent) }
-                        if !held.isEmpty {
-                            rows.removeAll { held.contains($0.sequence) }
-                            schedule.roundFailed()  // they wait in the table; a read returns them once free
-                            if rows.isEmpty { continue }
-                        }
-                    } catch {
-                        logger.error("outbox read failed", metadata: ["error": "\(error)"])
-                        schedule.roundFailed()
-                        continue
-                    }
+                    let free = await handedOverRowsFree(rows, &schedule)
+                    if free.waitForARound { await waitFor(relay.signal, orUntil: nil) }
+                    if free.rows.isEmpty { continue }
+                    rows = free.rows
                 }
                 relayRounds.withLock { $0.start(rows) }
                 publishing.addTask { [rows] in
@@ -111,6 +87,37 @@ extension Node {
                     self.relay.wake()
                 }
             }
+        }
+    }
+
+    /// Of rows handed over (in order), those that may go now. A row waits for every earlier row of its order
+    /// scope to be confirmed: one in a round in flight (it goes back to the handover, and the relay waits for a
+    /// round to end when no row is free), or an unsent one in the table, which handed-over rows skip — waiting out
+    /// a retry, or another process's (it waits there: the table is read again).
+    private func handedOverRowsFree(
+        _ rows: [OutboxMessage],
+        _ schedule: inout RelaySchedule
+    ) async -> (rows: [OutboxMessage], waitForARound: Bool) {
+        var behind: [OutboxMessage] = []
+        var free: [OutboxMessage] = []
+        relayRounds.withLock { rounds in
+            for row in rows {
+                if rounds.isInFlight(row.orderScope) { behind.append(row) } else { free.append(row) }
+            }
+        }
+        if !behind.isEmpty { handover.withLock { $0.putBack(behind) } }
+        guard !free.isEmpty else { return ([], true) }
+        do {
+            // Rows in flight are as good as sent here: none is of these rows' scopes.
+            let sent = Set(sentMarks.withLock { $0.pending.sequences }).union(relayRounds.withLock { $0.sequences })
+            let held = try await store.read { [free] in try $0.outboxRowsHeldBack(free, sent: sent) }
+            if held.isEmpty { return (free, false) }
+            schedule.roundFailed()  // they wait in the table; a read returns them once free
+            return (free.filter { !held.contains($0.sequence) }, false)
+        } catch {
+            logger.error("outbox read failed", metadata: ["error": "\(error)"])
+            schedule.roundFailed()
+            return ([], false)
         }
     }
 
