@@ -7,10 +7,11 @@ import Logging
 extension Node {
     func relayLoop() async {
         var schedule = RelaySchedule(limit: configuration.relayBatchSize, now: .now)
+        let window = max(1, configuration.relayWindow)
         await withDiscardingTaskGroup { publishing in
             while true {
                 await settleEndedRounds(&schedule)
-                let (inFlight, full) = relayRounds.withLock { ($0.count > 0, $0.count >= configuration.relayWindow) }
+                let (inFlight, full) = relayRounds.withLock { ($0.count > 0, $0.count >= window) }
                 if full {  // a round's end wakes the loop
                     await waitFor(relay.signal, orUntil: nil)
                     continue

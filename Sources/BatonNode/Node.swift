@@ -40,8 +40,8 @@ public final class Node: Service {
         /// Outbox messages per relay round.
         public var relayBatchSize: Int
         /// Relay rounds whose confirms may be outstanding at once: the relay keeps publishing new rows while the
-        /// broker confirms earlier ones (1: each round waits for the one before it). A row waits only for the
-        /// rows of its order scope.
+        /// broker confirms earlier ones (1, the least: each round waits for the one before it). A row waits only
+        /// for the rows of its order scope.
         public var relayWindow: Int
         /// The largest message body accepted, in bytes; a larger one is dead-lettered at the edge.
         public var maximumPayloadSize: Int
