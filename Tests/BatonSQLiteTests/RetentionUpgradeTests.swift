@@ -11,10 +11,8 @@ import Testing
 /// order scopes.
 @Suite struct RetentionUpgradeTests {
     @Test func aStoreOfTheReleaseBeforeRetentionIsUpgradedWithoutLosingWhatMatters() async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v6-instance-listing")
         defer { try? FileManager.default.removeItem(at: path) }
-        let database = try DatabasePool(path: path.path)
-        try SQLiteStore.migrator.migrate(database, upTo: "v6-instance-listing")
         try await database.write { db in
             try db.execute(sql: "INSERT INTO inbox (consumer, message_id, handled_at) VALUES ('c', 'm-1', 100)")
             for (id, sent) in [("sent", 200.0 as Double?), ("pending", nil), ("other", nil)] {

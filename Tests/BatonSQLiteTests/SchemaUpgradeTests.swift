@@ -11,10 +11,8 @@ import Testing
 @Suite struct SchemaUpgradeTests {
     /// v8 → v9: the streams lose their unique index on event ids, and keep every event, in order.
     @Test func aStoreWithTheEventIdIndexKeepsItsStreamsWithoutIt() async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v8-outbox-order-scope")
         defer { try? FileManager.default.removeItem(at: path) }
-        let database = try DatabasePool(path: path.path)
-        try SQLiteStore.migrator.migrate(database, upTo: "v8-outbox-order-scope")
         try await database.write { db in
             for (stream, position, id) in [("order-a", 1, "e-1"), ("order-a", 2, "e-2"), ("order-b", 1, "e-3")] {
                 try db.execute(
@@ -49,10 +47,8 @@ import Testing
     /// v9 → v10: the states in their own table move into the instances' rows, each with the version it is of
     /// (an older store's earlier state stays an earlier state, for the transitions after it to complete).
     @Test func aStoreWithStatesInTheirOwnTableKeepsThemInTheInstancesRows() async throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v9-streams-without-message-index")
         defer { try? FileManager.default.removeItem(at: path) }
-        let database = try DatabasePool(path: path.path)
-        try SQLiteStore.migrator.migrate(database, upTo: "v9-streams-without-message-index")
         try await database.write { db in
             for (instance, stateVersion) in [("current", 3), ("earlier", 1), ("none", nil)] as [(String, Int?)] {
                 try db.execute(
@@ -89,4 +85,13 @@ import Testing
         let stateTableLeft = try await upgraded.read { db in try db.tableExists("process_snapshots") }
         #expect(!stateTableLeft)
     }
+}
+
+/// A store file at a new temporary path with the schema an earlier release left: its migrations up to and
+/// including `migration`. The caller removes the file.
+func storeOfAnEarlierRelease(upTo migration: String) throws -> (URL, DatabasePool) {
+    let path = FileManager.default.temporaryDirectory.appendingPathComponent("upgrade-\(UUID().uuidString).sqlite")
+    let database = try DatabasePool(path: path.path)
+    try SQLiteStore.migrator.migrate(database, upTo: migration)
+    return (path, database)
 }
