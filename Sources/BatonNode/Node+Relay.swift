@@ -101,16 +101,17 @@ extension Node {
     ) async -> (rows: [OutboxMessage], waitForARound: Bool) {
         var behind: [OutboxMessage] = []
         var free: [OutboxMessage] = []
-        relayRounds.withLock { rounds in
+        let inFlight = relayRounds.withLock { rounds in
             for row in rows {
                 if rounds.isInFlight(row.orderScope) { behind.append(row) } else { free.append(row) }
             }
+            return rounds.sequences
         }
         if !behind.isEmpty { handover.withLock { $0.putBack(behind) } }
         guard !free.isEmpty else { return ([], true) }
         do {
             // Rows in flight are as good as sent here: none is of these rows' scopes.
-            let sent = Set(sentMarks.withLock { $0.pending.sequences }).union(relayRounds.withLock { $0.sequences })
+            let sent = Set(sentMarks.withLock { $0.pending.sequences }).union(inFlight)
             let held = try await store.read { [free] in try $0.outboxRowsHeldBack(free, sent: sent) }
             if held.isEmpty { return (free, false) }
             schedule.roundFailed()  // they wait in the table; a read returns them once free
