@@ -109,6 +109,11 @@ struct All: AsyncParsableCommand {
             workflows: embeddedWorkflows,
             directory: work.appendingPathComponent("embedded")
         ).run()
+        report.embeddedSharedStore = try await EmbeddedBenchmark(
+            workflows: embeddedWorkflows,
+            directory: work.appendingPathComponent("embedded-shared"),
+            sharedStore: true
+        ).run()
         report.embeddedWithMetrics = try await EmbeddedBenchmark(
             workflows: embeddedWorkflows,
             directory: work.appendingPathComponent("embedded-metrics"),
@@ -266,7 +271,8 @@ struct All: AsyncParsableCommand {
 /// The embedded mode alone.
 struct Embedded: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "A 4-step process manager, in-process transport, SQLite on disk: messages/s and workflows/s."
+        abstract:
+            "A 4-step process manager and a worker in one process, SQLite on disk (a store each, then one shared): messages/s and workflows/s."
     )
 
     @Option(help: "Workflows to run.")
@@ -299,6 +305,12 @@ struct Embedded: AsyncParsableCommand {
         defer { try? FileManager.default.removeItem(at: directory) }
         let result = try await EmbeddedBenchmark(workflows: workflows, directory: directory).run()
         print(BenchmarkReport.embeddedLine(result))
+        let shared = try await EmbeddedBenchmark(
+            workflows: workflows,
+            directory: directory.appendingPathComponent("shared"),
+            sharedStore: true
+        ).run()
+        print(BenchmarkReport.embeddedLine(shared, on: "one shared store"))
         if metrics {
             let measured = try await EmbeddedBenchmark(
                 workflows: workflows,

@@ -6,39 +6,58 @@ import Foundation
 import Logging
 import Metrics
 
-/// The embedded mode: a 4-step process manager and a worker, two nodes in one process over the in-process
-/// transport, each with its SQLite store on disk — the framework's own cost, without a broker.
+/// The embedded mode: a 4-step process manager and a worker, two nodes in one process — the framework's own
+/// cost, without a broker. Either each node has its SQLite file on disk and they talk over the in-process
+/// transport (each message through the sender's outbox, its relay and the receiver's inbox), or both share one
+/// file and a message between them is a row of it (`SQLiteTransport`), written by the sender's transaction and
+/// taken by the receiver's.
 struct EmbeddedBenchmark {
     var workflows: Int
     var directory: URL
     /// Where both nodes' metrics go, sampling the stores as a served node does: `nil` records none.
     var metrics: (any MetricsFactory)? = nil
+    /// Both nodes on one file, messages between them its rows.
+    var sharedStore = false
 
     func run() async throws -> EmbeddedResult {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         var logger = Logger(label: "baton-benchmark")
         logger.logLevel = .warning
-        let transport = InProcessTransport()
+        let transport: any Transport
+        let (coordinatorStore, workerStore): (SQLiteStore, SQLiteStore)
+        let completed: @Sendable () async throws -> Int
+        if sharedStore {
+            let file = try SQLiteStore(path: directory.appendingPathComponent("shared.sqlite").path)
+            let queues = try SQLiteTransport(store: file)
+            (transport, completed) = (queues, { try await queues.messageCount("completed") })
+            (coordinatorStore, workerStore) = (file.shared(by: "bench-coordinator"), file.shared(by: "bench-worker"))
+        } else {
+            let queues = InProcessTransport()
+            (transport, completed) = (queues, { queues.readyCount("completed") })
+            coordinatorStore = try SQLiteStore(path: directory.appendingPathComponent("coordinator.sqlite").path)
+            workerStore = try SQLiteStore(path: directory.appendingPathComponent("worker.sqlite").path)
+        }
         let coordinator = try Self.coordinator(
             transport: transport,
-            path: directory.appendingPathComponent("coordinator.sqlite").path,
+            store: coordinatorStore,
             metrics: metrics,
             logger: logger
         )
-        let worker = try Self.worker(transport: transport, directory: directory, metrics: metrics, logger: logger)
+        let worker = Self.worker(transport: transport, store: workerStore, metrics: metrics, logger: logger)
         try await transport.declare(coordinator.topology)
         try await transport.declare(worker.topology)
         try await transport.declare(Self.sink("completed", for: WorkflowCompleted.self))
         let nodes = [coordinator, worker].map { node in Task { try await node.run() } }
 
-        let progress = ProgressBar(metrics == nil ? "embedded" : "embedded, metrics on", total: workflows)
+        let label = ["embedded", sharedStore ? "one shared store" : nil, metrics == nil ? nil : "metrics on"]
+        let progress = ProgressBar(label.compactMap { $0 }.joined(separator: ", "), total: workflows)
         let started = ContinuousClock.now
         for first in stride(from: 0, to: workflows, by: 500) {
             _ = await transport.publish((first..<min(workflows, first + 500)).map(Self.start))
         }
-        while transport.readyCount("completed") < workflows {
+        while try await completed() < workflows {
             try await Task.sleep(for: .milliseconds(5))
-            progress.update(transport.readyCount("completed"))
+            progress.update(try await completed())
         }
         let elapsed = (ContinuousClock.now - started).seconds
         progress.update(workflows)
@@ -85,15 +104,13 @@ struct EmbeddedBenchmark {
     /// The node hosting the 4-step process manager.
     static func coordinator(
         transport: any Transport,
-        path: String,
+        store: any Store,
         metrics: (any MetricsFactory)? = nil,
         logger: Logger
-    ) throws
-        -> Node
-    {
+    ) throws -> Node {
         Node(
             configuration: configuration("bench-coordinator", metrics: metrics),
-            store: try SQLiteStore(path: path),
+            store: store,
             transport: transport,
             handlers: [try ProcessManagerHost(fourSteps())],
             logger: logger
@@ -103,13 +120,13 @@ struct EmbeddedBenchmark {
     /// The node doing the three steps.
     static func worker(
         transport: any Transport,
-        directory: URL,
+        store: any Store,
         metrics: (any MetricsFactory)? = nil,
         logger: Logger
-    ) throws -> Node {
+    ) -> Node {
         Node(
             configuration: configuration("bench-worker", metrics: metrics),
-            store: try SQLiteStore(path: directory.appendingPathComponent("worker.sqlite").path),
+            store: store,
             transport: transport,
             handlers: [
                 MessageHandlerHost.command(DoStepA.self, name: "step-a") { command, context in

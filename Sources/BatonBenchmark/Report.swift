@@ -9,6 +9,8 @@ struct BenchmarkReport: Codable, Sendable {
     var ceiling: [MeshRun] = []
     var mesh: [MeshRun] = []
     var embedded: EmbeddedResult?
+    /// The embedded mode with both nodes on one SQLite file, messages between them its rows.
+    var embeddedSharedStore: EmbeddedResult?
     /// The same with metrics recorded (Prometheus) and the stores sampled, as `serve --http` runs.
     var embeddedWithMetrics: EmbeddedResult?
     /// The embedded mode with tracing on (builds with the OpenTelemetry trait), and the spans it exported.
@@ -84,6 +86,7 @@ struct BenchmarkReport: Codable, Sendable {
         )
         lines.append("  this benchmark's own process (it publishes the checkouts and consumes the completions).")
         if let embedded { lines += ["", Self.embeddedLine(embedded)] }
+        if let embeddedSharedStore { lines += [Self.embeddedLine(embeddedSharedStore, on: "one shared store")] }
         if let embedded, let embeddedWithMetrics {
             lines += [Self.embeddedLine(embeddedWithMetrics, metrics: true)]
             lines += [Self.metricsCostLine(off: embedded, on: embeddedWithMetrics)]

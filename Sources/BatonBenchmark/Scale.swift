@@ -182,7 +182,7 @@ struct ScaleBenchmark {
     }
 
     static func node(transport: any Transport, path: String, logger: Logger) throws -> Node {
-        try EmbeddedBenchmark.coordinator(transport: transport, path: path, logger: logger)
+        try EmbeddedBenchmark.coordinator(transport: transport, store: try SQLiteStore(path: path), logger: logger)
     }
 }
 

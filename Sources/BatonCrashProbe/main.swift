@@ -16,6 +16,7 @@
 //   issues a command. Held twice, or retried after it succeeded, the command goes out twice.
 //
 //   baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|power-loss:N|none [PREFETCH]
+//   baton-crash-probe shared-store DATA_DIR FAULT_POINT|none NODE WORKFLOWS   (SharedStoreProbe.swift)
 //
 // With PREFETCH (e.g. 1), the node takes one message per batch: several probes on one store and queue then
 // take turns, which the replica tests use.
@@ -153,6 +154,22 @@ let bumpCounter = MessageHandlerHost.command(BumpCounter.self, name: "bump-count
 }
 
 let arguments = CommandLine.arguments
+if arguments.count == 6, arguments[1] == "shared-store" {
+    let fault = Node.FaultPoint(rawValue: arguments[3])
+    guard fault != nil || arguments[3] == "none", let workflows = Int(arguments[5]), workflows > 0 else {
+        FileHandle.standardError.write(
+            Data("usage: baton-crash-probe shared-store DATA_DIR FAULT_POINT|none NODE WORKFLOWS\n".utf8)
+        )
+        exit(2)
+    }
+    try await SharedStoreProbe.run(
+        dataDirectory: arguments[2],
+        fault: fault,
+        faultyNode: arguments[4],
+        workflows: workflows
+    )
+    exit(0)
+}
 guard arguments.count == 5 || arguments.count == 6 else {
     FileHandle.standardError.write(
         Data("usage: baton-crash-probe AMQP_URL DATA_DIR NODE_NAME FAULT_POINT|none [PREFETCH]\n".utf8)

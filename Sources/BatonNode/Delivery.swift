@@ -67,9 +67,12 @@ extension Delivery {
     }
 
     /// Runs `takers` on the message and records it in the inbox: all of it or nothing.
-    /// - Parameter isolation: With ``Isolation/savepoint`` (the default), a failure rolls back this message's
-    ///   changes and is rethrown; with ``Isolation/none``, it throws ``IsolationNeeded`` (a ``StoreConflict`` is
-    ///   rethrown as it is) and the caller must roll back the transaction.
+    /// - Parameters:
+    ///   - isolation: With ``Isolation/savepoint`` (the default), a failure rolls back this message's changes and
+    ///     is rethrown; with ``Isolation/none``, it throws ``IsolationNeeded`` (a ``StoreConflict`` is rethrown as
+    ///     it is) and the caller must roll back the transaction.
+    ///   - recordingInbox: Records the message in the inbox (the default); `false` for one that cannot come
+    ///     again, taken from its queue in this same transaction (``IncomingMessage/isWrittenOnce``).
     public func handle(
         _ message: any Message,
         _ envelope: Envelope,
@@ -77,7 +80,8 @@ extension Delivery {
         in work: any UnitOfWork,
         now: Date,
         logger: Logger,
-        isolation: Isolation = .savepoint
+        isolation: Isolation = .savepoint,
+        recordingInbox: Bool = true
     ) throws {
         let run = {
             for handler in takers {
@@ -85,7 +89,9 @@ extension Delivery {
                     try dispatch(command, work, now, logger, depth: 1)
                 }
             }
-            try work.markHandled(envelope.messageID, consumer: consumer, issuedAt: envelope.timestamp, at: now)
+            if recordingInbox {
+                try work.markHandled(envelope.messageID, consumer: consumer, issuedAt: envelope.timestamp, at: now)
+            }
         }
         try isolation.run(envelope.messageID, in: work, run)
     }

@@ -280,6 +280,8 @@ extension Node {
             var holdsMessages = try work.hasParkedMessages()
             var results: [MessageResult] = []
             for item in prepared {
+                // A delivery from a queue in this store leaves it in this transaction, whatever becomes of it.
+                let taken = try item.incoming.takeInTransaction?(work) ?? false
                 switch item {
                 case .handle(let incoming, let envelope, let message, let handlers):
                     let started = ContinuousClock.now
@@ -289,6 +291,7 @@ extension Node {
                         envelope,
                         message,
                         handlers,
+                        once: taken && incoming.isWrittenOnce,
                         checkingHeld: holdsMessages,
                         isolation: isolation,
                         failed: failed,
@@ -342,6 +345,8 @@ extension Node {
     /// Handles one message, unless it was handled before or must wait behind an earlier message of its instance;
     /// a failure holds it for a retry (or dead-letters it).
     /// - Parameters:
+    ///   - once: No other copy of the message can come: a transaction of this store wrote it, and this one takes
+    ///     it from its queue. It needs no inbox record (nor a look for one).
     ///   - checkingHeld: The store holds messages: check whether this one or its instance is held.
     ///   - isolation: Whether the message runs in its own savepoint; without, a failure throws
     ///     ``Delivery/IsolationNeeded``.
@@ -353,17 +358,18 @@ extension Node {
         _ envelope: Envelope,
         _ message: any Message,
         _ handlers: [any NodeHandler],
+        once: Bool,
         checkingHeld: Bool,
         isolation: Delivery.Isolation,
         failed: Delivery.IsolationNeeded?,
         _ work: any UnitOfWork,
         _ now: Date
     ) throws -> (MessageOutcome, held: Bool) {
-        if try work.hasHandled(envelope.messageID, consumer: configuration.name) {
+        if !once, try work.hasHandled(envelope.messageID, consumer: configuration.name) {
             logger.debug("duplicate dropped", metadata: ["baton.message_id": "\(envelope.messageID)"])
             return (.duplicate, false)
         }
-        if isOlderThanInboxWindow(envelope, now: now) {
+        if !once, isOlderThanInboxWindow(envelope, now: now) {
             let reason =
                 "issued \(ISO8601Milliseconds.format(envelope.timestamp)), before the inbox's window of \(Retention.age(configuration.retention.inboxWindow)): the record of an earlier copy may be gone, so it is not handled blindly (replay it to handle it)"
             try deadLetter(incoming, reason: reason, handler: "inbox", attempts: 1, work, now)
@@ -384,7 +390,7 @@ extension Node {
         }
         do {
             if let failed, failed.messageID == envelope.messageID { throw failed.failure }
-            try handle(message, envelope, handlers, isolation: isolation, work, now)
+            try handle(message, envelope, handlers, isolation: isolation, recordingInbox: !once, work, now)
             return (.handled, false)
         } catch let conflict as any StoreConflict {
             throw conflict  // the batch is run again, no attempt counted
@@ -396,17 +402,27 @@ extension Node {
         }
     }
 
-    /// Runs the handlers and records the message in the inbox: all of it or nothing (``Delivery/handle(_:_:by:in:now:logger:isolation:)``).
+    /// Runs the handlers and records the message in the inbox: all of it or nothing (``Delivery/handle(_:_:by:in:now:logger:isolation:recordingInbox:)``).
     func handle(
         _ message: any Message,
         _ envelope: Envelope,
         _ handlers: [any NodeHandler],
         isolation: Delivery.Isolation = .savepoint,
+        recordingInbox: Bool = true,
         _ work: any UnitOfWork,
         _ now: Date
     ) throws {
         let logger = logger(for: envelope)
-        try delivery.handle(message, envelope, by: handlers, in: work, now: now, logger: logger, isolation: isolation)
+        try delivery.handle(
+            message,
+            envelope,
+            by: handlers,
+            in: work,
+            now: now,
+            logger: logger,
+            isolation: isolation,
+            recordingInbox: recordingInbox
+        )
         logger.debug("handlers ran", metadata: ["type": "\(envelope.messageType)"])
     }
 

@@ -1,8 +1,9 @@
 import Synchronization
 
 /// Wakes a loop: ``notify()`` makes the next (or current) ``wait()`` return. Notifications while nobody
-/// waits collapse into one. ``wait()`` also returns when its task is cancelled.
-final class Signal: Sendable {
+/// waits collapse into one. ``wait()`` also returns when its task is cancelled. (A node's loops wait on these;
+/// so do the consumers of adapters that wake them from a store's commits.)
+public final class Signal: Sendable {
     private struct State {
         var pending = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
@@ -11,7 +12,11 @@ final class Signal: Sendable {
 
     private let state = Mutex(State())
 
-    func notify() {
+    /// Creates a signal nobody waits on yet.
+    public init() {}
+
+    /// Wakes every waiter, or the next one if none waits.
+    public func notify() {
         let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
             guard !state.waiters.isEmpty else {
                 state.pending = true
@@ -23,7 +28,9 @@ final class Signal: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    func wait() async {
+    /// Returns once notified (at once if a notification came while nobody waited), or when the task is
+    /// cancelled.
+    public func wait() async {
         let id = state.withLock { state -> Int in
             state.nextID += 1
             return state.nextID

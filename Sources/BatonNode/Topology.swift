@@ -196,3 +196,21 @@ public struct TransportError: Error, Sendable, Hashable, CustomStringConvertible
 
     public var description: String { "TransportError.\(code): \(message)" }
 }
+
+extension Topology {
+    /// AMQP topic matching: `*` is one word, `#` zero or more (`orders.#` matches `orders.OrderPlaced`).
+    public static func topicMatches(pattern: String, key: String) -> Bool {
+        func match(_ p: ArraySlice<Substring>, _ k: ArraySlice<Substring>) -> Bool {
+            guard let first = p.first else { return k.isEmpty }
+            if first == "#" {
+                return match(p.dropFirst(), k) || (!k.isEmpty && match(p, k.dropFirst()))
+            }
+            guard let word = k.first else { return false }
+            return (first == "*" || first == word) && match(p.dropFirst(), k.dropFirst())
+        }
+        return match(
+            ArraySlice(pattern.split(separator: ".", omittingEmptySubsequences: false)),
+            ArraySlice(key.split(separator: ".", omittingEmptySubsequences: false))
+        )
+    }
+}

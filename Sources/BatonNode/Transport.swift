@@ -24,7 +24,15 @@ public struct IncomingMessage: Sendable {
     public var headers: [String: String]
     /// Whether the transport delivered it before.
     public var isRedelivered: Bool
+    /// No other copy of it can exist: a transaction wrote it into its queue once (``takeInTransaction``), as
+    /// opposed to a producer that may publish a message twice. A node that takes such a delivery in its own
+    /// transaction needs no inbox record for it.
+    public var isWrittenOnce: Bool
     let settle: @Sendable (_ accept: Bool) -> Void
+    /// For a transport whose queues are rows of a store: deletes the delivery from its queue inside `work`, a
+    /// transaction of that same store, and returns `true` (the handling and the taking then commit together, and
+    /// the acknowledgement has nothing left to do); `false` for a transaction of another store.
+    public let takeInTransaction: (@Sendable (_ work: any UnitOfWork) throws -> Bool)?
 
     /// Creates an incoming message (transports and tests).
     public init(
@@ -38,7 +46,9 @@ public struct IncomingMessage: Sendable {
         timestamp: Date?,
         headers: [String: String],
         isRedelivered: Bool,
-        settle: @escaping @Sendable (_ accept: Bool) -> Void
+        isWrittenOnce: Bool = false,
+        settle: @escaping @Sendable (_ accept: Bool) -> Void,
+        takeInTransaction: (@Sendable (_ work: any UnitOfWork) throws -> Bool)? = nil
     ) {
         self.exchange = exchange
         self.routingKey = routingKey
@@ -50,7 +60,9 @@ public struct IncomingMessage: Sendable {
         self.timestamp = timestamp
         self.headers = headers
         self.isRedelivered = isRedelivered
+        self.isWrittenOnce = isWrittenOnce
         self.settle = settle
+        self.takeInTransaction = takeInTransaction
     }
 
     /// Confirms it was handled; the transport forgets it.

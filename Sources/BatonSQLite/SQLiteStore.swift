@@ -22,9 +22,18 @@ public final class SQLiteStore: Store {
 
     /// The path of the database file.
     public let path: String
+    /// Whose rows of the tables a node keeps to itself (outbox, held messages, timers) this handle reads and
+    /// writes: empty for a store of one node; the node's name for each of several nodes sharing the file
+    /// (``shared(by:)``).
+    public let owner: String
     private let pool: DatabasePool
     /// The syncing thread, when commits are grouped.
     private let walSync: WALSync?
+    /// The queues the file holds for ``SQLiteTransport``, shared by every handle of the file.
+    let queues: StoreQueues
+    /// The handle that opened the file, for one that shares it (``shared(by:)``): kept, so that the file's
+    /// syncing thread, which that one stops as it goes, outlives every handle.
+    private let opener: SQLiteStore?
 
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     ///
@@ -78,10 +87,33 @@ public final class SQLiteStore: Store {
             walSync = nil
         }
         if !readOnly { try Self.migrator.migrate(pool) }
+        owner = ""
+        queues = StoreQueues()
+        opener = nil
+    }
+
+    private init(sharing store: SQLiteStore, owner: String) {
+        let opener = store.opener ?? store
+        path = opener.path
+        pool = opener.pool
+        walSync = opener.walSync
+        queues = opener.queues
+        self.opener = opener
+        self.owner = owner
+    }
+
+    /// The same file for one of several nodes in a process that share it: one writer and one syncing thread for
+    /// all, so that a message between them can be a row of ``SQLiteTransport`` that the receiver takes in the
+    /// transaction that handles it. Each node's outbox rows, held messages and timers are its own (named by
+    /// `owner`); its streams, instances, inbox (by consumer), dead letters and documents are in the common
+    /// tables, so the nodes' process-manager and collection names must differ.
+    /// - Parameter owner: The node's name.
+    public func shared(by owner: String) -> SQLiteStore {
+        SQLiteStore(sharing: self, owner: owner)
     }
 
     deinit {
-        walSync?.stop()
+        if opener == nil { walSync?.stop() }
     }
 
     /// Runs `body` in one write transaction: everything it does commits together or not at all. Returns once
@@ -90,7 +122,7 @@ public final class SQLiteStore: Store {
     /// - Throws: What `body` throws (the transaction is rolled back), or a SQLite error.
     public func write<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
         let (value, durability) = try await pool.writeWithoutTransaction { db in
-            try self.transaction(db) { try body(SQLiteUnitOfWork(db: db)) }
+            try self.transaction(db) { try body(SQLiteUnitOfWork(db: db, store: self)) }
         }
         try await durability.reached()
         return value
@@ -122,7 +154,7 @@ public final class SQLiteStore: Store {
         // like any other.
         if walSync != nil {
             return try await pool.writeWithoutTransaction { db in
-                try self.transaction(db) { try body(SQLiteUnitOfWork(db: db)) }.0
+                try self.transaction(db) { try body(SQLiteUnitOfWork(db: db, store: self)) }.0
             }
         }
         return try await pool.writeWithoutTransaction { db in
@@ -132,7 +164,7 @@ public final class SQLiteStore: Store {
             let result = Result {
                 var value: T?
                 try db.inTransaction {
-                    value = try body(SQLiteUnitOfWork(db: db))
+                    value = try body(SQLiteUnitOfWork(db: db, store: self))
                     return .commit
                 }
                 return value!
@@ -167,7 +199,7 @@ public final class SQLiteStore: Store {
     ) async throws -> (T, [OutboxMessage], BatonNode.Durability) {
         let ((value, queued), durability) = try writeOnThisThread { db in
             let queued = QueuedMessages()
-            let value = try body(SQLiteUnitOfWork(db: db, queued: queued))
+            let value = try body(SQLiteUnitOfWork(db: db, store: self, queued: queued))
             return (value, queued.messages)
         }
         return (value, queued, durability)
@@ -185,12 +217,30 @@ public final class SQLiteStore: Store {
         try pool.writeWithoutTransaction { db in try transaction(db) { try body(db) } }
     }
 
+    /// Reads on the calling thread (a transport setting itself up from what the file holds).
+    func readNow<T>(_ body: (Database) throws -> T) throws -> T {
+        try pool.read(body)
+    }
+
+    /// Reads the file on a snapshot (``SQLiteTransport``'s consumers).
+    func readDatabase<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await pool.read(body)
+    }
+
+    /// Runs `body` in a write transaction on the calling thread, and returns once the commit is on the disk
+    /// (``SQLiteTransport``'s declarations and publishes).
+    func writeDatabase<T: Sendable>(_ body: (Database) throws -> T) async throws -> T {
+        let (value, durability) = try writeOnThisThread(body)
+        try await durability.reached()
+        return value
+    }
+
     /// How many syncs the syncing thread ran, when commits are grouped.
     var syncCount: Int? { walSync?.syncCount }
 
     /// Runs `body` on a read-only snapshot, concurrently with writes.
     public func read<T: Sendable>(_ body: @escaping @Sendable (any UnitOfWork) throws -> T) async throws -> T {
-        try await pool.read { db in try body(SQLiteUnitOfWork(db: db)) }
+        try await pool.read { db in try body(SQLiteUnitOfWork(db: db, store: self)) }
     }
 
     /// Refuses, without writing to it, a file at `path` that is not a Baton store this release can use.
@@ -436,6 +486,29 @@ public final class SQLiteStore: Store {
                         WHERE s.process_manager = process_instances.process_manager
                             AND s.instance_id = process_instances.instance_id;
                     DROP TABLE process_snapshots;
+                    """
+            )
+        }
+        // Nodes of one process may share a file (`shared(by:)`): each keeps its outbox rows, held messages and
+        // timers apart by owner (empty for a store of one node). Messages between them are rows of
+        // `queue_messages` (`SQLiteTransport`), taken in the receiver's transaction; `once` marks a row a
+        // transaction wrote (no other copy of it can exist), as opposed to one published from outside.
+        migrator.registerMigration("v11-shared-store-queues") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE outbox ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+                    ALTER TABLE parked_messages ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+                    ALTER TABLE timers ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+                    CREATE TABLE queue_messages (
+                        sequence INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, exchange TEXT NOT NULL,
+                        routing_key TEXT NOT NULL, content_type TEXT NOT NULL, envelope BLOB NOT NULL,
+                        once INTEGER NOT NULL);
+                    CREATE INDEX queue_messages_queue ON queue_messages (queue, sequence);
+                    CREATE TABLE queue_exchanges (name TEXT PRIMARY KEY, kind TEXT NOT NULL) WITHOUT ROWID;
+                    CREATE TABLE queue_names (name TEXT PRIMARY KEY) WITHOUT ROWID;
+                    CREATE TABLE queue_bindings (
+                        exchange TEXT NOT NULL, queue TEXT NOT NULL, binding_key TEXT NOT NULL,
+                        PRIMARY KEY (exchange, queue, binding_key)) WITHOUT ROWID;
                     """
             )
         }

@@ -35,15 +35,15 @@ extension SQLiteUnitOfWork {
             """
             INSERT INTO parked_messages (ordering_key, message_id, exchange, routing_key, message_type, content_type,
                 correlation_id, timestamp, headers, body, attempts, next_attempt_at, dead_letter_id, last_error,
-                parked_at)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                parked_at, owner)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             """,
             [
                 message.orderingKey, message.messageID, message.exchange, message.routingKey, message.messageType,
                 message.contentType, message.correlationID, message.timestamp?.millisecondsSince1970,
                 try WireJSON.encode(message.headers), message.body, message.attempts,
                 message.nextAttemptAt?.millisecondsSince1970, message.deadLetterID, message.lastError,
-                now.millisecondsSince1970,
+                now.millisecondsSince1970, owner,
             ]
         )
     }
@@ -51,20 +51,23 @@ extension SQLiteUnitOfWork {
     /// Whether the store holds any message (one cheap lookup: the consume path skips the per-message checks
     /// when it holds none).
     func hasParkedMessages() throws -> Bool {
-        try Bool.fetchOne(try statement("SELECT 1 FROM parked_messages LIMIT 1")) ?? false
+        try Bool.fetchOne(try statement("SELECT 1 FROM parked_messages WHERE owner = ? LIMIT 1"), arguments: [owner])
+            ?? false
     }
 
     /// Whether a message with this id is held already (a redelivery of one parked before its ack).
     func isParked(messageID: String) throws -> Bool {
-        try Bool.fetchOne(try statement("SELECT 1 FROM parked_messages WHERE message_id = ?"), arguments: [messageID])
-            ?? false
+        try Bool.fetchOne(
+            try statement("SELECT 1 FROM parked_messages WHERE message_id = ? AND owner = ?"),
+            arguments: [messageID, owner]
+        ) ?? false
     }
 
     /// Whether messages of this ordering key are held: a new one must wait behind them.
     func isBlocked(orderingKey: String) throws -> Bool {
         try Bool.fetchOne(
-            try statement("SELECT 1 FROM parked_messages WHERE ordering_key = ? LIMIT 1"),
-            arguments: [orderingKey]
+            try statement("SELECT 1 FROM parked_messages WHERE ordering_key = ? AND owner = ? LIMIT 1"),
+            arguments: [orderingKey, owner]
         ) ?? false
     }
 
@@ -73,11 +76,11 @@ extension SQLiteUnitOfWork {
         try Row.fetchAll(
             try statement(
                 """
-                SELECT * FROM parked_messages WHERE next_attempt_at <= ? AND dead_letter_id IS NULL
+                SELECT * FROM parked_messages WHERE next_attempt_at <= ? AND dead_letter_id IS NULL AND owner = ?
                 ORDER BY next_attempt_at, sequence LIMIT ?
                 """
             ),
-            arguments: [time.millisecondsSince1970, limit]
+            arguments: [time.millisecondsSince1970, owner, limit]
         ).map(ParkedMessage.init(row:))
     }
 
@@ -85,8 +88,12 @@ extension SQLiteUnitOfWork {
     func nextParkedAttempt() throws -> Date? {
         try Int64.fetchOne(
             try statement(
-                "SELECT MIN(next_attempt_at) FROM parked_messages WHERE next_attempt_at IS NOT NULL AND dead_letter_id IS NULL"
-            )
+                """
+                SELECT MIN(next_attempt_at) FROM parked_messages
+                WHERE next_attempt_at IS NOT NULL AND dead_letter_id IS NULL AND owner = ?
+                """
+            ),
+            arguments: [owner]
         ).map(Date.init(millisecondsSince1970:))
     }
 
@@ -119,16 +126,20 @@ extension SQLiteUnitOfWork {
         try run(
             """
             UPDATE parked_messages SET next_attempt_at = ? WHERE sequence =
-                (SELECT MIN(sequence) FROM parked_messages WHERE ordering_key = ?) AND dead_letter_id IS NULL
+                (SELECT MIN(sequence) FROM parked_messages WHERE ordering_key = ? AND owner = ?)
+                AND dead_letter_id IS NULL
             """,
-            [now.millisecondsSince1970, key]
+            [now.millisecondsSince1970, key, owner]
         )
     }
 
     /// Every held message, oldest first.
     func parkedMessages(limit: Int) throws -> [ParkedMessage] {
-        try Row.fetchAll(db, sql: "SELECT * FROM parked_messages ORDER BY sequence LIMIT ?", arguments: [limit])
-            .map(ParkedMessage.init(row:))
+        try Row.fetchAll(
+            db,
+            sql: "SELECT * FROM parked_messages WHERE owner = ? ORDER BY sequence LIMIT ?",
+            arguments: [owner, limit]
+        ).map(ParkedMessage.init(row:))
     }
 
     /// Sets a message held under dead letter `id` due again at `now`, with fresh attempts.

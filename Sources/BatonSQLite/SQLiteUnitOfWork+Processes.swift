@@ -128,11 +128,12 @@ extension SQLiteUnitOfWork {
             case .schedule(let timer, let dueAt):
                 try run(
                     """
-                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at) VALUES (?, ?, ?, ?, ?)
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at, owner)
+                    VALUES (?, ?, ?, ?, ?, ?)
                     ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET
                         due_at = excluded.due_at, fire_at = excluded.fire_at, attempts = 0, dead_letter_id = NULL
                     """,
-                    [name, instanceID, timer, dueAt.millisecondsSince1970, dueAt.millisecondsSince1970]
+                    [name, instanceID, timer, dueAt.millisecondsSince1970, dueAt.millisecondsSince1970, owner]
                 )
             case .cancel(let timer):
                 try run(
@@ -298,10 +299,10 @@ extension SQLiteUnitOfWork {
             try statement(
                 """
                 SELECT process_manager, instance_id, name, due_at, fire_at, attempts FROM timers
-                WHERE fire_at <= ? AND dead_letter_id IS NULL ORDER BY fire_at LIMIT ?
+                WHERE fire_at <= ? AND dead_letter_id IS NULL AND owner = ? ORDER BY fire_at LIMIT ?
                 """
             ),
-            arguments: [time.millisecondsSince1970, limit]
+            arguments: [time.millisecondsSince1970, owner, limit]
         ).map(DueTimer.init(row:))
     }
 
@@ -353,8 +354,9 @@ extension SQLiteUnitOfWork {
             db,
             sql: """
                 SELECT process_manager, instance_id, name, due_at, fire_at, attempts FROM timers
-                WHERE dead_letter_id IS NOT NULL ORDER BY dead_letter_id
-                """
+                WHERE dead_letter_id IS NOT NULL AND owner = ? ORDER BY dead_letter_id
+                """,
+            arguments: [owner]
         ).map(DueTimer.init(row:))
     }
 

@@ -7,11 +7,17 @@ import GRDB
 /// connection, valid only inside the closure it was handed to.
 struct SQLiteUnitOfWork: UnitOfWork {
     let db: Database
+    /// Whose outbox rows, held messages and timers these are (``SQLiteStore/owner``).
+    let owner: String
+    /// The file's queues (``SQLiteTransport``): a message a queue takes is written there instead of the outbox.
+    let queues: StoreQueues
     /// Collects the outbox rows this transaction queues, when its writer hands them to a relay.
     let queued: QueuedMessages?
 
-    init(db: Database, queued: QueuedMessages? = nil) {
+    init(db: Database, store: SQLiteStore, queued: QueuedMessages? = nil) {
         self.db = db
+        owner = store.owner
+        queues = store.queues
         self.queued = queued
     }
 
@@ -75,7 +81,10 @@ struct SQLiteUnitOfWork: UnitOfWork {
 
     // MARK: Outbox
 
-    /// Queues a message for the relay. A key still waiting for the relay is not queued twice.
+    /// Queues a message for the relay. A key still waiting for the relay is not queued twice. When the file's
+    /// ``SQLiteTransport`` routes it, it goes into the queues that take it instead, in this transaction (an event
+    /// none takes is dropped, as a broker drops it; a command none takes waits in the outbox, refused by the
+    /// transport until a queue takes it).
     /// - Parameters:
     ///   - envelope: The message.
     ///   - exchange: Where it goes.
@@ -83,15 +92,25 @@ struct SQLiteUnitOfWork: UnitOfWork {
     ///   - key: The de-duplication key; the message id unless the same message is sent on purpose again
     ///     (a dead letter, a replay).
     func enqueue(_ envelope: Envelope, exchange: String, routingKey: String, key: String?) throws {
+        if let takers = queues.route(exchange: exchange, routingKey: routingKey),
+            !takers.isEmpty || exchange != Routing.commandExchange
+        {
+            try write(
+                OutgoingMessage(exchange: exchange, routingKey: routingKey, envelope: envelope),
+                to: takers,
+                once: true
+            )
+            return
+        }
         try run(
             """
-            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, scope)
-            VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
+            INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, scope, owner)
+            VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING
             """,
             [
                 key ?? envelope.messageID, exchange, routingKey, envelope.storedRecord,
                 envelope.timestamp.timeIntervalSince1970,
-                OutboxMessage.orderScope(exchange: exchange, routingKey: routingKey, envelope: envelope),
+                OutboxMessage.orderScope(exchange: exchange, routingKey: routingKey, envelope: envelope), owner,
             ]
         )
         if let queued, db.changesCount > 0 {
@@ -117,7 +136,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
             try statement(
                 """
                 SELECT sequence, exchange, routing_key, envelope, refused FROM outbox AS row
-                WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
+                WHERE sent_at IS NULL AND owner = ?3 AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)
                     AND NOT EXISTS (
                         SELECT 1 FROM outbox AS earlier
                         WHERE earlier.scope = row.scope AND earlier.sequence < row.sequence
@@ -125,7 +144,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 ORDER BY sequence LIMIT ?2
                 """
             ),
-            arguments: [now.millisecondsSince1970, limit]
+            arguments: [now.millisecondsSince1970, limit, owner]
         ).map { row in
             OutboxMessage(
                 sequence: row["sequence"],
@@ -142,8 +161,8 @@ struct SQLiteUnitOfWork: UnitOfWork {
     func unsentOutboxCount(through sequence: Int64, excluding sent: Set<Int64>) throws -> Int {
         guard !sent.isEmpty else {
             return try Int.fetchOne(
-                try statement("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= ?"),
-                arguments: [sequence]
+                try statement("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND sequence <= ? AND owner = ?"),
+                arguments: [sequence, owner]
             ) ?? 0
         }
         let excluded = Self.jsonArray(sent)
@@ -152,9 +171,10 @@ struct SQLiteUnitOfWork: UnitOfWork {
                 """
                 SELECT COUNT(*) FROM outbox
                 WHERE sent_at IS NULL AND sequence <= ? AND sequence NOT IN (SELECT value FROM json_each(?))
+                    AND owner = ?
                 """
             ),
-            arguments: [sequence, excluded]
+            arguments: [sequence, excluded, owner]
         ) ?? 0
     }
 
@@ -166,8 +186,9 @@ struct SQLiteUnitOfWork: UnitOfWork {
             sql: """
                 SELECT scope, sequence FROM outbox
                 WHERE scope IN (\(scopes.map { _ in "?" }.joined(separator: ","))) AND sequence <= ? AND sent_at IS NULL
+                    AND owner = ?
                 """,
-            arguments: StatementArguments(Array(scopes)) + [sequence]
+            arguments: StatementArguments(Array(scopes)) + [sequence, owner]
         ).map { (scope: $0[0], sequence: $0[1]) }
     }
 
@@ -195,8 +216,9 @@ struct SQLiteUnitOfWork: UnitOfWork {
     func nextOutboxAttempt() throws -> Date? {
         try Int64.fetchOne(
             try statement(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL"
-            )
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL AND owner = ?"
+            ),
+            arguments: [owner]
         ).map(Date.init(millisecondsSince1970:))
     }
 
@@ -213,13 +235,17 @@ struct SQLiteUnitOfWork: UnitOfWork {
 
     /// How many messages wait for the relay.
     func pendingOutboxCount() throws -> Int {
-        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") ?? 0
+        try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL AND owner = ?", arguments: [owner])
+            ?? 0
     }
 
     func statistics(idleSince: Date) throws -> StoreStatistics {
         var statistics = StoreStatistics()
-        if let outbox = try Row.fetchOne(db, sql: "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL")
-        {
+        if let outbox = try Row.fetchOne(
+            db,
+            sql: "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE sent_at IS NULL AND owner = ?",
+            arguments: [owner]
+        ) {
             statistics.pendingOutbox = outbox[0]
             statistics.oldestPendingOutbox = (outbox[1] as Double?).map(Date.init(timeIntervalSince1970:))
         }
@@ -250,7 +276,11 @@ struct SQLiteUnitOfWork: UnitOfWork {
 
     /// The key of every message waiting for the relay, in the order queued.
     func outboxMessageIDs() throws -> [String] {
-        try String.fetchAll(db, sql: "SELECT message_id FROM outbox ORDER BY sequence")
+        try String.fetchAll(
+            db,
+            sql: "SELECT message_id FROM outbox WHERE owner = ? ORDER BY sequence",
+            arguments: [owner]
+        )
     }
 }
 

@@ -179,7 +179,7 @@ public final class InProcessTransport: Transport {
             switch exchange.kind {
             case .fanout, .consistentHash: true
             case .direct, .headers: bindingKey == message.routingKey
-            case .topic: topicMatches(pattern: bindingKey, key: message.routingKey)
+            case .topic: Topology.topicMatches(pattern: bindingKey, key: message.routingKey)
             }
         }
         let bound = state.bindings.filter { $0.exchange == name && matches($0.bindingKey) }.map(\.queue)
@@ -209,22 +209,6 @@ public final class InProcessTransport: Transport {
     /// FNV-1a: the same on every run (Swift's `Hasher` is seeded per process).
     private static func stableHash(_ text: String) -> UInt64 {
         text.utf8.reduce(0xcbf2_9ce4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01b3 }
-    }
-
-    /// AMQP topic matching: `*` is one word, `#` zero or more.
-    static func topicMatches(pattern: String, key: String) -> Bool {
-        func match(_ p: ArraySlice<Substring>, _ k: ArraySlice<Substring>) -> Bool {
-            guard let first = p.first else { return k.isEmpty }
-            if first == "#" {
-                return match(p.dropFirst(), k) || (!k.isEmpty && match(p, k.dropFirst()))
-            }
-            guard let word = k.first else { return false }
-            return (first == "*" || first == word) && match(p.dropFirst(), k.dropFirst())
-        }
-        return match(
-            ArraySlice(pattern.split(separator: ".", omittingEmptySubsequences: false)),
-            ArraySlice(key.split(separator: ".", omittingEmptySubsequences: false))
-        )
     }
 
     /// Moves ready messages to consumers with room (round robin); returns the waiters to wake.
