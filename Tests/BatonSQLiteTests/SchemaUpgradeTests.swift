@@ -85,6 +85,38 @@ import Testing
         let stateTableLeft = try await upgraded.read { db in try db.tableExists("process_snapshots") }
         #expect(!stateTableLeft)
     }
+
+    /// v10 → v11: a store of one node keeps its outbox rows, held messages and timers as its own (no owner), and
+    /// gains the tables of the queues nodes sharing it keep.
+    @Test func aStoreOfOneNodeKeepsItsOutboxHeldMessagesAndTimersAsItsOwn() async throws {
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v10-state-in-instance-row")
+        defer { try? FileManager.default.removeItem(at: path) }
+        try await database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO outbox (message_id, exchange, routing_key, envelope, created_at, scope)
+                        VALUES ('m-1', 'baton.commands', 'test.Do', ?, 100, 'test.Do');
+                    INSERT INTO parked_messages (ordering_key, message_id, exchange, routing_key, headers, body,
+                        attempts, next_attempt_at, parked_at) VALUES ('key', 'held', 'x', 'k', '{}', '{}', 1, 100, 100);
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at)
+                        VALUES ('p', 'i', 't', 100, 100);
+                    """,
+                arguments: [
+                    Envelope(messageID: "m-1", messageType: "test.Do.v1", timestamp: Date(), payload: Data("{}".utf8))
+                        .storedRecord
+                ]
+            )
+        }
+        try database.close()
+
+        let store = try SQLiteStore(path: path.path)
+        try await store.read { work throws in
+            #expect(try work.pendingOutbox(limit: 10).map(\.envelope.messageID) == ["m-1"])
+            #expect(try work.isBlocked(orderingKey: "key"))
+            #expect(try work.dueTimers(before: Date(millisecondsSince1970: 200), limit: 10).map(\.name) == ["t"])
+        }
+        #expect(try await SQLiteTransport(store: store).messageCount("any") == 0, "the queues' table is there")
+    }
 }
 
 /// A store file at a new temporary path with the schema an earlier release left: its migrations up to and
