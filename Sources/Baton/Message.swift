@@ -89,12 +89,16 @@ public struct Envelope: Sendable, Hashable, Codable {
     public var messageName: String { Self.messageName(of: messageType) }
 
     /// The name part of a message type: `orders.OrderConfirmed.v2` → `orders.OrderConfirmed`; a text without a
-    /// version suffix (a timer's name) as it is.
+    /// version suffix (a timer's name) as it is. (Asked for every message a node routes or handles: a scan of the
+    /// bytes from the end, not a string search.)
     static func messageName(of messageType: String) -> String {
-        guard let range = messageType.range(of: ".v", options: .backwards),
-            Int(messageType[range.upperBound...]) != nil
+        let bytes = messageType.utf8
+        guard let dot = bytes.lastIndex(of: UInt8(ascii: ".")) else { return messageType }
+        let version = bytes[bytes.index(after: dot)...]
+        guard version.first == UInt8(ascii: "v"), version.count > 1,
+            version.dropFirst().allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) })
         else { return messageType }
-        return String(messageType[..<range.lowerBound])
+        return String(messageType[..<dot])
     }
 
     /// The bounded context the message belongs to.

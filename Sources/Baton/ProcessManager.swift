@@ -66,6 +66,8 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     /// The categories (bounded contexts) whose events this manager receives.
     public let categories: [String]
     var handlers: [Handler] = []
+    /// The handlers by the message type they take, for the lookup every message makes.
+    private var handlersByType: [String: [Handler]] = [:]
     /// The message types this manager handles (events only; timers are internal), computed once: a node asks
     /// for every message whether it is one of them.
     public let messageTypes: Set<String>
@@ -100,6 +102,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
         define(&builder)
         builder.addFailureDispatch()
         handlers = builder.handlers
+        handlersByType = Dictionary(grouping: builder.handlers, by: \.messageType)
         messageTypes = Set(builder.handlers.map(\.messageType))
         failureCommandTypes = Set(builder.failureHandlers.keys)
         abortHandler = builder.abortHandler
@@ -318,7 +321,7 @@ public struct ProcessManager<State: ProcessState>: Sendable {
     }
 
     func handlers(for messageType: String) -> [Handler] {
-        handlers.filter { $0.messageType == messageType }
+        handlersByType[messageType] ?? []
     }
 }
 

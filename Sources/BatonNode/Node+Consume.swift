@@ -427,17 +427,18 @@ extension Node {
     }
 
     /// The node's logger with a message's ids as metadata, so that what its handlers log names it: its id, its
-    /// correlation id and its trace id (from `traceparent`). Set on the handler in one assignment: a handler
-    /// may render its metadata on every change (swift-log's stream handler does), and this runs per message.
+    /// correlation id and its trace id (from `traceparent`). They come from a metadata provider, worked out only
+    /// when a line is logged: a handler may render its metadata on every change (swift-log's stream handler
+    /// does: 2% of a process manager's thread), and this runs per message.
     func logger(for envelope: Envelope) -> Logger {
-        var handler = logger.handler
-        var metadata = handler.metadata
-        metadata["baton.message_id"] = "\(envelope.messageID)"
-        if let correlationID = envelope.correlationID { metadata["baton.correlation_id"] = "\(correlationID)" }
-        if let traceID = envelope.traceID { metadata["baton.trace_id"] = "\(traceID)" }
-        handler.metadata = metadata
+        let ids = Logger.MetadataProvider {
+            var metadata: Logger.Metadata = ["baton.message_id": .string(envelope.messageID)]
+            if let correlationID = envelope.correlationID { metadata["baton.correlation_id"] = .string(correlationID) }
+            if let traceID = envelope.traceID { metadata["baton.trace_id"] = .string(traceID) }
+            return metadata
+        }
         var logger = self.logger
-        logger.handler = handler
+        logger.handler.metadataProvider = logger.handler.metadataProvider.map { .multiplex([$0, ids]) } ?? ids
         return logger
     }
 

@@ -8,6 +8,8 @@ import Synchronization
 /// `baton.process_id` and `baton.trace_id` where the line is about a message or an instance.
 public struct JSONLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
+    /// Metadata worked out when a line is logged (a node's message ids); the handler's own and the line's win.
+    public var metadataProvider: Logger.MetadataProvider?
     public var logLevel: Logger.Level = .info
     private let label: String
     private let output: @Sendable (String) -> Void
@@ -35,7 +37,7 @@ public struct JSONLogHandler: LogHandler {
             ("time", Self.timestamp(Date())), ("level", event.level.rawValue), ("logger", label),
             ("message", "\(event.message)"), ("source", event.source),
         ]
-        let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+        let merged = (metadataProvider?.get() ?? [:]).merging(metadata) { $1 }.merging(event.metadata ?? [:]) { $1 }
         for key in merged.keys.sorted() where !["time", "level", "logger", "message", "source"].contains(key) {
             fields.append((key, "\(merged[key]!)"))
         }

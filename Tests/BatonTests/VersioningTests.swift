@@ -49,6 +49,18 @@ private struct MissingField: Error, CustomStringConvertible {
         }
     }
 
+    @Test func aTypesNameIsItWithoutOnlyAVersionSuffix() {
+        let names = [
+            "orders.OrderConfirmed.v2": "orders.OrderConfirmed", "orders.vip.v12": "orders.vip",
+            "step-timeout": "step-timeout", "orders.Thing.v": "orders.Thing.v", "orders.Thing.vx": "orders.Thing.vx",
+            "orders.Thing.v1x": "orders.Thing.v1x", "orders.Thing.v-1": "orders.Thing.v-1", "v2": "v2",
+        ]
+        for (type, name) in names {
+            let envelope = Envelope(messageID: "m", messageType: type, timestamp: Date(), payload: Data())
+            #expect(envelope.messageName == name, "\(type)")
+        }
+    }
+
     @Test func aNewerVersionIsRecognisedAsSuchNotAsUnknown() {
         let v4 = envelope(version: 4, #"{"order_id":"o-1","shipping_address":"x","lines":[],"weight":2}"#)
         #expect(throws: MessageError.self) { try registry.upcast(v4) }

@@ -24,6 +24,7 @@ public final class CapturedLogs: Sendable {
     private struct Handler: LogHandler {
         let sink: CapturedLogs
         var metadata: Logger.Metadata = [:]
+        var metadataProvider: Logger.MetadataProvider?
         var logLevel: Logger.Level = .trace
 
         subscript(metadataKey key: String) -> Logger.Metadata.Value? {
@@ -32,7 +33,7 @@ public final class CapturedLogs: Sendable {
         }
 
         func log(event: LogEvent) {
-            let merged = metadata.merging(event.metadata ?? [:]) { $1 }
+            let merged = (metadataProvider?.get() ?? [:]).merging(metadata) { $1 }.merging(event.metadata ?? [:]) { $1 }
             sink.append("\(event.level) \(event.message) \(merged)")
         }
     }
