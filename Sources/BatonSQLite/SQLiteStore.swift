@@ -105,8 +105,9 @@ public final class SQLiteStore: Store {
     /// The same file for one of several nodes in a process that share it: one writer and one syncing thread for
     /// all, so that a message between them can be a row of ``SQLiteTransport`` that the receiver takes in the
     /// transaction that handles it. Each node's outbox rows, held messages and timers are its own (named by
-    /// `owner`); its streams, instances, inbox (by consumer), dead letters and documents are in the common
-    /// tables, so the nodes' process-manager and collection names must differ.
+    /// `owner`), and its retention forgets only its own inbox records (its consumer's: `owner`); its streams,
+    /// instances, inbox, dead letters and documents are in the common tables, so the nodes' process-manager and
+    /// collection names must differ.
     /// - Parameter owner: The node's name.
     public func shared(by owner: String) -> SQLiteStore {
         SQLiteStore(sharing: self, owner: owner)

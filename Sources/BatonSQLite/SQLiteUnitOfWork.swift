@@ -67,14 +67,17 @@ struct SQLiteUnitOfWork: UnitOfWork {
         )
     }
 
-    /// Forgets handled messages issued before `time`, oldest first (one range of `inbox_issued`).
+    /// Forgets handled messages issued before `time`, oldest first (one range of `inbox_issued`): the owner's own
+    /// (its name is its consumer's) in a file several nodes share, each with its own window; all in a store of
+    /// one node.
     func forgetHandled(issuedBefore time: Date, limit: Int) throws -> Int {
         try run(
             """
             DELETE FROM inbox WHERE (consumer, message_id) IN (
-                SELECT consumer, message_id FROM inbox INDEXED BY inbox_issued WHERE issued_at < ? ORDER BY issued_at LIMIT ?)
+                SELECT consumer, message_id FROM inbox INDEXED BY inbox_issued
+                WHERE issued_at < ?1 AND (?3 = '' OR consumer = ?3) ORDER BY issued_at LIMIT ?2)
             """,
-            [time.timeIntervalSince1970, limit]
+            [time.timeIntervalSince1970, limit, owner]
         )
         return db.changesCount
     }

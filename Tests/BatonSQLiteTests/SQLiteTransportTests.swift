@@ -44,7 +44,7 @@ import Testing
         )
     }
 
-    @Test func eachNodeOfASharedFileSeesOnlyItsOwnOutboxHeldMessagesAndTimers() async throws {
+    @Test func eachNodeOfASharedFileSeesOnlyItsOwnOutboxHeldMessagesTimersAndInboxRetention() async throws {
         let file = try openStore()
         defer { try? FileManager.default.removeItem(at: directory) }
         let (first, second) = (file.shared(by: "first"), file.shared(by: "second"))
@@ -66,6 +66,13 @@ import Testing
                 )
             }
         }
+        let old = StoreConformance.epoch.addingTimeInterval(-60)
+        for (store, consumer) in [(first, "first"), (second, "second")] {
+            try await store.write { try $0.markHandled("m", consumer: consumer, issuedAt: old, at: old) }
+        }
+        let forgotten = try await first.write { try $0.forgetHandled(issuedBefore: later, limit: 10) }
+        let kept = try await second.read { try $0.hasHandled("m", consumer: "second") }
+        #expect(forgotten == 1 && kept, "each node's retention forgets its own inbox records, by its own window")
         let mine = try await seen(first)
         #expect(mine.outbox == ["issued-1"] && mine.held == 1 && mine.blocked && mine.timers == ["t"])
         let theirs = try await seen(second)
