@@ -51,22 +51,6 @@ import Testing
         }
     }
 
-    @Test func aThreadOfTheStoreCheckpointsTheWALWhileCommitsDoNot() async throws {
-        let store = try openStore()
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let fileSize = { (try? FileManager.default.attributesOfItem(atPath: store.path)[.size] as? Int) ?? 0 }
-        let before = fileSize()
-        for index in 0..<200 {
-            try await store.write { work in
-                try work.save(Note(text: String(repeating: "x", count: 8_000)), in: "notes", id: "n-\(index)", at: .now)
-            }
-        }
-        #expect(
-            try await eventually(timeout: .seconds(10)) { fileSize() > before + 1_000_000 },
-            "a checkpoint of the store's thread copied the WAL into the file (the commits do not checkpoint)"
-        )
-    }
-
     private struct Note: Codable, Sendable, Equatable {
         var text: String
     }
