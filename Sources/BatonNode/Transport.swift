@@ -65,6 +65,32 @@ public struct IncomingMessage: Sendable {
         self.takeInTransaction = takeInTransaction
     }
 
+    /// A delivery of a message as a transport of this process holds it (in memory, in a store): the envelope's
+    /// fields as the broker's properties and headers would carry them.
+    public init(
+        delivering message: OutgoingMessage,
+        isRedelivered: Bool,
+        isWrittenOnce: Bool = false,
+        settle: @escaping @Sendable (_ accept: Bool) -> Void,
+        takeInTransaction: (@Sendable (_ work: any UnitOfWork) throws -> Bool)? = nil
+    ) {
+        self.init(
+            exchange: message.exchange,
+            routingKey: message.routingKey,
+            body: message.envelope.payload,
+            messageID: message.envelope.messageID,
+            messageType: message.envelope.messageType,
+            contentType: message.contentType,
+            correlationID: message.envelope.correlationID,
+            timestamp: message.envelope.timestamp,
+            headers: message.envelope.wireHeaders,
+            isRedelivered: isRedelivered,
+            isWrittenOnce: isWrittenOnce,
+            settle: settle,
+            takeInTransaction: takeInTransaction
+        )
+    }
+
     /// Confirms it was handled; the transport forgets it.
     public func acknowledge() { settle(true) }
 

@@ -518,19 +518,10 @@ private final class QueueSource: MessageSource, Sendable {
     }
 
     private func incoming(_ row: QueuedRow) -> IncomingMessage {
-        let envelope = row.message.envelope
         let queues = store.queues
         let sequence = row.sequence
         return IncomingMessage(
-            exchange: row.message.exchange,
-            routingKey: row.message.routingKey,
-            body: envelope.payload,
-            messageID: envelope.messageID,
-            messageType: envelope.messageType,
-            contentType: row.message.contentType,
-            correlationID: envelope.correlationID,
-            timestamp: envelope.timestamp,
-            headers: envelope.wireHeaders,
+            delivering: row.message,
             isRedelivered: row.isRedelivered,
             isWrittenOnce: row.once,
             settle: { [self] accept in settle(sequence, accept: accept) },

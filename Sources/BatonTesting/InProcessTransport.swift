@@ -313,19 +313,10 @@ public final class InProcessTransport: Transport {
         }
 
         private func incoming(_ queued: Queued, tag: Int) -> IncomingMessage {
-            let envelope = queued.message.envelope
             let transport = self.transport
             let consumer = self.consumer
             return IncomingMessage(
-                exchange: queued.message.exchange,
-                routingKey: queued.message.routingKey,
-                body: envelope.payload,
-                messageID: envelope.messageID,
-                messageType: envelope.messageType,
-                contentType: queued.message.contentType,
-                correlationID: envelope.correlationID,
-                timestamp: envelope.timestamp,
-                headers: envelope.wireHeaders,
+                delivering: queued.message,
                 isRedelivered: queued.redelivered,
                 settle: { accept in transport.settle(consumer: consumer, tag: tag, accept: accept) }
             )
