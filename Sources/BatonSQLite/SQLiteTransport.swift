@@ -263,8 +263,9 @@ final class StoreQueues: Sendable {
         routes.withLock { $0?.queues.contains(name) ?? false }
     }
 
-    /// The queues a message goes to, each once; `nil` when no transport serves the file or the exchange does not
-    /// exist (the outbox then holds the message, and the relay's publish is refused).
+    /// The queues a message goes to, each once; `nil` when no transport serves the file (the outbox holds the
+    /// message, as in any store) or the exchange does not exist (the outbox holds it, and this transport refuses
+    /// the relay's publish).
     func route(exchange: String, routingKey: String) -> [String]? {
         routes.withLock { routes -> [String]? in
             guard routes != nil else { return nil }
