@@ -89,19 +89,27 @@ struct All: AsyncParsableCommand {
         )
         var report = BenchmarkReport(machine: .current, workflows: workflows)
 
+        // A longer run is preceded by a short one at maximum rate, for the run-length target.
+        let maxima =
+            (workflows > Self.shortRun ? [(name: "short", count: Self.shortRun)] : [])
+            + [(name: "max", count: workflows)]
+
         note("ceiling: bare C relays, the services' hops, quorum queues, persistent, confirms, ack after confirm")
-        let ceilingMaximum = try await ceiling(setup, connection, runs: [("max", nil)])[0]
+        let ceilingMaxima = try await ceiling(setup, connection, runs: maxima.map { ($0.name, nil, $0.count) })
 
         note("mesh: orders, inventory, shipping, fulfillment on the same broker")
         (report.mesh, report.profile) = try await mesh(
             setup,
             connection,
-            ceiling: ceilingMaximum.result.workflowsPerSecond
+            maxima: maxima,
+            ceilings: ceilingMaxima.map(\.result.workflowsPerSecond)
         )
 
         note("ceiling again at the mesh's fixed rates: the broker's own latency there")
-        let paced = zip(rates.sorted(by: >), report.mesh.dropFirst()).map { ("\($0)%", $1.result.offeredRate) }
-        report.ceiling = [ceilingMaximum] + (try await ceiling(setup, connection, runs: paced))
+        let paced = zip(rates.sorted(by: >), report.mesh.filter { $0.result.offeredRate != nil }).map {
+            (name: "\($0)%", rate: $1.result.offeredRate, count: workflows)
+        }
+        report.ceiling = ceilingMaxima + (try await ceiling(setup, connection, runs: paced))
         await connection.close()
 
         note("embedded: the 4-step process manager, in-process transport, SQLite on disk; metrics off, then on")
@@ -137,21 +145,26 @@ struct All: AsyncParsableCommand {
         try? FileManager.default.removeItem(at: work)
     }
 
+    /// The workflows of the short run at maximum rate that precedes a longer one (the ceiling's and the mesh's),
+    /// on fresh stores: the run-length target compares the two.
+    static let shortRun = 5_000
+
     private func ceiling(
         _ setup: MeshSetup,
         _ connection: AMQPConnection,
-        runs: [(String, Double?)]
+        runs: [(name: String, rate: Double?, count: Int)]
     ) async throws
         -> [MeshRun]
     {
         let topology = MeshSetup.ceilingTopology
+        let relayQueues = topology.queues.map(\.name).filter { $0 != "ceiling.sink" }
         try await connection.declare(topology)
         defer { Task { for queue in topology.queues { _ = try? await connection.deleteQueue(queue.name) } } }
         let relays = try setup.startRelays()
         return try await ChildProcess.stopping(relays.values) {
-            try await waitForConsumers(topology.queues.map(\.name).filter { $0 != "ceiling.sink" }, connection)
+            try await waitForConsumers(relayQueues, connection)
             var results: [MeshRun] = []
-            for (name, rate) in runs {
+            for (name, rate, count) in runs {
                 let workload = Workload(
                     exchange: "ceiling.storefront",
                     routingKey: "checkout.completed",
@@ -162,9 +175,10 @@ struct All: AsyncParsableCommand {
                     try await setup.measure(
                         "ceiling \(name)",
                         workload: workload,
-                        count: workflows,
+                        count: count,
                         rate: rate,
                         processes: relays,
+                        queues: relayQueues,
                         connection: connection
                     )
                 )
@@ -173,46 +187,54 @@ struct All: AsyncParsableCommand {
         }
     }
 
+    /// The mesh at maximum rate (`maxima`: each such run, the last the run of `workflows`; each against the
+    /// ceiling's run of its size: `ceilings`), then at the fixed rates.
     private func mesh(
         _ setup: MeshSetup,
         _ connection: AMQPConnection,
-        ceiling: Double
+        maxima: [(name: String, count: Int)],
+        ceilings: [Double]
     ) async throws -> ([MeshRun], MachineProfile?) {
-        let services = try await setup.startServices(stock: workflows * (rates.count + 1))
+        let services = try await setup.startServices(stock: maxima.map(\.count).reduce(0, +) + workflows * rates.count)
         return try await ChildProcess.stopping(services.values) {
-            try await mesh(setup, connection, ceiling: ceiling, services: services)
+            try await mesh(setup, connection, maxima: maxima, ceilings: ceilings, services: services)
         }
     }
 
     private func mesh(
         _ setup: MeshSetup,
         _ connection: AMQPConnection,
-        ceiling: Double,
+        maxima: [(name: String, count: Int)],
+        ceilings: [Double],
         services: [String: ChildProcess]
     ) async throws -> ([MeshRun], MachineProfile?) {
         let sink = "bench.completed"
         try await MeshSetup.declareSink(sink, on: connection)
         defer { Task { _ = try? await connection.deleteQueue(sink) } }
-        func run(_ name: String, rate: Double?) async throws -> MeshRun {
+        func run(_ name: String, rate: Double?, count: Int? = nil) async throws -> MeshRun {
             let workload = Workload(
                 exchange: "storefront",
                 routingKey: "checkout.completed",
                 sinkQueue: sink,
                 runID: "bench-\(name)"
             )
-            var run = try await setup.measure(
+            return try await setup.measure(
                 "mesh \(name)",
                 workload: workload,
-                count: workflows,
+                count: count ?? workflows,
                 rate: rate,
                 processes: services,
+                queues: MeshSetup.services,
                 connection: connection
             )
-            if rate == nil { run.ratioToCeiling = run.result.workflowsPerSecond / ceiling }
-            return run
         }
-        let maximum = try await run("max", rate: nil)
-        var runs = [maximum]
+        var runs: [MeshRun] = []
+        for ((name, count), ceiling) in zip(maxima, ceilings) {
+            var run = try await run(name, rate: nil, count: count)
+            run.ratioToCeiling = run.result.workflowsPerSecond / ceiling
+            runs.append(run)
+        }
+        let maximum = runs[runs.count - 1]
         var profile: MachineProfile?
         for percent in rates.sorted(by: >) {
             let rate = maximum.result.workflowsPerSecond * Double(percent) / 100

@@ -11,6 +11,9 @@ struct MeshRun: Codable, Sendable {
     var cpuPerThousand: [String: Double]
     /// Throughput relative to the ceiling measured in the same benchmark run.
     var ratioToCeiling: Double?
+    /// How long the services' queues took to drain after the last completion (the work that follows a
+    /// completion, and a backlog's remainder).
+    var drainSeconds: Double?
 }
 
 /// The processes a workload runs through, and where its checkouts go in and completions come out.
@@ -247,13 +250,19 @@ struct MeshSetup {
     // MARK: Runs
 
     /// Runs a workload through `processes` and measures them, the broker and this driver (which publishes the
-    /// checkouts and takes the completions).
+    /// checkouts and takes the completions); then waits until `queues` are drained.
+    ///
+    /// A workflow completes (its `OrderCompleted` reaches the sink) before the last of its work is done
+    /// (fulfillment still closes its instance), so a run at maximum rate ends with a backlog of such work in
+    /// the services' queues; the next run starts when it is gone, not behind it, and the CPU it costs counts
+    /// for the run that made it.
     func measure(
         _ name: String,
         workload: Workload,
         count: Int,
         rate: Double?,
         processes: [String: ChildProcess],
+        queues: [String],
         connection: AMQPConnection
     ) async throws -> MeshRun {
         var pids = processes.mapValues(\.pid)
@@ -266,9 +275,40 @@ struct MeshSetup {
             connection: connection,
             progress: ProgressBar(name, total: count)
         )
+        let drained = try await Self.drain(queues, connection)
         for (name, process) in processes where !process.isRunning {
             throw BenchmarkError("\(name) exited during the run; see \(workDirectory.path)")
         }
-        return MeshRun(name: name, result: result, cpuPerThousand: meter.perThousand(workflows: count))
+        return MeshRun(
+            name: name,
+            result: result,
+            cpuPerThousand: meter.perThousand(workflows: count),
+            drainSeconds: drained
+        )
+    }
+
+    /// Waits until `queues` have no message ready at three looks in a row, 100 ms apart (what a consumer holds
+    /// unacknowledged it handles within that).
+    /// - Returns: The seconds until the first of those looks.
+    /// - Throws: If they still hold messages after ten minutes.
+    static func drain(_ queues: [String], _ connection: AMQPConnection) async throws -> Double {
+        let clock = ContinuousClock()
+        let started = clock.now
+        var firstEmpty = started
+        var emptyLooks = 0
+        while emptyLooks < 3 {
+            var ready = 0
+            let look = clock.now
+            for queue in queues { ready += try await connection.inspectQueue(queue).messages }
+            if ready == 0, emptyLooks == 0 { firstEmpty = look }
+            emptyLooks = ready == 0 ? emptyLooks + 1 : 0
+            if clock.now - started > .seconds(600) {
+                throw BenchmarkError(
+                    "\(ready) messages still in \(queues.joined(separator: ", ")) ten minutes after the run"
+                )
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        return (firstEmpty - started).seconds
     }
 }

@@ -85,6 +85,26 @@ struct BenchmarkReport: Codable, Sendable {
             "  received (HdrHistogram). cpu: CPU seconds (user + system) per 1,000 workflows of each process; drive:"
         )
         lines.append("  this benchmark's own process (it publishes the checkouts and consumes the completions).")
+        if let short = mesh.first(where: { $0.name == "mesh short" }) {
+            lines.append(
+                "  short: \(short.result.workflows) workflows at maximum rate on fresh stores, before the long run (the"
+            )
+            lines.append("  run-length target compares the two).")
+        }
+        let drains = (ceiling + mesh).compactMap { run in
+            run.drainSeconds.map { String(format: "%@ %.1f s", run.name, $0) }
+        }
+        if !drains.isEmpty {
+            lines.append(
+                "  Queues drained after a run's last completion (the next run starts then): "
+                    + drains.joined(separator: ", ") + "."
+            )
+        }
+        let paced = (ceiling + mesh).filter { $0.result.offeredRate != nil && !$0.result.timeline.isEmpty }
+        if !paced.isEmpty {
+            lines += ["", "Latency second by second at fixed rates (p99 of the workflows completed in each second):"]
+            lines += paced.map { Self.timelineLine($0) }
+        }
         if let embedded { lines += ["", Self.embeddedLine(embedded)] }
         if let embeddedSharedStore { lines += [Self.embeddedLine(embeddedSharedStore, on: "one shared store")] }
         if let embedded, let embeddedWithMetrics {
@@ -99,6 +119,22 @@ struct BenchmarkReport: Codable, Sendable {
         if let profile { lines += [""] + profile.lines }
         lines += [""] + targetLines
         return lines.joined(separator: "\n")
+    }
+
+    /// A paced run's seconds: the typical second's p99 against the worst ones — a stall, or a steady state.
+    static func timelineLine(_ run: MeshRun) -> String {
+        let seconds = run.result.timeline.filter { $0.completed > 0 }
+        let p99s = seconds.map(\.p99).sorted()
+        let worst = seconds.sorted { $0.p99 > $1.p99 }.prefix(3)
+        return String(
+            format: "  %@ (%.0f/s): median second %.0f ms, worst %@; %d of %d s over 1 s",
+            run.name,
+            run.result.offeredRate ?? 0,
+            p99s.isEmpty ? 0 : p99s[p99s.count / 2],
+            worst.map { String(format: "%.0f ms at %d s", $0.p99, $0.second) }.joined(separator: ", "),
+            run.result.slowSeconds(over: 1_000).count,
+            seconds.count
+        )
     }
 
     /// The embedded run's line; `on` names what it ran with, if not metrics.

@@ -35,6 +35,7 @@ struct Workload: Sendable {
             count: count,
             from: consumer,
             sent: sent,
+            started: started,
             progress: progress,
             stall: stallTimeout
         )
@@ -45,7 +46,7 @@ struct Workload: Sendable {
             _ = try? await completions
             throw error
         }
-        let (histogram, finished) = try await completions
+        let (histogram, timeline, finished) = try await completions
         await consumer.cancel()
         let seconds = (finished - started).seconds
         return WorkloadResult(
@@ -53,7 +54,8 @@ struct Workload: Sendable {
             offeredRate: rate,
             seconds: seconds,
             workflowsPerSecond: Double(count) / seconds,
-            latency: LatencySummary(histogram)
+            latency: LatencySummary(histogram),
+            timeline: timeline
         )
     }
 
@@ -111,10 +113,12 @@ struct Workload: Sendable {
         count: Int,
         from consumer: AMQPConsumer,
         sent: SendTimes,
+        started: ContinuousClock.Instant,
         progress: ProgressBar,
         stall: Duration
-    ) async throws -> (Histogram<UInt64>, ContinuousClock.Instant) {
+    ) async throws -> (Histogram<UInt64>, [LatencySecond], ContinuousClock.Instant) {
         var histogram = Histogram<UInt64>(highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three)
+        var bySecond: [[UInt64]] = []  // the latencies (µs) of the workflows completed in each second of the run
         var done = [Bool](repeating: false, count: count)
         var completed = 0
         var last = ContinuousClock.now
@@ -138,10 +142,14 @@ struct Workload: Sendable {
             done[index] = true
             completed += 1
             last = now
-            _ = histogram.record(UInt64(max(0, (now - start).seconds * 1e6)))
+            let latency = UInt64(max(0, (now - start).seconds * 1e6))
+            _ = histogram.record(latency)
+            let second = max(0, Int((now - started).seconds))
+            while bySecond.count <= second { bySecond.append([]) }
+            bySecond[second].append(latency)
             progress.update(completed)
         }
-        return (histogram, last)
+        return (histogram, bySecond.enumerated().map { LatencySecond(second: $0, latencies: $1) }, last)
     }
 
     /// The one SKU every benchmark checkout buys.
@@ -170,6 +178,37 @@ struct WorkloadResult: Codable, Sendable {
     var seconds: Double
     var workflowsPerSecond: Double
     var latency: LatencySummary
+    /// The latency second by second of the run, by when the workflows completed: where a stall shows.
+    var timeline: [LatencySecond]
+
+    /// The seconds whose p99 exceeded `threshold` milliseconds, worst first.
+    func slowSeconds(over threshold: Double) -> [LatencySecond] {
+        timeline.filter { $0.p99 > threshold }.sorted { $0.p99 > $1.p99 }
+    }
+}
+
+/// The workflows that completed in one second of a run, and their latency.
+struct LatencySecond: Codable, Sendable {
+    /// Seconds from the run's first publish to the start of this one.
+    var second: Int
+    var completed: Int
+    /// Milliseconds; zero when none completed.
+    var p50: Double
+    var p99: Double
+    var max: Double
+
+    init(second: Int, latencies: [UInt64]) {
+        let sorted = latencies.sorted()
+        func percentile(_ fraction: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            return Double(sorted[min(sorted.count - 1, Int(Double(sorted.count) * fraction))]) / 1_000
+        }
+        self.second = second
+        completed = sorted.count
+        p50 = percentile(0.5)
+        p99 = percentile(0.99)
+        max = Double(sorted.last ?? 0) / 1_000
+    }
 }
 
 /// Percentiles of a latency histogram, in milliseconds.

@@ -22,7 +22,7 @@ import Testing
              "cpuPerThousand": {"orders": 0.42, "inventory": 0.13, "shipping": 0.13, "fulfillment": \(fulfillment),
                                 "broker": 0.51, "driver": 0.05},
              "result": {"workflows": \(workflows), "seconds": 20, "workflowsPerSecond": \(perSecond),
-                        "latency": {"p50": \(p50), "p95": \(p99), "p99": \(p99), "max": \(p99)}}}
+                        "latency": {"p50": \(p50), "p95": \(p99), "p99": \(p99), "max": \(p99)}, "timeline": []}}
             """
         }
         let json = """
@@ -87,6 +87,56 @@ import Testing
         #expect(short["mesh max ≥ 0.50 of the ceiling, at 20,000 workflows or more"] == .notMeasured)
         #expect(short["process-manager node ≤ 300 MB at 1,000,000 instances"] == .notMeasured)
         #expect(short["per-event cost, 10,000 → 1,000,000 instances, ≤ +10%"] == .notMeasured)
+    }
+
+    /// A long run at maximum rate is held to the short one before it: met at 90% of its rate, missed below, not
+    /// measured under 100,000 workflows; the ceiling's own ratio beside it.
+    @Test func aLongRunIsHeldToTheShortOneBeforeIt() throws {
+        func report(long: Double, short: Double, workflows: Int = 100_000) throws -> BenchmarkReport {
+            var report = try Self.report(workflows: workflows)
+            var shortRun = report.mesh[0]
+            shortRun.name = "mesh short"
+            shortRun.result.workflows = 5_000
+            shortRun.result.workflowsPerSecond = short
+            report.mesh[0].result.workflowsPerSecond = long
+            report.mesh.insert(shortRun, at: 0)
+            var shortCeiling = report.ceiling[0]
+            shortCeiling.name = "ceiling short"
+            shortCeiling.result.workflowsPerSecond = report.ceiling[0].result.workflowsPerSecond * 1.1
+            report.ceiling.insert(shortCeiling, at: 0)
+            return report
+        }
+        let target = "wf/s at 100,000 ≥ 90% of wf/s at 5,000"
+        let met = try report(long: 900, short: 1_000)
+        #expect(verdicts(met)[target] == .met)
+        #expect(
+            met.targetChecks.first { $0.target == target }?.measured
+                == "900 wf/s at 100000 against 1000 at 5000: 90% (the ceiling: 91%)"
+        )
+        #expect(verdicts(try report(long: 899, short: 1_000))[target] == .missed)
+        #expect(verdicts(try report(long: 700, short: 1_000, workflows: 20_000))[target] == .notMeasured)
+        #expect(verdicts(try Self.report(workflows: 100_000))[target] == .notMeasured, "no short run")
+    }
+
+    /// A paced run's seconds say whether its tail is a stall or its steady state: each second's percentiles of
+    /// the workflows completed in it, and the worst seconds named.
+    @Test func aStallShowsInTheSecondsOfARun() throws {
+        let second = LatencySecond(second: 7, latencies: (1...100).map { UInt64($0) * 1_000 })
+        #expect(second.completed == 100)
+        #expect(second.p50 == 51)
+        #expect(second.p99 == 100)
+        #expect(second.max == 100)
+        #expect(LatencySecond(second: 0, latencies: []).p99 == 0, "a second in which none completed")
+
+        var run = try Self.report().mesh[1]
+        run.result.timeline = (0..<20).map { index in
+            LatencySecond(second: index, latencies: index == 12 ? [2_500_000, 3_000_000] : [40_000, 60_000])
+        }
+        #expect(run.result.slowSeconds(over: 1_000).map(\.second) == [12])
+        let line = BenchmarkReport.timelineLine(run)
+        #expect(line.contains("median second 60 ms"), "\(line)")
+        #expect(line.contains("worst 3000 ms at 12 s, 60 ms at"), "\(line)")
+        #expect(line.hasSuffix("1 of 20 s over 1 s"), "\(line)")
     }
 
     /// `perf script` samples counted per process (by pid), by the library and function each was in, and by the
