@@ -27,7 +27,9 @@ extension BenchmarkReport {
         let maximum = mesh.first { $0.name == "mesh max" }
         let half = mesh.first { $0.name == "mesh 50%" }
 
-        if let maximum, let ratio = maximum.ratioToCeiling, let ceiling = ceiling.first {
+        if let maximum, let ratio = maximum.ratioToCeiling,
+            let ceiling = ceiling.first(where: { $0.name == "ceiling max" })
+        {
             checks.append(
                 TargetCheck(
                     target: "mesh max ≥ 0.50 of the ceiling, at 20,000 workflows or more",

@@ -35,6 +35,9 @@ public final class SQLiteStore: Store {
     /// syncing thread, which that one stops as it goes, outlives every handle.
     private let opener: SQLiteStore?
 
+    /// The page cache's limit when none is given: 64 MiB per connection.
+    public static let defaultPageCacheMiB = 64
+
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     ///
     /// An existing file is checked first, without changing it: it must be a SQLite database, hold Baton's
@@ -45,9 +48,17 @@ public final class SQLiteStore: Store {
     ///   - readOnly: Open for reading only (operator tools reading a running service's store).
     ///   - sync: How commits reach the disk; grouped by default. Either way, what a node acknowledges
     ///     or publishes was on the disk first.
+    ///   - pageCacheMiB: The most memory SQLite's page cache may take per connection (the writer's, and each
+    ///     reader's), in MiB; it grows only as pages are used.
     /// - Throws: ``SQLiteStoreError`` for a file that is not a Baton store this release can use; the SQLite
     ///   error if the file cannot be opened or migrated.
-    public init(path: String, readOnly: Bool = false, sync: SyncMode = .grouped) throws {
+    public init(
+        path: String,
+        readOnly: Bool = false,
+        sync: SyncMode = .grouped,
+        pageCacheMiB: Int = SQLiteStore.defaultPageCacheMiB
+    ) throws {
+        precondition(pageCacheMiB > 0, "a page cache of \(pageCacheMiB) MiB")
         try Self.check(existingFileAt: path, thoroughly: !readOnly)
         var configuration = Configuration()
         configuration.readonly = readOnly
@@ -64,10 +75,10 @@ public final class SQLiteStore: Store {
             // file created, written and deleted per transaction (with the default, the statement journal spilled
             // to such a file past 64 KiB: three times the WAL's writes, found by the benchmark's profile).
             try db.execute(sql: "PRAGMA temp_store = MEMORY")
-            // Up to 64 MiB of pages per connection instead of SQLite's 2 MB: the writer keeps the indexes' pages
-            // that a message's transaction touches at random (inbox, instances, outbox keys) instead of reading
-            // them again from the file. A cache grows only as pages are used.
-            try db.execute(sql: "PRAGMA cache_size = -65536")
+            // Up to 64 MiB of pages per connection by default instead of SQLite's 2 MB: the writer keeps the
+            // indexes' pages that a message's transaction touches at random (inbox, instances, outbox keys)
+            // instead of reading them again from the file. A cache grows only as pages are used.
+            try db.execute(sql: "PRAGMA cache_size = -\(pageCacheMiB * 1024)")
             // A checkpoint copies every page changed since the last one from the WAL back into the file and syncs
             // both, in the commit that crosses the threshold: every 10,000 pages (a WAL of up to 40 MB) instead
             // of SQLite's 1,000, a page that messages change again and again (an index's, an instance's) is

@@ -39,6 +39,15 @@ public struct ServiceOptions: ParsableArguments {
     var databaseURLFlag: String?
 
     @Option(
+        name: .customLong("sqlite-page-cache"),
+        help: ArgumentHelp(
+            "The most memory SQLite's page cache of the service's store may take, in MiB: more keeps a larger store's hot pages (its indexes) in memory; it grows only as pages are used (default: $BATON_SQLITE_PAGE_CACHE, else \(SQLiteStore.defaultPageCacheMiB)).",
+            valueName: "MiB"
+        )
+    )
+    var pageCacheFlag: String?
+
+    @Option(
         name: .customLong("topology"),
         help: ArgumentHelp(
             "Who declares the broker topology: node (the service, at start) or broker (pre-declared definitions; the service only checks them) (default: $BATON_TOPOLOGY, else node).",
@@ -105,6 +114,21 @@ public struct ServiceOptions: ParsableArguments {
         }
     }
 
+    /// The most memory, in MiB, the SQLite store's page cache may take.
+    /// - Throws: ``ValidationError`` naming the flag or variable if it is not a count of MiB from 1 to 65,536.
+    public var pageCacheMiB: Int {
+        get throws {
+            guard let text = pageCacheFlag ?? environment["BATON_SQLITE_PAGE_CACHE"], !text.isEmpty else {
+                return SQLiteStore.defaultPageCacheMiB
+            }
+            guard let mebibytes = Int(text), (1...65_536).contains(mebibytes) else {
+                let source = pageCacheFlag == nil ? "BATON_SQLITE_PAGE_CACHE" : "--sqlite-page-cache"
+                throw ValidationError("\(source) must be a size in MiB from 1 to 65536, not '\(text)'")
+            }
+            return mebibytes
+        }
+    }
+
     /// How many partitions the service's input is split over.
     /// - Throws: ``ValidationError`` naming the flag or variable if it is not a count from 1 to 64.
     public var partitions: Int {
@@ -128,6 +152,7 @@ public struct ServiceOptions: ParsableArguments {
     public func validate() throws {
         _ = try topologyOwnership
         _ = try partitions
+        _ = try pageCacheMiB
         _ = try databaseURL
         do {
             _ = try connectionConfiguration(name: "validate")
@@ -188,7 +213,8 @@ public struct ServiceOptions: ParsableArguments {
         }
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
         do {
-            return ServiceStore(store: try SQLiteStore(path: storePath(for: service)), close: {})
+            let store = try SQLiteStore(path: storePath(for: service), pageCacheMiB: try pageCacheMiB)
+            return ServiceStore(store: store, close: {})
         } catch let error as SQLiteStoreError {
             throw CommandFailure("cannot serve from this store: \(error)")
         }

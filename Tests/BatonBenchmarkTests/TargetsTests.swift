@@ -109,6 +109,8 @@ import Testing
         let target = "wf/s at 100,000 ≥ 90% of wf/s at 5,000"
         let met = try report(long: 900, short: 1_000)
         #expect(verdicts(met)[target] == .met)
+        let ratio = met.targetChecks.first { $0.target.hasPrefix("mesh max ≥ 0.50") }?.measured
+        #expect(ratio == "0.29 (900 of 3500 wf/s, 100000 workflows)", "against the ceiling's run of the same size")
         #expect(
             met.targetChecks.first { $0.target == target }?.measured
                 == "900 wf/s at 100000 against 1000 at 5000: 90% (the ceiling: 91%)"

@@ -1,9 +1,11 @@
 import Baton
 import BatonNode
-import BatonSQLite
 import BatonTestSupport
 import Foundation
+import GRDB
 import Testing
+
+@testable import BatonSQLite
 
 /// The SQLite store passes the store port's conformance suite, on files on disk.
 @Suite struct SQLiteStoreConformanceTests {
@@ -34,6 +36,22 @@ import Testing
     }
 
     private struct Refused: Error {}
+
+    /// The page cache's limit is the one asked for (64 MiB when none is), on the writer and the readers alike.
+    @Test func thePageCacheIsSizedAsAsked() async throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("store.sqlite").path
+        func limits(_ store: SQLiteStore) async throws -> [Int?] {
+            let sql = "PRAGMA cache_size"
+            return [
+                try store.readNow { try Int.fetchOne($0, sql: sql) },
+                try await store.writeDatabase { try Int.fetchOne($0, sql: sql) },
+            ]
+        }
+        #expect(try await limits(SQLiteStore(path: path)) == [-65_536, -65_536], "in KiB, negative")
+        #expect(try await limits(SQLiteStore(path: path, pageCacheMiB: 512)) == [-524_288, -524_288])
+    }
 
     @Test func marksWrittenWithoutWaitingForTheDiskAreCommittedAndLaterWritesStillAre() async throws {
         let store = try openStore()

@@ -319,6 +319,7 @@ import Testing
                 ("orders", ["serve", "--inbox-window", "30s"], "--inbox-window must be an age of at least 60s"),
                 ("shipping", ["serve", "--keep-tombstones", "forever"], "--keep-tombstones must be an age"),
                 ("inventory", ["serve", "--partitions", "0"], "--partitions must be a count from 1 to 64"),
+                ("orders", ["serve", "--sqlite-page-cache", "0"], "--sqlite-page-cache must be a size in MiB"),
                 ("inventory", ["repartition", "--to", "0"], "--to must be a count from 1 to 64"),
                 ("shipping", ["repartition"], "--to"),
                 ("orders", ["repartition", "--to", "2", "--data-dir", "/nonexistent/baton"], "no orders data"),
