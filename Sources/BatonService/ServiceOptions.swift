@@ -267,7 +267,7 @@ public struct ServiceOptions: ParsableArguments {
         }
         let store: SQLiteStore
         do {
-            store = try SQLiteStore(path: path, readOnly: true)
+            store = try SQLiteStore(path: path, readOnly: true, pageCacheMiB: try pageCacheMiB)
         } catch let error as SQLiteStoreError {
             throw CommandFailure(error.description)
         }
