@@ -61,9 +61,7 @@ done
 
 "$here/setup.sh"
 echo "== building ($configuration)"
-for product in orders inventory shipping fulfillment amqp-c-baseline baton-benchmark; do
-    swift build -c "$configuration" --product "$product" 2>&1 | grep -E "error|warning: " || true
-done
+"$here/build.sh" "$configuration" orders inventory shipping fulfillment amqp-c-baseline baton-benchmark
 
 if [ "$mode" = scale-out ]; then
     export BATON_CLUSTER_DIR="$repo/.build-bench/cluster" BATON_CLUSTER_NAME="baton-bench-$$"

@@ -18,7 +18,7 @@
 #
 # The partitioned service runs in a network namespace of its own, joined to the root namespace by a veth
 # pair in 10.77.0.0/30; a blackhole route for 10.77.0.0/24 is added first, so nothing can leave the machine.
-# Needs root (ip netns). BATON_CHAOS_BUILD=debug uses the debug build (the tests' own, with BATON_CHAOS_TRAITS);
+# Needs root (ip netns). BATON_CHAOS_BUILD=debug uses the debug build (the tests' own, with BATON_BUILD_TRAITS);
 # default release.
 # Extra arguments go to bookstore-chaos (--help lists them).
 set -euo pipefail
@@ -35,14 +35,8 @@ done
 
 "$here/setup.sh"
 configuration=${BATON_CHAOS_BUILD:-release}
-# BATON_CHAOS_TRAITS: the package traits of the build to use (test.sh's: OpenTelemetry), so that it is not
-# rebuilt with others.
-traits=()
-[ -n "${BATON_CHAOS_TRAITS:-}" ] && traits=(--traits "$BATON_CHAOS_TRAITS")
 echo "== building ($configuration)"
-for product in orders inventory shipping fulfillment bookstore-chaos; do
-    swift build -c "$configuration" "${traits[@]}" --product "$product" 2>&1 | grep -E "error|warning: " || true
-done
+"$here/build.sh" "$configuration" orders inventory shipping fulfillment bookstore-chaos
 bin="$repo/.build/$configuration"
 
 namespace=baton-chaos

@@ -6,7 +6,8 @@
 # Deploy/compose.yaml on a Docker engine). Extra arguments go to `swift test` and run only that.
 #
 # The deployment test uses the Docker engine that answers (DOCKER_HOST); on the build machine without one it
-# starts ../shared/tools/compose-lab. Without either it fails: a deployment nobody tested is not a pass.
+# starts ../shared/tools/compose-lab, at the start, and builds the images there while the tests run. Without
+# either it fails: a deployment nobody tested is not a pass.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -14,6 +15,31 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 
 "$here/setup.sh"
+
+# The deployment test, last, needs a Docker engine and the images of Deploy/Dockerfile, whose Swift compile
+# takes about 8 minutes cold. On the build machine, where no engine answers, ../shared/tools/compose-lab is
+# started now in the background with nice 19 and builds the images while the tests run: its engine then takes
+# only the CPU that the tests leave idle (they mostly wait on brokers, timers and kills), and the compose test
+# finds the images in the build cache. An engine that already answers (or a lab already up) is left alone: the
+# compose test builds the images itself.
+lab="$repo/../shared/tools/compose-lab"
+images=""
+images_log="$repo/.build-images/build.log"
+if [ $# -eq 0 ] && ! docker info > /dev/null 2>&1 && [ -x "$lab" ] && ! "$lab" status > /dev/null 2>&1; then
+    echo "== starting the build machine's compose-lab and building the images in the background ($images_log)"
+    mkdir -p "$(dirname "$images_log")"
+    set -m # the build in a process group of its own, which the exit trap can stop
+    (
+        nice -n 19 "$lab" up > /dev/null
+        eval "$("$lab" env)"
+        # compose.yaml requires the broker users' passwords to read it at all; a build uses none of them.
+        for user in ADMIN ORDERS INVENTORY SHIPPING FULFILLMENT PRODUCER; do export "BATON_${user}_PASSWORD=unused"; done
+        docker compose -f Deploy/compose.yaml build orders # the build stage, once; the other images reuse it
+        docker compose -f Deploy/compose.yaml build
+    ) > "$images_log" 2>&1 &
+    images=$!
+    set +m
+fi
 
 export BATON_BROKER_DIR="$repo/.build-broker-test"
 export BATON_BROKER_PORT=${BATON_TEST_BROKER_PORT:-5683}
@@ -27,7 +53,7 @@ export BATON_CLUSTER_DIR="$repo/.build-cluster-test"
 export BATON_CLUSTER_PORT=${BATON_TEST_CLUSTER_PORT:-5710}
 export BATON_CLUSTER_NAME="baton-cluster-test-$$"
 rm -rf "$BATON_CLUSTER_DIR"
-trap '"$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"; "$here/postgres.sh" stop; rm -rf "$BATON_POSTGRES_DIR"; "$here/cluster.sh" stop; rm -rf "$BATON_CLUSTER_DIR"' EXIT
+trap '[ -z "$images" ] || kill -- -"$images" 2> /dev/null; "$here/broker.sh" stop; rm -rf "$BATON_BROKER_DIR"; "$here/postgres.sh" stop; rm -rf "$BATON_POSTGRES_DIR"; "$here/cluster.sh" stop; rm -rf "$BATON_CLUSTER_DIR"' EXIT
 
 # Certificates for the amqps tests: a CA that signed the broker's certificate for "localhost", and an
 # unrelated CA that must be refused.
@@ -53,8 +79,10 @@ export BATON_TEST_TLS_CA="$BATON_BROKER_TLS_DIR/ca.pem"
 export BATON_TEST_TLS_WRONG_CA="$BATON_BROKER_TLS_DIR/wrong-ca.pem"
 
 # With the OpenTelemetry trait: the services export traces when told to (TraceTests checks one checkout's spans
-# form one tree); the default build (run.sh, the images) does without swift-otel.
-traits=(--traits OpenTelemetry)
+# form one tree); the default build (run.sh, the images) does without swift-otel. The benchmark's and chaos
+# runs below build with it too (build.sh), reusing this build.
+export BATON_BUILD_TRAITS=OpenTelemetry
+traits=(--traits "$BATON_BUILD_TRAITS")
 # Strict: every target declares the modules it imports, and Baton's own code builds without a warning.
 swift build "${traits[@]}" --build-tests --explicit-target-dependency-import-check error 2>&1 \
     | tee "$BATON_BROKER_DIR/build.log"
@@ -86,11 +114,11 @@ swift test "${traits[@]}" --skip-build --filter ScaleOutTests
 
 # The chaos run, short: 300 workflows through kill -9s, a broker restart and a partition (a random seed,
 # printed; a failure names it).
-BATON_CHAOS_BUILD=debug BATON_CHAOS_TRAITS=OpenTelemetry "$here/chaos.sh" --workflows 300
+BATON_CHAOS_BUILD=debug "$here/chaos.sh" --workflows 300
 # The scale-out chaos run, short: the same through a three-node cluster (node 1 restarted and killed),
 # PostgreSQL, two replicas of every service with 4 partitions each (replicas killed, one partitioned off);
 # per-instance order checked too.
-BATON_CHAOS_BUILD=debug BATON_CHAOS_TRAITS=OpenTelemetry "$here/chaos.sh" --scale-out --workflows 300
+BATON_CHAOS_BUILD=debug "$here/chaos.sh" --scale-out --workflows 300
 
 # The deployment's Prometheus configuration and example alerting rules, as Prometheus itself reads them.
 promtool check rules Deploy/prometheus/rules.yml
@@ -100,7 +128,15 @@ sed "s|/etc/prometheus/rules.yml|$repo/Deploy/prometheus/rules.yml|" Deploy/prom
 promtool check config "$prometheus_config"
 rm -f "$prometheus_config"
 
-lab="$repo/../shared/tools/compose-lab"
+if [ -n "$images" ]; then
+    echo "== waiting for the images' background build"
+    if ! wait "$images"; then
+        tail -n 40 "$images_log" >&2
+        echo "test.sh: the images' build failed (the whole log: $images_log)" >&2
+        exit 1
+    fi
+    images=""
+fi
 if ! docker info > /dev/null 2>&1 && [ -x "$lab" ]; then
     echo "== no Docker engine answers; starting the build machine's compose-lab"
     "$lab" up > /dev/null
