@@ -142,7 +142,8 @@ public struct ProcessContext<State: ProcessState>: Sendable {
             headers[traceparentHeader] = traceparent
         }
         if kind == .command { headers[processManagerHeader] = processManager }
-        let id = MessageID.derived(from: processManager, instanceID, triggerID, String(issued.count))
+        let parts = [processManager, instanceID, triggerID, String(issued.count)]
+        let id = trigger.time.map { MessageID.derived(at: $0, fromParts: parts) } ?? MessageID.derived(fromParts: parts)
         issued.append(
             IssuedMessage(
                 kind: kind,

@@ -62,6 +62,7 @@ public enum ProcessTrigger: Sendable, Hashable, Codable {
             return envelope.messageID
         case .timer(let name, let dueAt):
             return MessageID.derived(
+                at: dueAt,
                 from: "timer",
                 processManager,
                 instanceID,
@@ -70,6 +71,16 @@ public enum ProcessTrigger: Sendable, Hashable, Codable {
             )
         case .abort(let messageID, _):
             return messageID
+        }
+    }
+
+    /// When this trigger came about, which the ids of what it causes sort by (``MessageID/derived(at:from:)``):
+    /// the event's timestamp, the timer's due time; `nil` for an operator's abort (rare: its ids are random).
+    public var time: Date? {
+        switch self {
+        case .event(let envelope): envelope.timestamp
+        case .timer(_, let dueAt): dueAt
+        case .abort: nil
         }
     }
 }

@@ -18,9 +18,13 @@ public struct ReplayDifference: Sendable, Hashable, CustomStringConvertible {
 
 extension ProcessEngine {
     /// Re-runs an instance's recorded history with the current handlers and compares every decision with the
-    /// record: the lifecycle, what was issued (types, ids and bodies), the timers scheduled and cancelled (by
-    /// name: a changed delay is configuration, not a decision) and the reason. Never throws: a history that
+    /// record: the lifecycle, what was issued (types in order, and bodies), the timers scheduled and cancelled
+    /// (by name: a changed delay is configuration, not a decision) and the reason. Never throws: a history that
     /// cannot be decoded, or a handler that now throws, is a difference too.
+    ///
+    /// The ids of what was issued are not compared: an id derives from the instance, the trigger and the
+    /// message's position among those issued, so equal types in equal order have equal ids; and a history
+    /// recorded by an earlier release, which derived them without their time prefix, still compares.
     /// - Parameters:
     ///   - transitions: The instance's transitions, from its start, in order.
     ///   - instanceID: The instance.
@@ -103,11 +107,9 @@ extension ProcessEngine {
         if replayed.lifecycle != recorded.lifecycle {
             return "lifecycle was \(recorded.lifecycle.rawValue), now \(replayed.lifecycle.rawValue)"
         }
-        func issued(_ transition: ProcessTransition) -> [String] {
-            transition.issued.map { "\($0.envelope.messageType) \($0.envelope.messageID)" }
-        }
+        func issued(_ transition: ProcessTransition) -> [String] { transition.issued.map(\.envelope.messageType) }
         if issued(replayed) != issued(recorded) {
-            return "issued \(issued(recorded).map(\.typeName)) then, now \(issued(replayed).map(\.typeName))"
+            return "issued \(issued(recorded)) then, now \(issued(replayed))"
         }
         for (then, now) in zip(recorded.issued, replayed.issued) where then.envelope.payload != now.envelope.payload {
             return
@@ -129,11 +131,6 @@ extension ProcessEngine {
         }
         return nil
     }
-}
-
-extension String {
-    /// `orders.CancelOrder.v1 3f2a…` → `orders.CancelOrder.v1`.
-    fileprivate var typeName: String { String(prefix { $0 != " " }) }
 }
 
 extension ProcessTrigger {

@@ -88,7 +88,12 @@ public struct HandlerContext {
         if let traceparent = envelope.headers[traceparentHeader] { headers[traceparentHeader] = traceparent }
         if let key = message.partitionKey { headers[partitionKeyHeader] = key }
         return Envelope(
-            messageID: MessageID.derived(from: handler, envelope.messageID, String(index ?? issued.count)),
+            messageID: MessageID.derived(
+                at: envelope.timestamp,
+                from: handler,
+                envelope.messageID,
+                String(index ?? issued.count)
+            ),
             messageType: type(of: message).messageType,
             correlationID: envelope.correlationID ?? envelope.messageID,
             causationID: envelope.messageID,

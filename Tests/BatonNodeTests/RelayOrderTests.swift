@@ -133,12 +133,20 @@ private struct Ledger {
         running = Task { [node] in try await node.run() }
     }
 
+    /// When the commands were sent, the same for all: the ids of the events they cause derive from it.
+    static let sentAt = Date()
+
+    /// The id of the `index`-th event that the handler `handler` publishes for the command `commandID`.
+    static func eventID(_ handler: String, answering commandID: String, _ index: Int) -> String {
+        MessageID.derived(at: sentAt, from: handler, commandID, String(index))
+    }
+
     /// Sends the node a command, as another service would.
     func send(_ command: some Command, id: String) async {
         let envelope = Envelope(
             messageID: id,
             messageType: type(of: command).messageType,
-            timestamp: Date(),
+            timestamp: Self.sentAt,
             payload: MessageRegistry.encode(command)
         )
         let message = OutgoingMessage(
@@ -283,7 +291,7 @@ private final class StalledDiskStore: Store {
     /// confirmed: a partitioned receiver sees account `a`'s entries in the order they were posted. Without the
     /// hold, entry 1 goes out while entry 0 waits out its retry delay.
     @Test func aFailedPublishHoldsBackTheLaterMessagesOfItsKeyOnly() async throws {
-        let firstEventID = MessageID.derived(from: "post-entry", "post-a-0", "0")
+        let firstEventID = Ledger.eventID("post-entry", answering: "post-a-0", 0)
         let transport = FlakyTransport(failing: firstEventID, times: 3)
         let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
         await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
@@ -416,7 +424,7 @@ private final class StalledDiskStore: Store {
     /// second is not published in that round (it would be taken before the first). Without waves, `a1` is
     /// confirmed beside the nacked `a0`.
     @Test func aNackInARoundHoldsBackTheLaterRowsOfItsKeyInThatRound() async throws {
-        let firstEventID = MessageID.derived(from: "post-entries", "post-a", "0")
+        let firstEventID = Ledger.eventID("post-entries", answering: "post-a", 0)
         let transport = FlakyTransport(failing: firstEventID, times: 1)
         let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
         await ledger.send(PostEntries(account: "a", numbers: [0, 1]), id: "post-a")
@@ -431,7 +439,7 @@ private final class StalledDiskStore: Store {
     /// confirm is outstanding, `a1` only after it. Fails with one round at a time (`b0` waits too), and with
     /// the window but no hold by scope (`a1` goes out before `a0` is confirmed).
     @Test func theRelayPublishesWhileAConfirmIsOutstandingButNotTheRowsOfItsScope() async throws {
-        let transport = SlowConfirmsTransport(holding: [MessageID.derived(from: "post-entry", "post-a-0", "0")])
+        let transport = SlowConfirmsTransport(holding: [Ledger.eventID("post-entry", answering: "post-a-0", 0)])
         let ledger = try await Ledger(store: InMemoryStore(), transport: transport, broker: transport.inner)
         await ledger.send(PostEntry(account: "a", number: 0), id: "post-a-0")
         #expect(try await ledger.observed(1) == ["a0"], "published; its confirm is held")

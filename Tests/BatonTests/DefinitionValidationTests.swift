@@ -162,6 +162,24 @@ import Testing
         .map(\.nonzeroBitCount).reduce(0, +)
         #expect((40...88).contains(differingBits), "\(a) vs \(b): \(differingBits) bits differ")
     }
+
+    /// Ids derived at a time: 32 hex digits, the first 12 the time's milliseconds, so they sort by it; stable;
+    /// distinct within one millisecond.
+    @Test func idsDerivedAtATimeSortByIt() {
+        let now = Date(timeIntervalSince1970: 1_767_225_600.123)
+        #expect(MessageID.derived(at: now, from: "a", "b") == MessageID.derived(at: now, from: "a", "b"))
+        #expect(MessageID.derived(at: now, from: "ab", "c") != MessageID.derived(at: now, from: "a", "bc"))
+        let id = MessageID.derived(at: now, from: "x")
+        #expect(id.count == 32 && id.allSatisfy(\.isHexDigit))
+        #expect(id.hasPrefix("019b76daa87b"), "1,767,225,600,123 ms: \(id)")
+        let sameMillisecond = Set((0..<10_000).map { MessageID.derived(at: now, from: "pm", "i", String($0)) })
+        #expect(sameMillisecond.count == 10_000)
+        let times = (0..<1_000).map { _ in now.addingTimeInterval(.random(in: -86_400...86_400)) }
+        let byID = times.map { (MessageID.derived(at: $0, from: "pm", "i", "\($0)"), $0) }.sorted { $0.0 < $1.0 }
+        #expect(byID.map(\.1.millisecondsSince1970) == times.map(\.millisecondsSince1970).sorted())
+        #expect(MessageID.derived(at: .distantPast, from: "x").hasPrefix("000000000000"))
+        #expect(MessageID.derived(at: Date(timeIntervalSince1970: 1e15), from: "x").hasPrefix("ffffffffffff"))
+    }
 }
 
 extension String {

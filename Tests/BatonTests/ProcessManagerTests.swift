@@ -144,6 +144,28 @@ import Testing
         #expect(c.issued.first?.envelope.messageID != envelope.messageID)
     }
 
+    /// What an instance issues sorts by when its trigger came about (the event's timestamp, the timer's due
+    /// time), so that the inboxes taking these messages add their ids on a b-tree's last pages. With random ids
+    /// (the hash alone) the later order's messages sort before the earlier's about half the time.
+    @Test func issuedIdsSortByTheirTriggersTime() throws {
+        let start = Date(timeIntervalSince1970: 1_767_225_600)
+        var ids: [String] = []
+        for second in 0..<20 {
+            var scenario = try ProcessScenario(
+                fulfillment,
+                clock: TestClock(start: start.addingTimeInterval(Double(second)))
+            )
+            let step = try scenario.when(OrderConfirmed(orderID: "o-\(second)", address: "a"))
+            ids += step.issued.map(\.envelope.messageID)
+            let fired = try scenario.advance(by: .seconds(3600)).flatMap(\.issued).map(\.envelope.messageID)
+            #expect(!fired.isEmpty, "the step timeout fired")
+            #expect(fired.allSatisfy { $0 > ids.last! }, "a timer's messages sort by its due time")
+        }
+        #expect(ids == ids.sorted(), "\(ids)")
+        let first = try #require(ids.first)
+        #expect(first.prefix(12) == String(start.millisecondsSince1970, radix: 16).leftPadded(to: 12))
+    }
+
     @Test func replayFromAnySnapshotGivesTheLiveState() throws {
         var scenario = try ProcessScenario(fulfillment)
         try scenario.given(
@@ -376,5 +398,12 @@ import Testing
         #expect(started.transition != nil && scenario.instance("conv-9") != nil)
         let anonymous = try scenario.when(LinePicked(orderID: "o-1", sku: "s"))
         #expect(anonymous.skipReason == .uncorrelated(messageType: "warehouse.LinePicked.v1"))
+    }
+}
+
+extension String {
+    /// The text with zeros before it, `count` characters in all.
+    fileprivate func leftPadded(to count: Int) -> String {
+        String(repeating: "0", count: Swift.max(0, count - self.count)) + self
     }
 }
