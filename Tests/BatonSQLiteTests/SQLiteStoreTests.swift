@@ -53,6 +53,62 @@ import Testing
         #expect(try await limits(SQLiteStore(path: path, pageCacheMiB: 512)) == [-524_288, -524_288])
     }
 
+    /// The rows a step of a workflow changes (its instance's state, its timer, its read model's document) lie in
+    /// the order they were inserted, so the steps of the workflows in flight, all started lately, write a few
+    /// pages where steps of instances at random write a page each. Keyed by their random ids (the tables before
+    /// `v12-rows-in-start-order`) both write about as many: a page per row, once a table outgrows what one
+    /// transaction's rows share.
+    @Test func theStepsOfTheLatestInstancesShareTheirPages() async throws {
+        let store = try openStore()
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let ids = (0..<20_000).map { _ in UUID().uuidString.lowercased() }
+        let state = Data(repeating: UInt8(ascii: "s"), count: 600)
+        try await store.writeDatabase { db in
+            let instance = try db.makeStatement(
+                sql: """
+                    INSERT INTO process_instances
+                        (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
+                    VALUES ('pm', ?, 'running', 1, ?, ?, 1, ?)
+                    """
+            )
+            let timer = try db.makeStatement(
+                sql:
+                    "INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at) VALUES ('pm', ?, 't', ?, ?)"
+            )
+            let document = try db.makeStatement(
+                sql:
+                    "INSERT INTO documents (collection, id, status, body, updated_at) VALUES ('orders', ?, 'new', ?, ?)"
+            )
+            for (index, id) in ids.enumerated() {
+                try instance.execute(arguments: [id, Double(index), Double(index), state])
+                try timer.execute(arguments: [id, index, index])
+                try document.execute(arguments: [id, state, Double(index)])
+            }
+        }
+        let walPath = directory.appendingPathComponent("store.sqlite-wal").path
+        /// The pages one transaction writes that moves each instance a step (version 2, 3, …).
+        func pagesWritten(stepping instances: [String], to version: Int64) async throws -> Int {
+            _ = try await DatabaseQueue(path: directory.appendingPathComponent("store.sqlite").path)
+                .writeWithoutTransaction { try $0.checkpoint(.truncate) }
+            let step = StoreConformance.transition(
+                version,
+                timers: [.schedule(name: "t", dueAt: Date(timeIntervalSince1970: 1_000_000))]
+            )
+            try await store.write { work in
+                for id in instances {
+                    try StoreConformance.record(step, work, instance: id)
+                    try work.saveDocument(state, in: "orders", id: id, alias: nil, status: "shipped", at: Date())
+                }
+            }
+            let walBytes = try #require(try FileManager.default.attributesOfItem(atPath: walPath)[.size] as? Int)
+            return (walBytes - 32) / (4096 + 24)
+        }
+        let latest = try await pagesWritten(stepping: Array(ids.suffix(100)), to: 2)
+        let atRandom = try await pagesWritten(stepping: Array(ids.prefix(19_900).shuffled().prefix(100)), to: 2)
+        #expect(atRandom >= 300, "a page per row of the three tables: \(atRandom)")
+        #expect(Double(latest) < 0.5 * Double(atRandom), "\(latest) pages for the latest 100, \(atRandom) at random")
+    }
+
     @Test func marksWrittenWithoutWaitingForTheDiskAreCommittedAndLaterWritesStillAre() async throws {
         let store = try openStore()
         defer { try? FileManager.default.removeItem(at: directory) }
