@@ -176,6 +176,19 @@ private struct MissingField: Error, CustomStringConvertible {
         #expect(try ProcessEngine(sameDecisions).verify(history, instanceID: "o-1") == nil, "delays are configuration")
     }
 
+    /// A history recorded by a release that derived the issued ids from the hash alone (no time prefix) replays
+    /// as the same decisions: the ids are a function of trigger and position, not a decision.
+    @Test func aHistoryWithIdsDerivedTheEarlierWayDecidesTheSame() throws {
+        var history = try recorded()
+        for index in history.indices {
+            for message in history[index].issued.indices {
+                history[index].issued[message].envelope.messageID = MessageID.derived(from: "earlier", "\(message)")
+            }
+        }
+        #expect(history.contains { !$0.issued.isEmpty })
+        #expect(try ProcessEngine(fulfillment).verify(history, instanceID: "o-1") == nil)
+    }
+
     @Test func aChangedDecisionIsReportedWhereItHappens() throws {
         let history = try recorded()
         let skipsTheShipment = changed { event, process in
