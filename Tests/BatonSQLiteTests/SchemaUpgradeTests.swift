@@ -117,6 +117,65 @@ import Testing
         }
         #expect(try await SQLiteTransport(store: store).messageCount("any") == 0, "the queues' table is there")
     }
+
+    /// v11 → v12: instances, timers and documents move into rowid tables with their keys in unique indexes, and
+    /// keep every row and what finds it: an instance by id and in the listing, a tombstone, a due timer and a
+    /// parked one, a document by id, alias and status; a key taken is still taken (an upsert changes the row).
+    @Test func aStoreWithRowsKeyedByIdKeepsThemInStartOrder() async throws {
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v11-shared-store-queues")
+        defer { try? FileManager.default.removeItem(at: path) }
+        try await database.write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                        updated_at, state_version, state) VALUES ('p', 'open', 'running', 2, 100, 110, 2, 'state');
+                    INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                        updated_at, purged_at, state_version, state)
+                        VALUES ('p', 'purged', 'completed', 4, 50, 60, 70, 4, 'last');
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at, owner)
+                        VALUES ('p', 'open', 'step', 100, 100, '');
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at, attempts, dead_letter_id)
+                        VALUES ('p', 'open', 'parked', 90, 90, 3, 7);
+                    INSERT INTO documents (collection, id, alias, status, body, updated_at)
+                        VALUES ('orders', 'o-1', 'c-1', 'shipped', '{"id":"o-1"}', 100);
+                    """
+            )
+        }
+        try database.close()
+
+        let store = try SQLiteStore(path: path.path)
+        try await store.read { work throws in
+            #expect(
+                try work.storedInstance("open", processManager: "p")
+                    == StoredInstance(version: 2, state: Data("state".utf8))
+            )
+            #expect(try work.instanceVersion("purged", processManager: "p") == 4)
+            #expect(try work.instances(of: "p").map(\.instanceID) == ["open", "purged"])
+            #expect(try work.dueTimers(before: Date(millisecondsSince1970: 200), limit: 10).map(\.name) == ["step"])
+            #expect(try work.documentBody(in: "orders", idOrAlias: "c-1") == Data(#"{"id":"o-1"}"#.utf8))
+            #expect(try work.documentBodies(in: "orders", status: "shipped", limit: 10).count == 1)
+        }
+        try await store.write { work in
+            try work.saveDocument(Data("{}".utf8), in: "orders", id: "o-1", alias: nil, status: "done", at: Date())
+        }
+        let upgraded = try DatabaseQueue(path: path.path)
+        defer { try? upgraded.close() }
+        let (documents, unique) = try await upgraded.read { db in
+            (
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM documents"),
+                try String.fetchAll(
+                    db,
+                    sql: """
+                        SELECT il.name FROM sqlite_master t, pragma_index_list(t.name) il
+                        WHERE t.type = 'table' AND t.name IN ('process_instances', 'timers', 'documents') AND il."unique"
+                        ORDER BY il.name
+                        """
+                )
+            )
+        }
+        #expect(documents == 1, "the upsert changed the one row")
+        #expect(unique == ["documents_key", "process_instances_key", "timers_key"])
+    }
 }
 
 /// A store file at a new temporary path with the schema an earlier release left: its migrations up to and
