@@ -260,7 +260,7 @@ public protocol UnitOfWork {
     /// transaction of a store that processes share, the document is locked until the transaction ends, so
     /// that two replicas changing it one after the other both count (a handler reads a document to change it).
     func documentBody(in collection: String, idOrAlias key: String) throws -> Data?
-    /// The JSON of the documents of a collection, optionally with one status, ordered by id.
+    /// The JSON of the documents of a collection, optionally with one status, in the order they were first saved.
     func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data]
 }
 
@@ -412,7 +412,7 @@ extension UnitOfWork {
         try documentBody(in: collection, idOrAlias: key).map { try WireJSON.decode(D.self, from: $0) }
     }
 
-    /// The documents of a collection, optionally with one status, ordered by id.
+    /// The documents of a collection, optionally with one status, in the order they were first saved.
     public func documents<D: Decodable>(
         _ type: D.Type,
         in collection: String,

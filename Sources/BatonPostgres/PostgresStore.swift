@@ -232,7 +232,11 @@ public final class PostgresStore: Store {
             collection TEXT NOT NULL, id TEXT NOT NULL, alias TEXT, status TEXT, body BYTEA NOT NULL,
             updated_at BIGINT NOT NULL, PRIMARY KEY (collection, id));
         CREATE INDEX IF NOT EXISTS documents_alias ON documents (collection, alias);
-        CREATE INDEX IF NOT EXISTS documents_status ON documents (collection, status, id);
+        -- Listed in the order they were first saved (`saved`), as in a SQLite store.
+        ALTER TABLE documents ADD COLUMN IF NOT EXISTS saved BIGSERIAL;
+        DROP INDEX IF EXISTS documents_status;
+        CREATE INDEX IF NOT EXISTS documents_status_saved ON documents (collection, status, saved);
+        CREATE INDEX IF NOT EXISTS documents_saved ON documents (collection, saved);
         CREATE TABLE IF NOT EXISTS streams (
             stream TEXT NOT NULL, position BIGINT NOT NULL, message_id TEXT NOT NULL,
             message_type TEXT NOT NULL, payload BYTEA NOT NULL, recorded_at BIGINT NOT NULL,
@@ -719,7 +723,7 @@ final class PostgresUnitOfWork: UnitOfWork {
         try query(
             """
             SELECT body FROM documents WHERE collection = $1 AND ($2::TEXT IS NULL OR status = $2)
-            ORDER BY id LIMIT $3
+            ORDER BY saved LIMIT $3
             """,
             [.init(string: collection), status.map(PostgresData.init(string:)) ?? .null, .init(int: limit)]
         ).map { try $0.decode(Data.self) }

@@ -573,6 +573,78 @@ public final class SQLiteStore: Store {
                     """
             )
         }
+        // What hangs off an instance or a stream keyed by its integer id instead of its name (an order's id, at
+        // random): an instance's transitions and timers, a stream's events (in a rowid table, as the transitions
+        // are). A workflow in flight started lately, so its id is among the last and each step writes the last
+        // pages of these keys; keyed by name, each step wrote a page at random in each (the transitions' key, the
+        // timers' key, orders' streams), what was left of the run-length effect after v12. Only an instance's
+        // first step and a stream's first event still write a name's key. The ids are declared (`INTEGER PRIMARY
+        // KEY`), which VACUUM keeps. Transitions and timers go with their instance's row (no release wrote one
+        // without it). Documents by status are listed in the order they were first saved (their
+        // rowids, in every index) instead of by id: a document's status changes with its workflow's steps, and
+        // each change moved its entry at random.
+        migrator.registerMigration("v13-keys-by-instance-row") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE process_instances_v13 (
+                        id INTEGER PRIMARY KEY, process_manager TEXT NOT NULL, instance_id TEXT NOT NULL,
+                        lifecycle TEXT NOT NULL, version INTEGER NOT NULL, started_at REAL NOT NULL,
+                        updated_at REAL NOT NULL, purged_at REAL, state_version INTEGER, state BLOB);
+                    INSERT INTO process_instances_v13 SELECT rowid, process_manager, instance_id, lifecycle, version,
+                        started_at, updated_at, purged_at, state_version, state FROM process_instances ORDER BY rowid;
+                    DROP TABLE process_instances;
+                    ALTER TABLE process_instances_v13 RENAME TO process_instances;
+                    CREATE UNIQUE INDEX process_instances_key ON process_instances (process_manager, instance_id);
+                    CREATE INDEX process_instances_listed
+                        ON process_instances (process_manager, lifecycle, updated_at DESC, instance_id);
+                    CREATE INDEX process_instances_unpurged ON process_instances (process_manager, updated_at)
+                        WHERE purged_at IS NULL AND lifecycle IN ('completed', 'failed');
+                    CREATE INDEX process_instances_tombstones ON process_instances (process_manager, purged_at)
+                        WHERE purged_at IS NOT NULL;
+
+                    CREATE TABLE process_transitions_v13 (
+                        instance INTEGER NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL);
+                    INSERT INTO process_transitions_v13 SELECT i.id, t.version, t.record
+                        FROM process_transitions t JOIN process_instances i
+                            ON i.process_manager = t.process_manager AND i.instance_id = t.instance_id
+                        ORDER BY t.rowid;
+                    DROP TABLE process_transitions;
+                    ALTER TABLE process_transitions_v13 RENAME TO process_transitions;
+                    CREATE UNIQUE INDEX process_transitions_key ON process_transitions (instance, version);
+
+                    CREATE TABLE timers_v13 (
+                        instance INTEGER NOT NULL, process_manager TEXT NOT NULL, instance_id TEXT NOT NULL,
+                        name TEXT NOT NULL, due_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                        fire_at INTEGER NOT NULL DEFAULT 0, dead_letter_id INTEGER, owner TEXT NOT NULL DEFAULT '');
+                    INSERT INTO timers_v13 SELECT i.id, t.process_manager, t.instance_id, t.name, t.due_at, t.attempts,
+                        t.fire_at, t.dead_letter_id, t.owner
+                        FROM timers t JOIN process_instances i
+                            ON i.process_manager = t.process_manager AND i.instance_id = t.instance_id
+                        ORDER BY t.rowid;
+                    DROP TABLE timers;
+                    ALTER TABLE timers_v13 RENAME TO timers;
+                    CREATE UNIQUE INDEX timers_key ON timers (instance, name);
+                    CREATE INDEX timers_fire ON timers (fire_at) WHERE dead_letter_id IS NULL;
+                    CREATE INDEX timers_dead_letter ON timers (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
+
+                    CREATE TABLE stream_names (
+                        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, version INTEGER NOT NULL);
+                    INSERT INTO stream_names (name, version)
+                        SELECT stream, MAX(position) FROM streams GROUP BY stream ORDER BY MIN(recorded_at), stream;
+                    CREATE TABLE streams_v13 (
+                        stream INTEGER NOT NULL, position INTEGER NOT NULL, message_id TEXT NOT NULL,
+                        message_type TEXT NOT NULL, payload BLOB NOT NULL, recorded_at REAL NOT NULL);
+                    INSERT INTO streams_v13 SELECT n.id, s.position, s.message_id, s.message_type, s.payload,
+                        s.recorded_at FROM streams s JOIN stream_names n ON n.name = s.stream ORDER BY n.id, s.position;
+                    DROP TABLE streams;
+                    ALTER TABLE streams_v13 RENAME TO streams;
+                    CREATE UNIQUE INDEX streams_key ON streams (stream, position);
+
+                    DROP INDEX documents_status;
+                    CREATE INDEX documents_status ON documents (collection, status);
+                    """
+            )
+        }
         return migrator
     }
 }

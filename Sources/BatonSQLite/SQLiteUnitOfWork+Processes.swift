@@ -14,9 +14,25 @@ extension SQLiteUnitOfWork {
     ///   - expectedVersion: The stream's length the writer saw (0 for a new stream).
     /// - Throws: ``ConcurrencyError`` if the stream has grown meanwhile.
     func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws {
-        let current = try streamVersion(stream)
+        let head = try Row.fetchOne(
+            try statement("SELECT id, version FROM stream_names WHERE name = ?"),
+            arguments: [stream]
+        )
+        let current: Int64 = head?["version"] ?? 0
         guard current == expectedVersion else {
             throw ConcurrencyError(stream: stream, expectedVersion: expectedVersion, actualVersion: current)
+        }
+        guard !events.isEmpty else { return }
+        let version = expectedVersion + Int64(events.count)
+        let streamID: Int64
+        if let head {
+            streamID = head["id"]
+            try run("UPDATE stream_names SET version = ? WHERE id = ?", [version, streamID])
+        } else {
+            streamID = try returnedID(
+                "INSERT INTO stream_names (name, version) VALUES (?, ?) RETURNING id",
+                [stream, version]
+            )
         }
         for (offset, event) in events.enumerated() {
             try run(
@@ -25,7 +41,7 @@ extension SQLiteUnitOfWork {
                 VALUES (?, ?, ?, ?, ?, ?)
                 """,
                 [
-                    stream, expectedVersion + Int64(offset) + 1, event.messageID, event.messageType, event.payload,
+                    streamID, expectedVersion + Int64(offset) + 1, event.messageID, event.messageType, event.payload,
                     event.timestamp.timeIntervalSince1970,
                 ]
             )
@@ -34,16 +50,28 @@ extension SQLiteUnitOfWork {
 
     /// The number of events in a stream (0 if it does not exist).
     func streamVersion(_ stream: String) throws -> Int64 {
-        try Int64.fetchOne(try statement("SELECT MAX(position) FROM streams WHERE stream = ?"), arguments: [stream])
-            ?? 0
+        try Int64.fetchOne(try statement("SELECT version FROM stream_names WHERE name = ?"), arguments: [stream]) ?? 0
     }
 
     /// A stream's events in order, as (type, JSON payload).
     func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)] {
         try Row.fetchAll(
-            try statement("SELECT message_type, payload FROM streams WHERE stream = ? ORDER BY position"),
+            try statement(
+                """
+                SELECT message_type, payload FROM streams
+                WHERE stream = (SELECT id FROM stream_names WHERE name = ?) ORDER BY position
+                """
+            ),
             arguments: [stream]
         ).map { ($0["message_type"], $0["payload"]) }
+    }
+
+    /// The id an `INSERT … RETURNING id` gave its row.
+    private func returnedID(_ sql: String, _ arguments: StatementArguments) throws -> Int64 {
+        guard let id = try Int64.fetchOne(try statement(sql), arguments: arguments) else {
+            throw DatabaseError(resultCode: .SQLITE_INTERNAL, message: "no id returned by \(sql)")
+        }
+        return id
     }
 
     // MARK: Process managers
@@ -89,16 +117,16 @@ extension SQLiteUnitOfWork {
             try statement(
                 """
                 SELECT record FROM process_transitions
-                WHERE process_manager = ? AND instance_id = ? AND version > ? ORDER BY version
+                WHERE instance = (\(Self.instanceRow)) AND version > ? ORDER BY version
                 """
             ),
             arguments: [processManager, instanceID, version]
         ).map { try ProcessTransition(storedRecord: $0) }
     }
 
-    /// Stores a transition: appends it to the instance's stream, stores the instance's state after it (what
-    /// loading reads), updates timers and associations, and queues what it issued in the outbox. The unique key
-    /// on (process manager, instance, version) refuses a second writer of the same version.
+    /// Stores a transition: stores the instance's state after it (what loading reads), appends it to the
+    /// instance's transitions, updates timers and associations, and queues what it issued in the outbox. The
+    /// unique key on (instance, version) refuses a second writer of the same version.
     func record(
         _ transition: ProcessTransition,
         processManager name: String,
@@ -108,11 +136,7 @@ extension SQLiteUnitOfWork {
         route: (IssuedMessage) -> (exchange: String, routingKey: String)
     ) throws {
         let time = transition.at.timeIntervalSince1970
-        try run(
-            "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES (?, ?, ?, ?)",
-            [name, instanceID, transition.version, transition.storedRecord]
-        )
-        try run(
+        let instance = try returnedID(
             """
             INSERT INTO process_instances
                 (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
@@ -120,26 +144,31 @@ extension SQLiteUnitOfWork {
             ON CONFLICT (process_manager, instance_id) DO UPDATE SET
                 lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at,
                 state_version = excluded.state_version, state = excluded.state
+            RETURNING id
             """,
             [name, instanceID, lifecycle.rawValue, transition.version, time, time, transition.version, state]
+        )
+        try run(
+            "INSERT INTO process_transitions (instance, version, record) VALUES (?, ?, ?)",
+            [instance, transition.version, transition.storedRecord]
         )
         for operation in transition.timers {
             switch operation {
             case .schedule(let timer, let dueAt):
                 try run(
                     """
-                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at, owner)
-                    VALUES (?, ?, ?, ?, ?, ?)
-                    ON CONFLICT (process_manager, instance_id, name) DO UPDATE SET
+                    INSERT INTO timers (instance, process_manager, instance_id, name, due_at, fire_at, owner)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (instance, name) DO UPDATE SET
                         due_at = excluded.due_at, fire_at = excluded.fire_at, attempts = 0, dead_letter_id = NULL
                     """,
-                    [name, instanceID, timer, dueAt.millisecondsSince1970, dueAt.millisecondsSince1970, owner]
+                    [
+                        instance, name, instanceID, timer, dueAt.millisecondsSince1970, dueAt.millisecondsSince1970,
+                        owner,
+                    ]
                 )
             case .cancel(let timer):
-                try run(
-                    "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ?",
-                    [name, instanceID, timer]
-                )
+                try run("DELETE FROM timers WHERE instance = ? AND name = ?", [instance, timer])
             }
         }
         for (association, value) in transition.associations {
@@ -231,10 +260,10 @@ extension SQLiteUnitOfWork {
         at now: Date,
         limit: Int
     ) throws -> [String] {
-        let purged = try String.fetchAll(
+        let purged = try Row.fetchAll(
             try statement(
                 """
-                SELECT instance_id FROM process_instances INDEXED BY process_instances_unpurged
+                SELECT id, instance_id FROM process_instances INDEXED BY process_instances_unpurged
                 WHERE process_manager = ? AND lifecycle IN ('completed', 'failed') AND purged_at IS NULL
                     AND updated_at < ?
                 ORDER BY updated_at, instance_id LIMIT ?
@@ -242,53 +271,59 @@ extension SQLiteUnitOfWork {
             ),
             arguments: [processManager, time.roundedToMilliseconds.timeIntervalSince1970, limit]
         )
-        for instanceID in purged {
-            try deleteRows(of: instanceID, processManager, from: ["process_transitions", "timers"])
+        for instance in purged {
+            try deleteRows(of: instance["id"], from: ["process_transitions", "timers"])
             try run(
-                "UPDATE process_instances SET purged_at = ? WHERE process_manager = ? AND instance_id = ?",
-                [now.timeIntervalSince1970, processManager, instanceID]
+                "UPDATE process_instances SET purged_at = ? WHERE id = ?",
+                [now.timeIntervalSince1970, instance["id"]]
             )
         }
-        return purged
+        return purged.map { $0["instance_id"] }
     }
 
     /// Deletes tombstones oldest first, from the `process_instances_tombstones` index, with everything kept of
     /// them (and whatever late replies recorded since).
     func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int {
-        let doomed = try String.fetchAll(
+        let doomed = try Row.fetchAll(
             try statement(
                 """
-                SELECT instance_id FROM process_instances INDEXED BY process_instances_tombstones
+                SELECT id, instance_id FROM process_instances INDEXED BY process_instances_tombstones
                 WHERE process_manager = ? AND purged_at IS NOT NULL AND purged_at < ? ORDER BY purged_at LIMIT ?
                 """
             ),
             arguments: [processManager, time.timeIntervalSince1970, limit]
         )
-        for instanceID in doomed {
-            try deleteRows(
-                of: instanceID,
-                processManager,
-                from: [
-                    "process_instances", "process_transitions", "process_associations", "timers",
-                ]
+        for instance in doomed {
+            try deleteRows(of: instance["id"], from: ["process_transitions", "timers"])
+            try run(
+                "DELETE FROM process_associations WHERE process_manager = ? AND instance_id = ?",
+                [processManager, instance["instance_id"]]
             )
+            try run("DELETE FROM process_instances WHERE id = ?", [instance["id"]])
         }
         return doomed.count
     }
 
-    /// Deletes an instance's rows from `tables` (each keyed by process manager and instance id).
-    private func deleteRows(of instanceID: String, _ processManager: String, from tables: [String]) throws {
+    /// Deletes an instance's rows from `tables` (each with its `instance` column).
+    private func deleteRows(of instance: Int64, from tables: [String]) throws {
         for table in tables {
-            try run("DELETE FROM \(table) WHERE process_manager = ? AND instance_id = ?", [processManager, instanceID])
+            try run("DELETE FROM \(table) WHERE instance = ?", [instance])
         }
     }
 
+    /// The query for an instance's id (`process_instances.id`) by process manager and instance id, the key of
+    /// what hangs off the instance.
+    private static let instanceRow = "SELECT id FROM process_instances WHERE process_manager = ? AND instance_id = ?"
+
     // MARK: Timers
+
+    /// The condition that finds a timer as it was due, by process manager, instance id, name and due time.
+    private static let timerKey = "instance = (\(instanceRow)) AND name = ? AND due_at = ?"
 
     /// Removes a timer row that no longer matches its instance (a stale firing).
     func deleteTimer(_ timer: DueTimer) throws {
         try run(
-            "DELETE FROM timers WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?",
+            "DELETE FROM timers WHERE \(Self.timerKey)",
             [timer.processManager, timer.instanceID, timer.name, timer.dueAt.millisecondsSince1970]
         )
     }
@@ -314,7 +349,7 @@ extension SQLiteUnitOfWork {
         try run(
             """
             UPDATE timers SET attempts = attempts + 1, fire_at = ?
-            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            WHERE \(Self.timerKey)
             """,
             [
                 time.millisecondsSince1970, timer.processManager, timer.instanceID, timer.name,
@@ -327,7 +362,7 @@ extension SQLiteUnitOfWork {
         try run(
             """
             UPDATE timers SET fire_at = ?
-            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            WHERE \(Self.timerKey)
             """,
             [
                 time.millisecondsSince1970, timer.processManager, timer.instanceID, timer.name,
@@ -342,7 +377,7 @@ extension SQLiteUnitOfWork {
         try run(
             """
             UPDATE timers SET attempts = attempts + 1, dead_letter_id = ?
-            WHERE process_manager = ? AND instance_id = ? AND name = ? AND due_at = ?
+            WHERE \(Self.timerKey)
             """,
             [id, timer.processManager, timer.instanceID, timer.name, timer.dueAt.millisecondsSince1970]
         )

@@ -93,13 +93,17 @@ extension SQLiteUnitOfWork {
         if let status {
             return try Data.fetchAll(
                 try statement(
-                    "SELECT body FROM documents INDEXED BY documents_status WHERE collection = ? AND status = ? ORDER BY id LIMIT ?"
+                    """
+                    SELECT body FROM documents INDEXED BY documents_status WHERE collection = ? AND status = ?
+                    ORDER BY rowid LIMIT ?
+                    """
                 ),
                 arguments: [collection, status, limit]
             )
         }
+        // In rowid order, up to the limit: a store holds a collection or two.
         return try Data.fetchAll(
-            try statement("SELECT body FROM documents WHERE collection = ? ORDER BY id LIMIT ?"),
+            try statement("SELECT body FROM documents NOT INDEXED WHERE collection = ? ORDER BY rowid LIMIT ?"),
             arguments: [collection, limit]
         )
     }

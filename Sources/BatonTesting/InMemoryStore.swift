@@ -81,6 +81,8 @@ struct StoreState {
     }
 
     struct Document {
+        /// Its place in the order documents were first saved.
+        var saved: Int
         var alias: String?
         var status: String?
         var body: Data
@@ -98,6 +100,8 @@ struct StoreState {
     var parked: [ParkedMessage] = []
     var nextParkedSequence: Int64 = 1
     var documents: [String: [String: Document]] = [:]
+    /// How many documents were ever saved first.
+    var documentsSaved = 0
 }
 
 /// Why the in-memory store refused a write: what a database's unique key or a read-only transaction would.

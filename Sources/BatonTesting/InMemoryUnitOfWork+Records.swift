@@ -128,7 +128,16 @@ extension InMemoryUnitOfWork {
     )
         throws
     {
-        try mutate { $0.documents[collection, default: [:]][id] = .init(alias: alias, status: status, body: body) }
+        try mutate { state in
+            let saved = state.documents[collection]?[id]?.saved ?? state.documentsSaved
+            if saved == state.documentsSaved { state.documentsSaved += 1 }
+            state.documents[collection, default: [:]][id] = .init(
+                saved: saved,
+                alias: alias,
+                status: status,
+                body: body
+            )
+        }
     }
 
     func documentBody(in collection: String, idOrAlias key: String) throws -> Data? {
@@ -139,7 +148,7 @@ extension InMemoryUnitOfWork {
     func documentBodies(in collection: String, status: String?, limit: Int) throws -> [Data] {
         Array(
             (state.documents[collection] ?? [:]).filter { status == nil || $0.value.status == status }
-                .sorted { $0.key < $1.key }.prefix(limit).map(\.value.body)
+                .sorted { $0.value.saved < $1.value.saved }.prefix(limit).map(\.value.body)
         )
     }
 }

@@ -1,5 +1,6 @@
 import Baton
 import BatonNode
+import BatonTestSupport
 import Foundation
 import GRDB
 import Testing
@@ -41,7 +42,7 @@ import Testing
         }
         let upgraded = try DatabaseQueue(path: path.path)
         defer { try? upgraded.close() }
-        #expect(try upgraded.read(indexes) == ["pk"], "only the key's")
+        #expect(try upgraded.read(indexes) == ["c"], "only the key's (a unique index since v13)")
     }
 
     /// v9 → v10: the states in their own table move into the instances' rows, each with the version it is of
@@ -98,6 +99,8 @@ import Testing
                         VALUES ('m-1', 'baton.commands', 'test.Do', ?, 100, 'test.Do');
                     INSERT INTO parked_messages (ordering_key, message_id, exchange, routing_key, headers, body,
                         attempts, next_attempt_at, parked_at) VALUES ('key', 'held', 'x', 'k', '{}', '{}', 1, 100, 100);
+                    INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                        updated_at) VALUES ('p', 'i', 'running', 1, 100, 100);
                     INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at)
                         VALUES ('p', 'i', 't', 100, 100);
                     """,
@@ -175,6 +178,81 @@ import Testing
         }
         #expect(documents == 1, "the upsert changed the one row")
         #expect(unique == ["documents_key", "process_instances_key", "timers_key"])
+    }
+
+    /// v12 → v13: transitions, timers and events move to keys by their instance's or stream's id, and keep
+    /// every row, in order, and what they refuse: a transition's version taken, a stream's stale version; a
+    /// timer rescheduled changes its row. Documents by status are listed in the order first saved.
+    @Test func aStoreKeyedByNamesKeepsItsRowsKeyedByInstanceAndStream() async throws {
+        let (path, database) = try storeOfAnEarlierRelease(upTo: "v12-rows-in-start-order")
+        defer { try? FileManager.default.removeItem(at: path) }
+        try await database.write { db in
+            for (instance, version) in [("open", 1), ("open", 2), ("other", 1)] {
+                try db.execute(
+                    sql:
+                        "INSERT INTO process_transitions (process_manager, instance_id, version, record) VALUES ('pm', ?, ?, ?)",
+                    arguments: [instance, version, StoreConformance.transition(Int64(version)).storedRecord]
+                )
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                        updated_at, state_version, state) VALUES ('pm', 'other', 'running', 1, 90, 90, 1, 'other');
+                    INSERT INTO process_instances (process_manager, instance_id, lifecycle, version, started_at,
+                        updated_at, state_version, state) VALUES ('pm', 'open', 'running', 2, 100, 110, 2, 'state');
+                    INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at)
+                        VALUES ('pm', 'open', 'step', 100, 100);
+                    INSERT INTO streams (stream, position, message_id, message_type, payload, recorded_at) VALUES
+                        ('order-b', 1, 'e-3', 't', 'b1', 90), ('order-a', 1, 'e-1', 't', 'a1', 100),
+                        ('order-a', 2, 'e-2', 't', 'a2', 110);
+                    INSERT INTO documents (collection, id, status, body, updated_at) VALUES
+                        ('orders', 'o-2', 'open', 'second', 100), ('orders', 'o-1', 'open', 'first', 90);
+                    """
+            )
+        }
+        try database.close()
+
+        let store = try SQLiteStore(path: path.path)
+        try await store.read { work throws in
+            #expect(try work.transitions(of: "pm", instance: "open", after: 0).map(\.version) == [1, 2])
+            #expect(try work.transitions(of: "pm", instance: "other", after: 0).map(\.version) == [1])
+            #expect(
+                try work.dueTimers(before: Date(millisecondsSince1970: 200), limit: 10).map(\.instanceID) == ["open"]
+            )
+            #expect(try work.readStream("order-a").map(\.payload) == [Data("a1".utf8), Data("a2".utf8)])
+            #expect(try work.streamVersion("order-b") == 1)
+            #expect(try work.streamVersion("order-c") == 0)
+        }
+        await #expect(throws: (any Error).self, "version 2 of the instance is taken") {
+            try await store.write { try StoreConformance.record(StoreConformance.transition(2), $0, instance: "open") }
+        }
+        await #expect(throws: ConcurrencyError.self) {
+            try await store.write {
+                try $0.append([StoreConformance.envelope("e-4")], to: "order-a", expectedVersion: 1)
+            }
+        }
+        try await store.write { work in
+            try StoreConformance.record(
+                StoreConformance.transition(
+                    3,
+                    timers: [.schedule(name: "step", dueAt: Date(millisecondsSince1970: 150))]
+                ),
+                work,
+                instance: "open"
+            )
+            try work.append([StoreConformance.envelope("e-4")], to: "order-a", expectedVersion: 2)
+        }
+        try await store.read { work throws in
+            #expect(try work.transitions(of: "pm", instance: "open", after: 1).map(\.version) == [2, 3])
+            let timers = try work.dueTimers(before: Date(millisecondsSince1970: 200), limit: 10)
+            #expect(timers.map(\.dueAt) == [Date(millisecondsSince1970: 150)], "the one row, rescheduled")
+            #expect(try work.streamVersion("order-a") == 3)
+            #expect(
+                try work.documentBodies(in: "orders", status: "open", limit: 10) == [
+                    Data("second".utf8), Data("first".utf8),
+                ]
+            )
+        }
     }
 }
 

@@ -85,7 +85,7 @@ public struct StoreConformance: Sendable {
         Envelope(messageID: id, messageType: type, timestamp: epoch, payload: Data(#"{"id":"\#(id)"}"#.utf8))
     }
 
-    static func route(_ message: IssuedMessage) -> (exchange: String, routingKey: String) {
+    public static func route(_ message: IssuedMessage) -> (exchange: String, routingKey: String) {
         (Routing.commandExchange, message.envelope.messageName)
     }
 
@@ -691,8 +691,11 @@ public struct StoreConformance: Sendable {
             #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "o-1") == ["n": 2], "id first")
             #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "chk-2") == ["n": 5])
             #expect(try work.document([String: Int].self, in: "orders", idOrAlias: "nope") == nil)
-            #expect(try work.documents([String: Int].self, in: "orders").map { $0["n"] } == [2, 5, 3])
-            #expect(try work.documents([String: Int].self, in: "orders", status: "DONE").map { $0["n"] } == [2, 5])
+            #expect(
+                try work.documents([String: Int].self, in: "orders").map { $0["n"] } == [5, 2, 3],
+                "first saved first"
+            )
+            #expect(try work.documents([String: Int].self, in: "orders", status: "DONE").map { $0["n"] } == [5, 2])
             #expect(try work.documents([String: Int].self, in: "orders", limit: 1).count == 1)
         }
     }
