@@ -574,8 +574,8 @@ public final class SQLiteStore: Store {
             )
         }
         // What hangs off an instance or a stream keyed by its integer id instead of its name (an order's id, at
-        // random): an instance's transitions and timers, a stream's events (in a rowid table, as the transitions
-        // are). A workflow in flight started lately, so its id is among the last and each step writes the last
+        // random): an instance's transitions and timers, the index of its associations, a stream's events (in a
+        // rowid table, as the transitions are). A workflow in flight started lately, so its id is among the last and each step writes the last
         // pages of these keys; keyed by name, each step wrote a page at random in each (the transitions' key, the
         // timers' key, orders' streams), what was left of the run-length effect after v12. Only an instance's
         // first step and a stream's first event still write a name's key. The ids are declared (`INTEGER PRIMARY
@@ -626,6 +626,13 @@ public final class SQLiteStore: Store {
                     CREATE UNIQUE INDEX timers_key ON timers (instance, name);
                     CREATE INDEX timers_fire ON timers (fire_at) WHERE dead_letter_id IS NULL;
                     CREATE INDEX timers_dead_letter ON timers (dead_letter_id) WHERE dead_letter_id IS NOT NULL;
+
+                    ALTER TABLE process_associations ADD COLUMN instance INTEGER;
+                    UPDATE process_associations SET instance = (
+                        SELECT id FROM process_instances i WHERE i.process_manager = process_associations.process_manager
+                            AND i.instance_id = process_associations.instance_id);
+                    DROP INDEX process_associations_instance;
+                    CREATE INDEX process_associations_instance ON process_associations (instance);
 
                     CREATE TABLE stream_names (
                         id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, version INTEGER NOT NULL);

@@ -174,10 +174,12 @@ extension SQLiteUnitOfWork {
         for (association, value) in transition.associations {
             try run(
                 """
-                INSERT INTO process_associations (process_manager, name, value, instance_id) VALUES (?, ?, ?, ?)
-                ON CONFLICT (process_manager, name, value) DO UPDATE SET instance_id = excluded.instance_id
+                INSERT INTO process_associations (process_manager, name, value, instance_id, instance)
+                VALUES (?, ?, ?, ?, ?)
+                ON CONFLICT (process_manager, name, value) DO UPDATE SET
+                    instance_id = excluded.instance_id, instance = excluded.instance
                 """,
-                [name, association, value, instanceID]
+                [name, association, value, instanceID, instance]
             )
         }
         for message in transition.issued {
@@ -284,22 +286,18 @@ extension SQLiteUnitOfWork {
     /// Deletes tombstones oldest first, from the `process_instances_tombstones` index, with everything kept of
     /// them (and whatever late replies recorded since).
     func removeTombstones(of processManager: String, purgedBefore time: Date, limit: Int) throws -> Int {
-        let doomed = try Row.fetchAll(
+        let doomed = try Int64.fetchAll(
             try statement(
                 """
-                SELECT id, instance_id FROM process_instances INDEXED BY process_instances_tombstones
+                SELECT id FROM process_instances INDEXED BY process_instances_tombstones
                 WHERE process_manager = ? AND purged_at IS NOT NULL AND purged_at < ? ORDER BY purged_at LIMIT ?
                 """
             ),
             arguments: [processManager, time.timeIntervalSince1970, limit]
         )
         for instance in doomed {
-            try deleteRows(of: instance["id"], from: ["process_transitions", "timers"])
-            try run(
-                "DELETE FROM process_associations WHERE process_manager = ? AND instance_id = ?",
-                [processManager, instance["instance_id"]]
-            )
-            try run("DELETE FROM process_instances WHERE id = ?", [instance["id"]])
+            try deleteRows(of: instance, from: ["process_transitions", "process_associations", "timers"])
+            try run("DELETE FROM process_instances WHERE id = ?", [instance])
         }
         return doomed.count
     }

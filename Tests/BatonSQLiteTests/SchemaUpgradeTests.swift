@@ -180,9 +180,9 @@ import Testing
         #expect(unique == ["documents_key", "process_instances_key", "timers_key"])
     }
 
-    /// v12 → v13: transitions, timers and events move to keys by their instance's or stream's id, and keep
-    /// every row, in order, and what they refuse: a transition's version taken, a stream's stale version; a
-    /// timer rescheduled changes its row. Documents by status are listed in the order first saved.
+    /// v12 → v13: transitions, timers, associations and events move to keys by their instance's or stream's id,
+    /// and keep every row, in order, and what they refuse: a transition's version taken, a stream's stale
+    /// version; a timer rescheduled changes its row. Documents by status are listed in the order first saved.
     @Test func aStoreKeyedByNamesKeepsItsRowsKeyedByInstanceAndStream() async throws {
         let (path, database) = try storeOfAnEarlierRelease(upTo: "v12-rows-in-start-order")
         defer { try? FileManager.default.removeItem(at: path) }
@@ -202,6 +202,8 @@ import Testing
                         updated_at, state_version, state) VALUES ('pm', 'open', 'running', 2, 100, 110, 2, 'state');
                     INSERT INTO timers (process_manager, instance_id, name, due_at, fire_at)
                         VALUES ('pm', 'open', 'step', 100, 100);
+                    INSERT INTO process_associations (process_manager, name, value, instance_id)
+                        VALUES ('pm', 'tracking', 'T-1', 'open');
                     INSERT INTO streams (stream, position, message_id, message_type, payload, recorded_at) VALUES
                         ('order-b', 1, 'e-3', 't', 'b1', 90), ('order-a', 1, 'e-1', 't', 'a1', 100),
                         ('order-a', 2, 'e-2', 't', 'a2', 110);
@@ -222,6 +224,7 @@ import Testing
             #expect(try work.readStream("order-a").map(\.payload) == [Data("a1".utf8), Data("a2".utf8)])
             #expect(try work.streamVersion("order-b") == 1)
             #expect(try work.streamVersion("order-c") == 0)
+            #expect(try work.instance(associatedWith: "T-1", as: "tracking", processManager: "pm") == "open")
         }
         await #expect(throws: (any Error).self, "version 2 of the instance is taken") {
             try await store.write { try StoreConformance.record(StoreConformance.transition(2), $0, instance: "open") }
