@@ -402,7 +402,8 @@ private final class StalledDiskStore: Store {
     /// while commands keep coming (each 25 ms after the event of the one before went out, so each publish
     /// round has rows to delete) the relay writes next to nothing, and when they stop it deletes the last rows
     /// itself. Without the deletions riding along, it writes once per round (40), or once per wait for them
-    /// (about 20).
+    /// (about 20); with them, a few, and up to 10 when the machine is so loaded that a 25 ms sleep outlasts the
+    /// marks' 50 ms delay (seen once in a full suite's run).
     @Test func theNextTransactionDeletesTheRowsTheBrokerConfirmed() async throws {
         let store = CountingStore(InMemoryStore())
         let broker = InProcessTransport()
@@ -413,7 +414,7 @@ private final class StalledDiskStore: Store {
             try await Task.sleep(for: .milliseconds(25))
         }
         let ownWrites = store.writesWithoutWaiting.load(ordering: .relaxed)
-        #expect(ownWrites < 10, "\(ownWrites) transactions of the relay's own for 40 rounds")
+        #expect(ownWrites < 15, "\(ownWrites) transactions of the relay's own for 40 rounds")
         #expect(try await eventually { try await store.read { try $0.pendingOutboxCount() } == 0 })
         #expect(store.writesWithoutWaiting.load(ordering: .relaxed) > ownWrites, "the last rows: by the relay")
         #expect(try await ledger.observed(40).count == 40, "each row sent once")
