@@ -575,14 +575,14 @@ public final class SQLiteStore: Store {
         }
         // What hangs off an instance or a stream keyed by its integer id instead of its name (an order's id, at
         // random): an instance's transitions and timers, the index of its associations, a stream's events (in a
-        // rowid table, as the transitions are). A workflow in flight started lately, so its id is among the last and each step writes the last
-        // pages of these keys; keyed by name, each step wrote a page at random in each (the transitions' key, the
-        // timers' key, orders' streams), what was left of the run-length effect after v12. Only an instance's
-        // first step and a stream's first event still write a name's key. The ids are declared (`INTEGER PRIMARY
-        // KEY`), which VACUUM keeps. Transitions and timers go with their instance's row (no release wrote one
-        // without it). Documents by status are listed in the order they were first saved (their
-        // rowids, in every index) instead of by id: a document's status changes with its workflow's steps, and
-        // each change moved its entry at random.
+        // rowid table, as the transitions are). A workflow in flight started lately, so its id is among the last
+        // and each step writes the last pages of these keys; keyed by name, each step wrote a page at random in
+        // each (the transitions' key, the timers' key, orders' streams), what was left of the run-length effect
+        // after v12. Only an instance's first step and a stream's first event still write a name's key. The ids
+        // are declared (`INTEGER PRIMARY KEY`), which VACUUM keeps. Transitions and timers go with their
+        // instance's row (no release wrote one without it). Documents by status are listed in the order they were
+        // first saved (their rowids, in every index) instead of by id: a document's status changes with its
+        // workflow's steps, and each change moved its entry at random.
         migrator.registerMigration("v13-keys-by-instance-row") { db in
             try db.execute(
                 sql: """
