@@ -156,8 +156,23 @@ public final class PostgresStore: Store {
     }
 
     /// Creates the schema and its tables, or adds what an earlier release lacked; replicas starting together
-    /// take turns (an advisory lock: `CREATE … IF NOT EXISTS` alone races).
+    /// take turns (an advisory lock: `CREATE … IF NOT EXISTS` alone races). An upgrade locks tables that running
+    /// replicas of the earlier release write, and may lose a deadlock with one of them: it is tried again.
     private func migrate() async throws {
+        for attempt in 1... {
+            do {
+                return try await migrateOnce()
+            } catch let conflict as PostgresConflict where attempt < 5 {
+                logger.warning(
+                    "schema upgrade lost a race with a running replica; trying again",
+                    metadata: ["error": "\(conflict)", "attempt": "\(attempt)"]
+                )
+                try await Task.sleep(for: .milliseconds(100 * attempt))
+            }
+        }
+    }
+
+    private func migrateOnce() async throws {
         let lock = "baton.migrate.\(schema ?? "")"
         _ = try await transaction { work in
             let work = work as! PostgresUnitOfWork
@@ -170,15 +185,8 @@ public final class PostgresStore: Store {
                 if !exists { try work.execute("CREATE SCHEMA \(schema)") }
                 try work.execute("SET LOCAL search_path TO \(schema)")
             }
-            let upgrading = try work.query(
-                """
-                SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-                    AND table_name = 'inbox' AND column_name = 'handled_at'
-                    AND NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
-                        AND table_name = 'inbox' AND column_name = 'issued_at')
-                """
-            )
-            if !upgrading.isEmpty { try work.execute(Self.retentionUpgrade) }
+            if try work.hasTable("inbox", lacking: "issued_at") { try work.execute(Self.retentionUpgrade) }
+            if try work.hasTable("documents", lacking: "saved") { try work.execute(Self.documentsSavedUpgrade) }
             try work.execute(Self.schema)
             try work.fillOrderScopes()
         }
@@ -191,6 +199,13 @@ public final class PostgresStore: Store {
         UPDATE inbox SET issued_at = handled_at;
         ALTER TABLE inbox ALTER COLUMN issued_at SET NOT NULL;
         DELETE FROM outbox WHERE sent_at IS NOT NULL
+        """
+
+    /// Documents of a release that listed them by id: listed in the order first saved from now on (the rows
+    /// there are numbered in the table's order).
+    private static let documentsSavedUpgrade = """
+        ALTER TABLE documents ADD COLUMN saved BIGSERIAL;
+        DROP INDEX IF EXISTS documents_status
         """
 
     /// Checks that the service's tables are there, for a read.
@@ -230,11 +245,9 @@ public final class PostgresStore: Store {
         CREATE INDEX IF NOT EXISTS outbox_scope ON outbox (scope, sequence) WHERE sent_at IS NULL;
         CREATE TABLE IF NOT EXISTS documents (
             collection TEXT NOT NULL, id TEXT NOT NULL, alias TEXT, status TEXT, body BYTEA NOT NULL,
-            updated_at BIGINT NOT NULL, PRIMARY KEY (collection, id));
+            updated_at BIGINT NOT NULL, saved BIGSERIAL, PRIMARY KEY (collection, id));
         CREATE INDEX IF NOT EXISTS documents_alias ON documents (collection, alias);
         -- Listed in the order they were first saved (`saved`), as in a SQLite store.
-        ALTER TABLE documents ADD COLUMN IF NOT EXISTS saved BIGSERIAL;
-        DROP INDEX IF EXISTS documents_status;
         CREATE INDEX IF NOT EXISTS documents_status_saved ON documents (collection, status, saved);
         CREATE INDEX IF NOT EXISTS documents_saved ON documents (collection, saved);
         CREATE TABLE IF NOT EXISTS streams (
@@ -546,6 +559,18 @@ final class PostgresUnitOfWork: UnitOfWork {
             """,
             [.init(string: store.owner), .init(int64: leaseEnd(from: now)), .init(int64: now), .init(int: limit)]
         ).map(outboxMessage).sorted { $0.sequence < $1.sequence }
+    }
+
+    /// Whether the current schema has `table` without `column`: the table of an earlier release, to upgrade.
+    func hasTable(_ table: String, lacking column: String) throws -> Bool {
+        try !query(
+            """
+            SELECT 1 FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1
+                AND NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
+                    AND table_name = $1 AND column_name = $2)
+            """,
+            [.init(string: table), .init(string: column)]
+        ).isEmpty
     }
 
     /// Gives rows an earlier release queued their order scope (at migration, before any relay runs).

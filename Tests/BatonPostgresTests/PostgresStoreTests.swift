@@ -98,6 +98,37 @@ import Testing
         }
         await store.close()
     }
+
+    /// Documents of the release that listed them by id (no `saved` column) are listed in the order first saved
+    /// once the store connects: the rows there in the table's order, later ones after them.
+    @Test func documentsOfTheReleaseListingThemByIdAreListedInTheOrderFirstSaved() async throws {
+        let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
+        let first = try await Self.makeStore(schema: schema)
+        try await first.write { work in
+            let work = work as! PostgresUnitOfWork
+            try work.execute(
+                """
+                ALTER TABLE documents DROP COLUMN saved;
+                CREATE INDEX documents_status ON documents (collection, status, id);
+                INSERT INTO documents (collection, id, status, body, updated_at) VALUES
+                    ('orders', 'o-2', 'open', '\\x32', 1), ('orders', 'o-1', 'open', '\\x31', 1)
+                """
+            )
+        }
+        await first.close()
+        let store = try await Self.makeStore(schema: schema)
+        do {
+            try await store.write {
+                try $0.saveDocument(Data("0".utf8), in: "orders", id: "o-0", alias: nil, status: "open", at: Date())
+            }
+            let listed = try await store.read { try $0.documentBodies(in: "orders", status: "open", limit: 10) }
+            #expect(listed == ["2", "1", "0"].map { Data($0.utf8) })
+        } catch {
+            await store.close()
+            throw error
+        }
+        await store.close()
+    }
 }
 
 /// A node runs on the PostgreSQL store: a process manager's events handled once, its commands relayed.

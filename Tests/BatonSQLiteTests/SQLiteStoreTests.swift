@@ -66,25 +66,37 @@ import Testing
         let ids = (0..<20_000).map { _ in UUID().uuidString.lowercased() }
         let state = Data(repeating: UInt8(ascii: "s"), count: 600)
         let event = Envelope(messageID: "e", messageType: "test.Happened.v1", timestamp: Date(), payload: state)
+        /// Records `transition` (at `time`) of instance `id`, saves its order's document with `status` and
+        /// appends an event to its order's stream.
+        @Sendable func step(
+            _ id: String,
+            _ transition: ProcessTransition,
+            at time: Date,
+            status: String,
+            _ work: any UnitOfWork
+        ) throws {
+            var transition = transition
+            transition.at = time
+            try work.record(
+                transition,
+                processManager: "pm",
+                instanceID: id,
+                lifecycle: .running,
+                state: state,
+                route: StoreConformance.route
+            )
+            try work.saveDocument(state, in: "orders", id: id, alias: nil, status: status, at: time)
+            try work.append([event], to: "order-\(id)", expectedVersion: transition.version - 1)
+        }
         let start = StoreConformance.transition(
             1,
             timers: [.schedule(name: "t", dueAt: Date(timeIntervalSince1970: 1))]
         )
         for chunk in stride(from: 0, to: ids.count, by: 5_000) {
             try await store.write { work in
-                var start = start
                 for (index, id) in ids[chunk..<chunk + 5_000].enumerated() {
-                    start.at = Date(timeIntervalSince1970: Double(chunk + index) / 1000)
-                    try work.record(
-                        start,
-                        processManager: "pm",
-                        instanceID: id,
-                        lifecycle: .running,
-                        state: state,
-                        route: StoreConformance.route
-                    )
-                    try work.saveDocument(state, in: "orders", id: id, alias: nil, status: "new", at: Date())
-                    try work.append([event], to: "order-\(id)", expectedVersion: 0)
+                    let time = Date(timeIntervalSince1970: Double(chunk + index) / 1000)
+                    try step(id, start, at: time, status: "new", work)
                 }
             }
         }
@@ -94,21 +106,9 @@ import Testing
         func pagesWritten(stepping instances: [String]) async throws -> Int {
             _ = try await DatabaseQueue(path: directory.appendingPathComponent("store.sqlite").path)
                 .writeWithoutTransaction { try $0.checkpoint(.truncate) }
+            let next = StoreConformance.transition(2, timers: [.cancel(name: "t")])
             try await store.write { work in
-                var step = StoreConformance.transition(2, timers: [.cancel(name: "t")])
-                for id in instances {
-                    step.at = Date()
-                    try work.record(
-                        step,
-                        processManager: "pm",
-                        instanceID: id,
-                        lifecycle: .running,
-                        state: state,
-                        route: StoreConformance.route
-                    )
-                    try work.saveDocument(state, in: "orders", id: id, alias: nil, status: "shipped", at: Date())
-                    try work.append([event], to: "order-\(id)", expectedVersion: 1)
-                }
+                for id in instances { try step(id, next, at: Date(), status: "shipped", work) }
             }
             let walBytes = try #require(try FileManager.default.attributesOfItem(atPath: walPath)[.size] as? Int)
             return (walBytes - 32) / (4096 + 24)
