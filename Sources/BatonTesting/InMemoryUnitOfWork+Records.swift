@@ -129,10 +129,10 @@ extension InMemoryUnitOfWork {
         throws
     {
         try mutate { state in
-            let saved = state.documents[collection]?[id]?.saved ?? state.documentsSaved
-            if saved == state.documentsSaved { state.documentsSaved += 1 }
+            let existing = state.documents[collection]?[id]
+            if existing == nil { state.documentsSaved += 1 }  // a new document is numbered after the others
             state.documents[collection, default: [:]][id] = .init(
-                saved: saved,
+                saved: existing?.saved ?? state.documentsSaved,
                 alias: alias,
                 status: status,
                 body: body

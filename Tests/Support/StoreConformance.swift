@@ -85,6 +85,7 @@ public struct StoreConformance: Sendable {
         Envelope(messageID: id, messageType: type, timestamp: epoch, payload: Data(#"{"id":"\#(id)"}"#.utf8))
     }
 
+    /// Where the suite's transitions send what they issue: the command exchange, under the message's name.
     public static func route(_ message: IssuedMessage) -> (exchange: String, routingKey: String) {
         (Routing.commandExchange, message.envelope.messageName)
     }
