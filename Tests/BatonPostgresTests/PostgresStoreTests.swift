@@ -29,26 +29,41 @@ import Testing
         )
     }
 
-    @Test(arguments: StoreConformance.Case.allCases)
-    func conforms(_ check: StoreConformance.Case) async throws {
-        let store = try await Self.makeStore()
+    /// Runs `body` with `store`, then closes it, whether `body` threw or not: an open connection must not be
+    /// deinitialized (it would crash the run).
+    static func using(_ store: PostgresStore, _ body: (PostgresStore) async throws -> Void) async throws {
         do {
-            try await StoreConformance { store }.run(check)
+            try await body(store)
         } catch {
-            await store.close()  // an open connection must not be deinitialized: it would crash the run
+            await store.close()
             throw error
         }
         await store.close()
+    }
+
+    /// Runs `body` with a store connected to a schema that `earlierRelease` first brought back to an earlier
+    /// release's tables (and gave its rows), so that connecting upgrades it.
+    static func usingUpgradedStore(
+        from earlierRelease: @escaping @Sendable (PostgresUnitOfWork) throws -> Void,
+        _ body: (PostgresStore) async throws -> Void
+    ) async throws {
+        let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
+        try await using(try await makeStore(schema: schema)) { first in
+            try await first.write { try earlierRelease($0 as! PostgresUnitOfWork) }
+        }
+        try await using(try await makeStore(schema: schema), body)
+    }
+
+    @Test(arguments: StoreConformance.Case.allCases)
+    func conforms(_ check: StoreConformance.Case) async throws {
+        try await Self.using(try await Self.makeStore()) { store in try await StoreConformance { store }.run(check) }
     }
 
     /// Tables of the release before retention (an inbox without `issued_at`, sent outbox rows kept, no order
     /// scopes) are brought under it when the store connects: old records count from when they were handled,
     /// sent rows go, pending rows get their scopes.
     @Test func tablesOfTheReleaseBeforeRetentionAreUpgraded() async throws {
-        let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
-        let first = try await Self.makeStore(schema: schema)
-        try await first.write { work in
-            let work = work as! PostgresUnitOfWork
+        let earlierRelease: @Sendable (PostgresUnitOfWork) throws -> Void = { work in
             try work.execute(
                 """
                 ALTER TABLE inbox DROP COLUMN issued_at;
@@ -76,9 +91,7 @@ import Testing
                 )
             }
         }
-        await first.close()
-        let store = try await Self.makeStore(schema: schema)
-        do {
+        try await Self.usingUpgradedStore(from: earlierRelease) { store in
             let (handled, keys) = try await store.read {
                 (try $0.hasHandled("m-1", consumer: "c"), try $0.outboxMessageIDs())
             }
@@ -92,20 +105,13 @@ import Testing
                 try $0.forgetHandled(issuedBefore: Date(timeIntervalSince1970: 101), limit: 10)
             }
             #expect(forgotten == 1, "an old record counts from when it was handled")
-        } catch {
-            await store.close()
-            throw error
         }
-        await store.close()
     }
 
     /// Documents of the release that listed them by id (no `saved` column) are listed in the order first saved
     /// once the store connects: the rows there in the table's order, later ones after them.
     @Test func documentsOfTheReleaseListingThemByIdAreListedInTheOrderFirstSaved() async throws {
-        let schema = "upgrade_\(UInt32.random(in: 0...UInt32.max))"
-        let first = try await Self.makeStore(schema: schema)
-        try await first.write { work in
-            let work = work as! PostgresUnitOfWork
+        let earlierRelease: @Sendable (PostgresUnitOfWork) throws -> Void = { work in
             try work.execute(
                 """
                 ALTER TABLE documents DROP COLUMN saved;
@@ -115,19 +121,13 @@ import Testing
                 """
             )
         }
-        await first.close()
-        let store = try await Self.makeStore(schema: schema)
-        do {
+        try await Self.usingUpgradedStore(from: earlierRelease) { store in
             try await store.write {
                 try $0.saveDocument(Data("0".utf8), in: "orders", id: "o-0", alias: nil, status: "open", at: Date())
             }
             let listed = try await store.read { try $0.documentBodies(in: "orders", status: "open", limit: 10) }
             #expect(listed == ["2", "1", "0"].map { Data($0.utf8) })
-        } catch {
-            await store.close()
-            throw error
         }
-        await store.close()
     }
 }
 
