@@ -51,24 +51,17 @@ extension SQLiteUnitOfWork {
     /// Whether the store holds any message (one cheap lookup: the consume path skips the per-message checks
     /// when it holds none).
     func hasParkedMessages() throws -> Bool {
-        try Bool.fetchOne(try statement("SELECT 1 FROM parked_messages WHERE owner = ? LIMIT 1"), arguments: [owner])
-            ?? false
+        try exists("SELECT 1 FROM parked_messages WHERE owner = ? LIMIT 1", [owner])
     }
 
     /// Whether a message with this id is held already (a redelivery of one parked before its ack).
     func isParked(messageID: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM parked_messages WHERE message_id = ? AND owner = ?"),
-            arguments: [messageID, owner]
-        ) ?? false
+        try exists("SELECT 1 FROM parked_messages WHERE message_id = ? AND owner = ?", [messageID, owner])
     }
 
     /// Whether messages of this ordering key are held: a new one must wait behind them.
     func isBlocked(orderingKey: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM parked_messages WHERE ordering_key = ? AND owner = ? LIMIT 1"),
-            arguments: [orderingKey, owner]
-        ) ?? false
+        try exists("SELECT 1 FROM parked_messages WHERE ordering_key = ? AND owner = ? LIMIT 1", [orderingKey, owner])
     }
 
     /// Held messages due for an attempt at `time`, oldest first (only the first of each key is ever due).

@@ -14,11 +14,10 @@ extension SQLiteUnitOfWork {
     ///   - expectedVersion: The stream's length the writer saw (0 for a new stream).
     /// - Throws: ``ConcurrencyError`` if the stream has grown meanwhile.
     func append(_ events: [Envelope], to stream: String, expectedVersion: Int64) throws {
-        let head = try Row.fetchOne(
-            try statement("SELECT id, version FROM stream_names WHERE name = ?"),
-            arguments: [stream]
-        )
-        let current: Int64 = head?["version"] ?? 0
+        let head = try firstRow("SELECT id, version FROM stream_names WHERE name = ?", [stream]) {
+            (id: $0.int64(0), version: $0.int64(1))
+        }
+        let current = head?.version ?? 0
         guard current == expectedVersion else {
             throw ConcurrencyError(stream: stream, expectedVersion: expectedVersion, actualVersion: current)
         }
@@ -26,7 +25,7 @@ extension SQLiteUnitOfWork {
         let version = expectedVersion + Int64(events.count)
         let streamID: Int64
         if let head {
-            streamID = head["id"]
+            streamID = head.id
             try run("UPDATE stream_names SET version = ? WHERE id = ?", [version, streamID])
         } else {
             streamID = try returnedID(
@@ -50,20 +49,18 @@ extension SQLiteUnitOfWork {
 
     /// The number of events in a stream (0 if it does not exist).
     func streamVersion(_ stream: String) throws -> Int64 {
-        try Int64.fetchOne(try statement("SELECT version FROM stream_names WHERE name = ?"), arguments: [stream]) ?? 0
+        try firstRow("SELECT version FROM stream_names WHERE name = ?", [stream]) { $0.int64(0) } ?? 0
     }
 
     /// A stream's events in order, as (type, JSON payload).
     func readStream(_ stream: String) throws -> [(messageType: String, payload: Data)] {
-        try Row.fetchAll(
-            try statement(
-                """
-                SELECT message_type, payload FROM streams
-                WHERE stream = (SELECT id FROM stream_names WHERE name = ?) ORDER BY position
-                """
-            ),
-            arguments: [stream]
-        ).map { ($0["message_type"], $0["payload"]) }
+        try allRows(
+            """
+            SELECT message_type, payload FROM streams
+            WHERE stream = (SELECT id FROM stream_names WHERE name = ?) ORDER BY position
+            """,
+            [stream]
+        ) { (messageType: $0.text(0), payload: $0.data(1)) }
     }
 
     /// The id an `INSERT … RETURNING id` gave its row.
@@ -80,29 +77,35 @@ extension SQLiteUnitOfWork {
     /// no handler runs.
     /// - Returns: `nil` if the instance does not exist.
     func storedInstance(_ instanceID: String, processManager: String) throws -> StoredInstance? {
-        try Row.fetchOne(
-            try statement(
-                """
-                SELECT version, state_version, state FROM process_instances WHERE process_manager = ? AND instance_id = ?
-                """
-            ),
-            arguments: [processManager, instanceID]
-        ).map { row in
-            let version: Int64 = row["version"]
-            let stateVersion: Int64? = row["state_version"]
-            return StoredInstance(
-                version: version,
-                state: stateVersion == version ? row["state"] : nil,
-                earlierState: stateVersion != version ? row["state"] : nil
+        let row = try firstRow(
+            """
+            SELECT id, version, state_version, state FROM process_instances
+            WHERE process_manager = ? AND instance_id = ?
+            """,
+            [processManager, instanceID]
+        ) { row in
+            let (version, stateVersion) = (row.int64(1), row.optionalInt64(2))
+            let state = row.isNull(3) ? nil : row.data(3)
+            return (
+                id: row.int64(0),
+                stored: StoredInstance(
+                    version: version,
+                    state: stateVersion == version ? state : nil,
+                    earlierState: stateVersion != version ? state : nil
+                )
             )
         }
+        instanceRows[processManager, instanceID] = row.map { .row($0.id) } ?? .absent
+        return row?.stored
     }
 
     func instanceVersion(_ instanceID: String, processManager: String) throws -> Int64? {
-        try Int64.fetchOne(
-            try statement("SELECT version FROM process_instances WHERE process_manager = ? AND instance_id = ?"),
-            arguments: [processManager, instanceID]
-        )
+        let row = try firstRow(
+            "SELECT id, version FROM process_instances WHERE process_manager = ? AND instance_id = ?",
+            [processManager, instanceID]
+        ) { (id: $0.int64(0), version: $0.int64(1)) }
+        instanceRows[processManager, instanceID] = row.map { .row($0.id) } ?? .absent
+        return row?.version
     }
 
     /// The transitions of an instance after `version`, in order (its timeline).
@@ -113,15 +116,13 @@ extension SQLiteUnitOfWork {
     ) throws
         -> [ProcessTransition]
     {
-        try Data.fetchAll(
-            try statement(
-                """
-                SELECT record FROM process_transitions
-                WHERE instance = (\(Self.instanceRow)) AND version > ? ORDER BY version
-                """
-            ),
-            arguments: [processManager, instanceID, version]
-        ).map { try ProcessTransition(storedRecord: $0) }
+        try allRows(
+            """
+            SELECT record FROM process_transitions
+            WHERE instance = (\(Self.instanceRow)) AND version > ? ORDER BY version
+            """,
+            [processManager, instanceID, version]
+        ) { try ProcessTransition(storedRecord: $0.data(0)) }
     }
 
     /// Stores a transition: stores the instance's state after it (what loading reads), appends it to the
@@ -135,18 +136,13 @@ extension SQLiteUnitOfWork {
         state: Data,
         route: (IssuedMessage) -> (exchange: String, routingKey: String)
     ) throws {
-        let time = transition.at.timeIntervalSince1970
-        let instance = try returnedID(
-            """
-            INSERT INTO process_instances
-                (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-            ON CONFLICT (process_manager, instance_id) DO UPDATE SET
-                lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at,
-                state_version = excluded.state_version, state = excluded.state
-            RETURNING id
-            """,
-            [name, instanceID, lifecycle.rawValue, transition.version, time, time, transition.version, state]
+        let instance = try writeInstance(
+            processManager: name,
+            instanceID: instanceID,
+            lifecycle: lifecycle,
+            version: transition.version,
+            at: transition.at.timeIntervalSince1970,
+            state: state
         )
         try run(
             "INSERT INTO process_transitions (instance, version, record) VALUES (?, ?, ?)",
@@ -188,14 +184,67 @@ extension SQLiteUnitOfWork {
         }
     }
 
+    /// Writes an instance's row after a transition and returns its id: by the id when this transaction knows it
+    /// (``InstanceRows``), as a new row when it knows there is none, else by its key (an upsert).
+    private func writeInstance(
+        processManager name: String,
+        instanceID: String,
+        lifecycle: ProcessLifecycle,
+        version: Int64,
+        at time: Double,
+        state: Data
+    ) throws -> Int64 {
+        let instance: Int64
+        switch instanceRows[name, instanceID] {
+        case .row(let id)?:
+            try run(
+                """
+                UPDATE process_instances SET lifecycle = ?, version = ?, updated_at = ?, state_version = ?, state = ?
+                WHERE id = ?
+                """,
+                [lifecycle.rawValue, version, time, version, state, id]
+            )
+            guard db.changesCount == 1 else {
+                throw DatabaseError(
+                    resultCode: .SQLITE_INTERNAL,
+                    message: "instance row \(id) of \(instanceID) is gone"
+                )
+            }
+            instance = id
+        case .absent?:
+            try run(
+                """
+                INSERT INTO process_instances
+                    (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                [name, instanceID, lifecycle.rawValue, version, time, time, version, state]
+            )
+            instance = db.lastInsertedRowID
+        case nil:
+            instance = try returnedID(
+                """
+                INSERT INTO process_instances
+                    (process_manager, instance_id, lifecycle, version, started_at, updated_at, state_version, state)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (process_manager, instance_id) DO UPDATE SET
+                    lifecycle = excluded.lifecycle, version = excluded.version, updated_at = excluded.updated_at,
+                    state_version = excluded.state_version, state = excluded.state
+                RETURNING id
+                """,
+                [name, instanceID, lifecycle.rawValue, version, time, time, version, state]
+            )
+        }
+        instanceRows[name, instanceID] = .row(instance)
+        return instance
+    }
+
     /// The instance associated with `value` under `name`, if any.
     func instance(associatedWith value: String, as name: String, processManager: String) throws -> String? {
-        try String.fetchOne(
-            try statement(
-                "SELECT instance_id FROM process_associations WHERE process_manager = ? AND name = ? AND value = ?"
-            ),
-            arguments: [processManager, name, value]
-        )
+        try firstRow(
+            "SELECT instance_id FROM process_associations WHERE process_manager = ? AND name = ? AND value = ?",
+            [processManager, name, value]
+        ) { $0.text(0) }
     }
 
     /// Instances of a process manager, most recently changed first (``instanceListing(of:matching:limit:)``).
@@ -274,11 +323,9 @@ extension SQLiteUnitOfWork {
             arguments: [processManager, time.roundedToMilliseconds.timeIntervalSince1970, limit]
         )
         for instance in purged {
-            try deleteRows(of: instance["id"], from: ["process_transitions", "timers"])
-            try run(
-                "UPDATE process_instances SET purged_at = ? WHERE id = ?",
-                [now.timeIntervalSince1970, instance["id"]]
-            )
+            let id: Int64 = instance["id"]
+            try deleteRows(of: id, from: ["process_transitions", "timers"])
+            try run("UPDATE process_instances SET purged_at = ? WHERE id = ?", [now.timeIntervalSince1970, id])
         }
         return purged.map { $0["instance_id"] }
     }
@@ -299,6 +346,7 @@ extension SQLiteUnitOfWork {
             try deleteRows(of: instance, from: ["process_transitions", "process_associations", "timers"])
             try run("DELETE FROM process_instances WHERE id = ?", [instance])
         }
+        if !doomed.isEmpty { instanceRows.forget() }
         return doomed.count
     }
 

@@ -28,10 +28,7 @@ extension SQLiteUnitOfWork {
 
     /// Whether a message id already has a dead letter that was not replayed (a redelivery of it is dropped).
     func hasOpenDeadLetter(messageID: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL"),
-            arguments: [messageID]
-        ) ?? false
+        try exists("SELECT 1 FROM dead_letters WHERE message_id = ? AND replayed_at IS NULL", [messageID])
     }
 
     /// Dead letters, newest first.
@@ -75,17 +72,17 @@ extension SQLiteUnitOfWork {
         // Two lookups, each on its own index: one query with `id = ? OR alias = ?` scans the whole collection
         // (found by the benchmark: the cost of every order grew with the number of orders), and so does the
         // alias lookup unless told its index (without statistics the planner prefers the primary key's prefix).
-        if let body = try Data.fetchOne(
-            try statement("SELECT body FROM documents WHERE collection = ? AND id = ?"),
-            arguments: [collection, key]
+        if let body = try firstRow(
+            "SELECT body FROM documents WHERE collection = ? AND id = ?",
+            [collection, key],
+            { $0.data(0) }
         ) {
             return body
         }
-        return try Data.fetchOne(
-            try statement(
-                "SELECT body FROM documents INDEXED BY documents_alias WHERE collection = ? AND alias = ? LIMIT 1"
-            ),
-            arguments: [collection, key]
+        return try firstRow(
+            "SELECT body FROM documents INDEXED BY documents_alias WHERE collection = ? AND alias = ? LIMIT 1",
+            [collection, key],
+            { $0.data(0) }
         )
     }
 

@@ -13,6 +13,8 @@ struct SQLiteUnitOfWork: UnitOfWork {
     let queues: StoreQueues
     /// Collects the outbox rows this transaction queues, when its writer hands them to a relay.
     let queued: QueuedMessages?
+    /// The process instances' rows this transaction looked up or wrote.
+    let instanceRows = InstanceRows()
 
     init(db: Database, store: SQLiteStore, queued: QueuedMessages? = nil) {
         self.db = db
@@ -21,9 +23,9 @@ struct SQLiteUnitOfWork: UnitOfWork {
         self.queued = queued
     }
 
-    /// Runs a statement whose text never changes, compiled once per connection and reused.
-    func run(_ sql: String, _ arguments: StatementArguments) throws {
-        try db.cachedStatement(sql: sql).execute(arguments: arguments)
+    /// Runs a statement whose text never changes, compiled once per connection and reused, in this transaction.
+    func run(_ sql: String, _ arguments: [any SQLiteArgument]) throws {
+        try db.cachedStatement(sql: sql).run(binding: arguments, in: db)
     }
 
     /// A cached statement to fetch with.
@@ -31,12 +33,40 @@ struct SQLiteUnitOfWork: UnitOfWork {
         try db.cachedStatement(sql: sql)
     }
 
+    /// The first row of a query whose text never changes (compiled once per connection), read by `read`.
+    func firstRow<T>(
+        _ sql: String,
+        _ arguments: [any SQLiteArgument],
+        _ read: (ColumnReader) throws -> T
+    ) throws -> T? {
+        try db.cachedStatement(sql: sql).firstRow(binding: arguments, in: db, read)
+    }
+
+    /// Whether a query whose text never changes returns a row.
+    func exists(_ sql: String, _ arguments: [any SQLiteArgument]) throws -> Bool {
+        try firstRow(sql, arguments) { _ in true } ?? false
+    }
+
+    /// Every row of a query whose text never changes, each read by `read`.
+    func allRows<T>(
+        _ sql: String,
+        _ arguments: [any SQLiteArgument],
+        _ read: (ColumnReader) throws -> T
+    ) throws -> [T] {
+        try db.cachedStatement(sql: sql).allRows(binding: arguments, in: db, read)
+    }
+
     /// Runs `body` in a savepoint: if it throws, only its own changes are rolled back, and the error is
     /// rethrown. Lets one transaction hold a batch of messages whose handlers may fail independently.
     func inSavepoint(_ body: () throws -> Void) throws {
         var failure: (any Error)?
         let queuedBefore = queued?.messages.count ?? 0
-        defer { if failure != nil { queued?.messages.removeSubrange(queuedBefore...) } }
+        defer {
+            if failure != nil {
+                queued?.messages.removeSubrange(queuedBefore...)
+                instanceRows.forget()
+            }
+        }
         try db.inSavepoint {
             do {
                 try body()
@@ -53,10 +83,7 @@ struct SQLiteUnitOfWork: UnitOfWork {
 
     /// Whether `consumer` has handled the message already (a redelivery or a re-sent copy).
     func hasHandled(_ messageID: String, consumer: String) throws -> Bool {
-        try Bool.fetchOne(
-            try statement("SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?"),
-            arguments: [consumer, messageID]
-        ) ?? false
+        try exists("SELECT 1 FROM inbox WHERE consumer = ? AND message_id = ?", [consumer, messageID])
     }
 
     /// Records that `consumer` handled the message; commits with the handler's effects.
@@ -290,6 +317,39 @@ struct SQLiteUnitOfWork: UnitOfWork {
 /// The outbox rows one write transaction queued, in order (see ``SQLiteStore/writeHandingOverOutbox(_:)``).
 final class QueuedMessages {
     var messages: [OutboxMessage] = []
+}
+
+/// What one transaction learned of process instances' rows: each one's row id, or that it has none. Loading an
+/// instance learns it, so that recording its transition updates the row by its id, or inserts it, instead of an
+/// upsert that returns the id, which costs nearly twice as much (SQLite runs a `RETURNING` statement to its end
+/// into a table of its own; it was half of what recording a transition cost). Valid only inside its transaction;
+/// forgotten when a savepoint rolls back (an insert it saw may be undone) or a row is deleted.
+final class InstanceRows {
+    /// An instance's row, as this transaction knows it.
+    enum Known {
+        /// The row's id (`process_instances.id`).
+        case row(Int64)
+        /// No row.
+        case absent
+    }
+
+    private struct Key: Hashable {
+        let processManager: String
+        let instanceID: String
+    }
+
+    private var known: [Key: Known] = [:]
+
+    /// What is known of the row of `instanceID` of `processManager`; `nil` if nothing.
+    subscript(processManager: String, instanceID: String) -> Known? {
+        get { known[Key(processManager: processManager, instanceID: instanceID)] }
+        set { known[Key(processManager: processManager, instanceID: instanceID)] = newValue }
+    }
+
+    /// Forgets everything: the next write of an instance finds its row by its key again.
+    func forget() {
+        known.removeAll()
+    }
 }
 
 extension DeadLetter {

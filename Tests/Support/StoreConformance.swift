@@ -24,6 +24,7 @@ public struct StoreConformance: Sendable {
         case instancesKeepTheirStateTimelineAndAssociations
         case instancesAreListedByLifecycleAndAgeAndClosedOnesPurged
         case purgedInstancesLeaveTombstonesUntilTheyAreRemoved
+        case instancesAreWrittenByTheirOwnRowsAfterARollbackOrARemoval
         case timersAreScheduledRetriedParkedAndRearmed
         case deadLettersAreReplayedByKind
         case heldMessagesWaitInOrderPerKey
@@ -65,6 +66,8 @@ public struct StoreConformance: Sendable {
             try await instancesAreListedByLifecycleAndAgeAndClosedOnesPurged(store)
         case .purgedInstancesLeaveTombstonesUntilTheyAreRemoved:
             try await purgedInstancesLeaveTombstonesUntilTheyAreRemoved(store)
+        case .instancesAreWrittenByTheirOwnRowsAfterARollbackOrARemoval:
+            try await instancesAreWrittenByTheirOwnRowsAfterARollbackOrARemoval(store)
         case .timersAreScheduledRetriedParkedAndRearmed: try await timersAreScheduledRetriedParkedAndRearmed(store)
         case .deadLettersAreReplayedByKind: try await deadLettersAreReplayedByKind(store)
         case .heldMessagesWaitInOrderPerKey: try await heldMessagesWaitInOrderPerKey(store)
@@ -429,6 +432,48 @@ public struct StoreConformance: Sendable {
             try $0.purgeInstances(of: "pm", closedBefore: t2, at: Self.epoch.addingTimeInterval(11), limit: 100)
         }
         #expect(again.isEmpty, "a tombstone is not purged again")
+    }
+
+    /// What a transaction learned of an instance's row (a store may keep it, to write the row by its id) must not
+    /// outlive the row: not a savepoint that rolled back the row's insert (the next new row may take its id), not
+    /// the removal of its tombstone.
+    func instancesAreWrittenByTheirOwnRowsAfterARollbackOrARemoval(_ store: any Store) async throws {
+        try await store.write { work throws in
+            #expect(try work.storedInstance("i-1", processManager: "pm") == nil)
+            let rolledBack = Result {
+                try work.inSavepoint {
+                    try Self.record(Self.transition(1), work)
+                    throw Planned()
+                }
+            }
+            #expect(throws: Planned.self) { try rolledBack.get() }
+            try Self.record(Self.transition(1), work, instance: "i-2")
+            try Self.record(Self.transition(1), work)
+            try Self.record(Self.transition(2), work, instance: "i-2")
+        }
+        try await store.read { work throws in
+            for (id, version) in [("i-1", 1), ("i-2", 2)] {
+                #expect(
+                    try work.storedInstance(id, processManager: "pm")?.state == Data(#"{"version":\#(version)}"#.utf8)
+                )
+                #expect(try work.transitions(of: "pm", instance: id).map(\.version) == Array(1...Int64(version)))
+            }
+        }
+        try await store.write { try Self.record(Self.transition(3, lifecycle: .completed), $0, instance: "i-2") }
+        let closedBefore = Self.epoch.addingTimeInterval(10)
+        _ = try await store.write {
+            try $0.purgeInstances(of: "pm", closedBefore: closedBefore, at: closedBefore, limit: 10)
+        }
+        try await store.write { work throws in
+            #expect(try work.instanceVersion("i-2", processManager: "pm") == 3, "a tombstone")
+            let purgedBefore = Self.epoch.addingTimeInterval(20)
+            #expect(try work.removeTombstones(of: "pm", purgedBefore: purgedBefore, limit: 10) == 1)
+            try Self.record(Self.transition(1), work, instance: "i-2")
+        }
+        try await store.read { work throws in
+            #expect(try work.storedInstance("i-2", processManager: "pm")?.version == 1, "started again")
+            #expect(try work.transitions(of: "pm", instance: "i-2").map(\.version) == [1])
+        }
     }
 
     func purgedInstancesLeaveTombstonesUntilTheyAreRemoved(_ store: any Store) async throws {
