@@ -6,6 +6,7 @@ import BatonSQLite
 import BatonTestSupport
 import Foundation
 import Logging
+import Synchronization
 import Testing
 
 // A ledger: entries are posted to accounts, and an account's entries must be applied in the order they were
@@ -231,7 +232,12 @@ private struct Applied: Codable, Sendable {
             }
             try await single.stop()
             let partitioned = try await ledger.startReplica(partitions: 4)
-            #expect(try await repartitioning.run(to: 4, waitingAtMost: .seconds(10)) == .switched(kept: [:]))
+            // The broker counts the stopped replica's consumer gone a moment after its connection closed.
+            #expect(
+                try await eventually {
+                    try await repartitioning.run(to: 4, waitingAtMost: .seconds(10)) == .switched(kept: [:])
+                }
+            )
             await #expect(throws: AMQPError.self, "the single queue is deleted") {
                 try await ledger.connection.inspectQueue("ledger")
             }
@@ -274,6 +280,8 @@ private struct Ledger {
     let store: SQLiteStore
     let configuration: Node.Configuration
     let logger: Logger
+    /// Every replica the test started.
+    let replicas = StartedReplicas()
 
     static func with(
         name: String,
@@ -304,10 +312,12 @@ private struct Ledger {
         do {
             try await body(ledger)
         } catch {
+            await ledger.replicas.stopAll()
             await connection.close()
             await TestBroker.deleteVirtualHost(virtualHost)
             throw error
         }
+        await ledger.replicas.stopAll()
         await connection.close()
         await TestBroker.deleteVirtualHost(virtualHost)
     }
@@ -349,11 +359,13 @@ private struct Ledger {
         let connection: AMQPConnection
         let running: Task<Void, any Error>
 
-        /// Stops it gracefully (it requeues what it has not handled) and closes its connection.
+        /// Stops it gracefully (it requeues what it has not handled) and closes its connection, also when the
+        /// node ended with an error (rethrown after).
         func stop() async throws {
             running.cancel()
-            try await running.value
+            let ended = await running.result
             await connection.close()
+            try ended.get()
         }
     }
 
@@ -369,7 +381,9 @@ private struct Ledger {
             handlers: Self.handlers,
             logger: logger
         )
-        return Replica(node: node, connection: connection, running: Task { try await node.run() })
+        let replica = Replica(node: node, connection: connection, running: Task { try await node.run() })
+        replicas.add(replica)
+        return replica
     }
 
     /// Starts changing the ledger's partition count on the test's (administrator) connection, and returns
@@ -424,5 +438,20 @@ private struct Ledger {
     func appliedCount() async throws -> Int {
         try await store.read { work in try work.documents(Applied.self, in: "ledger").map(\.numbers.count).reduce(0, +)
         }
+    }
+}
+
+/// The replicas a test started, so that those a failing test left running are stopped at its end: a connection
+/// still open at deinit fails an assertion, which would take the whole test process down.
+private final class StartedReplicas: Sendable {
+    private let started = Mutex<[Ledger.Replica]>([])
+
+    func add(_ replica: Ledger.Replica) {
+        started.withLock { $0.append(replica) }
+    }
+
+    /// Stops every replica (one stopped already ends at once; closing its connection again is harmless).
+    func stopAll() async {
+        for replica in started.withLock({ $0 }) { try? await replica.stop() }
     }
 }
