@@ -229,12 +229,12 @@ public final class SQLiteStore: Store {
         try pool.writeWithoutTransaction { db in try transaction(db) { try body(db) } }
     }
 
-    /// Reads on the calling thread (a transport setting itself up from what the file holds).
+    /// Reads on the calling thread (a transport setting itself up from what the file holds, its consumers' batches).
     func readNow<T>(_ body: (Database) throws -> T) throws -> T {
         try pool.read(body)
     }
 
-    /// Reads the file on a snapshot (``SQLiteTransport``'s consumers).
+    /// Reads the file on a snapshot, on a reader's thread (``SQLiteTransport``'s counts).
     func readDatabase<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await pool.read(body)
     }

@@ -422,16 +422,20 @@ struct QueuedRow: Sendable {
     var once: Bool
     var isRedelivered = false
 
-    init(row: Row) throws {
-        sequence = row["sequence"]
-        queue = row["queue"]
+    /// The columns a query selects to read a row with ``init(_:)``, in its order.
+    static let columns = "sequence, queue, exchange, routing_key, content_type, envelope, once"
+
+    /// Reads a row selected as ``columns``.
+    init(_ row: ColumnReader) throws {
+        sequence = row.int64(0)
+        queue = row.text(1)
         message = OutgoingMessage(
-            exchange: row["exchange"],
-            routingKey: row["routing_key"],
-            envelope: try Envelope(storedRecord: row["envelope"]),
-            contentType: row["content_type"]
+            exchange: row.text(2),
+            routingKey: row.text(3),
+            envelope: try Envelope(storedRecord: row.data(5)),
+            contentType: row.text(4)
         )
-        once = row["once"]
+        once = row.int64(6) != 0
     }
 
     func redelivered() -> QueuedRow {
@@ -462,23 +466,24 @@ private final class QueueSource: MessageSource, Sendable {
             try Task.checkCancellation()
             if room > 0 {
                 let limit = min(room, maxCount)
-                let rows = try await store.readDatabase { [queues] db in
+                // On the calling thread (the node's own), as its transactions are: a batch read is short.
+                let rows = try store.readNow { db in
                     var rows: [QueuedRow] = []
                     if !returned.isEmpty {
-                        rows += try Row.fetchAll(
-                            db,
-                            sql: "SELECT * FROM queue_messages WHERE sequence IN (SELECT value FROM json_each(?))",
-                            arguments: [SQLiteUnitOfWork.jsonArray(returned.prefix(limit))]
-                        ).map(QueuedRow.init(row:))
+                        rows += try db.cachedStatement(
+                            sql: """
+                                SELECT \(QueuedRow.columns) FROM queue_messages
+                                WHERE sequence IN (SELECT value FROM json_each(?))
+                                """
+                        ).allRows(binding: [SQLiteUnitOfWork.jsonArray(returned.prefix(limit))], in: db, QueuedRow.init)
                     }
                     for queue in queues where rows.count < limit {
-                        rows += try Row.fetchAll(
-                            db.cachedStatement(
-                                sql:
-                                    "SELECT * FROM queue_messages WHERE queue = ? AND sequence > ? ORDER BY sequence LIMIT ?"
-                            ),
-                            arguments: [queue, delivered[queue] ?? 0, limit]
-                        ).map(QueuedRow.init(row:))
+                        rows += try db.cachedStatement(
+                            sql: """
+                                SELECT \(QueuedRow.columns) FROM queue_messages
+                                WHERE queue = ? AND sequence > ? ORDER BY sequence LIMIT ?
+                                """
+                        ).allRows(binding: [queue, delivered[queue] ?? 0, limit], in: db, QueuedRow.init)
                     }
                     return rows
                 }
