@@ -386,7 +386,7 @@ struct RecordReader {
 
     mutating func readString() throws -> String {
         let utf8 = try take(try readCount())
-        guard let string = String(validating: utf8, as: UTF8.self) else {
+        guard let string = utf8.withUnsafeBufferPointer(String.init(strictUTF8:)) else {
             throw StoredRecord.FormatError(description: "a string that is not UTF-8")
         }
         return string

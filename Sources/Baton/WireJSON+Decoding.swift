@@ -232,7 +232,7 @@ private struct WireParser {
     }
 
     private static func validated(_ bytes: UnsafeBufferPointer<UInt8>) throws -> String {
-        guard let text = String(validating: bytes, as: UTF8.self) else { throw NotOnTheFastPath() }
+        guard let text = String(strictUTF8: bytes) else { throw NotOnTheFastPath() }
         return text
     }
 

@@ -291,6 +291,22 @@ import Testing
         #expect(try WireJSON.decode(Lenient.self, from: Data(#"{"amount": 12.5}"#.utf8)).amount == Decimal(12.5))
     }
 
+    @Test func strictUTF8AcceptsAndRefusesWhatTheStandardLibraryDoes() {
+        let valid: [[UInt8]] = [
+            [], Array("orders.OrderConfirmed.v1".utf8), Array("père Noël 🎁".utf8), [0xEF, 0xBF, 0xBD],
+        ]
+        let invalid: [[UInt8]] = [
+            [0xC3, 0x28], [0x80], [0xC0, 0xAF], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xFF],
+            [0x61, 0xF0, 0x9F, 0x98],  // a truncated four-byte sequence: repaired to U+FFFD, three bytes as well
+        ]
+        for bytes in valid + invalid {
+            bytes.withUnsafeBufferPointer { buffer in
+                #expect(String(strictUTF8: buffer) == String(validating: buffer, as: UTF8.self), "\(bytes)")
+            }
+        }
+        #expect(invalid.allSatisfy { $0.withUnsafeBufferPointer(String.init(strictUTF8:)) == nil })
+    }
+
     @Test func invalidUTF8IsLeftToFoundation() {
         let data = Data([UInt8(ascii: "\""), 0xC3, 0x28, UInt8(ascii: "\"")])
         #expect(WireJSON.fastDecode(String.self, from: data) == nil)
